@@ -1,0 +1,25 @@
+# Two entry points: `make demo` (the main job on the embedded default model) and `make test`.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+
+$(PY):
+	python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+
+$(VENV)/.installed: $(PY) pyproject.toml
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e ".[test,bench]"
+	touch $@
+
+.PHONY: install demo test bench
+install: $(VENV)/.installed
+
+demo: install
+	$(VENV)/bin/advquery demo
+
+test: install
+	$(PY) -m pytest -q
+
+bench: install
+	$(PY) bench/baseline_retrieval.py

@@ -1,0 +1,10 @@
+"""advquery: adversarial queries against content-based image retrieval.
+
+Protect photos from retrieval-based location tracking, and measure how retrieval systems
+hold up against image modifications.
+"""
+__version__ = "0.1.0"
+
+from .models import load_model  # noqa: E402
+
+__all__ = ["load_model", "__version__"]

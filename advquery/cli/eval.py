@@ -1,0 +1,62 @@
+"""``advquery eval``: mAP of a model on a retrieval benchmark, optionally with modified queries."""
+import argparse
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from ..evaluation.datasets import DATASET_NAMES, load_dataset
+from ..evaluation.runner import evaluate
+from ..extraction import MULTISCALE
+from ..models import load_model
+from .common import add_model_options, user_errors
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    ev = commands.add_parser("eval", help="evaluate retrieval (mAP, mP@k) on a benchmark")
+    ev.add_argument("--dataset", required=True,
+                    help=f"{'|'.join(DATASET_NAMES)} or a folder with one sub-folder of photos per group")
+    ev.add_argument("--data-root", type=Path, default=os.environ.get("ADVQUERY_DATA"),
+                    help="folder holding the datasets (default: $ADVQUERY_DATA)")
+    ev.add_argument("--protocol", choices=("easy", "medium", "hard", "classic"), action="append",
+                    help="protocol(s) to report (default: all the dataset supports)")
+    ev.add_argument("--queries", choices=("bb", "wi"), default="bb",
+                    help="bb: crop queries to their bounding box (standard); wi: whole images")
+    ev.add_argument("--query-dir", type=Path, help="take each query from this folder by file name stem")
+    ev.add_argument("--json", type=Path, metavar="FILE", help="write the summary with per-query AP")
+    ev.add_argument("--ranks", type=Path, metavar="FILE.npy",
+                    help="save the (database x queries) ranking, database indices best first")
+    ev.add_argument("--cache", type=Path, metavar="DIR", help="descriptor cache (default: $ADVQUERY_CACHE or ~/.cache/advquery)")
+    ev.add_argument("--no-cache", action="store_true", help="do not read or write cached database descriptors")
+    add_model_options(ev)
+    ev.set_defaults(run=run_eval)
+
+
+def format_report(report) -> str:
+    """The evaluation as a plain-text table, one row per protocol."""
+    lines = [f"{report.dataset}: {report.model}, {report.size} px, scales {list(report.scales)}, "
+             f"{report.queries.upper()} queries",
+             f"{'protocol':<9} {'mAP':>6} {'mP@1':>6} {'mP@5':>6} {'mP@10':>6} {'random':>7} {'queries':>8}"]
+    for name, r in report.results.items():
+        mp = r.mp_at_k
+        lines.append(f"{name:<9} {100 * r.map:6.2f} {100 * mp[1]:6.2f} {100 * mp[5]:6.2f} {100 * mp[10]:6.2f} "
+                     f"{100 * report.random[name]:7.2f} {r.n_evaluated:>4}"
+                     + (f" ({r.n_skipped} without positives skipped)" if r.n_skipped else ""))
+    return "\n".join(lines)
+
+
+@user_errors
+def run_eval(args: argparse.Namespace) -> int:
+    dataset = load_dataset(args.dataset, args.data_root)
+    model = load_model(args.model, device=args.device)
+    report = evaluate(dataset, model, args.size, MULTISCALE if args.multiscale else (1.0,), args.queries,
+                      args.protocol, args.query_dir, False if args.no_cache else args.cache)
+    print(format_report(report))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report.summary(), indent=2))
+    if args.ranks:
+        args.ranks.parent.mkdir(parents=True, exist_ok=True)
+        np.save(args.ranks, report.ranks)
+    return 0

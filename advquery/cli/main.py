@@ -1,0 +1,25 @@
+"""The ``advquery`` command: one sub-command per job."""
+import argparse
+import sys
+
+from .. import __version__
+from . import demo, eval as eval_cmd, index, search
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="advquery", description="Adversarial queries against content-based image "
+                                     "retrieval: protect photos from retrieval, measure retrieval robustness.")
+    parser.add_argument("--version", action="version", version=f"advquery {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for module in (demo, index, search, eval_cmd):
+        module.register(commands)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,48 @@
+"""``advquery search``: the indexed photos most similar to a query photo."""
+import argparse
+import json
+from pathlib import Path
+
+from ..extraction import MULTISCALE, extract_descriptors
+from ..models import BUILTIN_MODELS, load_model
+from ..retrieval import ImageIndex
+from .common import CommandError, add_model_options, positive_int, user_errors
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    search = commands.add_parser("search", help="find the indexed images most similar to a query image")
+    search.add_argument("query", type=Path, metavar="QUERY", help="query image file")
+    search.add_argument("--index", required=True, type=Path, metavar="INDEX_DIR", help="index built by 'index build'")
+    search.add_argument("-k", type=positive_int, default=10, help="number of results (default: 10)")
+    search.add_argument("--json", action="store_true", help="print JSON: {query, results: [{path, score}]}")
+    add_model_options(search, size_default=None)
+    search.set_defaults(run=run_search)
+
+
+def load_query_model(args: argparse.Namespace, index: ImageIndex):
+    """The model the index was built with, or the one asked for if it is the same."""
+    name = args.model or index.manifest.model
+    if args.model is None and name not in BUILTIN_MODELS:
+        raise CommandError(f"the index was built with checkpoint {name}: pass it with --model PATH")
+    return load_model(name, device=args.device)
+
+
+@user_errors
+def run_search(args: argparse.Namespace) -> int:
+    index = ImageIndex.load(args.index)
+    model = load_query_model(args, index)
+    size = args.size or index.manifest.size
+    scales = MULTISCALE if args.multiscale or len(index.manifest.scales) > 1 else (1.0,)
+    mismatch = index.manifest.compatible_with(model.name, size, scales)
+    if mismatch:
+        raise CommandError(f"cannot search {args.index}: {mismatch}")
+    result = extract_descriptors(model, [args.query], size, scales, progress=False)
+    if result.failures:
+        raise CommandError(result.failures[0])
+    hits = index.search(result.descriptors, args.k)[0]
+    if args.json:
+        print(json.dumps({"query": str(args.query), "results": [{"path": str(p), "score": s} for p, s in hits]}))
+    else:
+        for rank, (path, score) in enumerate(hits, 1):
+            print(f"{rank:3d}  {score:.4f}  {path}")
+    return 0

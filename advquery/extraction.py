@@ -1,0 +1,129 @@
+"""Descriptor extraction at a working size, as retrieval systems index and query photos.
+
+The same differentiable resize serves indexing, querying and the attacks, so a protected
+photo is optimised through exactly the preprocessing a tracker applies.
+"""
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from .io import ImageError, read_photo, to_tensor
+from .models import DescriptorModel
+
+DEFAULT_SIZE = 1024
+MULTISCALE = (1.0, 2 ** -0.5, 0.5)
+Box = tuple[float, float, float, float]
+
+
+def resize_long_side(x: torch.Tensor, size: int) -> torch.Tensor:
+    """Resize (N, C, H, W) so that max(H, W) == size, aspect kept (antialiased bilinear, differentiable)."""
+    h, w = x.shape[-2:]
+    scale = size / max(h, w)
+    if scale == 1:
+        return x
+    out = (max(1, round(h * scale)), max(1, round(w * scale)))
+    return F.interpolate(x, size=out, mode="bilinear", align_corners=False, antialias=scale < 1)
+
+
+def crop_box(x: torch.Tensor, box: Box) -> torch.Tensor:
+    """Crop (N, C, H, W) to box (x1, y1, x2, y2) in pixels, rounded as PIL's crop rounds."""
+    x1, y1, x2, y2 = (int(round(c)) for c in box)
+    h, w = x.shape[-2:]
+    x1, y1, x2, y2 = max(0, x1), max(0, y1), min(w, x2), min(h, y2)
+    if x2 <= x1 or y2 <= y1:
+        raise ValueError(f"box {box} does not overlap the {w}x{h} image")
+    return x[..., y1:y2, x1:x2]
+
+
+def prepare(x: torch.Tensor, size: int, box: Box | None = None) -> torch.Tensor:
+    """Working-size input: the whole image with long side ``size``, or the box crop scaled by the
+    same factor as the whole image would be (cirtorch's bounding-box query convention)."""
+    if box is None:
+        return resize_long_side(x, size)
+    full = max(x.shape[-2:])
+    crop = crop_box(x, box)
+    return resize_long_side(crop, max(1, round(size * max(crop.shape[-2:]) / full)))
+
+
+def describe(model: DescriptorModel, x: torch.Tensor, size: int = DEFAULT_SIZE, scales: Sequence[float] = (1.0,),
+             box: Box | None = None) -> torch.Tensor:
+    """Descriptors (N, D) of full-resolution images (N, 3, H, W) in [0, 1]; differentiable in ``x``."""
+    return model(prepare(x.to(model.device), size, box), scales=scales)
+
+
+def prefetch(fn: Callable, items: Iterable, depth: int = 4) -> Iterator:
+    """``map(fn, items)`` computed in one background thread, at most ``depth`` results ahead."""
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        queue = deque()
+        for item in items:
+            queue.append(pool.submit(fn, item))
+            if len(queue) > depth:
+                yield queue.popleft().result()
+        while queue:
+            yield queue.popleft().result()
+
+
+@dataclass
+class Extraction:
+    """Descriptors of the readable files (rows in input order) and one error line per unreadable file."""
+
+    descriptors: np.ndarray
+    paths: list[Path]
+    failures: list[str] = field(default_factory=list)
+
+
+def extract_descriptors(model: DescriptorModel, paths: Sequence[Path], size: int = DEFAULT_SIZE,
+                        scales: Sequence[float] = (1.0,), boxes: Sequence[Box | None] | None = None,
+                        batch_size: int | None = None, progress: bool | None = None, desc: str = "extracting",
+                        loader: Callable[[Path], np.ndarray] | None = None) -> Extraction:
+    """Descriptors of image files, decoded in a background thread and batched by working-size shape.
+
+    Unreadable files are skipped and reported in ``failures``; ``progress=None`` shows a bar only
+    on a terminal. ``batch_size`` defaults to 1 on CPU (batching measured slower there) and 16 on
+    CUDA. ``loader`` maps a path to an (H, W, 3) uint8 array (default: ``read_photo``).
+    """
+    paths = [Path(p) for p in paths]
+    batch_size = batch_size or (16 if model.device.type == "cuda" else 1)
+    boxes = list(boxes) if boxes is not None else [None] * len(paths)
+    load = loader or (lambda p: read_photo(p).rgb)
+    dim = None
+    rows: dict[int, np.ndarray] = {}
+    failures: list[str] = []
+    pending: dict[tuple[int, int], list[tuple[int, torch.Tensor]]] = {}
+
+    def load_prepared(i: int):
+        try:
+            return i, prepare(to_tensor(load(paths[i])), size, boxes[i])
+        except (ImageError, ValueError, OSError) as exc:
+            return i, str(exc) if str(paths[i]) in str(exc) else f"{paths[i]}: {exc}"
+
+    def flush(shape):
+        nonlocal dim
+        batch = pending.pop(shape)
+        with torch.inference_mode():
+            out = model(torch.cat([t for _, t in batch]).to(model.device), scales=scales).float().cpu().numpy()
+        dim = out.shape[1]
+        for (i, _), row in zip(batch, out):
+            rows[i] = row
+
+    with tqdm(total=len(paths), desc=desc, unit="img", disable=None if progress is None else not progress) as bar:
+        for i, item in prefetch(load_prepared, range(len(paths))):
+            if isinstance(item, str):
+                failures.append(item)
+            else:
+                pending.setdefault(tuple(item.shape[-2:]), []).append((i, item))
+                if len(pending[tuple(item.shape[-2:])]) >= batch_size:
+                    flush(tuple(item.shape[-2:]))
+            bar.update(1)
+        for shape in list(pending):
+            flush(shape)
+    order = sorted(rows)
+    descriptors = np.stack([rows[i] for i in order]).astype(np.float32) if order else np.zeros((0, dim or 0), np.float32)
+    return Extraction(descriptors, [paths[i] for i in order], failures)

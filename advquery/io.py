@@ -1,0 +1,504 @@
+"""Safe image input and output.
+
+Reading decodes a user's photo into an upright 8-bit RGB array (plus its alpha channel, if
+any) or raises :class:`ImageError`, whose message is one line ``"PATH: reason"``; no PIL
+traceback escapes. Writing is atomic: a temporary file in the target folder, then
+``os.replace``, so an interrupted run never leaves a half-written photo behind.
+
+Pixel conventions: numpy images are ``(H, W, 3) uint8`` in grey levels 0-255; tensors are
+``(1, 3, H, W) float32`` in [0, 1] (1 grey level = 1/255).
+"""
+from __future__ import annotations
+
+import glob
+import os
+import re
+import struct
+import tempfile
+import threading
+import warnings
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
+
+__all__ = [
+    "DEFAULT_MAX_PIXELS", "IMAGE_EXTENSIONS", "ImageError", "InputFile", "Photo",
+    "collect_inputs", "format_for_suffix", "read_photo", "suffix_for_format",
+    "to_tensor", "to_uint8", "write_photo_atomic",
+]
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
+DEFAULT_MAX_PIXELS = 100_000_000
+
+_FORMAT_FOR_SUFFIX = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".bmp": "BMP",
+                      ".tif": "TIFF", ".tiff": "TIFF", ".webp": "WEBP"}
+_SUFFIX_FOR_FORMAT = {"JPEG": ".jpg", "PNG": ".png", "BMP": ".bmp", "TIFF": ".tif", "WEBP": ".webp"}
+_FORMAT_ALIASES = {"JPG": "JPEG", "MPO": "JPEG", "TIF": "TIFF"}
+_SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+_ORIENTATION = ExifTags.Base.Orientation
+_GPS_IFD = ExifTags.IFD.GPSInfo
+_GLOB_MAGIC = re.compile(r"[*?[]")
+# PIL reads its decompression-bomb limit from a module global; serialise our temporary changes.
+_PIL_LIMIT_LOCK = threading.Lock()
+# Errors PIL plugins raise on damaged data (struct.error and EOFError come from header parsing).
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, struct.error)
+
+
+class ImageError(ValueError):
+    """An input that cannot be used as a photo; ``str()`` is the one line ``"PATH: reason"``."""
+
+    def __init__(self, path: str | os.PathLike, reason: str) -> None:
+        super().__init__(str(path), " ".join(str(reason).split()))  # reason on one line
+
+    @property
+    def path(self) -> str:
+        return self.args[0]
+
+    @property
+    def reason(self) -> str:
+        return self.args[1]
+
+    def __str__(self) -> str:
+        return f"{self.args[0]}: {self.args[1]}"
+
+
+@dataclass(frozen=True, eq=False)
+class Photo:
+    """A decoded, upright photo.
+
+    Attributes:
+        path: the file it was read from.
+        rgb: ``(H, W, 3) uint8`` pixels, EXIF orientation applied.
+        alpha: ``(H, W) uint8`` alpha channel as stored, or None for opaque formats.
+        format: PIL format name of the file (``'JPEG'``, ``'PNG'``, ...; camera MPO files
+            report ``'JPEG'``).
+        exif: EXIF block for re-saving (orientation set to 1 because ``rgb`` is upright, GPS
+            IFD removed), or None.
+        icc_profile: the embedded ICC profile when it describes RGB data, else None (a CMYK or
+            grey profile does not apply to the converted ``rgb``).
+    """
+
+    path: Path
+    rgb: np.ndarray
+    alpha: np.ndarray | None
+    format: str
+    exif: bytes | None
+    icc_profile: bytes | None
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """``(W, H)`` in pixels, as PIL reports sizes."""
+        return int(self.rgb.shape[1]), int(self.rgb.shape[0])
+
+
+@dataclass(frozen=True)
+class InputFile:
+    """An input image file and its path relative to the input root (file name, folder or glob base)."""
+
+    path: Path
+    relative: Path
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+@contextmanager
+def _pil_pixel_limit(max_pixels: int | None) -> Iterator[None]:
+    """Make PIL enforce ``max_pixels`` (as an error, not a warning) for the duration of the block."""
+    with _PIL_LIMIT_LOCK, warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        previous = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = max_pixels
+        try:
+            yield
+        finally:
+            Image.MAX_IMAGE_PIXELS = previous
+
+
+def _too_large(path: Path, pixels: int | str, max_pixels: int | None) -> ImageError:
+    return ImageError(path, f"image is too large ({pixels} pixels, limit {max_pixels}); "
+                            "possible decompression bomb, raise max_pixels to allow it")
+
+
+def _check_file(path: Path) -> None:
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise ImageError(path, "no such file") from None
+    except OSError as exc:
+        raise ImageError(path, f"cannot access file ({exc.strerror or exc})") from None
+    if path.is_dir():
+        raise ImageError(path, "is a folder, not an image file")
+    if st.st_size == 0:
+        raise ImageError(path, "empty file (0 bytes)")
+
+
+def _open(path: Path, max_pixels: int | None) -> Image.Image:
+    try:
+        with _pil_pixel_limit(max_pixels):
+            return Image.open(path)
+    except UnidentifiedImageError:
+        raise ImageError(path, "not an image file, or an unsupported image format") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        found = re.search(r"\((\d+) pixels\)", str(exc))
+        raise _too_large(path, found.group(1) if found else "too many", max_pixels) from None
+    except PermissionError:
+        raise ImageError(path, "permission denied") from None
+    except _DECODE_ERRORS as exc:
+        raise ImageError(path, f"corrupt image header ({exc})") from None
+
+
+def _check_header(img: Image.Image, path: Path, max_pixels: int | None, min_side: int) -> None:
+    """Checks that need only the header: pixel count, frame count, side lengths."""
+    w, h = img.size
+    if max_pixels is not None and w * h > max_pixels:
+        raise _too_large(path, w * h, max_pixels)
+    if img.format != "MPO":  # camera JPEGs with an embedded preview: frame 0 is the photo
+        try:
+            n_frames = getattr(img, "n_frames", 1)
+        except _DECODE_ERRORS as exc:
+            raise ImageError(path, f"truncated or corrupt image data ({exc})") from None
+        if n_frames > 1:
+            raise ImageError(path, f"animated images are not supported ({n_frames} frames)")
+    if min(w, h) < min_side:
+        raise ImageError(path, f"image is too small ({w} x {h} pixels; both sides must be "
+                               f"at least {min_side})")
+
+
+def _upright(img: Image.Image) -> tuple[Image.Image, bytes | None]:
+    """Apply the EXIF orientation; return the image and the EXIF to keep (orientation 1, no GPS).
+
+    Unreadable EXIF is treated as absent: a damaged metadata block must not lose the photo.
+    """
+    try:
+        exif = img.getexif()
+        orientation = exif.get(_ORIENTATION, 1)
+    except Exception:  # PIL raises a wide variety of errors on malformed EXIF
+        return img, None
+    if orientation in range(2, 9):
+        with suppress(Exception):
+            img = ImageOps.exif_transpose(img)
+    if _ORIENTATION in exif:
+        exif[_ORIENTATION] = 1
+    if _GPS_IFD in exif:
+        del exif[_GPS_IFD]
+    try:
+        return img, (exif.tobytes() if len(exif) else None)
+    except Exception:
+        return img, None
+
+
+def _to_arrays(img: Image.Image, path: Path) -> tuple[np.ndarray, np.ndarray | None]:
+    """Convert any supported PIL mode to ``(H, W, 3) uint8`` RGB and an optional alpha channel."""
+    mode = img.mode
+    if mode in _SIXTEEN_BIT_MODES:  # 16-bit grey: scale 0..65535 to 0..255 (rounded x / 257)
+        values = np.array(img)
+        if values.size and (values.min() < 0 or values.max() > 65535):
+            raise ImageError(path, f"unsupported 32-bit integer image (mode {mode}, values "
+                                   f"{values.min()}..{values.max()}, expected 0..65535)")
+        grey = ((values.astype(np.uint32) + 128) // 257).astype(np.uint8)
+        return np.repeat(grey[:, :, None], 3, axis=2), None
+    if mode == "F":
+        raise ImageError(path, "unsupported colour mode F (32-bit floating point)")
+    target = "RGBA" if img.has_transparency_data else "RGB"
+    if mode != target:
+        try:
+            if mode == "La":  # premultiplied grey + alpha: PIL converts it only to LA
+                img = img.convert("LA")
+            img = img.convert(target)
+        except (ValueError, OSError):
+            raise ImageError(path, f"unsupported colour mode {mode}") from None
+    pixels = np.array(img)
+    if target == "RGB":
+        return pixels, None
+    return np.ascontiguousarray(pixels[:, :, :3]), np.ascontiguousarray(pixels[:, :, 3])
+
+
+def read_photo(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+               min_side: int = 32) -> Photo:
+    """Read an image file as an upright 8-bit RGB photo.
+
+    Args:
+        path: image file (JPEG, PNG, BMP, TIFF, WebP, or any single-frame format PIL reads).
+        max_pixels: largest ``W * H`` accepted, checked from the header before decoding
+            (decompression-bomb protection); None disables the check.
+        min_side: smallest accepted width and height, in pixels.
+
+    Returns:
+        A :class:`Photo`. Conversions: CMYK -> RGB (PIL, not colour managed); 16-bit grey
+        -> 8 bits by rounded ``v / 257``; grey, 1-bit and palette -> RGB; transparency
+        (alpha channel, palette alpha or a transparent colour key) -> ``alpha``, unchanged.
+
+    Raises:
+        ImageError: missing, empty, unreadable, not an image, truncated or corrupt,
+            animated or multi-frame, too large, too small, or an unsupported mode
+            (32-bit float, LAB).
+    """
+    path = Path(path)
+    _check_file(path)
+    img = _open(path, max_pixels)
+    with img:
+        _check_header(img, path, max_pixels, min_side)
+        try:
+            with _pil_pixel_limit(max_pixels):
+                img.load()
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+            raise _too_large(path, img.width * img.height, max_pixels) from None
+        except MemoryError:
+            raise ImageError(path, "not enough memory to decode the image") from None
+        except _DECODE_ERRORS as exc:
+            raise ImageError(path, f"truncated or corrupt image data ({exc})") from None
+        fmt = _FORMAT_ALIASES.get(img.format or "", img.format or "unknown")
+        icc = img.info.get("icc_profile")
+        if not (isinstance(icc, bytes) and icc[16:20] == b"RGB "):
+            icc = None
+        upright, exif = _upright(img)
+        rgb, alpha = _to_arrays(upright, path)
+    return Photo(path=path, rgb=rgb, alpha=alpha, format=fmt, exif=exif, icc_profile=icc)
+
+
+# ----------------------------------------------------------------------------- inputs
+
+
+def _is_image_name(name: str) -> bool:
+    return not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+
+
+def _list_folder(folder: Path, recursive: bool) -> list[Path]:
+    """Image files in ``folder`` by extension, hidden files and folders skipped, sorted."""
+    if not recursive:
+        with os.scandir(folder) as entries:
+            found = [Path(e.path) for e in entries if _is_image_name(e.name) and e.is_file()]
+        return sorted(found)
+    found = []
+    for root, dirs, names in os.walk(folder):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        found += [Path(root, n) for n in names if _is_image_name(n) and os.path.isfile(os.path.join(root, n))]
+    return sorted(found, key=lambda p: p.relative_to(folder).parts)
+
+
+def _glob_base(pattern: str) -> Path:
+    """The leading part of a glob pattern that has no wildcard, e.g. ``photos`` in ``photos/*/*.jpg``."""
+    parts = Path(pattern).parts
+    plain = []
+    for part in parts[:-1]:
+        if _GLOB_MAGIC.search(part):
+            break
+        plain.append(part)
+    return Path(*plain) if plain else Path(".")
+
+
+def collect_inputs(inputs: list[str], recursive: bool = False) -> tuple[list[InputFile], list[str]]:
+    """Expand files, folders and glob patterns into a list of image files.
+
+    Args:
+        inputs: file paths, folder paths or glob patterns (``*``, ``?``, ``[..]``; ``**``
+            spans folders). ``~`` is expanded.
+        recursive: descend into subfolders of given folders, and list folders that a pattern
+            matches. Without it, only a folder's own files are listed and folders matched by a
+            pattern are skipped.
+
+    Returns:
+        ``(files, errors)``. ``files`` keeps input order (sorted within a folder or pattern),
+        without duplicates (same real path). ``relative`` is the file name for a file given
+        directly, the path below the folder for a folder, and the path below the pattern's
+        wildcard-free base folder for a pattern. Folders and patterns yield only names with
+        an image extension and skip hidden names; a file given directly is always taken
+        (reading it reports any problem). ``errors`` has one ``"INPUT: reason"`` line for each
+        input that does not exist or yields no image file.
+    """
+    files: list[InputFile] = []
+    errors: list[str] = []
+    seen: set[str] = set()
+
+    def add(path: Path, relative: Path) -> None:
+        key = os.path.realpath(path)
+        if key not in seen:
+            seen.add(key)
+            files.append(InputFile(path=path, relative=relative))
+
+    for raw in inputs:
+        text = os.path.expanduser(str(raw))
+        path = Path(text)
+        if path.is_dir():
+            found = _list_folder(path, recursive)
+            for f in found:
+                add(f, f.relative_to(path))
+            if not found:
+                errors.append(f"{raw}: no image files in this folder"
+                              + ("" if recursive else " (subfolders are searched only when recursive)"))
+        elif path.is_file():
+            add(path, Path(path.name))
+        elif path.exists():
+            errors.append(f"{raw}: not a regular file or folder")
+        elif _GLOB_MAGIC.search(text):
+            base, matched = _glob_base(text), []
+            for match in sorted(glob.glob(text, recursive=True)):
+                m = Path(match)
+                if m.is_dir():
+                    if recursive:
+                        matched += _list_folder(m, True)
+                elif m.is_file() and m.suffix.lower() in IMAGE_EXTENSIONS:
+                    matched.append(m)
+            for f in matched:
+                add(f, Path(os.path.relpath(f, base)))
+            if not matched:
+                errors.append(f"{raw}: no image files match this pattern")
+        else:
+            errors.append(f"{raw}: no such file or folder")
+    return files, errors
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+def format_for_suffix(suffix: str) -> str:
+    """PIL format name for a file suffix, with or without the dot: ``'jpg'`` -> ``'JPEG'``.
+
+    >>> format_for_suffix('.JPG'), format_for_suffix('png')
+    ('JPEG', 'PNG')
+    """
+    key = "." + suffix.lower().lstrip(".")
+    if key not in _FORMAT_FOR_SUFFIX:
+        raise ValueError(f"unsupported image suffix {suffix!r}, expected one of "
+                         f"{', '.join(sorted(_FORMAT_FOR_SUFFIX))}")
+    return _FORMAT_FOR_SUFFIX[key]
+
+
+def suffix_for_format(fmt: str) -> str:
+    """Usual file suffix (with dot) for a PIL format name: ``'JPEG'`` -> ``'.jpg'``.
+
+    >>> suffix_for_format('JPEG'), suffix_for_format('tiff')
+    ('.jpg', '.tif')
+    """
+    key = _FORMAT_ALIASES.get(fmt.upper(), fmt.upper())
+    if key not in _SUFFIX_FOR_FORMAT:
+        raise ValueError(f"unsupported image format {fmt!r}, expected one of "
+                         f"{', '.join(sorted(_SUFFIX_FOR_FORMAT))}")
+    return _SUFFIX_FOR_FORMAT[key]
+
+
+def _check_rgb(rgb: object, name: str = "rgb") -> None:
+    if not (isinstance(rgb, np.ndarray) and rgb.dtype == np.uint8 and rgb.ndim == 3
+            and rgb.shape[2] == 3):
+        got = f"{rgb.shape} {rgb.dtype}" if isinstance(rgb, np.ndarray) else type(rgb).__name__
+        raise ValueError(f"expected {name} as a (H, W, 3) uint8 array, got {got}")
+
+
+def _save_options(fmt: str, quality: int, exif: bytes | None, icc_profile: bytes | None) -> dict:
+    options: dict = {}
+    if fmt == "JPEG":
+        # 4:4:4 at high quality: chroma subsampling alone would blur a fine perturbation away.
+        options.update(quality=quality, optimize=True, subsampling=0 if quality >= 90 else 2)
+    elif fmt == "WEBP":
+        options.update(quality=quality)
+    elif fmt == "TIFF":
+        options.update(compression="tiff_lzw")
+    if fmt != "BMP":  # BMP stores neither
+        if exif:
+            options["exif"] = exif
+        if icc_profile:
+            options["icc_profile"] = icc_profile
+    return options
+
+
+def _new_file_mode() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def write_photo_atomic(path: str | os.PathLike, rgb: np.ndarray, alpha: np.ndarray | None = None,
+                       format: str | None = None, quality: int = 95, exif: bytes | None = None,
+                       icc_profile: bytes | None = None) -> Path:
+    """Write an image atomically: temporary file in the same folder, then ``os.replace``.
+
+    Args:
+        path: output file; missing parent folders are created; an existing file is replaced
+            (its permission bits are kept).
+        rgb: ``(H, W, 3) uint8`` pixels.
+        alpha: ``(H, W) uint8`` alpha channel, or None. JPEG cannot store alpha: it is
+            dropped silently there (the caller decides whether that is acceptable).
+        format: PIL format (``'PNG'``, ``'JPEG'``, ``'WEBP'``, ``'TIFF'``, ``'BMP'``; ``'jpg'``
+            accepted); default: from the suffix of ``path``.
+        quality: JPEG/WebP quality 1-100 (default 95). JPEG uses 4:4:4 chroma (no
+            subsampling) for quality >= 90, else 4:2:0, and optimised Huffman tables.
+        exif: EXIF block to embed (e.g. :attr:`Photo.exif`); ignored for BMP.
+        icc_profile: ICC profile to embed; ignored for BMP.
+
+    Returns:
+        ``path`` as a Path. On any error the temporary file is removed and an existing
+        ``path`` is left untouched.
+    """
+    path = Path(path)
+    fmt = format_for_suffix(path.suffix) if format is None else _FORMAT_ALIASES.get(format.upper(), format.upper())
+    suffix_for_format(fmt)  # validates the format
+    _check_rgb(rgb)
+    if not (isinstance(quality, int) and 1 <= quality <= 100):
+        raise ValueError(f"expected quality as an integer in 1..100, got {quality!r}")
+    if alpha is not None and not (isinstance(alpha, np.ndarray) and alpha.dtype == np.uint8
+                                  and alpha.shape == rgb.shape[:2]):
+        got = f"{alpha.shape} {alpha.dtype}" if isinstance(alpha, np.ndarray) else type(alpha).__name__
+        raise ValueError(f"expected alpha as a {rgb.shape[:2]} uint8 array, got {got}")
+    pixels = rgb if alpha is None or fmt == "JPEG" else np.dstack([rgb, alpha])
+    img = Image.fromarray(np.ascontiguousarray(pixels))
+    options = _save_options(fmt, quality, exif, icc_profile)
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        mode = path.stat().st_mode & 0o7777
+    except FileNotFoundError:
+        mode = _new_file_mode()
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            img.save(f, format=fmt, **options)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        with suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+# ----------------------------------------------------------------------------- tensors
+
+
+def to_tensor(rgb: np.ndarray) -> torch.Tensor:
+    """``(H, W, 3) uint8`` -> ``(1, 3, H, W) float32`` in [0, 1] (a new tensor, not a view).
+
+    >>> to_tensor(np.full((2, 4, 3), 255, np.uint8)).shape
+    torch.Size([1, 3, 2, 4])
+    """
+    _check_rgb(rgb)
+    chw = np.array(rgb.transpose(2, 0, 1), dtype=np.uint8, order="C")
+    return torch.from_numpy(chw).to(torch.float32).div_(255.0).unsqueeze(0)
+
+
+def to_uint8(t: torch.Tensor) -> np.ndarray:
+    """``(1, 3, H, W)`` or ``(3, H, W)`` float tensor in [0, 1] -> ``(H, W, 3) uint8``.
+
+    Values are clamped to [0, 1], then rounded to the nearest grey level (not truncated).
+    Any device and floating dtype; the result is on the CPU.
+
+    >>> to_uint8(torch.tensor([[[0.4 / 255]], [[1.6 / 255]], [[2.0]]])).ravel().tolist()
+    [0, 2, 255]
+    """
+    shape_ok = isinstance(t, torch.Tensor) and (
+        (t.ndim == 4 and t.shape[0] == 1 and t.shape[1] == 3) or (t.ndim == 3 and t.shape[0] == 3))
+    if not (shape_ok and t.is_floating_point()):
+        got = f"{tuple(t.shape)} {t.dtype}" if isinstance(t, torch.Tensor) else type(t).__name__
+        raise ValueError(f"expected a float tensor of shape (1, 3, H, W) or (3, H, W) in [0, 1], got {got}")
+    x = t.detach().reshape(t.shape[-3:]).to(device="cpu", dtype=torch.float32)
+    if not torch.isfinite(x).all():
+        raise ValueError("expected finite values in [0, 1], got NaN or infinity")
+    x = x.clamp(0.0, 1.0).mul(255.0).round().to(torch.uint8)
+    return np.ascontiguousarray(x.permute(1, 2, 0).numpy())

@@ -1,0 +1,315 @@
+"""Tests for advquery.io: every bad-input reason, mode conversions, atomic writes, input expansion."""
+import os
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import ExifTags, Image, JpegImagePlugin
+
+from advquery.io import (
+    IMAGE_EXTENSIONS, ImageError, collect_inputs, format_for_suffix, read_photo,
+    suffix_for_format, to_tensor, to_uint8, write_photo_atomic,
+)
+
+
+def _rgb(h=48, w=64, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+def _save(img: Image.Image, path: Path, fmt=None, **kw) -> Path:
+    img.save(path, fmt, **kw)
+    return path
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+def _bad_inputs(tmp_path: Path) -> dict[str, tuple[Path, str, dict]]:
+    """name -> (file, expected reason fragment, read_photo kwargs)."""
+    cases = {}
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    cases["zero-byte"] = (tmp_path / "empty.jpg", "empty file", {})
+    (tmp_path / "notes.jpg").write_text("this is not a photo\n")
+    cases["text"] = (tmp_path / "notes.jpg", "not an image", {})
+    full = _save(Image.fromarray(_rgb(64, 64)), tmp_path / "full.jpg", quality=90)
+    data = full.read_bytes()
+    (tmp_path / "cut.jpg").write_bytes(data[: len(data) // 2])
+    cases["truncated"] = (tmp_path / "cut.jpg", "truncated or corrupt", {})
+    frames = [Image.new("RGB", (40, 40), c) for c in ("red", "green", "blue")]
+    frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:], duration=100)
+    cases["animated"] = (tmp_path / "anim.gif", "animated images are not supported", {})
+    _save(Image.fromarray(_rgb(10, 10)), tmp_path / "tiny.png")
+    cases["tiny"] = (tmp_path / "tiny.png", "too small", {})
+    _save(Image.fromarray(_rgb(64, 64)), tmp_path / "bomb.png")
+    cases["bomb"] = (tmp_path / "bomb.png", "too large", {"max_pixels": 64 * 64 - 1})
+    cases["missing"] = (tmp_path / "missing.png", "no such file", {})
+    cases["folder"] = (tmp_path, "is a folder", {})
+    _save(Image.fromarray(np.zeros((40, 40), np.float32)), tmp_path / "float.tif")
+    cases["float"] = (tmp_path / "float.tif", "unsupported colour mode F", {})
+    return cases
+
+
+@pytest.mark.parametrize("case", ["zero-byte", "text", "truncated", "animated", "tiny", "bomb",
+                                  "missing", "folder", "float"])
+def test_bad_input_gives_one_line_image_error(tmp_path, case):
+    path, reason, kwargs = _bad_inputs(tmp_path)[case]
+    before = Image.MAX_IMAGE_PIXELS
+    with pytest.raises(ImageError, match=reason) as info:
+        read_photo(path, **kwargs)
+    message = str(info.value)
+    assert message.startswith(f"{path}: ") and "\n" not in message
+    assert path.name in message
+    assert isinstance(info.value, ValueError)
+    assert Image.MAX_IMAGE_PIXELS == before  # no global PIL state leaked
+
+
+def test_image_error_pickles():
+    err = pickle.loads(pickle.dumps(ImageError("a.jpg", "empty file")))
+    assert str(err) == "a.jpg: empty file" and err.reason == "empty file"
+
+
+def test_pixel_limit_is_inclusive(tmp_path):
+    path = _save(Image.fromarray(_rgb(64, 64)), tmp_path / "ok.png")
+    assert read_photo(path, max_pixels=64 * 64).size == (64, 64)
+    assert read_photo(path, max_pixels=None).size == (64, 64)
+
+
+# ----------------------------------------------------------------------------- modes
+
+
+def test_rgb_png_exact(tmp_path):
+    rgb = _rgb()
+    photo = read_photo(_save(Image.fromarray(rgb), tmp_path / "a.png"))
+    assert photo.format == "PNG" and photo.alpha is None and photo.size == (64, 48)
+    np.testing.assert_array_equal(photo.rgb, rgb)
+
+
+def test_cmyk_jpeg_to_rgb(tmp_path):
+    path = _save(Image.new("CMYK", (40, 36), (0, 255, 255, 0)), tmp_path / "cmyk.jpg")
+    photo = read_photo(path)
+    assert photo.rgb.shape == (36, 40, 3) and photo.rgb.dtype == np.uint8 and photo.format == "JPEG"
+    r, g, b = photo.rgb.reshape(-1, 3).mean(0)
+    assert r > 240 and g < 15 and b < 15  # 100 % magenta + yellow = red
+
+
+def test_16bit_png_scaled_not_clipped(tmp_path):
+    row = np.array([0, 257 * 100, 65535, 1000, 32896, 128], np.uint16)
+    path = _save(Image.fromarray(np.tile(row, (40, 6))), tmp_path / "deep.png")
+    with Image.open(path) as img:
+        assert img.mode.startswith("I")
+    photo = read_photo(path)
+    assert photo.rgb.shape == (40, 36, 3)
+    np.testing.assert_array_equal(photo.rgb[0, :6, 0], [0, 100, 255, 4, 128, 0])
+    np.testing.assert_array_equal(photo.rgb[..., 0], photo.rgb[..., 2])
+
+
+def test_greyscale_and_bilevel_replicated(tmp_path):
+    grey = _rgb()[..., 0]
+    photo = read_photo(_save(Image.fromarray(grey), tmp_path / "grey.png"))
+    assert photo.rgb.shape == (48, 64, 3) and photo.alpha is None
+    for c in range(3):
+        np.testing.assert_array_equal(photo.rgb[..., c], grey)
+    bilevel = Image.fromarray(grey > 127).convert("1")
+    photo = read_photo(_save(bilevel, tmp_path / "bw.png"))
+    np.testing.assert_array_equal(photo.rgb[..., 1], np.where(grey > 127, 255, 0))
+
+
+def test_palette_with_transparency(tmp_path):
+    img = Image.new("P", (40, 32), 0)
+    img.putpalette([0, 0, 0, 255, 0, 0, 0, 255, 0] + [0] * 759)
+    for x in range(20):
+        img.putpixel((x, 3), 1)
+    img.putpixel((39, 31), 2)
+    photo = read_photo(_save(img, tmp_path / "pal.png", transparency=0))
+    assert photo.rgb.shape == (32, 40, 3) and photo.alpha.shape == (32, 40)
+    assert photo.alpha[3, :20].tolist() == [255] * 20 and photo.alpha[0, 0] == 0
+    assert photo.rgb[3, 0].tolist() == [255, 0, 0] and photo.rgb[31, 39].tolist() == [0, 255, 0]
+    assert int(photo.alpha.sum()) == 21 * 255
+
+
+def test_rgba_and_la_alpha_kept_unchanged(tmp_path):
+    rgba = _rgb(40, 50, seed=1)
+    alpha = _rgb(40, 50, seed=2)[..., 0]
+    photo = read_photo(_save(Image.fromarray(np.dstack([rgba, alpha])), tmp_path / "a.png"))
+    np.testing.assert_array_equal(photo.rgb, rgba)
+    np.testing.assert_array_equal(photo.alpha, alpha)
+    la = Image.merge("LA", [Image.fromarray(rgba[..., 0]), Image.fromarray(alpha)])
+    photo = read_photo(_save(la, tmp_path / "la.png"))
+    np.testing.assert_array_equal(photo.alpha, alpha)
+    np.testing.assert_array_equal(photo.rgb[..., 2], rgba[..., 0])
+
+
+def _exif(orientation: int) -> Image.Exif:
+    exif = Image.Exif()
+    exif[ExifTags.Base.Orientation] = orientation
+    exif[ExifTags.Base.Make] = "TestCam"
+    exif[ExifTags.IFD.GPSInfo] = {ExifTags.GPS.GPSLatitudeRef: "N", ExifTags.GPS.GPSLatitude: (1.0, 2.0, 3.0)}
+    return exif
+
+
+@pytest.mark.parametrize("suffix", [".png", ".jpg"])
+def test_exif_orientation_6_rotates_and_metadata_is_cleaned(tmp_path, suffix):
+    rgb = np.zeros((60, 40, 3), np.uint8)  # H 60, W 40
+    rgb[:8, :8] = [255, 0, 0]  # marker at the stored top-left corner
+    path = _save(Image.fromarray(rgb), tmp_path / f"rot{suffix}", exif=_exif(6))
+    photo = read_photo(path)
+    assert photo.size == (60, 40) and photo.rgb.shape == (40, 60, 3)
+    assert photo.rgb[2, -3, 0] > 200 and photo.rgb[2, 2, 0] < 50  # 90 degrees clockwise: top-right
+    kept = Image.Exif()
+    kept.load(photo.exif)
+    assert kept[ExifTags.Base.Orientation] == 1 and kept[ExifTags.Base.Make] == "TestCam"
+    assert ExifTags.IFD.GPSInfo not in kept and not kept.get_ifd(ExifTags.IFD.GPSInfo)
+
+
+def test_icc_profile_kept_only_for_rgb(tmp_path):
+    from PIL import ImageCms
+    srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    photo = read_photo(_save(Image.fromarray(_rgb()), tmp_path / "icc.png", icc_profile=srgb))
+    assert photo.icc_profile == srgb
+    assert read_photo(_save(Image.fromarray(_rgb()), tmp_path / "no.png")).icc_profile is None
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+def test_write_png_round_trip_exact_and_no_temp_files(tmp_path):
+    rgb, alpha = _rgb(33, 47), _rgb(33, 47, seed=3)[..., 1]
+    out = tmp_path / "sub" / "dir" / "out.png"
+    assert write_photo_atomic(out, rgb, alpha) == out
+    photo = read_photo(out)
+    np.testing.assert_array_equal(photo.rgb, rgb)
+    np.testing.assert_array_equal(photo.alpha, alpha)
+    write_photo_atomic(out, rgb[::-1].copy())  # replaces, now opaque
+    np.testing.assert_array_equal(read_photo(out).rgb, rgb[::-1])
+    assert read_photo(out).alpha is None
+    assert os.listdir(out.parent) == ["out.png"]
+
+
+def test_write_jpeg_drops_alpha_444_and_keeps_exif(tmp_path):
+    rgb = _rgb(40, 40)
+    out = write_photo_atomic(tmp_path / "o.jpeg", rgb, alpha=rgb[..., 0], quality=95,
+                             exif=_exif(1).tobytes())
+    with Image.open(out) as img:
+        assert img.format == "JPEG" and img.mode == "RGB"
+        assert JpegImagePlugin.get_sampling(img) == 0  # 4:4:4
+        assert img.getexif()[ExifTags.Base.Make] == "TestCam"
+    write_photo_atomic(out, rgb, format="jpg", quality=75)
+    with Image.open(out) as img:
+        assert JpegImagePlugin.get_sampling(img) == 2  # 4:2:0 below quality 90
+
+
+def test_failed_write_leaves_target_and_no_temp(tmp_path, monkeypatch):
+    out = write_photo_atomic(tmp_path / "keep.png", _rgb())
+    before = out.read_bytes()
+
+    def boom(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(Image.Image, "save", boom)
+    with pytest.raises(OSError, match="disk full"):
+        write_photo_atomic(out, _rgb(seed=5))
+    assert out.read_bytes() == before and os.listdir(tmp_path) == ["keep.png"]
+
+
+def test_write_rejects_bad_arguments(tmp_path):
+    with pytest.raises(ValueError, match=r"expected rgb as a \(H, W, 3\) uint8 array, got \(4, 4\) uint8"):
+        write_photo_atomic(tmp_path / "a.png", np.zeros((4, 4), np.uint8))
+    with pytest.raises(ValueError, match="unsupported image suffix '.gif'"):
+        write_photo_atomic(tmp_path / "a.gif", _rgb())
+    with pytest.raises(ValueError, match="quality"):
+        write_photo_atomic(tmp_path / "a.jpg", _rgb(), quality=0)
+    with pytest.raises(ValueError, match="expected alpha"):
+        write_photo_atomic(tmp_path / "a.png", _rgb(), alpha=np.zeros((3, 3), np.uint8))
+    assert os.listdir(tmp_path) == []
+
+
+def test_format_suffix_helpers():
+    assert format_for_suffix(".JPG") == format_for_suffix("jpeg") == "JPEG"
+    assert format_for_suffix("tiff") == "TIFF" and format_for_suffix(".webp") == "WEBP"
+    assert suffix_for_format("JPEG") == ".jpg" and suffix_for_format("png") == ".png"
+    assert {format_for_suffix(s) for s in IMAGE_EXTENSIONS} == {"JPEG", "PNG", "BMP", "TIFF", "WEBP"}
+    assert all(format_for_suffix(suffix_for_format(format_for_suffix(s))) == format_for_suffix(s)
+               for s in IMAGE_EXTENSIONS)
+    with pytest.raises(ValueError, match="unsupported image format 'GIF'"):
+        suffix_for_format("GIF")
+
+
+# ----------------------------------------------------------------------------- inputs
+
+
+@pytest.fixture()
+def tree(tmp_path):
+    root = tmp_path / "photos"
+    for rel in ["b.png", "a.JPG", "notes.txt", ".hidden.jpg", "sub/c.jpg", "sub/deeper/d.webp",
+                ".git/e.jpg"]:
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(b"x")
+    return root
+
+
+def _rel(files):
+    return [f.relative.as_posix() for f in files]
+
+
+def test_collect_folder_and_recursive(tree):
+    files, errors = collect_inputs([str(tree)])
+    assert _rel(files) == ["a.JPG", "b.png"] and errors == []
+    assert files[0].path == tree / "a.JPG"
+    files, errors = collect_inputs([str(tree)], recursive=True)
+    assert _rel(files) == ["a.JPG", "b.png", "sub/c.jpg", "sub/deeper/d.webp"] and errors == []
+
+
+def test_collect_file_glob_and_duplicates(tree, monkeypatch):
+    files, errors = collect_inputs([str(tree / "sub" / "c.jpg"), str(tree / "notes.txt")])
+    assert _rel(files) == ["c.jpg", "notes.txt"] and errors == []  # a named file is always taken
+    monkeypatch.chdir(tree.parent)
+    files, errors = collect_inputs(["photos/*/c.jpg", "photos/**/*.jpg", "photos/*"])
+    assert _rel(files) == ["sub/c.jpg", "a.JPG", "b.png"] and errors == []
+    assert files[0].path == Path("photos/sub/c.jpg")
+    files, _ = collect_inputs(["photos/s*"], recursive=True)
+    assert _rel(files) == ["sub/c.jpg", "sub/deeper/d.webp"]
+    files, _ = collect_inputs([str(tree), str(tree / "b.png"), str(tree)])
+    assert _rel(files) == ["a.JPG", "b.png"]
+    files, _ = collect_inputs([str(tree / ".git")])  # a hidden folder named explicitly is listed
+    assert _rel(files) == ["e.jpg"]
+
+
+def test_collect_reports_inputs_that_match_nothing(tree):
+    (tree / "docs").mkdir()
+    (tree / "docs" / "readme.txt").write_text("no photos here")
+    files, errors = collect_inputs([str(tree / "nope.jpg"), str(tree / "*.gif"), str(tree / "docs"),
+                                    str(tree / "b.png")])
+    assert _rel(files) == ["b.png"] and len(errors) == 3
+    assert errors[0] == f"{tree / 'nope.jpg'}: no such file or folder"
+    assert "no image files match" in errors[1] and "no image files in this folder" in errors[2]
+
+
+# ----------------------------------------------------------------------------- tensors
+
+
+def test_tensor_round_trip():
+    x = np.arange(256 * 3, dtype=np.int64).reshape(16, 16, 3).astype(np.uint8)
+    t = to_tensor(x)
+    assert t.shape == (1, 3, 16, 16) and t.dtype == torch.float32 and t.is_contiguous()
+    assert float(t.min()) == 0.0 and float(t.max()) == 1.0
+    np.testing.assert_array_equal(to_uint8(t), x)
+    np.testing.assert_array_equal(to_uint8(t[0].double()), x)
+    ro = _rgb(5, 7)
+    ro.setflags(write=False)
+    np.testing.assert_array_equal(to_uint8(to_tensor(ro)), ro)
+
+
+def test_to_uint8_rounds_and_clamps():
+    t = torch.tensor([0.4, 0.6, 254.4, -3.0, 300.0]).div(255).view(1, 1, 5).expand(3, 1, 5)
+    assert to_uint8(t)[0, :, 0].tolist() == [0, 1, 254, 0, 255]
+
+
+def test_tensor_shape_errors():
+    with pytest.raises(ValueError, match=r"got \(2, 3, 4, 4\) torch.float32"):
+        to_uint8(torch.zeros(2, 3, 4, 4))
+    with pytest.raises(ValueError, match="got NaN"):
+        to_uint8(torch.full((3, 2, 2), float("nan")))
+    with pytest.raises(ValueError, match=r"expected rgb as a \(H, W, 3\) uint8 array, got \(4, 4, 3\) float64"):
+        to_tensor(np.zeros((4, 4, 3)))
