@@ -1,7 +1,8 @@
-"""``advquery demo``: see retrieval at work on sample photos that ship with scikit-image.
+"""``advquery demo``: see retrieval at work, then fail, on sample photos that ship with scikit-image.
 
 The "tracker's database" holds edited copies of each photo (downscaled, cropped,
-re-compressed), as they would circulate online; each original photo is then used as a query.
+re-compressed), as they would circulate online. Each original photo is used as a query and
+finds its copies; then each photo is protected and used as a query again.
 """
 import argparse
 import io as _io
@@ -15,6 +16,7 @@ from PIL import Image
 from ..extraction import extract_descriptors
 from ..io import read_photo, write_photo_atomic
 from ..models import DEFAULT_MODEL, load_model
+from ..protection import STRENGTHS, protect_photo
 from ..retrieval import ImageIndex, Manifest
 from .common import add_model_options, user_errors
 
@@ -26,6 +28,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     demo = commands.add_parser("demo", help="index sample photos with edited copies and show what retrieval finds")
     demo.add_argument("-o", "--output", type=Path, help="keep the demo files in this folder (default: a temporary one)")
     demo.add_argument("-k", type=int, default=3, help="results shown per query (default: 3)")
+    demo.add_argument("--strength", choices=tuple(STRENGTHS), default="low", help="protection preset (default: low)")
     add_model_options(demo, size_default=512)
     demo.set_defaults(run=run_demo, model=DEFAULT_MODEL)
 
@@ -86,7 +89,18 @@ def run_demo(args: argparse.Namespace) -> int:
         index = ImageIndex(result.descriptors, result.paths,
                            Manifest(model.name, args.size, (1.0,), result.descriptors.shape[1], len(result.paths)))
         found = show_queries(index, model, args.size, originals, args.k, "Original photos as queries:")
-        print(f"\nRetrieval found {found} of {COPIES_PER_PHOTO * len(originals)} edited copies from the original photos.")
+        protected = []
+        for photo in originals:
+            target = root / "protected" / photo.name
+            record = protect_photo(read_photo(photo), target, model, "PNG", strength=args.strength, size=args.size,
+                                   seed=0)
+            print(f"  protected {photo.name}: SSIM {record.ssim:.4f}, PSNR {record.psnr:.1f} dB, "
+                  f"max change {record.linf:.0f} grey levels, {record.seconds:.1f} s")
+            protected.append(target)
+        found_protected = show_queries(index, model, args.size, protected, args.k, "Protected photos as queries:")
+        total = COPIES_PER_PHOTO * len(originals)
+        print(f"\nRetrieval found {found} of {total} edited copies from the original photos, "
+              f"and {found_protected} of {total} from the protected photos.")
         if args.output:
             print(f"Demo files kept in {args.output}")
     return 0

@@ -79,11 +79,14 @@ def _extract_all(model, paths, size, scales, boxes=None, desc="extracting", prog
 
 def database_cache_path(dataset: RetrievalDataset, model: DescriptorModel, size: int, scales: Sequence[float],
                         cache_dir: Path | None | bool = None) -> Path | None:
-    """Where the database descriptors are cached (None when ``cache_dir`` is False)."""
+    """Where the database descriptors are cached (None when ``cache_dir`` is False).
+
+    The key covers the files, not the dataset name, so datasets sharing a database share its cache.
+    """
     if cache_dir is False:
         return None
     key = _cache_key(dataset.images, model.name, size, scales)
-    return Path(cache_dir or default_cache_dir()) / "descriptors" / f"{dataset.name}-{key}.npy"
+    return Path(cache_dir or default_cache_dir()) / "descriptors" / f"{key}.npy"
 
 
 def database_descriptors(dataset: RetrievalDataset, model: DescriptorModel, size: int = DEFAULT_SIZE,

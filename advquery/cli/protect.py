@@ -1,0 +1,106 @@
+"""``advquery protect``: photos that look the same but that retrieval can no longer match."""
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from ..io import DEFAULT_MAX_PIXELS, ImageError, collect_inputs, read_photo
+from ..models import load_model
+from ..protection import DEFAULT_STRENGTH, METHODS, STRENGTHS, ProtectionRecord, output_format, output_path, \
+    protect_photo
+from .common import CommandError, add_model_options, error, positive_int, user_errors
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    presets = "; ".join(f"{name}: {s.description}" for name, s in STRENGTHS.items())
+    p = commands.add_parser("protect", help="protect photos against retrieval (the main job)",
+                            description="Write protected copies of photos: they look unchanged, but "
+                            "content-based retrieval no longer finds the related photos. Inputs are never modified.")
+    p.add_argument("inputs", nargs="+", metavar="INPUTS", help="photo files, folders or glob patterns")
+    p.add_argument("-o", "--output", required=True, type=Path, metavar="OUTDIR",
+                   help="output folder; files keep their path relative to the input root")
+    p.add_argument("--method", choices=METHODS, default="pire", help="protection method (default: pire)")
+    p.add_argument("--strength", choices=tuple(STRENGTHS), default=DEFAULT_STRENGTH,
+                   help=f"budget preset (default: {DEFAULT_STRENGTH}); {presets}")
+    p.add_argument("--eps", type=float, metavar="LEVELS", help="override the L-infinity budget, in grey levels")
+    p.add_argument("--steps", type=positive_int, help="override the maximum number of optimisation steps")
+    p.add_argument("--format", choices=("png", "jpg"), help="output format (default: JPEG stays JPEG, others PNG)")
+    p.add_argument("--quality", type=int, default=95, help="JPEG quality (default: 95)")
+    p.add_argument("--recursive", action="store_true", help="descend into sub-folders")
+    p.add_argument("--keep-metadata", action="store_true",
+                   help="keep EXIF (GPS still removed) and the colour profile; default drops all metadata")
+    p.add_argument("--seed", type=int, help="random seed (reproducible output)")
+    p.add_argument("--report", type=Path, metavar="FILE.jsonl", help="write one JSON line per photo")
+    p.add_argument("--overwrite", action="store_true", help="replace existing outputs (default: skip them)")
+    p.add_argument("--max-pixels", type=positive_int, default=DEFAULT_MAX_PIXELS,
+                   help=f"refuse larger images (decompression bombs; default: {DEFAULT_MAX_PIXELS})")
+    add_model_options(p)
+    p.set_defaults(run=run_protect)
+
+
+def summary_table(records: list[ProtectionRecord]) -> str:
+    """Per-photo quality and effect, as a plain-text table."""
+    lines = [f"{'photo':<32} {'SSIM':>6} {'PSNR':>6} {'Linf':>5} {'mean':>5} {'sim':>6} {'steps':>5} {'sec':>6}"]
+    for r in records:
+        name = Path(r.input).name[-32:]
+        if r.status == "protected":
+            lines.append(f"{name:<32} {r.ssim:6.4f} {r.psnr:6.2f} {r.linf:5.0f} {r.mean_abs_change:5.2f} "
+                         f"{r.similarity:6.3f} {r.steps:5d} {r.seconds:6.1f}")
+        else:
+            lines.append(f"{name:<32} {r.status}: {r.error or r.output}")
+    return "\n".join(lines)
+
+
+@user_errors
+def run_protect(args: argparse.Namespace) -> int:
+    if not 1 <= args.quality <= 100:
+        raise CommandError(f"--quality must be in 1..100, got {args.quality}")
+    if args.eps is not None and not 0 < args.eps <= 255:
+        raise CommandError(f"--eps must be in (0, 255] grey levels, got {args.eps}")
+    files, problems = collect_inputs(args.inputs, recursive=args.recursive)
+    for line in problems:
+        error(line)
+    if not files:
+        raise CommandError("no photos to protect")
+    model = load_model(args.model, device=args.device)
+    records: list[ProtectionRecord] = []
+    report = open(args.report, "a") if args.report else None
+    try:
+        for f in tqdm(files, desc="protecting", unit="photo", disable=None):
+            record = _protect_one(f, args, model)
+            records.append(record)
+            if record.status == "failed":
+                tqdm.write(f"advquery: error: {record.error}", file=sys.stderr)
+            if report:
+                report.write(json.dumps(record.to_json()) + "\n")
+                report.flush()
+    finally:
+        if report:
+            report.close()
+    print(summary_table(records))
+    failed = [r for r in records if r.status == "failed"] + problems
+    done = sum(r.status == "protected" for r in records)
+    skipped = sum(r.status == "skipped" for r in records)
+    print(f"protected {done}, skipped {skipped} existing (use --overwrite), failed {len(failed)}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _protect_one(f, args: argparse.Namespace, model) -> ProtectionRecord:
+    try:
+        photo = read_photo(f.path, max_pixels=args.max_pixels)
+        fmt = output_format(photo, args.format)
+        target = output_path(args.output, f.relative, fmt)
+        if target.resolve() == f.path.resolve():
+            return ProtectionRecord(str(f.path), status="failed",
+                                    error=f"{f.path}: output would overwrite the input; choose another -o folder")
+        if target.exists() and not args.overwrite:
+            return ProtectionRecord(str(f.path), output=str(target), status="skipped")
+        return protect_photo(photo, target, model, fmt, args.quality, args.keep_metadata, method=args.method,
+                             strength=args.strength, eps_levels=args.eps, steps=args.steps, size=args.size,
+                             seed=args.seed)
+    except ImageError as exc:
+        return ProtectionRecord(str(f.path), status="failed", error=str(exc))
+    except OSError as exc:
+        return ProtectionRecord(str(f.path), status="failed", error=f"{f.path}: cannot write output ({exc.strerror})")

@@ -1,0 +1,188 @@
+"""The ``advquery`` command run in-process on real UKBench photos at tiny working sizes."""
+import json
+import re
+import shutil
+from contextlib import redirect_stderr, redirect_stdout
+from io import StringIO
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from advquery.cli.main import main
+from advquery.evaluation.metrics import compute_map
+from advquery.io import read_photo, write_photo_atomic
+from advquery.retrieval import ImageIndex
+
+SIZE = 96
+
+
+def _run(argv: list[str]) -> tuple[int, str, str]:
+    """Exit code, stdout and stderr of one command (for module-scoped fixtures, where capsys is not available)."""
+    out, err = StringIO(), StringIO()
+    with redirect_stdout(out), redirect_stderr(err):
+        code = main(argv)
+    return code, out.getvalue(), err.getvalue()
+
+
+def _listing(folder: Path) -> list[tuple[str, int]]:
+    return sorted((str(p.relative_to(folder)), p.stat().st_size) for p in folder.rglob("*"))
+
+
+# ----------------------------------------------------------------------------------- index, search
+
+
+@pytest.fixture(scope="module")
+def built(ukbench_dir, tmp_path_factory):
+    """``index build`` over 8 photos and one corrupt file; the inputs' listing before and after."""
+    inputs = tmp_path_factory.mktemp("photos")
+    for p in sorted(ukbench_dir.glob("*.jpg"))[:8]:
+        shutil.copy(p, inputs / p.name)
+    (inputs / "x.jpg").write_text("this is not a JPEG")
+    before = _listing(inputs)
+    out_dir = tmp_path_factory.mktemp("out") / "idx"
+    code, stdout, stderr = _run(["index", "build", str(inputs), "-o", str(out_dir), "--size", str(SIZE)])
+    return {"inputs": inputs, "before": before, "after": _listing(inputs), "index": out_dir,
+            "code": code, "stdout": stdout, "stderr": stderr}
+
+
+def test_index_build_skips_corrupt_file(built):
+    assert built["code"] == 1
+    skipped = [line for line in built["stderr"].splitlines() if "x.jpg" in line]
+    assert skipped and all("skipped" in line for line in skipped)
+    index = ImageIndex.load(built["index"])
+    expected = sorted(p.resolve() for p in built["inputs"].glob("ukbench*.jpg"))
+    assert index.manifest.count == 8 and sorted(index.paths) == expected
+    assert index.manifest.size == SIZE and index.manifest.model == "efficientnet-lite0-gem"
+    assert index.descriptors.shape == (8, index.manifest.dim)
+    assert built["before"] == built["after"]  # nothing written next to the inputs
+
+
+def test_search_json(built, capsys):
+    query = built["inputs"] / "ukbench00005.jpg"
+    code = main(["search", str(query), "--index", str(built["index"]), "--json", "-k", "3"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    result = json.loads(captured.out)
+    assert set(result) == {"query", "results"} and result["query"] == str(query)
+    hits = result["results"]
+    assert len(hits) == 3 and all(set(h) == {"path", "score"} for h in hits)
+    scores = [h["score"] for h in hits]
+    assert scores == sorted(scores, reverse=True)
+    assert Path(hits[0]["path"]) == query.resolve()
+    assert scores[0] == pytest.approx(1.0, abs=1e-4)
+    assert len({h["path"] for h in hits}) == 3
+
+
+def test_search_text_output(built, capsys):
+    query = built["inputs"] / "ukbench00002.jpg"
+    assert main(["search", str(query), "--index", str(built["index"]), "-k", "2"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2
+    assert re.fullmatch(r"\s*1\s+\d\.\d{4}\s+.*ukbench00002\.jpg", lines[0])
+
+
+def test_search_with_other_size_refused(built, capsys):
+    query = built["inputs"] / "ukbench00000.jpg"
+    code = main(["search", str(query), "--index", str(built["index"]), "--size", "128"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1 and "size" in err and "Traceback" not in err
+
+
+def test_search_without_index(tmp_path, ukbench_dir, capsys):
+    code = main(["search", str(ukbench_dir / "ukbench00000.jpg"), "--index", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 2 and "not an advquery index" in err and len(err.strip().splitlines()) == 1
+
+
+# -------------------------------------------------------------------------------------------- eval
+
+
+def _ukbench_gnd(names: list[str]) -> list[dict]:
+    """UKBench by its definition: groups of 4 consecutive numbers; positives the group-mates, junk the query."""
+    groups = [int(n[-5:]) // 4 for n in names]
+    return [{"ok": [j for j, g in enumerate(groups) if g == gi and j != i], "junk": [i]}
+            for i, gi in enumerate(groups)]
+
+
+@pytest.fixture(scope="module")
+def evaluated(data_root, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("eval")
+    cache = tmp / "cache"
+    code, stdout, stderr = _run(["eval", "--dataset", "ukbench-mini", "--data-root", str(data_root),
+                                 "--size", str(SIZE), "--json", str(tmp / "report.json"),
+                                 "--ranks", str(tmp / "ranks.npy"), "--cache", str(cache)])
+    assert code == 0, stderr
+    cached = sorted(cache.rglob("*.npy"))  # listed before any later run can add to it
+    return {"tmp": tmp, "cache": cache, "cached": cached, "stdout": stdout,
+            "report": json.loads((tmp / "report.json").read_text()), "ranks": np.load(tmp / "ranks.npy")}
+
+
+def test_eval_report(evaluated, data_root):
+    report = evaluated["report"]
+    medium = report["protocols"]["medium"]
+    assert medium["map"] > medium["random_map"] + 0.3  # a real model is far above chance
+    names = sorted(p.stem for p in (data_root / "ukbench-mini" / "jpg").glob("*.jpg"))
+    assert sorted(medium["per_query"]) == names and len(names) == 56
+    assert medium["map"] == pytest.approx(np.mean(list(medium["per_query"].values())), abs=1e-9)
+    ranks = evaluated["ranks"]
+    assert ranks.shape == (56, 56) and np.issubdtype(ranks.dtype, np.integer)
+    assert all(sorted(col) == list(range(56)) for col in ranks.T)  # each column a full permutation
+    rescored = compute_map(ranks, _ukbench_gnd(names))
+    assert rescored.map == pytest.approx(medium["map"], abs=1e-9)
+    assert "medium" in evaluated["stdout"] and "mAP" in evaluated["stdout"]
+
+
+def test_eval_with_replaced_query_uses_cache(evaluated, data_root, capsys):
+    assert evaluated["cached"], "the first run left no cached database descriptors"
+    assert "database" in evaluated["report"]["seconds"]  # the first run extracted the database
+    jpg = data_root / "ukbench-mini" / "jpg"
+    queries = evaluated["tmp"] / "queries"
+    queries.mkdir()
+    # ukbench00000 replaced by a photo of another object (group 5), saved as PNG under the same stem.
+    write_photo_atomic(queries / "ukbench00000.png", read_photo(jpg / "ukbench00020.jpg").rgb, format="PNG")
+    out = evaluated["tmp"] / "replaced.json"
+    code = main(["eval", "--dataset", "ukbench-mini", "--data-root", str(data_root), "--size", str(SIZE),
+                 "--query-dir", str(queries), "--json", str(out), "--cache", str(evaluated["cache"])])
+    assert code == 0, capsys.readouterr().err
+    replaced = json.loads(out.read_text())
+    assert "database" not in replaced["seconds"]  # database descriptors came from the cache
+    assert sorted(evaluated["cache"].rglob("*.npy")) == evaluated["cached"]
+    before = evaluated["report"]["protocols"]["medium"]["per_query"]
+    after = replaced["protocols"]["medium"]["per_query"]
+    assert after["ukbench00000"] < before["ukbench00000"]
+    assert {k: v for k, v in after.items() if k != "ukbench00000"} == \
+        {k: v for k, v in before.items() if k != "ukbench00000"}
+
+
+def test_eval_unknown_dataset(tmp_path, capsys):
+    code = main(["eval", "--dataset", "nonexistent", "--data-root", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "nonexistent" in err and "ukbench-mini" in err and "roxford5k-mini" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_eval_unknown_model(tmp_path, capsys):
+    group = tmp_path / "mine" / "a"
+    group.mkdir(parents=True)
+    write_photo_atomic(group / "1.png", np.zeros((32, 32, 3), np.uint8), format="PNG")
+    code = main(["eval", "--dataset", str(tmp_path / "mine"), "--model", "no-such-model", "--size", str(SIZE),
+                 "--no-cache"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "no-such-model" in err and "efficientnet-lite0-gem" in err and "Traceback" not in err
+
+
+# -------------------------------------------------------------------------------------------- demo
+
+
+def test_demo(capsys):
+    assert main(["demo", "--size", str(SIZE)]) == 0
+    out = capsys.readouterr().out
+    match = re.search(r"Retrieval found (\d+) of (\d+) edited copies", out)
+    assert match, out
+    found, total = map(int, match.groups())
+    assert total == 18
+    assert found > total / 2  # random top-3 lists would hold about 3 of the 18 copies

@@ -1,0 +1,118 @@
+"""Exact search against a brute-force numpy ranking, and the on-disk index format."""
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from advquery.retrieval import DESCRIPTORS, IMAGES, MANIFEST, ImageIndex, IndexFileError, Manifest, rank
+
+
+def _unit_rows(rng: np.random.Generator, n: int, d: int) -> np.ndarray:
+    x = rng.normal(size=(n, d)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+@pytest.mark.parametrize("k", [None, 7, 1000])
+def test_rank_matches_brute_force(k):
+    rng = np.random.default_rng(0)
+    db, queries = _unit_rows(rng, 300, 24), _unit_rows(rng, 6, 24)
+    scores, ids = rank(db, queries, k)
+    n_out = 300 if k is None else min(k, 300)
+    assert scores.shape == ids.shape == (6, n_out)
+    sims = queries.astype(np.float64) @ db.T.astype(np.float64)
+    for q in range(6):
+        order = np.argsort(-sims[q], kind="stable")[:n_out]
+        np.testing.assert_allclose(scores[q], sims[q, order], atol=1e-5)
+        np.testing.assert_allclose(sims[q, ids[q]], scores[q], atol=1e-5)  # ids carry their scores
+        # Where the reference has no near-tie around a position, the id there is the same.
+        s = sims[q, np.argsort(-sims[q], kind="stable")]
+        gaps = s[:-1] - s[1:]
+        clear = ((np.r_[np.inf, gaps] > 1e-5) & (np.r_[gaps, np.inf] > 1e-5))[:n_out]
+        assert clear.sum() > 0.9 * n_out
+        np.testing.assert_array_equal(ids[q][clear], order[clear])
+
+
+def test_rank_is_best_first_with_a_planted_match():
+    rng = np.random.default_rng(1)
+    db = _unit_rows(rng, 50, 16)
+    scores, ids = rank(db, db[[17, 3]], k=5)
+    assert list(ids[:, 0]) == [17, 3]
+    np.testing.assert_allclose(scores[:, 0], 1.0, atol=1e-5)
+    assert np.all(np.diff(scores, axis=1) <= 1e-7)
+
+
+# ------------------------------------------------------------------------------------- ImageIndex
+
+
+@pytest.fixture
+def index() -> ImageIndex:
+    rng = np.random.default_rng(2)
+    desc = _unit_rows(rng, 5, 8)
+    paths = [Path(f"/photos/holiday {i}.jpg") for i in range(5)]
+    return ImageIndex(desc, paths, Manifest(model="efficientnet-lite0-gem", size=512, scales=(1.0, 0.5), dim=8, count=5))
+
+
+def test_index_save_load_round_trip(index, tmp_path):
+    target = tmp_path / "idx"
+    index.save(target)
+    assert sorted(p.name for p in target.iterdir()) == sorted([DESCRIPTORS, IMAGES, MANIFEST])  # no temp files left
+    loaded = ImageIndex.load(target)
+    np.testing.assert_array_equal(loaded.descriptors, index.descriptors)
+    assert loaded.descriptors.dtype == np.float32
+    assert loaded.paths == index.paths
+    assert loaded.manifest == index.manifest and loaded.manifest.scales == (1.0, 0.5)
+    hits = loaded.search(index.descriptors[[2]], k=2)[0]
+    assert hits[0][0] == index.paths[2] and hits[0][1] == pytest.approx(1.0, abs=1e-5)
+    assert len(hits) == 2 and hits[1][1] <= hits[0][1]
+
+
+def test_load_without_manifest(tmp_path):
+    with pytest.raises(IndexFileError, match="not an advquery index"):
+        ImageIndex.load(tmp_path)
+
+
+def test_load_truncated_descriptors(index, tmp_path):
+    index.save(tmp_path)
+    data = (tmp_path / DESCRIPTORS).read_bytes()
+    (tmp_path / DESCRIPTORS).write_bytes(data[: len(data) // 2])
+    with pytest.raises(IndexFileError, match=f"{tmp_path}: damaged index"):
+        ImageIndex.load(tmp_path)
+
+
+def test_load_count_mismatch(index, tmp_path):
+    index.save(tmp_path)
+    meta = json.loads((tmp_path / MANIFEST).read_text())
+    meta["count"] = 6
+    (tmp_path / MANIFEST).write_text(json.dumps(meta))
+    with pytest.raises(IndexFileError, match=r"damaged index \(manifest says 6 x 8"):
+        ImageIndex.load(tmp_path)
+
+
+def test_load_missing_paths_file(index, tmp_path):
+    index.save(tmp_path)
+    (tmp_path / IMAGES).unlink()
+    with pytest.raises(IndexFileError, match="damaged index"):
+        ImageIndex.load(tmp_path)
+
+
+def test_load_manifest_missing_field(index, tmp_path):
+    index.save(tmp_path)
+    meta = json.loads((tmp_path / MANIFEST).read_text())
+    del meta["size"]
+    (tmp_path / MANIFEST).write_text(json.dumps(meta))
+    with pytest.raises(IndexFileError, match="damaged index"):
+        ImageIndex.load(tmp_path)
+
+
+def test_manifest_compatibility(index):
+    m = index.manifest
+    assert m.compatible_with("efficientnet-lite0-gem", 512, [1.0, 0.5]) is None
+    for what, args in (("model", ("other-model", 512, (1.0, 0.5))), ("size", (m.model, 1024, (1.0, 0.5))),
+                       ("scales", (m.model, 512, (1.0,)))):
+        reason = m.compatible_with(*args)
+        assert reason is not None and what in reason
+        assert repr(getattr(m, what)) in reason  # says what the index has ...
+        assert repr(args[("model", "size", "scales").index(what)]) in reason  # ... and what the query has
+    assert replace(m, size=1024).compatible_with(m.model, 1024, m.scales) is None
