@@ -35,7 +35,7 @@ class Strength:
 
 
 STRENGTHS = {
-    "low": Strength(1, 30, 0.3, 5, "near-invisible (1 grey level); blocks the protecting model"),
+    "low": Strength(1, 30, 0.4, 5, "near-invisible (1 grey level); blocks the protecting model"),
     "medium": Strength(2, 40, 0.2, 5, "2 grey levels; more margin against re-compression"),
     "high": Strength(4, 60, 0.1, 8, "4 grey levels; strongest effect, still hard to see"),
 }
@@ -53,7 +53,8 @@ def make_attack(model: DescriptorModel, method: str = "pire", strength: str = DE
         raise ValueError(f"unknown strength {strength!r}; available: {', '.join(STRENGTHS)}")
     preset = STRENGTHS[strength]
     codec = partial(jpeg_round_trip, quality=jpeg_quality) if jpeg_quality else None
-    return PIRE(model, eps=(eps_levels or preset.eps_levels) / 255, steps=steps or preset.steps, size=size,
+    eps_levels = preset.eps_levels if eps_levels is None else eps_levels
+    return PIRE(model, eps=eps_levels / 255, steps=preset.steps if steps is None else steps, size=size,
                 seed=seed, codec=codec, target_similarity=preset.target_similarity, patience=preset.patience)
 
 

@@ -66,7 +66,7 @@ class PerturbationAttack:
                  scales: Sequence[float] = (1.0,), saving: str = "quantised",
                  codec: Callable[[torch.Tensor], torch.Tensor] | None = None, random_start: bool = True,
                  seed: int | None = None, target_similarity: float | None = None, patience: int | None = None):
-        _check(isinstance(steps, int) and steps >= 1, f"steps must be a positive integer, got {steps!r}")
+        _check(isinstance(steps, int) and not isinstance(steps, bool) and steps >= 1, f"steps must be a positive integer, got {steps!r}")
         _check(lr > 0, f"lr must be positive, got {lr}")
         _check(isinstance(size, int) and size >= 32, f"size must be an integer >= 32, got {size!r}")
         _check(saving in SAVING_MODES, f"saving must be one of {SAVING_MODES}, got {saving!r}")
@@ -78,6 +78,7 @@ class PerturbationAttack:
         self.saving, self.codec, self.random_start, self.seed = saving, codec, random_start, seed
         self.target_similarity, self.patience = target_similarity, patience
         self.stats = AttackStats([], [])
+        self.perturbation: torch.Tensor | None = None  # best working-resolution perturbation of the last call
 
     def bound(self, x: torch.Tensor) -> torch.Tensor:
         """Per-pixel bound on |v|, broadcastable to ``x`` (the photo at perturbation resolution)."""
@@ -98,22 +99,27 @@ class PerturbationAttack:
             return v
         return F.interpolate(v, size=shape, mode="bilinear", align_corners=False)
 
-    def _compose(self, x: torch.Tensor, v: torch.Tensor, optimising: bool) -> torch.Tensor:
-        """The image the saving mode produces from ``x`` and the working-resolution perturbation ``v``."""
+    def _compose(self, x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """The image the optimisation sees: 8-bit (straight-through) in ``quantised`` mode, else continuous."""
+        adv = (x + self._upsample(v, x.shape[-2:])).clamp(0, 1)
+        if self.saving != "quantised":
+            return adv
+        adv = straight_through(adv, quantise)
+        return adv if self.codec is None else straight_through(adv, self.codec)
+
+    def render(self, x: torch.Tensor, v: torch.Tensor, saving: str | None = None) -> torch.Tensor:
+        """The 8-bit image a saving mode makes of ``x`` and a working-resolution perturbation ``v``
+        (e.g. :attr:`perturbation` after a call), so one optimisation can be saved in every mode."""
+        saving = saving or self.saving
+        _check(saving in SAVING_MODES, f"saving must be one of {SAVING_MODES}, got {saving!r}")
         delta = self._upsample(v, x.shape[-2:])
-        if self.saving == "x10" and not optimising:
+        if saving == "x10":
             delta = 10 * delta
-        elif self.saving == "refined" and not optimising:
+        elif saving == "refined":
             # p(v): entries that rounding would erase become one grey level; the others survive as they are.
             small = (delta != 0) & (delta.abs() < 0.5 / 255)
             delta = torch.where(small, torch.sign(delta) / 255, delta)
-        adv = (x + delta).clamp(0, 1)
-        if optimising and self.saving != "quantised":
-            return adv
-        adv = straight_through(adv, quantise) if optimising else quantise(adv)
-        if optimising and self.codec is not None:
-            adv = straight_through(adv, self.codec)
-        return adv
+        return quantise(x + delta)
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         return self.forward(images)
@@ -144,7 +150,7 @@ class PerturbationAttack:
         done = torch.zeros(n, dtype=torch.bool, device=x.device)
         steps_used = torch.full((n,), self.steps, dtype=torch.long, device=x.device)
         for step in range(self.steps):
-            loss = (self.describe(self._compose(x, v, optimising=True)) - target).pow(2).sum(dim=1)
+            loss = (self.describe(self._compose(x, v)) - target).pow(2).sum(dim=1)
             with torch.no_grad():  # bookkeeping for the image v currently represents
                 improved = loss > best_loss
                 best_loss = torch.where(improved, loss, best_loss)
@@ -161,8 +167,9 @@ class PerturbationAttack:
             with torch.no_grad():  # project onto the bound and onto valid pixels
                 v.copy_(torch.maximum(torch.minimum(v, bound), -bound))
                 v.copy_((x_work + v).clamp(0, 1) - x_work)
+        self.perturbation = best_v
         with torch.no_grad():
-            out = self._compose(x, best_v, optimising=False)
+            out = self.render(x, best_v)
             similarity = (self.describe(out) * target).sum(dim=1)
         self.stats = AttackStats(steps_used.tolist(), similarity.tolist())
         return out.to(images.device, images.dtype)

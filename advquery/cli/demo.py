@@ -22,6 +22,9 @@ from .common import add_model_options, user_errors
 
 COPIES_PER_PHOTO = 3  # see edited_copies
 SAMPLES = ("astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "motorcycle_left.png", "hubble_deep_field.jpg")
+# Unrelated images that fill the tracker's database, as a real one holds mostly other photos.
+DISTRACTORS = ("camera.png", "coins.png", "moon.png", "page.png", "brick.png", "grass.png", "gravel.png", "retina.jpg",
+               "ihc.png", "cell.png", "color.png", "clock_motion.png", "text.png")
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -46,12 +49,12 @@ def edited_copies(rgb: np.ndarray) -> dict[str, np.ndarray]:
     }
 
 
-def sample_photos(folder: Path) -> list[Path]:
-    """Copy the scikit-image sample photos into ``folder`` as PNG files."""
+def sample_photos(folder: Path, names: tuple[str, ...] = SAMPLES) -> list[Path]:
+    """Copy scikit-image sample images into ``folder`` as PNG files."""
     folder.mkdir(parents=True, exist_ok=True)
     data = Path(skimage.__file__).parent / "data"
     out = []
-    for name in SAMPLES:
+    for name in names:
         target = folder / f"{Path(name).stem}.png"
         write_photo_atomic(target, read_photo(data / name).rgb, format="PNG")
         out.append(target)
@@ -76,14 +79,15 @@ def run_demo(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="advquery-demo-") as tmp:
         root = args.output or Path(tmp)
         originals = sample_photos(root / "originals")
-        shared = []
+        shared = sample_photos(root / "shared", DISTRACTORS)
         for photo in originals:
             for kind, rgb in edited_copies(read_photo(photo).rgb).items():
                 path = root / "shared" / f"{photo.stem}_{kind}.jpg"
                 write_photo_atomic(path, rgb, format="JPEG", quality=90)
                 shared.append(path)
         model = load_model(args.model, device=args.device)
-        print(f"advquery demo: {len(originals)} photos, {len(shared)} edited copies in the tracker's database; "
+        print(f"advquery demo: {len(originals)} photos; the tracker's database holds {len(shared)} images: "
+              f"{COPIES_PER_PHOTO} edited copies of each photo and {len(DISTRACTORS)} unrelated images; "
               f"model {model.name}, working size {args.size} px")
         result = extract_descriptors(model, shared, args.size, progress=False)
         index = ImageIndex(result.descriptors, result.paths,

@@ -66,10 +66,12 @@ def run_protect(args: argparse.Namespace) -> int:
         raise CommandError("no photos to protect")
     model = load_model(args.model, device=args.device)
     records: list[ProtectionRecord] = []
+    input_paths = {f.path.resolve() for f in files}  # no output may replace any of them
+    claimed: dict[Path, Path] = {}  # output -> the input it belongs to in this run
     report = open(args.report, "a") if args.report else None
     try:
         for f in tqdm(files, desc="protecting", unit="photo", disable=None):
-            record = _protect_one(f, args, model)
+            record = _protect_one(f, args, model, input_paths, claimed)
             records.append(record)
             if record.status == "failed":
                 tqdm.write(f"advquery: error: {record.error}", file=sys.stderr)
@@ -87,14 +89,20 @@ def run_protect(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def _protect_one(f, args: argparse.Namespace, model) -> ProtectionRecord:
+def _protect_one(f, args: argparse.Namespace, model, input_paths: set[Path],
+                 claimed: dict[Path, Path]) -> ProtectionRecord:
     try:
         photo = read_photo(f.path, max_pixels=args.max_pixels)
         fmt = output_format(photo, args.format)
         target = output_path(args.output, f.relative, fmt)
-        if target.resolve() == f.path.resolve():
+        if target.resolve() in input_paths:
+            which = "the input" if target.resolve() == f.path.resolve() else f"the input {target}"
             return ProtectionRecord(str(f.path), status="failed",
-                                    error=f"{f.path}: output would overwrite the input; choose another -o folder")
+                                    error=f"{f.path}: output would overwrite {which}; choose another -o folder")
+        owner = claimed.setdefault(target.resolve(), f.path)
+        if owner != f.path:
+            return ProtectionRecord(str(f.path), status="failed",
+                                    error=f"{f.path}: same output {target} as {owner}; rename one or use --format")
         if target.exists() and not args.overwrite:
             return ProtectionRecord(str(f.path), output=str(target), status="skipped")
         return protect_photo(photo, target, model, fmt, args.quality, args.keep_metadata, method=args.method,

@@ -1,0 +1,239 @@
+"""PIRE and the shared attack loop on a real UKBench photo at a tiny working size; the transforms it uses."""
+import math
+import re
+from functools import partial
+
+import pytest
+import torch
+
+from advquery import PIRE, load_model
+from advquery.extraction import describe
+from advquery.io import read_photo, to_tensor
+from advquery.transforms import jpeg_round_trip, quantise, straight_through
+
+SIZE = 96
+EPS = 2 / 255
+LEVEL = 1 / 255
+
+
+@pytest.fixture(scope="module")
+def model():
+    return load_model("efficientnet-lite0-gem", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def photo(ukbench_dir):
+    """(1, 3, 480, 640) float32 on the 8-bit grid."""
+    return to_tensor(read_photo(ukbench_dir / "ukbench00000.jpg").rgb)
+
+
+@pytest.fixture(scope="module")
+def attacked(model, photo):
+    """The default (quantised) attack at 2 grey levels, 5 steps, seed 0; its output and stats."""
+    before = photo.clone()
+    attack = PIRE(model, eps=EPS, steps=5, size=SIZE, seed=0)
+    x_adv = attack(photo)
+    assert torch.equal(photo, before), "the attack modified its input tensor"
+    return x_adv, attack.stats
+
+
+def _levels(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """|a - b| in grey levels."""
+    return (a - b).abs() * 255
+
+
+def _on_grid(x: torch.Tensor) -> bool:
+    return bool(((x * 255) - (x * 255).round()).abs().max() <= 1e-4)
+
+
+def _cosine(model, a: torch.Tensor, b: torch.Tensor) -> float:
+    with torch.inference_mode():
+        return float((describe(model, a, SIZE) * describe(model, b, SIZE)).sum())
+
+
+# ------------------------------------------------------------------------------ argument checks
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"eps": 0}, r"eps must be in \(0, 1\]"),
+    ({"eps": -2 / 255}, r"eps must be in \(0, 1\]"),
+    ({"eps": 1.5}, r"eps must be in \(0, 1\]"),
+    ({"steps": 0}, "steps must be a positive integer"),
+    ({"steps": 2.5}, "steps must be a positive integer"),
+    ({"lr": 0}, "lr must be positive"),
+    ({"lr": -1e-3}, "lr must be positive"),
+    ({"saving": "bogus"}, r"saving must be one of \('quantised', 'refined', 'x10'\), got 'bogus'"),
+    ({"target_similarity": 2}, r"target_similarity must be in \[-1, 1\], got 2"),
+    ({"patience": 0}, "patience must be a positive integer, got 0"),
+])
+def test_pire_rejects_bad_arguments(model, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        PIRE(model, **{"eps": EPS, "steps": 2, "size": SIZE, **kwargs})
+
+
+@pytest.mark.parametrize("images, message", [
+    (torch.zeros(1, 4, 32, 32), re.escape("expected (N, 3, H, W) float images in [0, 1], got (1, 4, 32, 32)")),
+    (torch.zeros(3, 32, 32), re.escape("expected (N, 3, H, W) float images in [0, 1], got (3, 32, 32)")),
+    (torch.zeros(1, 3, 32, 32, dtype=torch.uint8), re.escape("expected (N, 3, H, W)") + ".*uint8"),
+    (torch.full((1, 3, 32, 32), 255.0), re.escape("expected images in [0, 1], got values in [255, 255]")),
+    (torch.full((1, 3, 32, 32), -0.5), re.escape("expected images in [0, 1], got values in [-0.5, -0.5]")),
+])
+def test_pire_rejects_bad_images(model, images, message):
+    with pytest.raises(ValueError, match=message):
+        PIRE(model, eps=EPS, steps=2, size=SIZE)(images)
+
+
+# ------------------------------------------------------------------------------ invariants on a real photo
+
+
+def test_output_keeps_full_resolution_and_grid(photo, attacked):
+    x_adv, _ = attacked
+    assert photo.shape == (1, 3, 480, 640)
+    assert x_adv.shape == photo.shape and x_adv.dtype == photo.dtype  # working size 96, photo size kept
+    assert _on_grid(x_adv)
+    assert 0 <= float(x_adv.min()) and float(x_adv.max()) <= 1
+
+
+def test_output_within_linf_budget(photo, attacked):
+    x_adv, _ = attacked
+    assert float((x_adv - photo).abs().max()) <= EPS + 1e-6
+    assert (_levels(x_adv, photo) > 0.5).float().mean() > 0.5  # most pixels really changed
+
+
+def test_descriptor_moved_and_stats_agree(model, photo, attacked):
+    x_adv, stats = attacked
+    assert len(stats.similarity) == 1 and len(stats.steps) == 1
+    cosine = _cosine(model, photo, x_adv)  # independent of the attack's own bookkeeping
+    assert cosine < 0.99
+    assert stats.similarity[0] == pytest.approx(cosine, abs=1e-4)
+    assert stats.steps == [5]  # no early-stopping rule set: all steps run
+
+
+def test_x10_saving_scales_the_perturbation(model, photo, attacked):
+    x_adv = PIRE(model, eps=EPS, steps=5, size=SIZE, seed=0, saving="x10")(photo)
+    change = _levels(x_adv, photo)
+    assert _on_grid(x_adv)
+    assert float(change.max()) <= 10 * 2 + 0.5 + 1e-3  # 10 x eps, plus rounding to the grid
+    assert float(change.max()) > float(_levels(attacked[0], photo).max()) + 5  # much larger than quantised
+
+
+def test_refined_saving_keeps_sub_level_perturbations(model, photo):
+    """Below half a grey level, rounding erases the quantised attack entirely; refined lifts it to 1 level."""
+    interior = (photo * 255 >= 1) & (photo * 255 <= 254)  # pixels that can move both ways
+    tiny = 0.4 / 255
+    erased = PIRE(model, eps=tiny, steps=2, size=SIZE, seed=0)(photo)
+    assert torch.equal(erased, photo)
+    refined = PIRE(model, eps=tiny, steps=2, size=SIZE, seed=0, saving="refined")(photo)
+    change = _levels(refined, photo)
+    assert _on_grid(refined)
+    assert float(change.max()) == pytest.approx(1, abs=1e-3)
+    assert (change[interior] > 0.5).float().mean() > 0.99
+
+
+def test_refined_saving_every_change_at_least_one_level(model, photo):
+    eps = 1.5 / 255
+    x_adv = PIRE(model, eps=eps, steps=3, size=SIZE, seed=0, saving="refined")(photo)
+    change = _levels(x_adv, photo)
+    changed = change[change > 1e-3]
+    assert changed.numel() > 0.9 * change.numel()
+    assert float(changed.min()) >= 1 - 1e-3
+    assert float(change.max()) <= math.ceil(eps * 255) + 1e-3
+
+
+def test_same_seed_same_output_other_seed_differs(model, photo, attacked):
+    again = PIRE(model, eps=EPS, steps=5, size=SIZE, seed=0)(photo)
+    assert torch.equal(again, attacked[0])
+    other = PIRE(model, eps=EPS, steps=5, size=SIZE, seed=1)(photo)
+    assert not torch.equal(other, attacked[0])
+
+
+def test_render_reproduces_the_output_from_the_kept_perturbation(model, photo):
+    attack = PIRE(model, eps=EPS, steps=2, size=SIZE, seed=0)
+    x_adv = attack(photo)
+    v = attack.perturbation
+    assert v.shape == (1, 3, 72, 96)  # working resolution, long side 96
+    assert float(v.abs().max()) <= EPS + 1e-6
+    assert torch.equal(attack.render(photo, v), x_adv)
+    x10 = attack.render(photo, v, "x10")
+    assert _on_grid(x10) and float(_levels(x10, photo).max()) > float(_levels(x_adv, photo).max())
+    with pytest.raises(ValueError, match="saving must be one of"):
+        attack.render(photo, v, "bogus")
+
+
+# ------------------------------------------------------------------------------ early stopping, batches, codec
+
+
+def test_target_similarity_stops_early(model, photo):
+    attack = PIRE(model, eps=EPS, steps=5, size=SIZE, seed=0, target_similarity=0.999)
+    attack(photo)
+    assert attack.stats.steps[0] < 5
+    assert attack.stats.similarity[0] <= 0.999 + 1e-4  # stopped because the target was reached
+
+
+def test_patience_stops_when_loss_cannot_improve(model, photo):
+    """eps below half a grey level: every quantised candidate is the original, the loss is constant,
+    so only step 0 counts as an improvement and patience 2 stops the loop at step 2."""
+    attack = PIRE(model, eps=0.4 / 255, steps=6, size=SIZE, seed=0, patience=2)
+    x_adv = attack(photo)
+    assert attack.stats.steps == [2]
+    assert torch.equal(x_adv, photo)
+    assert attack.stats.similarity[0] == pytest.approx(1, abs=1e-5)
+
+
+def test_batch_gives_per_image_stats(model, photo, ukbench_dir):
+    second = to_tensor(read_photo(ukbench_dir / "ukbench00004.jpg").rgb)
+    batch = torch.cat([photo, second])
+    attack = PIRE(model, eps=EPS, steps=3, size=SIZE, seed=0)
+    x_adv = attack(batch)
+    assert x_adv.shape == batch.shape
+    assert len(attack.stats.steps) == 2 and len(attack.stats.similarity) == 2
+    assert float((x_adv - batch).abs().max()) <= EPS + 1e-6
+    for i in range(2):
+        assert attack.stats.similarity[i] == pytest.approx(_cosine(model, batch[i:i + 1], x_adv[i:i + 1]), abs=1e-4)
+
+
+def test_jpeg_codec_in_the_loop(model, photo):
+    attack = PIRE(model, eps=EPS, steps=3, size=SIZE, seed=0, codec=partial(jpeg_round_trip, quality=90))
+    x_adv = attack(photo)
+    assert x_adv.shape == photo.shape and _on_grid(x_adv)
+    assert float((x_adv - photo).abs().max()) <= EPS + 1e-6
+    assert attack.stats.steps == [3] and attack.stats.similarity[0] < 1
+
+
+def test_dtype_follows_the_input(model):
+    x = torch.rand(1, 3, 48, 64, generator=torch.Generator().manual_seed(0)).mul(255).round().div(255).double()
+    x_adv = PIRE(model, eps=EPS, steps=2, size=64, seed=0)(x)
+    assert x_adv.dtype == torch.float64 and x_adv.shape == x.shape
+    assert float((x_adv - x).abs().max()) <= EPS + 1e-6
+
+
+# ------------------------------------------------------------------------------ transforms
+
+
+def test_quantise_on_grid_and_nearest():
+    x = torch.linspace(-0.2, 1.2, 2001).view(1, 1, 1, -1)
+    q = quantise(x)
+    assert _on_grid(q) and float(q.min()) == 0 and float(q.max()) == 1
+    inside = (x >= 0) & (x <= 1)
+    assert float((q - x)[inside].abs().max()) <= 0.5 * LEVEL + 1e-7
+    assert torch.equal(quantise(q), q)  # idempotent
+
+
+def test_jpeg_round_trip_of_flat_image_stays_flat():
+    x = torch.full((2, 3, 32, 48), 128 / 255)
+    y = jpeg_round_trip(x, quality=90)
+    assert y.shape == x.shape and y.dtype == x.dtype
+    assert float(_levels(y, x).max()) <= 1 + 1e-4
+    noisy = torch.rand(1, 3, 32, 48, generator=torch.Generator().manual_seed(0))
+    assert float(_levels(jpeg_round_trip(noisy, quality=50), noisy).max()) > 5  # it is lossy on detail
+    with pytest.raises(ValueError, match="JPEG quality must be in 1..100, got 0"):
+        jpeg_round_trip(x, quality=0)
+
+
+@pytest.mark.parametrize("transform", [quantise, partial(jpeg_round_trip, quality=90)])
+def test_straight_through_forward_value_and_identity_gradient(transform):
+    x = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(0), requires_grad=True)
+    y = straight_through(x, transform)
+    torch.testing.assert_close(y, transform(x.detach()), atol=1e-6, rtol=0)
+    (y * 3).sum().backward()
+    torch.testing.assert_close(x.grad, torch.full_like(x, 3.0), atol=0, rtol=0)

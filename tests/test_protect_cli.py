@@ -1,0 +1,279 @@
+"""``advquery protect`` run in-process on a folder of real and broken photos, at a tiny working size."""
+import hashlib
+import json
+import os
+import shutil
+from contextlib import redirect_stderr, redirect_stdout
+from io import StringIO
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import ExifTags, Image
+
+from advquery.cli.main import main
+from advquery.io import read_photo
+from advquery.protection import STRENGTHS
+
+FAST = ["--size", "96", "--steps", "3", "--seed", "0"]
+REPORT_KEYS = {"input", "output", "status", "ssim", "psnr", "linf", "mean_abs_change", "similarity", "steps",
+               "seconds"}
+BAD = {"bad.jpg": "not an image", "empty.png": "empty file", "tiny.png": "too small",
+       "anim.png": "animated images are not supported", "anim.gif": "animated images are not supported"}
+GOOD = {"a.jpg": "JPEG", "sub/b.jpg": "JPEG", "alpha.png": "PNG"}
+
+
+def _run(argv: list[str]) -> tuple[int, str, str]:
+    """Exit code, stdout and stderr of one command (usable in module-scoped fixtures)."""
+    out, err = StringIO(), StringIO()
+    with redirect_stdout(out), redirect_stderr(err):
+        code = main(argv)
+    return code, out.getvalue(), err.getvalue()
+
+
+def _hashes(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _files(folder: Path) -> set[str]:
+    return {str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()}
+
+
+def _smooth(h: int, w: int, seed: int = 0) -> np.ndarray:
+    """A textured (H, W, 3) uint8 test picture: colour gradients plus mild noise."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w]
+    base = np.stack([xx * 200 / w, yy * 200 / h, (xx + yy) * 100 / (h + w)], axis=2) + 20
+    return np.clip(base + rng.normal(0, 12, (h, w, 3)), 0, 255).astype(np.uint8)
+
+
+def _exif(orientation: int) -> Image.Exif:
+    exif = Image.Exif()
+    exif[ExifTags.Base.Orientation] = orientation
+    exif[ExifTags.Base.Make] = "TestCam"
+    exif[ExifTags.IFD.GPSInfo] = {ExifTags.GPS.GPSLatitudeRef: "N", ExifTags.GPS.GPSLatitude: (1.0, 2.0, 3.0)}
+    return exif
+
+
+def _strict_json(line: str) -> dict:
+    def reject(token):
+        raise ValueError(f"non-standard JSON constant {token}")
+    return json.loads(line, parse_constant=reject)
+
+
+# ------------------------------------------------------------------------------ a mixed folder
+
+
+@pytest.fixture(scope="module")
+def batch(ukbench_dir, tmp_path_factory):
+    root = tmp_path_factory.mktemp("protect")
+    inp = root / "in"
+    (inp / "sub").mkdir(parents=True)
+    shutil.copy(ukbench_dir / "ukbench00000.jpg", inp / "a.jpg")
+    shutil.copy(ukbench_dir / "ukbench00004.jpg", inp / "sub" / "b.jpg")
+    alpha = np.tile(np.linspace(0, 255, 80).round().astype(np.uint8), (60, 1))  # 0..255, every value kind
+    Image.fromarray(np.dstack([_smooth(60, 80), alpha]), "RGBA").save(inp / "alpha.png")
+    (inp / "bad.jpg").write_text("this is not a photo\n")
+    (inp / "empty.png").write_bytes(b"")
+    Image.fromarray(_smooth(10, 10)).save(inp / "tiny.png")
+    frames = [Image.new("RGB", (48, 48), c) for c in ("red", "blue")]
+    frames[0].save(inp / "anim.gif", save_all=True, append_images=frames[1:], duration=100)
+    frames[0].save(inp / "anim.png", save_all=True, append_images=frames[1:], duration=100)  # APNG
+    before = _hashes(inp)
+    out, report = root / "out", root / "report.jsonl"
+    # A folder lists image extensions only (GIF is none), so the animated GIF is also given as a file.
+    code, stdout, stderr = _run(["protect", str(inp), str(inp / "anim.gif"), "-o", str(out), "--recursive",
+                                 "--report", str(report), *FAST])
+    return {"root": root, "in": inp, "out": out, "before": before, "after": _hashes(inp), "code": code,
+            "stdout": stdout, "stderr": stderr, "report": report}
+
+
+def test_batch_exit_code_and_one_error_line_per_bad_file(batch):
+    assert batch["code"] == 1
+    stderr = batch["stderr"]
+    assert "Traceback" not in stderr
+    errors = [line for line in stderr.splitlines() if line.startswith("advquery: error:")]
+    assert len(errors) == len(BAD), stderr
+    for name, reason in BAD.items():
+        lines = [line for line in errors if line.split("error: ", 1)[1].startswith(str(batch["in"] / name) + ":")]
+        assert len(lines) == 1 and reason in lines[0], (name, errors)
+    assert "protected 3, skipped 0 existing (use --overwrite), failed 5" in stderr
+
+
+def test_batch_outputs_keep_relative_paths_and_formats(batch):
+    out = batch["out"]
+    assert _files(out) == set(GOOD)  # nothing for the bad files, no temporary files left
+    for rel, fmt in GOOD.items():
+        with Image.open(out / rel) as img:
+            assert img.format == fmt
+            with Image.open(batch["in"] / rel) as orig:
+                assert img.size == orig.size
+    assert read_photo(out / "a.jpg").size == (640, 480)
+
+
+def test_batch_png_alpha_kept_exactly(batch):
+    original, protected = read_photo(batch["in"] / "alpha.png"), read_photo(batch["out"] / "alpha.png")
+    assert protected.alpha is not None
+    np.testing.assert_array_equal(protected.alpha, original.alpha)
+    assert not np.array_equal(protected.rgb, original.rgb)
+
+
+def test_batch_inputs_untouched(batch):
+    assert batch["after"] == batch["before"]
+
+
+def test_batch_report(batch):
+    lines = batch["report"].read_text().splitlines()
+    records = {Path(r["input"]): r for r in map(_strict_json, lines)}
+    expected_inputs = {batch["in"] / name for name in [*GOOD, *BAD]}
+    assert len(lines) == len(expected_inputs) and set(records) == expected_inputs
+    eps_levels = STRENGTHS["medium"].eps_levels
+    for rel in GOOD:
+        r = records[batch["in"] / rel]
+        assert REPORT_KEYS <= set(r)
+        assert r["status"] == "protected" and Path(r["output"]) == batch["out"] / rel
+        assert 0.9 < r["ssim"] <= 1 and r["psnr"] > 30
+        assert r["linf"] >= 1 and 0 < r["mean_abs_change"] < r["linf"]
+        assert r["similarity"] < 0.99  # the descriptor of the written file really moved
+        assert isinstance(r["steps"], int) and 0 <= r["steps"] <= 3 and r["seconds"] > 0
+    # PNG is lossless, so the measured change is the budget; JPEG adds its own re-encoding error.
+    assert records[batch["in"] / "alpha.png"]["linf"] <= eps_levels
+    for name, reason in BAD.items():
+        r = records[batch["in"] / name]
+        assert r["status"] == "failed" and r["output"] is None and r["ssim"] is None
+        assert name in r["error"] and reason in r["error"]
+
+
+def test_existing_outputs_skipped_then_overwritten(batch, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(batch["out"], out)
+    old = 1_000_000_000 * 10**9  # a recognisable mtime (2001)
+    for p in out.rglob("*"):
+        os.utime(p, ns=(old, old))
+    hashes = _hashes(out)
+    code, _, stderr = _run(["protect", str(batch["in"]), "-o", str(out), "--recursive", *FAST])
+    assert code == 1  # the broken inputs still fail
+    assert "protected 0, skipped 3 existing" in stderr
+    assert _hashes(out) == hashes and all(p.stat().st_mtime_ns == old for p in out.rglob("*") if p.is_file())
+
+    code, _, stderr = _run(["protect", str(batch["in"] / "alpha.png"), str(batch["in"] / "a.jpg"),
+                            "-o", str(out), "--overwrite", *FAST])
+    assert code == 0, stderr
+    assert "protected 2, skipped 0" in stderr
+    assert (out / "alpha.png").stat().st_mtime_ns != old and (out / "a.jpg").stat().st_mtime_ns != old
+    assert (out / "sub" / "b.jpg").stat().st_mtime_ns == old
+    assert _files(out) == set(GOOD)
+
+
+# ------------------------------------------------------------------------------ formats and paths
+
+
+def test_format_png_turns_jpeg_into_png(ukbench_dir, tmp_path):
+    shutil.copy(ukbench_dir / "ukbench00001.jpg", tmp_path / "x.jpg")
+    out = tmp_path / "out"
+    code, _, stderr = _run(["protect", str(tmp_path / "x.jpg"), "-o", str(out), "--format", "png", *FAST])
+    assert code == 0, stderr
+    assert _files(out) == {"x.png"}
+    with Image.open(out / "x.png") as img:
+        assert img.format == "PNG"
+    change = np.abs(read_photo(out / "x.png").rgb.astype(int) - read_photo(tmp_path / "x.jpg").rgb.astype(int))
+    assert 1 <= change.max() <= STRENGTHS["medium"].eps_levels  # lossless output: exactly within the budget
+
+
+def test_output_that_would_overwrite_the_input_fails(tmp_path):
+    Image.fromarray(_smooth(48, 64)).save(tmp_path / "x.png")
+    before = _hashes(tmp_path)
+    code, _, stderr = _run(["protect", str(tmp_path), "-o", str(tmp_path), *FAST])
+    assert code == 1
+    errors = [line for line in stderr.splitlines() if line.startswith("advquery: error:")]
+    assert len(errors) == 1 and "x.png" in errors[0] and "overwrite the input" in errors[0]
+    assert _hashes(tmp_path) == before and "Traceback" not in stderr
+
+
+def test_output_that_would_replace_another_input_fails(tmp_path):
+    """x.tif becomes x.png by default: with -o the input folder it must not replace the input x.png,
+    not even with --overwrite."""
+    Image.fromarray(_smooth(48, 64, seed=1)).save(tmp_path / "x.tif")
+    Image.fromarray(_smooth(48, 64, seed=2)).save(tmp_path / "x.png")
+    before = _hashes(tmp_path)
+    code, _, stderr = _run(["protect", str(tmp_path), "-o", str(tmp_path), "--overwrite", *FAST])
+    assert code == 1
+    errors = [line for line in stderr.splitlines() if line.startswith("advquery: error:")]
+    assert len(errors) == 2 and all("overwrite the input" in line for line in errors), errors
+    assert any(f"{tmp_path / 'x.tif'}: " in line and str(tmp_path / "x.png") in line for line in errors)
+    assert _hashes(tmp_path) == before
+
+
+def test_glob_input(tmp_path):
+    inp = tmp_path / "in"
+    inp.mkdir()
+    for i in range(2):
+        Image.fromarray(_smooth(48, 64, seed=i)).save(inp / f"p{i}.jpg", quality=95)
+    Image.fromarray(_smooth(48, 64)).save(inp / "q.png")
+    out = tmp_path / "out"
+    code, _, stderr = _run(["protect", str(inp / "*.jpg"), "-o", str(out), *FAST])
+    assert code == 0, stderr
+    assert _files(out) == {"p0.jpg", "p1.jpg"}
+
+
+# ------------------------------------------------------------------------------ metadata and orientation
+
+
+def test_metadata_dropped_by_default_kept_without_gps_on_request(tmp_path):
+    src = tmp_path / "cam.jpg"
+    Image.fromarray(_smooth(64, 96)).save(src, quality=95, exif=_exif(1))
+    with Image.open(src) as img:
+        assert img.getexif().get_ifd(ExifTags.IFD.GPSInfo)  # the input really carries GPS
+    code, _, stderr = _run(["protect", str(src), "-o", str(tmp_path / "plain"), *FAST])
+    assert code == 0, stderr
+    with Image.open(tmp_path / "plain" / "cam.jpg") as img:
+        assert "exif" not in img.info and len(img.getexif()) == 0
+
+    code, _, stderr = _run(["protect", str(src), "-o", str(tmp_path / "kept"), "--keep-metadata", *FAST])
+    assert code == 0, stderr
+    with Image.open(tmp_path / "kept" / "cam.jpg") as img:
+        exif = img.getexif()
+        assert exif.get(ExifTags.Base.Make) == "TestCam"
+        assert ExifTags.IFD.GPSInfo not in exif and not exif.get_ifd(ExifTags.IFD.GPSInfo)
+
+
+def test_exif_orientation_applied(tmp_path):
+    raw = _smooth(64, 96)  # stored H 64, W 96
+    raw[:16, :16] = [255, 0, 0]  # marker at the stored top-left corner
+    src = tmp_path / "rot.jpg"
+    Image.fromarray(raw).save(src, quality=95, exif=_exif(6))
+    code, _, stderr = _run(["protect", str(src), "-o", str(tmp_path / "out"), *FAST])
+    assert code == 0, stderr
+    with Image.open(tmp_path / "out" / "rot.jpg") as img:
+        assert img.size == (64, 96)  # W, H swapped: upright
+        assert img.getexif().get(ExifTags.Base.Orientation) is None  # no tag left to rotate it again
+        upright = np.asarray(img.convert("RGB")).astype(int)
+    assert upright[4:12, -12:-4, 0].mean() > 200 and upright[4:12, -12:-4, 1].mean() < 60  # rotated clockwise
+    assert upright[4:12, 4:12, 1].mean() > 60  # the top-left now holds other content
+
+
+# ------------------------------------------------------------------------------ argument errors
+
+
+@pytest.mark.parametrize("option, value", [("--eps", "0"), ("--eps", "-1"), ("--quality", "0"), ("--quality", "101")])
+def test_bad_budget_or_quality_is_one_line_exit_2(tmp_path, option, value):
+    Image.fromarray(_smooth(48, 64)).save(tmp_path / "x.png")
+    code, stdout, stderr = _run(["protect", str(tmp_path / "x.png"), "-o", str(tmp_path / "out"), option, value,
+                                 *FAST])
+    assert code == 2
+    assert len(stderr.strip().splitlines()) == 1 and option in stderr and "Traceback" not in stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_two_inputs_with_the_same_output_second_fails(tmp_path):
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    Image.fromarray(_smooth(64, 80, seed=1)).save(src / "x.png")
+    Image.fromarray(_smooth(64, 80, seed=2)).save(src / "x.tif")
+    code, _, err = _run(["protect", str(src), "-o", str(out), *FAST])
+    assert code == 1
+    assert "same output" in err and "x.tif" in err
+    assert _files(out) == {"x.png"}
+    # The output is the protected x.png, not x.tif's.
+    assert np.abs(read_photo(out / "x.png").rgb.astype(int) - read_photo(src / "x.png").rgb.astype(int)).max() <= 2

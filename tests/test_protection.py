@@ -1,0 +1,81 @@
+"""The protection core: output format and path rules, presets behind make_attack, report records."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from advquery import PIRE, load_model
+from advquery.io import Photo
+from advquery.protection import STRENGTHS, ProtectionRecord, make_attack, output_format, output_path
+
+
+def _photo(fmt: str, name: str = "x") -> Photo:
+    return Photo(path=Path(name), rgb=np.zeros((32, 32, 3), np.uint8), alpha=None, format=fmt, exif=None,
+                 icc_profile=None)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return load_model("efficientnet-lite0-gem", device="cpu")
+
+
+@pytest.mark.parametrize("fmt, expected", [
+    ("JPEG", "JPEG"), ("PNG", "PNG"), ("TIFF", "PNG"), ("BMP", "PNG"), ("WEBP", "PNG"),
+])
+def test_output_format_default_keeps_jpeg_else_lossless_png(fmt, expected):
+    assert output_format(_photo(fmt), None) == expected
+
+
+@pytest.mark.parametrize("requested, expected", [("jpg", "JPEG"), ("JPG", "JPEG"), ("jpeg", "JPEG"), ("png", "PNG")])
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "TIFF"])
+def test_output_format_requested_wins(fmt, requested, expected):
+    assert output_format(_photo(fmt), requested) == expected
+
+
+@pytest.mark.parametrize("relative, fmt, expected", [
+    ("x.jpg", "JPEG", "x.jpg"),
+    ("x.jpeg", "JPEG", "x.jpeg"),  # an existing JPEG suffix is kept as the user wrote it
+    ("x.JPG", "JPEG", "x.JPG"),
+    ("sub/x.png", "PNG", "sub/x.png"),
+    ("x.tif", "PNG", "x.png"),
+    ("x.bmp", "PNG", "x.png"),
+    ("x.jpg", "PNG", "x.png"),
+    ("x.png", "JPEG", "x.jpg"),
+    ("a/b/x.webp", "PNG", "a/b/x.png"),
+])
+def test_output_path_suffix_rules(tmp_path, relative, fmt, expected):
+    assert output_path(tmp_path, Path(relative), fmt) == tmp_path / expected
+
+
+def test_make_attack_rejects_unknown_method_and_strength(model):
+    with pytest.raises(ValueError, match=r"unknown method 'fgsm'; available: pire"):
+        make_attack(model, method="fgsm")
+    with pytest.raises(ValueError, match=r"unknown strength 'max'; available: low, medium, high"):
+        make_attack(model, strength="max")
+
+
+@pytest.mark.parametrize("strength", list(STRENGTHS))
+def test_make_attack_follows_the_preset(model, strength):
+    preset = STRENGTHS[strength]
+    attack = make_attack(model, strength=strength, size=96, seed=3)
+    assert isinstance(attack, PIRE)
+    assert attack.eps == pytest.approx(preset.eps_levels / 255)
+    assert (attack.steps, attack.target_similarity, attack.patience) == \
+        (preset.steps, preset.target_similarity, preset.patience)
+    assert (attack.size, attack.seed, attack.codec) == (96, 3, None)
+
+
+def test_make_attack_overrides_and_jpeg_codec(model):
+    attack = make_attack(model, eps_levels=3, steps=7, size=96, jpeg_quality=90)
+    assert attack.eps == pytest.approx(3 / 255) and attack.steps == 7
+    assert attack.codec is not None and attack.codec.keywords == {"quality": 90}
+
+
+def test_record_to_json_turns_infinite_psnr_into_null():
+    record = ProtectionRecord("a.png", "out/a.png", ssim=1.0, psnr=float("inf"), linf=0.0, mean_abs_change=0.0,
+                              similarity=1.0, steps=0, seconds=0.1)
+    data = record.to_json()
+    assert data["psnr"] is None and data["ssim"] == 1.0 and data["status"] == "protected"
+    json.dumps(data, allow_nan=False)  # strictly valid JSON
+    assert ProtectionRecord("a.png", psnr=42.5).to_json()["psnr"] == 42.5
