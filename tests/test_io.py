@@ -12,6 +12,7 @@ from advquery.io import (
     IMAGE_EXTENSIONS, ImageError, collect_inputs, format_for_suffix, read_photo,
     suffix_for_format, to_tensor, to_uint8, write_photo_atomic,
 )
+from helpers import exif_with_gps
 
 
 def _rgb(h=48, w=64, seed=0):
@@ -141,19 +142,11 @@ def test_rgba_and_la_alpha_kept_unchanged(tmp_path):
     np.testing.assert_array_equal(photo.rgb[..., 2], rgba[..., 0])
 
 
-def _exif(orientation: int) -> Image.Exif:
-    exif = Image.Exif()
-    exif[ExifTags.Base.Orientation] = orientation
-    exif[ExifTags.Base.Make] = "TestCam"
-    exif[ExifTags.IFD.GPSInfo] = {ExifTags.GPS.GPSLatitudeRef: "N", ExifTags.GPS.GPSLatitude: (1.0, 2.0, 3.0)}
-    return exif
-
-
 @pytest.mark.parametrize("suffix", [".png", ".jpg"])
 def test_exif_orientation_6_rotates_and_metadata_is_cleaned(tmp_path, suffix):
     rgb = np.zeros((60, 40, 3), np.uint8)  # H 60, W 40
     rgb[:8, :8] = [255, 0, 0]  # marker at the stored top-left corner
-    path = _save(Image.fromarray(rgb), tmp_path / f"rot{suffix}", exif=_exif(6))
+    path = _save(Image.fromarray(rgb), tmp_path / f"rot{suffix}", exif=exif_with_gps(6))
     photo = read_photo(path)
     assert photo.size == (60, 40) and photo.rgb.shape == (40, 60, 3)
     assert photo.rgb[2, -3, 0] > 200 and photo.rgb[2, 2, 0] < 50  # 90 degrees clockwise: top-right
@@ -187,10 +180,10 @@ def test_write_png_round_trip_exact_and_no_temp_files(tmp_path):
     assert os.listdir(out.parent) == ["out.png"]
 
 
-def test_write_jpeg_drops_alpha_444_and_keeps_exif(tmp_path):
+def test_write_jpeg_drops_alpha_444_and_keepsexif_with_gps(tmp_path):
     rgb = _rgb(40, 40)
     out = write_photo_atomic(tmp_path / "o.jpeg", rgb, alpha=rgb[..., 0], quality=95,
-                             exif=_exif(1).tobytes())
+                             exif=exif_with_gps(1).tobytes())
     with Image.open(out) as img:
         assert img.format == "JPEG" and img.mode == "RGB"
         assert JpegImagePlugin.get_sampling(img) == 0  # 4:4:4

@@ -14,6 +14,7 @@ from PIL import ExifTags, Image
 from advquery.cli.main import main
 from advquery.io import read_photo
 from advquery.protection import STRENGTHS
+from helpers import exif_with_gps
 
 FAST = ["--size", "96", "--steps", "3", "--seed", "0"]
 REPORT_KEYS = {"input", "output", "status", "ssim", "psnr", "linf", "mean_abs_change", "similarity", "steps",
@@ -46,14 +47,6 @@ def _smooth(h: int, w: int, seed: int = 0) -> np.ndarray:
     yy, xx = np.mgrid[0:h, 0:w]
     base = np.stack([xx * 200 / w, yy * 200 / h, (xx + yy) * 100 / (h + w)], axis=2) + 20
     return np.clip(base + rng.normal(0, 12, (h, w, 3)), 0, 255).astype(np.uint8)
-
-
-def _exif(orientation: int) -> Image.Exif:
-    exif = Image.Exif()
-    exif[ExifTags.Base.Orientation] = orientation
-    exif[ExifTags.Base.Make] = "TestCam"
-    exif[ExifTags.IFD.GPSInfo] = {ExifTags.GPS.GPSLatitudeRef: "N", ExifTags.GPS.GPSLatitude: (1.0, 2.0, 3.0)}
-    return exif
 
 
 def _strict_json(line: str) -> dict:
@@ -222,7 +215,7 @@ def test_glob_input(tmp_path):
 
 def test_metadata_dropped_by_default_kept_without_gps_on_request(tmp_path):
     src = tmp_path / "cam.jpg"
-    Image.fromarray(_smooth(64, 96)).save(src, quality=95, exif=_exif(1))
+    Image.fromarray(_smooth(64, 96)).save(src, quality=95, exif=exif_with_gps(1))
     with Image.open(src) as img:
         assert img.getexif().get_ifd(ExifTags.IFD.GPSInfo)  # the input really carries GPS
     code, _, stderr = _run(["protect", str(src), "-o", str(tmp_path / "plain"), *FAST])
@@ -242,7 +235,7 @@ def test_exif_orientation_applied(tmp_path):
     raw = _smooth(64, 96)  # stored H 64, W 96
     raw[:16, :16] = [255, 0, 0]  # marker at the stored top-left corner
     src = tmp_path / "rot.jpg"
-    Image.fromarray(raw).save(src, quality=95, exif=_exif(6))
+    Image.fromarray(raw).save(src, quality=95, exif=exif_with_gps(6))
     code, _, stderr = _run(["protect", str(src), "-o", str(tmp_path / "out"), *FAST])
     assert code == 0, stderr
     with Image.open(tmp_path / "out" / "rot.jpg") as img:

@@ -6,10 +6,10 @@ from functools import wraps
 
 from ..evaluation.datasets import DatasetError
 from ..evaluation.runner import EvaluationError
-from ..extraction import DEFAULT_SIZE
-from ..io import ImageError
-from ..models import DEFAULT_MODEL, ModelError
-from ..retrieval import IndexFileError
+from ..extraction import DEFAULT_SIZE, MULTISCALE
+from ..io import ImageError, InputFile, collect_inputs
+from ..models import BUILTIN_MODELS, DEFAULT_MODEL, DescriptorModel, ModelError, load_model
+from ..retrieval import ImageIndex, IndexFileError
 
 # Errors whose message already says what is wrong and where: shown as one line, no traceback.
 USER_ERRORS = (ModelError, DatasetError, EvaluationError, ImageError, IndexFileError, FileNotFoundError,
@@ -57,3 +57,28 @@ def add_model_options(parser: argparse.ArgumentParser, size_default: int | None 
                         help=f"working size: long side in pixels (default: {size_default or 'the index'})")
     parser.add_argument("--multiscale", action="store_true", help="GeM-average descriptors at scales 1, 1/sqrt2, 1/2")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+
+
+def collect_or_fail(inputs: list[str], recursive: bool, what: str) -> tuple[list[InputFile], list[str]]:
+    """Input files of a batch command; problems are printed as they are found, none at all is an error."""
+    files, problems = collect_inputs(inputs, recursive=recursive)
+    for line in problems:
+        error(line)
+    if not files:
+        raise CommandError(f"no {what}")
+    return files, problems
+
+
+def model_for_index(args: argparse.Namespace, index: ImageIndex) -> tuple[DescriptorModel, int, tuple[float, ...]]:
+    """(model, size, scales) that describe queries comparably with ``index``: its own, or those asked
+    for (--model, --size, --multiscale) if they agree with it."""
+    name = args.model or index.manifest.model
+    if args.model is None and name not in BUILTIN_MODELS:
+        raise CommandError(f"the index was built with checkpoint {name}: pass it with --model PATH")
+    model = load_model(name, device=args.device)
+    size = args.size or index.manifest.size
+    scales = MULTISCALE if args.multiscale or len(index.manifest.scales) > 1 else (1.0,)
+    mismatch = index.manifest.compatible_with(model.name, size, scales)
+    if mismatch:
+        raise CommandError(f"cannot use {args.index}: {mismatch}")
+    return model, size, scales

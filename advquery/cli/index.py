@@ -4,10 +4,9 @@ import sys
 from pathlib import Path
 
 from ..extraction import MULTISCALE, extract_descriptors
-from ..io import collect_inputs
 from ..models import load_model
 from ..retrieval import ImageIndex, Manifest
-from .common import CommandError, add_model_options, error, user_errors
+from .common import CommandError, add_model_options, collect_or_fail, error, user_errors
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -24,11 +23,7 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 @user_errors
 def build_index(args: argparse.Namespace) -> int:
-    files, problems = collect_inputs(args.images, recursive=args.recursive)
-    for line in problems:
-        error(line)
-    if not files:
-        raise CommandError("no images to index")
+    files, problems = collect_or_fail(args.images, args.recursive, "images to index")
     model = load_model(args.model, device=args.device)
     scales = MULTISCALE if args.multiscale else (1.0,)
     result = extract_descriptors(model, [f.path.resolve() for f in files], args.size, scales,

@@ -6,11 +6,11 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from ..io import DEFAULT_MAX_PIXELS, ImageError, collect_inputs, read_photo
+from ..io import DEFAULT_MAX_PIXELS, ImageError, read_photo
 from ..models import load_model
 from ..protection import DEFAULT_STRENGTH, METHODS, STRENGTHS, ProtectionRecord, output_format, output_path, \
     protect_photo
-from .common import CommandError, add_model_options, error, positive_int, user_errors
+from .common import CommandError, add_model_options, collect_or_fail, positive_int, user_errors
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -59,11 +59,7 @@ def run_protect(args: argparse.Namespace) -> int:
         raise CommandError(f"--quality must be in 1..100, got {args.quality}")
     if args.eps is not None and not 0 < args.eps <= 255:
         raise CommandError(f"--eps must be in (0, 255] grey levels, got {args.eps}")
-    files, problems = collect_inputs(args.inputs, recursive=args.recursive)
-    for line in problems:
-        error(line)
-    if not files:
-        raise CommandError("no photos to protect")
+    files, problems = collect_or_fail(args.inputs, args.recursive, "photos to protect")
     model = load_model(args.model, device=args.device)
     records: list[ProtectionRecord] = []
     input_paths = {f.path.resolve() for f in files}  # no output may replace any of them

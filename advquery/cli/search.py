@@ -3,10 +3,9 @@ import argparse
 import json
 from pathlib import Path
 
-from ..extraction import MULTISCALE, extract_descriptors
-from ..models import BUILTIN_MODELS, load_model
+from ..extraction import extract_descriptors
 from ..retrieval import ImageIndex
-from .common import CommandError, add_model_options, positive_int, user_errors
+from .common import CommandError, add_model_options, model_for_index, positive_int, user_errors
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -19,23 +18,10 @@ def register(commands: argparse._SubParsersAction) -> None:
     search.set_defaults(run=run_search)
 
 
-def load_query_model(args: argparse.Namespace, index: ImageIndex):
-    """The model the index was built with, or the one asked for if it is the same."""
-    name = args.model or index.manifest.model
-    if args.model is None and name not in BUILTIN_MODELS:
-        raise CommandError(f"the index was built with checkpoint {name}: pass it with --model PATH")
-    return load_model(name, device=args.device)
-
-
 @user_errors
 def run_search(args: argparse.Namespace) -> int:
     index = ImageIndex.load(args.index)
-    model = load_query_model(args, index)
-    size = args.size or index.manifest.size
-    scales = MULTISCALE if args.multiscale or len(index.manifest.scales) > 1 else (1.0,)
-    mismatch = index.manifest.compatible_with(model.name, size, scales)
-    if mismatch:
-        raise CommandError(f"cannot search {args.index}: {mismatch}")
+    model, size, scales = model_for_index(args, index)
     result = extract_descriptors(model, [args.query], size, scales, progress=False)
     if result.failures:
         raise CommandError(result.failures[0])

@@ -8,8 +8,7 @@ from ..io import read_photo
 from ..models import DEFAULT_MODEL, load_model
 from ..quality import quality_report
 from ..retrieval import ImageIndex
-from .common import CommandError, add_model_options, positive_int, user_errors
-from .search import load_query_model
+from .common import add_model_options, model_for_index, positive_int, user_errors
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -28,12 +27,7 @@ def register(commands: argparse._SubParsersAction) -> None:
 def run_verify(args: argparse.Namespace) -> int:
     index = ImageIndex.load(args.index) if args.index else None
     if index:
-        model = load_query_model(args, index)
-        size = args.size or index.manifest.size
-        scales = MULTISCALE if args.multiscale or len(index.manifest.scales) > 1 else (1.0,)
-        mismatch = index.manifest.compatible_with(model.name, size, scales)
-        if mismatch:
-            raise CommandError(f"cannot use {args.index}: {mismatch}")
+        model, size, scales = model_for_index(args, index)
     else:
         model = load_model(args.model or DEFAULT_MODEL, device=args.device)
         size, scales = args.size or DEFAULT_SIZE, MULTISCALE if args.multiscale else (1.0,)
