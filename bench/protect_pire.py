@@ -12,6 +12,7 @@ The published CV-PIRE outputs (55 of the same photos) are measured the same way.
 Run: ``python bench/protect_pire.py [--size 512] [--settings low medium high paper-like] [--ext 60]``.
 """
 import argparse
+import json
 import random
 import time
 from pathlib import Path
@@ -63,16 +64,21 @@ def main() -> None:
     std = load_dataset("roxford5k-mini", DATA_ROOT)
     ext = load_dataset("roxford5k-mini-ext", DATA_ROOT)
     ext_idx = sorted(random.Random(0).sample(range(len(ext.queries)), args.ext))
+    args.n_standard = len(std.queries)
     photos = list(std.queries[:args.limit]) + [ext.queries[i] for i in ext_idx[:args.limit]]
     cvpire = sorted((DATA_ROOT / "peer-adversarial" / "cv-pire-oxford").glob("*.jpg"))
     cv_names = {p.stem for p in cvpire}
 
+    std_idx = list(range(len(std.queries)))[:args.limit]
+    ext_idx = ext_idx[:args.limit]
+
     def scores(query_dir=None, ext_dir=None):
+        """mAP over the protected queries (all of them unless --limit)."""
         out = {}
         for queries in ("bb", "wi"):
             r = evaluate(std, model, args.size, queries=queries, protocols=("medium", "hard"), query_dir=query_dir,
                          cache_dir=CACHE, progress=False)
-            out.update({f"{queries}_{p}": r.results[p].map for p in ("medium", "hard")})
+            out.update({f"{queries}_{p}": subset_map(r, p, std_idx) for p in ("medium", "hard")})
         r = evaluate(ext, model, args.size, queries="wi", protocols=("medium", "hard"), query_dir=ext_dir,
                      cache_dir=CACHE, progress=False)
         out.update({f"ext_{p}": subset_map(r, p, ext_idx) for p in ("medium", "hard")})
@@ -94,23 +100,31 @@ def main() -> None:
         attack, modes = setting_attack(setting, model, args.size, args.seed)
         seconds, steps, written = [], [], {}
         for photo in photos:
-            x = to_tensor(originals[photo])
-            start = time.perf_counter()
-            attack(x)
-            seconds.append(time.perf_counter() - start)
-            steps.append(attack.stats.steps[0])
-            for mode in modes:
-                rgb = to_uint8(attack.render(x, attack.perturbation, mode))
-                for fmt, (pil, suffix) in FORMATS.items():
-                    folder = WORK / f"{args.size}" / setting / mode / fmt
-                    sub = "std" if photo in std.queries else "ext"
-                    target = write_photo_atomic(folder / sub / (photo.stem + suffix), rgb, format=pil, quality=95)
-                    written.setdefault((mode, fmt), []).append((photo, target))
-            print(f"{setting} {photo.stem}: {seconds[-1]:.1f}s {steps[-1]} steps", flush=True)
+            sub = "std" if photo in std.queries else "ext"
+            targets = {(mode, fmt): WORK / f"{args.size}" / setting / mode / fmt / sub / (photo.stem + suffix)
+                       for mode in modes for fmt, (_, suffix) in FORMATS.items()}
+            stats_file = WORK / f"{args.size}" / setting / "stats" / f"{photo.stem}.json"
+            if stats_file.is_file() and all(t.is_file() for t in targets.values()):  # resume an interrupted run
+                stats = json.loads(stats_file.read_text())
+            else:
+                x = to_tensor(originals[photo])
+                start = time.perf_counter()
+                attack(x)
+                stats = {"seconds": time.perf_counter() - start, "steps": attack.stats.steps[0]}
+                for mode in modes:
+                    rgb = to_uint8(attack.render(x, attack.perturbation, mode))
+                    for fmt, (pil, _) in FORMATS.items():
+                        write_photo_atomic(targets[mode, fmt], rgb, format=pil, quality=95)
+                stats_file.parent.mkdir(parents=True, exist_ok=True)
+                stats_file.write_text(json.dumps(stats))
+            seconds.append(stats["seconds"])
+            steps.append(stats["steps"])
+            for key, target in targets.items():
+                written.setdefault(key, []).append((photo, target))
+            print(f"{setting} {photo.stem}: {stats['seconds']:.1f}s {stats['steps']} steps", flush=True)
         for (mode, fmt), files in written.items():
             folder = WORK / f"{args.size}" / setting / mode / fmt
-            qual = {p: quality_report(originals[p], read_photo(t).rgb) for p, t in files if p.parent == std.root / "jpg"
-                    and p in std.queries}
+            qual = {p: quality_report(originals[p], read_photo(t).rgb) for p, t in files if p in std.queries}
             rec = {"setting": setting, "mode": mode, "format": fmt, **scores(folder / "std", folder / "ext"),
                    **{k: float(np.mean([q[k] for q in qual.values()])) for k in ("ssim", "psnr", "linf",
                                                                                  "mean_abs_change")},
@@ -118,6 +132,11 @@ def main() -> None:
                    "seconds_per_photo": float(np.mean(seconds)), "steps_per_photo": float(np.mean(steps))}
             records.append(rec)
             print(rec, flush=True)
+        report(records, args)
+
+
+def report(records: list[dict], args) -> None:
+    """Write the table of everything measured so far."""
     base = records[0]
     header = ["setting", "mode", "format", "BB Medium", "BB Hard", "WI Medium", "WI Hard", "ext WI Medium",
               "ext WI Hard", "BB Medium % of original", "SSIM", "PSNR", "L-inf", "mean abs", "s/photo", "steps"]
@@ -132,11 +151,11 @@ def main() -> None:
                      round(r["linf"], 1) if "linf" in r else "", round(r["mean_abs_change"], 2) if "linf" in r else "",
                      round(r["seconds_per_photo"], 1) if "seconds_per_photo" in r else "",
                      round(r["steps_per_photo"], 1) if "steps_per_photo" in r else ""])
-    note = (f"Lite0 GeM, working size {args.size} px; {len(std.queries)} standard queries (47 scored) and "
+    note = (f"Lite0 GeM, working size {args.size} px; {args.n_standard} standard queries (47 scored) and "
             f"{args.ext} extended queries (fixed random subset); quality over the 58 standard query photos, "
             "against the original decoded photo.")
-    write_results(f"protect_pire_{args.size}" + (f"_limit{args.limit}" if args.limit else ""), {"size": args.size, "records": records, "note": note},
-                  note + "\n\n" + markdown_table(header, rows))
+    write_results(f"protect_pire_{args.size}" + (f"_limit{args.limit}" if args.limit else ""),
+                  {"size": args.size, "records": records, "note": note}, note + "\n\n" + markdown_table(header, rows))
 
 
 if __name__ == "__main__":

@@ -64,6 +64,8 @@ def _cosine(model, a: torch.Tensor, b: torch.Tensor) -> float:
     ({"lr": -1e-3}, "lr must be positive"),
     ({"saving": "bogus"}, r"saving must be one of \('quantised', 'refined', 'x10'\), got 'bogus'"),
     ({"target_similarity": 2}, r"target_similarity must be in \[-1, 1\], got 2"),
+    ({"crops": -1}, "crops must be a non-negative integer, got -1"),
+    ({"steps": True}, "steps must be a positive integer"),
     ({"patience": 0}, "patience must be a positive integer, got 0"),
 ])
 def test_pire_rejects_bad_arguments(model, kwargs, message):
@@ -237,3 +239,18 @@ def test_straight_through_forward_value_and_identity_gradient(transform):
     torch.testing.assert_close(y, transform(x.detach()), atol=1e-6, rtol=0)
     (y * 3).sum().backward()
     torch.testing.assert_close(x.grad, torch.full_like(x, 3.0), atol=0, rtol=0)
+
+
+def test_crops_push_apart_the_descriptor_of_a_crop_too(model, photo):
+    """With crops in the objective the descriptors of those crops move; the whole photo's still does."""
+    attack = PIRE(model, eps=EPS, steps=5, size=SIZE, seed=0, crops=2)
+    x_adv = attack(photo)
+    assert _on_grid(x_adv) and _levels(x_adv, photo).max() <= 2 + 1e-4
+    generator = torch.Generator().manual_seed(0)
+    boxes = attack._crop_boxes(tuple(photo.shape[-2:]), generator)  # the same draws the attack made first
+    assert len(boxes) == 2 and all(0 <= l < r <= 640 and 0 <= t < b <= 480 for l, t, r, b in boxes)
+    with torch.inference_mode():
+        for box in boxes:
+            crop_similarity = float((describe(model, photo, SIZE, box=box) * describe(model, x_adv, SIZE, box=box)).sum())
+            assert crop_similarity < 0.999
+    assert _cosine(model, photo, x_adv) < 0.99

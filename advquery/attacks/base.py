@@ -17,11 +17,12 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..extraction import DEFAULT_SIZE, resize_long_side
+from ..extraction import DEFAULT_SIZE, describe, resize_long_side
 from ..models import DescriptorModel
 from ..transforms import quantise, straight_through
 
 SAVING_MODES = ("quantised", "refined", "x10")
+CROP_SIDE = (0.5, 0.95)  # side of the random crops, as a fraction of the photo's width and height
 
 
 @dataclass
@@ -57,6 +58,12 @@ class PerturbationAttack:
         target_similarity: stop an image once its descriptor cosine similarity to the original
             is at most this value (None: run all steps).
         patience: stop an image after this many steps without improvement (None: never).
+        crops: number of random crops (sides drawn from :data:`CROP_SIDE`, seeded like the start)
+            whose descriptors are pushed apart in every step too, so that a cropped copy of the
+            photo (a bounding-box query, a platform's crop) stays protected; without them the effect
+            sits near the image border and a 10 % crop removes it. Loss and early-stopping
+            similarity are averaged over the whole photo and its crops; each crop costs about one
+            more forward and backward pass per step.
 
     Shape:
         input (N, 3, H, W) float in [0, 1] on the 8-bit grid; output the same shape, on the 8-bit grid.
@@ -65,7 +72,8 @@ class PerturbationAttack:
     def __init__(self, model: DescriptorModel, steps: int = 100, lr: float = 1 / 255, size: int = DEFAULT_SIZE,
                  scales: Sequence[float] = (1.0,), saving: str = "quantised",
                  codec: Callable[[torch.Tensor], torch.Tensor] | None = None, random_start: bool = True,
-                 seed: int | None = None, target_similarity: float | None = None, patience: int | None = None):
+                 seed: int | None = None, target_similarity: float | None = None, patience: int | None = None,
+                 crops: int = 0):
         _check(isinstance(steps, int) and not isinstance(steps, bool) and steps >= 1, f"steps must be a positive integer, got {steps!r}")
         _check(lr > 0, f"lr must be positive, got {lr}")
         _check(isinstance(size, int) and size >= 32, f"size must be an integer >= 32, got {size!r}")
@@ -76,7 +84,8 @@ class PerturbationAttack:
                f"patience must be a positive integer, got {patience!r}")
         self.model, self.steps, self.lr, self.size, self.scales = model, steps, lr, size, tuple(scales)
         self.saving, self.codec, self.random_start, self.seed = saving, codec, random_start, seed
-        self.target_similarity, self.patience = target_similarity, patience
+        _check(isinstance(crops, int) and crops >= 0, f"crops must be a non-negative integer, got {crops!r}")
+        self.target_similarity, self.patience, self.crops = target_similarity, patience, crops
         self.stats = AttackStats([], [])
         self.perturbation: torch.Tensor | None = None  # best working-resolution perturbation of the last call
 
@@ -87,6 +96,22 @@ class PerturbationAttack:
     def describe(self, x: torch.Tensor) -> torch.Tensor:
         """Descriptor of full-resolution images as the retrieval system computes it."""
         return self.model(resize_long_side(x, self.size), scales=self.scales)
+
+    def views(self, x: torch.Tensor, boxes: list[tuple[int, int, int, int]]) -> torch.Tensor:
+        """(N, 1 + len(boxes), D) descriptors the objective pushes apart: the whole photo and its crops."""
+        return torch.stack([self.describe(x)] + [describe(self.model, x, self.size, self.scales, box=b)
+                                                 for b in boxes], dim=1)
+
+    def _crop_boxes(self, shape: tuple[int, int], generator: torch.Generator) -> list[tuple[int, int, int, int]]:
+        h, w = shape
+        boxes = []
+        for _ in range(self.crops):
+            lo, hi = CROP_SIDE
+            fh, fw, py, px = torch.rand(4, generator=generator, device=generator.device).tolist()
+            ch, cw = round(h * (lo + (hi - lo) * fh)), round(w * (lo + (hi - lo) * fw))
+            top, left = round((h - ch) * py), round((w - cw) * px)
+            boxes.append((left, top, left + cw, top + ch))
+        return boxes
 
     def _perturbation_size(self, x: torch.Tensor) -> tuple[int, int]:
         h, w = x.shape[-2:]
@@ -132,13 +157,17 @@ class PerturbationAttack:
             raise ValueError(f"expected images in [0, 1], got values in [{images.min():.3g}, {images.max():.3g}]")
         x = images.detach().to(self.model.device, torch.float32)
         n = x.shape[0]
+        generator = torch.Generator(device=x.device)
+        if self.seed is None:
+            generator.seed()  # nondeterministic, without touching the global RNG
+        else:
+            generator.manual_seed(self.seed)
+        boxes = self._crop_boxes(tuple(x.shape[-2:]), generator)
         with torch.no_grad():
-            target = self.describe(x)
+            target = self.views(x, boxes)
             x_work = F.interpolate(x, size=self._perturbation_size(x), mode="bilinear", align_corners=False,
                                    antialias=True) if self._perturbation_size(x) != tuple(x.shape[-2:]) else x
             bound = self.bound(x_work).expand_as(x_work)
-        generator = torch.Generator(device=x.device)
-        generator.manual_seed(self.seed if self.seed is not None else torch.seed())
         v = (torch.rand(x_work.shape, generator=generator, device=x.device) * 2 - 1) * bound \
             if self.random_start else torch.zeros_like(x_work)
         v = (x_work + v).clamp(0, 1) - x_work
@@ -150,7 +179,7 @@ class PerturbationAttack:
         done = torch.zeros(n, dtype=torch.bool, device=x.device)
         steps_used = torch.full((n,), self.steps, dtype=torch.long, device=x.device)
         for step in range(self.steps):
-            loss = (self.describe(self._compose(x, v)) - target).pow(2).sum(dim=1)
+            loss = (self.views(self._compose(x, v), boxes) - target).pow(2).sum(dim=2).mean(dim=1)
             with torch.no_grad():  # bookkeeping for the image v currently represents
                 improved = loss > best_loss
                 best_loss = torch.where(improved, loss, best_loss)
@@ -170,14 +199,15 @@ class PerturbationAttack:
         self.perturbation = best_v
         with torch.no_grad():
             out = self.render(x, best_v)
-            similarity = (self.describe(out) * target).sum(dim=1)
+            similarity = (self.describe(out) * target[:, 0]).sum(dim=1)
         self.stats = AttackStats(steps_used.tolist(), similarity.tolist())
         return out.to(images.device, images.dtype)
 
     def _finished(self, best_loss: torch.Tensor, since_best: torch.Tensor) -> torch.Tensor:
         finished = torch.zeros_like(since_best, dtype=torch.bool)
         if self.target_similarity is not None:
-            finished |= 1 - best_loss / 2 <= self.target_similarity  # ||a - b||^2 = 2 - 2 cos for unit vectors
+            # ||a - b||^2 = 2 - 2 cos for unit vectors: the mean loss gives the mean similarity over the views.
+            finished |= 1 - best_loss / 2 <= self.target_similarity
         if self.patience is not None:
             finished |= since_best >= self.patience
         return finished

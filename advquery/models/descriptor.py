@@ -43,11 +43,18 @@ class DescriptorModel(nn.Module):
     def device(self) -> torch.device:
         return self.mean.device
 
+    def feature_map(self, x: torch.Tensor) -> torch.Tensor:
+        """Trunk activations (N, C, h, w) of (N, 3, H, W) images in [0, 1]."""
+        return self.features(((x - self.mean) / self.std).contiguous(memory_format=torch.channels_last))
+
+    def pool_map(self, fmap: torch.Tensor) -> torch.Tensor:
+        """Descriptor of a feature map (or a region of one), before learned whitening."""
+        v = l2n(self.pool(fmap))
+        return v if self.whiten is None else l2n(self.whiten(v))
+
     def single_scale(self, x: torch.Tensor) -> torch.Tensor:
         """Descriptor of (N, 3, H, W) images at their given resolution, before learned whitening."""
-        x = ((x - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
-        v = l2n(self.pool(self.features(x)))
-        return v if self.whiten is None else l2n(self.whiten(v))
+        return self.pool_map(self.feature_map(x))
 
     def forward(self, x: torch.Tensor, scales: Sequence[float] = (1.0,)) -> torch.Tensor:
         """Descriptor of (N, 3, H, W) images in [0, 1]; several ``scales`` are GeM-averaged as cirtorch does."""
