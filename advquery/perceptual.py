@@ -257,12 +257,21 @@ def delta_e_cie94(lab1: torch.Tensor, lab2: torch.Tensor, kL: float = 1, kC: flo
 # ------------------------------------------------------------------------------------- maps
 
 
+def check_map_parameters(n: int, sigma: float = 1.0, metric: str = "ciede2000") -> None:
+    """Raise ValueError unless n is an odd integer >= 3, sigma a positive number and metric one of METRICS."""
+    if not (isinstance(n, int) and not isinstance(n, bool) and n >= 3 and n % 2 == 1):
+        raise ValueError(f"n (window side) must be an odd integer >= 3, got {n!r}")
+    if not (isinstance(sigma, (int, float)) and not isinstance(sigma, bool) and sigma > 0 and math.isfinite(sigma)):
+        raise ValueError(f"sigma must be a positive number, got {sigma!r}")
+    if metric not in METRICS:
+        raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
+
+
 def _check_image(image, n: int) -> None:
     image = _as_tensor(image, "image")
     if image.ndim != 4 or image.shape[1] != 3 or not image.is_floating_point():
         raise ValueError(f"expected image as (N, 3, H, W) float in [0, 1], got {tuple(image.shape)} {image.dtype}")
-    if not (isinstance(n, int) and not isinstance(n, bool) and n >= 3 and n % 2 == 1):
-        raise ValueError(f"n (window side) must be an odd integer >= 3, got {n!r}")
+    check_map_parameters(n)
     if image.numel() and (image.min() < 0 or image.max() > 1):
         raise ValueError(f"expected image values in [0, 1], got [{float(image.min()):.4g}, {float(image.max()):.4g}]")
 
@@ -331,10 +340,7 @@ def color_variance_map(image: torch.Tensor, n: int = 5, sigma: float = 1.0, metr
     (torch.Size([1, 1, 4, 6]), [0.0, 0.24, 1.0, 1.0, 0.24, 0.0])
     """
     _check_image(image, n)
-    if not (isinstance(sigma, (int, float)) and not isinstance(sigma, bool) and sigma > 0 and math.isfinite(sigma)):
-        raise ValueError(f"sigma must be a positive number, got {sigma!r}")
-    if metric not in METRICS:
-        raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
+    check_map_parameters(n, sigma, metric)
     planes = torch.stack(_planes(rgb_to_lab(image), 1))  # (4, N, H, W): L, a, b, C
     n_img, h, w = planes.shape[1:]
     planes = planes.flatten(2)  # (4, N, H * W)

@@ -13,14 +13,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .attacks import PIRE, PerturbationAttack
+from .attacks import CVPIRE, PIRE, SDPIRE, PerturbationAttack
 from .extraction import DEFAULT_SIZE, describe
 from .io import Photo, read_photo, suffix_for_format, to_tensor, to_uint8, write_photo_atomic
 from .models import DescriptorModel
 from .quality import quality_report
 from .transforms import jpeg_round_trip
 
-METHODS = ("pire",)
+METHODS = ("pire", "cv-pire", "sd-pire")
+# CV-PIRE and SD-PIRE use the thesis settings: the budget map times m = 50 grey levels, 100 steps.
+THESIS_M, THESIS_STEPS = 50, 100
 
 
 @dataclass(frozen=True)
@@ -46,16 +48,26 @@ def make_attack(model: DescriptorModel, method: str = "pire", strength: str = DE
                 eps_levels: float | None = None, steps: int | None = None, size: int = DEFAULT_SIZE,
                 seed: int | None = None, jpeg_quality: int | None = None) -> PerturbationAttack:
     """The attack a preset stands for, with optional overrides; ``jpeg_quality`` makes it optimise
-    the decoded JPEG it will be saved as."""
+    the decoded JPEG it will be saved as.
+
+    For ``pire`` the preset sets the L-infinity budget and step limit; for ``cv-pire`` and
+    ``sd-pire`` the thesis settings apply (``eps_levels`` overrides the multiplier m) and the
+    preset contributes its early stopping.
+    """
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; available: {', '.join(METHODS)}")
     if strength not in STRENGTHS:
         raise ValueError(f"unknown strength {strength!r}; available: {', '.join(STRENGTHS)}")
     preset = STRENGTHS[strength]
     codec = partial(jpeg_round_trip, quality=jpeg_quality) if jpeg_quality else None
-    eps_levels = preset.eps_levels if eps_levels is None else eps_levels
-    return PIRE(model, eps=eps_levels / 255, steps=preset.steps if steps is None else steps, size=size,
-                seed=seed, codec=codec, target_similarity=preset.target_similarity, patience=preset.patience)
+    common = dict(size=size, seed=seed, codec=codec, target_similarity=preset.target_similarity,
+                  patience=preset.patience)
+    if method == "pire":
+        eps_levels = preset.eps_levels if eps_levels is None else eps_levels
+        return PIRE(model, eps=eps_levels / 255, steps=preset.steps if steps is None else steps, **common)
+    attack = CVPIRE if method == "cv-pire" else SDPIRE
+    return attack(model, m=THESIS_M if eps_levels is None else eps_levels,
+                  steps=THESIS_STEPS if steps is None else steps, **common)
 
 
 @dataclass

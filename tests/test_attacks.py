@@ -10,6 +10,8 @@ from advquery import PIRE, load_model
 from advquery.extraction import describe
 from advquery.io import read_photo, to_tensor
 from advquery.transforms import jpeg_round_trip, quantise, straight_through
+from advquery.attacks import CVPIRE, SDPIRE
+from advquery.perceptual import color_variance_map, std_map
 
 SIZE = 96
 EPS = 2 / 255
@@ -254,3 +256,34 @@ def test_crops_push_apart_the_descriptor_of_a_crop_too(model, photo):
             crop_similarity = float((describe(model, photo, SIZE, box=box) * describe(model, x_adv, SIZE, box=box)).sum())
             assert crop_similarity < 0.999
     assert _cosine(model, photo, x_adv) < 0.99
+
+
+def _half_flat(h: int = 48, w: int = 96) -> torch.Tensor:
+    """Left half flat grey, right half random texture, on the 8-bit grid."""
+    x = torch.full((1, 3, h, w), 128 / 255)
+    x[..., w // 2:] = torch.randint(0, 256, (1, 3, h, w - w // 2), generator=torch.Generator().manual_seed(0)) / 255
+    return x
+
+
+@pytest.mark.parametrize("attack_cls, budget", [
+    (CVPIRE, lambda x: color_variance_map(x, n=5)),
+    (SDPIRE, lambda x: std_map(x, n=3)),
+])
+def test_map_budget_spares_flat_regions_and_respects_the_map(model, attack_cls, budget):
+    x = _half_flat()
+    m = 20
+    attack = attack_cls(model, m=m, steps=3, size=96, seed=0)  # photo at working size: the bound is exact
+    x_adv = attack(x)
+    change = _levels(x_adv, x)
+    assert change[..., :40].max() == 0, "flat region changed although its budget is zero"
+    assert change[..., 50:].max() >= 1, "textured region not perturbed"
+    assert bool((change <= budget(x) * m + 0.5 + 1e-3).all())
+
+
+def test_map_attacks_check_their_parameters(model):
+    with pytest.raises(ValueError, match="threshold multiplier m"):
+        CVPIRE(model, m=0)
+    with pytest.raises(ValueError, match="n \\(window side\\) must be an odd integer"):
+        SDPIRE(model, n=4)
+    with pytest.raises(ValueError, match="metric must be one of"):
+        CVPIRE(model, metric="cie76")

@@ -79,3 +79,11 @@ def test_record_to_json_turns_infinite_psnr_into_null():
     assert data["psnr"] is None and data["ssim"] == 1.0 and data["status"] == "protected"
     json.dumps(data, allow_nan=False)  # strictly valid JSON
     assert ProtectionRecord("a.png", psnr=42.5).to_json()["psnr"] == 42.5
+
+
+def test_make_attack_thesis_methods(model):
+    from advquery.attacks import CVPIRE, SDPIRE
+    cv = make_attack(model, method="cv-pire")
+    assert isinstance(cv, CVPIRE) and cv.m == 50 and cv.steps == 100
+    sd = make_attack(model, method="sd-pire", eps_levels=10, steps=7)
+    assert isinstance(sd, SDPIRE) and sd.m == 10 and sd.steps == 7

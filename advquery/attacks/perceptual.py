@@ -6,7 +6,7 @@ on the photo at the perturbation's (working) resolution.
 """
 import torch
 
-from ..perceptual import color_variance_map, std_map
+from ..perceptual import check_map_parameters, color_variance_map, std_map
 from .base import PerturbationAttack
 
 
@@ -40,7 +40,7 @@ class CVPIRE(_MapBudgetAttack):
                  metric: str = "ciede2000", **kwargs):
         super().__init__(model, m=m, steps=steps, lr=lr, **kwargs)
         self.n, self.sigma, self.metric = n, sigma, metric
-        color_variance_map(torch.rand(1, 3, n, n), n=n, sigma=sigma, metric=metric)  # validates the parameters now
+        check_map_parameters(n, sigma, metric)
 
     def budget_map(self, x: torch.Tensor) -> torch.Tensor:
         return color_variance_map(x, n=self.n, sigma=self.sigma, metric=self.metric)
@@ -52,7 +52,7 @@ class SDPIRE(_MapBudgetAttack):
     def __init__(self, model, m: float = 50, steps: int = 100, lr: float = 5e-2, n: int = 3, **kwargs):
         super().__init__(model, m=m, steps=steps, lr=lr, **kwargs)
         self.n = n
-        std_map(torch.rand(1, 3, n, n), n=n)  # validates the parameters now
+        check_map_parameters(n)
 
     def budget_map(self, x: torch.Tensor) -> torch.Tensor:
         return std_map(x, n=self.n)

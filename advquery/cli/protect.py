@@ -21,10 +21,13 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.add_argument("inputs", nargs="+", metavar="INPUTS", help="photo files, folders or glob patterns")
     p.add_argument("-o", "--output", required=True, type=Path, metavar="OUTDIR",
                    help="output folder; files keep their path relative to the input root")
-    p.add_argument("--method", choices=METHODS, default="pire", help="protection method (default: pire)")
+    p.add_argument("--method", choices=METHODS, default="pire",
+                   help="protection method (default: pire); cv-pire and sd-pire use the thesis budget maps "
+                        "(m = 50 levels, 100 steps; --eps sets m)")
     p.add_argument("--strength", choices=tuple(STRENGTHS), default=DEFAULT_STRENGTH,
                    help=f"budget preset (default: {DEFAULT_STRENGTH}); {presets}")
-    p.add_argument("--eps", type=float, metavar="LEVELS", help="override the L-infinity budget, in grey levels")
+    p.add_argument("--eps", type=float, metavar="LEVELS",
+                   help="override the budget in grey levels (pire: L-infinity bound; cv-pire/sd-pire: multiplier m)")
     p.add_argument("--steps", type=positive_int, help="override the maximum number of optimisation steps")
     p.add_argument("--format", choices=("png", "jpg"), help="output format (default: JPEG stays JPEG, others PNG)")
     p.add_argument("--quality", type=int, default=95, help="JPEG quality (default: 95)")
