@@ -22,4 +22,5 @@ test: install
 	$(PY) -m pytest -q
 
 bench: install
-	$(PY) bench/baseline_retrieval.py
+	cd bench && ../$(PY) baseline_retrieval.py && ../$(PY) protect_pire.py --size 512 \
+		&& ../$(PY) perceptual_map_speed.py && ../$(PY) readme_tables.py

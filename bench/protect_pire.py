@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import DATA_ROOT, markdown_table, write_results
+from common import DATA_ROOT, RESULTS, markdown_table, write_results
 
 from advquery.attacks import PIRE
 from advquery.evaluation.datasets import load_dataset
@@ -59,7 +59,12 @@ def main() -> None:
     parser.add_argument("--ext", type=int, default=60, help="extended queries (fixed random subset)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--limit", type=int, help="protect only the first N standard and N extended photos (smoke test)")
+    parser.add_argument("--table-only", action="store_true", help="re-render the markdown table from the JSON")
     args = parser.parse_args()
+    if args.table_only:
+        name = f"protect_pire_{args.size}" + (f"_limit{args.limit}" if args.limit else "")
+        args.n_standard = 58
+        return report(json.loads((RESULTS / f"{name}.json").read_text())["records"], args)
     model = load_model()
     std = load_dataset("roxford5k-mini", DATA_ROOT)
     ext = load_dataset("roxford5k-mini-ext", DATA_ROOT)
@@ -139,18 +144,20 @@ def report(records: list[dict], args) -> None:
     """Write the table of everything measured so far."""
     base = records[0]
     header = ["setting", "mode", "format", "BB Medium", "BB Hard", "WI Medium", "WI Hard", "ext WI Medium",
-              "ext WI Hard", "BB Medium % of original", "SSIM", "PSNR", "L-inf", "mean abs", "s/photo", "steps"]
-    rows = []
-    for r in records:
-        def pct(key):
-            return round(100 * r[key], 2) if key in r else ""
-        rows.append([r["setting"], r["mode"], r["format"], pct("bb_medium"), pct("bb_hard"), pct("wi_medium"),
-                     pct("wi_hard"), pct("ext_medium"), pct("ext_hard"),
-                     f"{100 * r['bb_medium'] / base['bb_medium']:.1f} %" if "bb_medium" in r else "",
-                     round(r["ssim"], 4) if "ssim" in r else "", round(r["psnr"], 2) if "psnr" in r else "",
-                     round(r["linf"], 1) if "linf" in r else "", round(r["mean_abs_change"], 2) if "linf" in r else "",
-                     round(r["seconds_per_photo"], 1) if "seconds_per_photo" in r else "",
-                     round(r["steps_per_photo"], 1) if "steps_per_photo" in r else ""])
+              "ext WI Hard", "BB Medium / original", "WI Medium / original", "ext WI Medium / original", "SSIM",
+              "PSNR", "L-inf", "mean abs", "s/photo", "steps"]
+
+    def fmt(r, key, scale=1.0, digits=2):
+        return round(scale * r[key], digits) if key in r else ""
+
+    def ratio(r, key):
+        return f"{100 * r[key] / base[key]:.1f} %" if key in r else ""
+
+    rows = [[r["setting"], r["mode"], r["format"], fmt(r, "bb_medium", 100), fmt(r, "bb_hard", 100),
+             fmt(r, "wi_medium", 100), fmt(r, "wi_hard", 100), fmt(r, "ext_medium", 100), fmt(r, "ext_hard", 100),
+             ratio(r, "bb_medium"), ratio(r, "wi_medium"), ratio(r, "ext_medium"), fmt(r, "ssim", digits=4),
+             fmt(r, "psnr"), fmt(r, "linf", digits=1), fmt(r, "mean_abs_change"), fmt(r, "seconds_per_photo", digits=1),
+             fmt(r, "steps_per_photo", digits=1)] for r in records]
     note = (f"Lite0 GeM, working size {args.size} px; {args.n_standard} standard queries (47 scored) and "
             f"{args.ext} extended queries (fixed random subset); quality over the 58 standard query photos, "
             "against the original decoded photo.")

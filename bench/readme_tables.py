@@ -1,0 +1,44 @@
+"""Render the README's benchmark tables from the committed JSON results (run after the benchmarks)."""
+import json
+from pathlib import Path
+
+from common import RESULTS, markdown_table
+
+README = Path(__file__).parents[1] / "README.md"
+START, END = "<!-- bench:start -->", "<!-- bench:end -->"
+
+
+def baseline() -> str:
+    data = json.loads((RESULTS / "baseline_retrieval.json").read_text())
+    cell = {(r["model"], r["size"], r["dataset"], r["queries"], r["protocol"]): r for r in data["records"]}
+    rows = []
+    for model, size in sorted({(r["model"], r["size"]) for r in data["records"]}):
+        def m(ds, q, p):
+            return round(100 * cell[model, size, ds, q, p]["map"], 2)
+        any_r = cell[model, size, "roxford5k-mini", "bb", "medium"]
+        rows.append([model, size, m("roxford5k-mini", "bb", "medium"), m("roxford5k-mini", "bb", "hard"),
+                     m("roxford5k-mini", "wi", "medium"), m("roxford5k-mini", "wi", "hard"),
+                     m("roxford5k-mini-ext", "wi", "medium"), m("roxford5k-mini-ext", "wi", "hard"),
+                     m("ukbench-mini", "wi", "medium"), round(any_r["images_per_s"], 2)])
+    rnd = cell[next(iter(cell))[0], next(iter(cell))[1], "roxford5k-mini", "bb", "medium"]["random_map"]
+    return (f"Machine: {data['machine']}. mAP in %; random-ranking mAP (roxford5k-mini Medium): {100 * rnd:.2f}. "
+            "Throughput: images/s of a single thread while other jobs ran (indicative only).\n\n"
+            + markdown_table(["model", "size", "BB Medium", "BB Hard", "WI Medium", "WI Hard", "ext WI Medium",
+                              "ext WI Hard", "ukbench mAP", "images/s"], rows))
+
+
+def protection() -> str:
+    return "\n".join((RESULTS / "protect_pire_512.md").read_text().splitlines()[2:])
+
+
+def main() -> None:
+    text = README.read_text()
+    body = (f"### Baseline retrieval (`python bench/baseline_retrieval.py`, full table in "
+            f"`bench/results/baseline_retrieval.md`)\n\n{baseline()}\n\n"
+            f"### PIRE protection (`python bench/protect_pire.py --size 512`)\n\n{protection()}\n")
+    head, rest = text.split(START)
+    README.write_text(f"{head}{START}\n{body}{END}{rest.split(END)[1]}")
+
+
+if __name__ == "__main__":
+    main()
