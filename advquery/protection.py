@@ -7,18 +7,14 @@ quality and effect on the file as written.
 import math
 import time
 from dataclasses import asdict, dataclass
-from functools import partial
 from pathlib import Path
 
-import numpy as np
-import torch
 
 from .attacks import CVPIRE, PIRE, SDPIRE, PerturbationAttack
-from .extraction import DEFAULT_SIZE, describe
+from .extraction import DEFAULT_SIZE
 from .io import Photo, read_photo, suffix_for_format, to_tensor, to_uint8, write_photo_atomic
 from .models import DescriptorModel
 from .quality import quality_report
-from .transforms import jpeg_round_trip
 
 METHODS = ("pire", "cv-pire", "sd-pire")
 # CV-PIRE and SD-PIRE use the thesis settings: the budget map times m = 50 grey levels, 100 steps.
@@ -46,9 +42,12 @@ DEFAULT_STRENGTH = "medium"
 
 def make_attack(model: DescriptorModel, method: str = "pire", strength: str = DEFAULT_STRENGTH,
                 eps_levels: float | None = None, steps: int | None = None, size: int = DEFAULT_SIZE,
-                seed: int | None = None, jpeg_quality: int | None = None) -> PerturbationAttack:
-    """The attack a preset stands for, with optional overrides; ``jpeg_quality`` makes it optimise
-    the decoded JPEG it will be saved as.
+                seed: int | None = None) -> PerturbationAttack:
+    """The attack a preset stands for, with optional overrides.
+
+    The attack optimises the 8-bit image; JPEG outputs are encoded afterwards (a real JPEG
+    straight-through in the loop, ``codec=``, blocked less in a 12-query test: 10.7 % against
+    6.1 % of the original mAP).
 
     For ``pire`` the preset sets the L-infinity budget and step limit; for ``cv-pire`` and
     ``sd-pire`` the thesis settings apply (``eps_levels`` overrides the multiplier m) and the
@@ -59,8 +58,7 @@ def make_attack(model: DescriptorModel, method: str = "pire", strength: str = DE
     if strength not in STRENGTHS:
         raise ValueError(f"unknown strength {strength!r}; available: {', '.join(STRENGTHS)}")
     preset = STRENGTHS[strength]
-    codec = partial(jpeg_round_trip, quality=jpeg_quality) if jpeg_quality else None
-    common = dict(size=size, seed=seed, codec=codec, target_similarity=preset.target_similarity,
+    common = dict(size=size, seed=seed, target_similarity=preset.target_similarity,
                   patience=preset.patience)
     if method == "pire":
         eps_levels = preset.eps_levels if eps_levels is None else eps_levels
@@ -107,11 +105,6 @@ def output_path(outdir: Path, relative: Path, fmt: str) -> Path:
     return target
 
 
-def descriptor_similarity(model: DescriptorModel, a: np.ndarray, b: np.ndarray, size: int) -> float:
-    """Cosine similarity of the descriptors of two (H, W, 3) uint8 photos at the working size."""
-    with torch.inference_mode():
-        da, db = (describe(model, to_tensor(img), size) for img in (a, b))
-    return float((da * db).sum())
 
 
 def protect_photo(photo: Photo, target: Path, model: DescriptorModel, fmt: str, quality: int = 95,
@@ -122,13 +115,12 @@ def protect_photo(photo: Photo, target: Path, model: DescriptorModel, fmt: str, 
     The alpha channel is kept unchanged (PNG); metadata is dropped unless ``keep_metadata``.
     """
     start = time.perf_counter()
-    size = attack_options.get("size", DEFAULT_SIZE)
-    attack = make_attack(model, jpeg_quality=quality if fmt == "JPEG" else None, **attack_options)
+    attack = make_attack(model, **attack_options)
     protected = to_uint8(attack(to_tensor(photo.rgb)))
     write_photo_atomic(target, protected, alpha=photo.alpha, format=fmt, quality=quality,
                        exif=photo.exif if keep_metadata else None,
                        icc_profile=photo.icc_profile if keep_metadata else None)
     decoded = read_photo(target).rgb  # quality and effect of what was actually written
     return ProtectionRecord(input=str(photo.path), output=str(target), **quality_report(photo.rgb, decoded),
-                            similarity=descriptor_similarity(model, photo.rgb, decoded, size),
+                            similarity=attack.similarity_to_original(to_tensor(decoded))[0],
                             steps=attack.stats.steps[0], seconds=time.perf_counter() - start)

@@ -88,6 +88,7 @@ class PerturbationAttack:
         self.target_similarity, self.patience, self.crops = target_similarity, patience, crops
         self.stats = AttackStats([], [])
         self.perturbation: torch.Tensor | None = None  # best working-resolution perturbation of the last call
+        self.original_descriptor: torch.Tensor | None = None  # (N, D) descriptors of the last call's input
 
     def bound(self, x: torch.Tensor) -> torch.Tensor:
         """Per-pixel bound on |v|, broadcastable to ``x`` (the photo at perturbation resolution)."""
@@ -101,6 +102,11 @@ class PerturbationAttack:
         """(N, 1 + len(boxes), D) descriptors the objective pushes apart: the whole photo and its crops."""
         return torch.stack([self.describe(x)] + [describe(self.model, x, self.size, self.scales, box=b)
                                                  for b in boxes], dim=1)
+
+    def similarity_to_original(self, images: torch.Tensor) -> list[float]:
+        """Descriptor cosine similarity of ``images`` (e.g. the decoded output files) to the last call's input."""
+        with torch.no_grad():
+            return (self.describe(images.to(self.model.device)) * self.original_descriptor).sum(dim=1).tolist()
 
     def _crop_boxes(self, shape: tuple[int, int], generator: torch.Generator) -> list[tuple[int, int, int, int]]:
         h, w = shape
@@ -197,6 +203,7 @@ class PerturbationAttack:
                 v.copy_(torch.maximum(torch.minimum(v, bound), -bound))
                 v.copy_((x_work + v).clamp(0, 1) - x_work)
         self.perturbation = best_v
+        self.original_descriptor = target[:, 0]
         with torch.no_grad():
             out = self.render(x, best_v)
             similarity = (self.describe(out) * target[:, 0]).sum(dim=1)
