@@ -1,4 +1,4 @@
-"""PIRE and the shared attack loop on a real UKBench photo at a tiny working size; the transforms it uses."""
+"""PIRE and the shared attack loop on a real UKBench photo at a tiny working size."""
 import math
 import re
 from functools import partial
@@ -9,9 +9,11 @@ import torch
 from advquery import PIRE, load_model
 from advquery.extraction import describe
 from advquery.io import read_photo, to_tensor
-from advquery.transforms import jpeg_round_trip, quantise, straight_through
+from advquery.transforms import jpeg_round_trip
+
 from advquery.attacks import CVPIRE, SDPIRE
 from advquery.perceptual import color_variance_map, std_map
+from helpers import levels, on_grid
 
 SIZE = 96
 EPS = 2 / 255
@@ -37,15 +39,6 @@ def attacked(model, photo):
     x_adv = attack(photo)
     assert torch.equal(photo, before), "the attack modified its input tensor"
     return x_adv, attack.stats
-
-
-def _levels(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """|a - b| in grey levels."""
-    return (a - b).abs() * 255
-
-
-def _on_grid(x: torch.Tensor) -> bool:
-    return bool(((x * 255) - (x * 255).round()).abs().max() <= 1e-4)
 
 
 def _cosine(model, a: torch.Tensor, b: torch.Tensor) -> float:
@@ -94,14 +87,14 @@ def test_output_keeps_full_resolution_and_grid(photo, attacked):
     x_adv, _ = attacked
     assert photo.shape == (1, 3, 480, 640)
     assert x_adv.shape == photo.shape and x_adv.dtype == photo.dtype  # working size 96, photo size kept
-    assert _on_grid(x_adv)
+    assert on_grid(x_adv)
     assert 0 <= float(x_adv.min()) and float(x_adv.max()) <= 1
 
 
 def test_output_within_linf_budget(photo, attacked):
     x_adv, _ = attacked
     assert float((x_adv - photo).abs().max()) <= EPS + 1e-6
-    assert (_levels(x_adv, photo) > 0.5).float().mean() > 0.5  # most pixels really changed
+    assert (levels(x_adv, photo) > 0.5).float().mean() > 0.5  # most pixels really changed
 
 
 def test_descriptor_moved_and_stats_agree(model, photo, attacked):
@@ -115,10 +108,10 @@ def test_descriptor_moved_and_stats_agree(model, photo, attacked):
 
 def test_x10_saving_scales_the_perturbation(model, photo, attacked):
     x_adv = PIRE(model, eps=EPS, steps=5, size=SIZE, seed=0, saving="x10")(photo)
-    change = _levels(x_adv, photo)
-    assert _on_grid(x_adv)
+    change = levels(x_adv, photo)
+    assert on_grid(x_adv)
     assert float(change.max()) <= 10 * 2 + 0.5 + 1e-3  # 10 x eps, plus rounding to the grid
-    assert float(change.max()) > float(_levels(attacked[0], photo).max()) + 5  # much larger than quantised
+    assert float(change.max()) > float(levels(attacked[0], photo).max()) + 5  # much larger than quantised
 
 
 def test_refined_saving_keeps_sub_level_perturbations(model, photo):
@@ -128,8 +121,8 @@ def test_refined_saving_keeps_sub_level_perturbations(model, photo):
     erased = PIRE(model, eps=tiny, steps=2, size=SIZE, seed=0)(photo)
     assert torch.equal(erased, photo)
     refined = PIRE(model, eps=tiny, steps=2, size=SIZE, seed=0, saving="refined")(photo)
-    change = _levels(refined, photo)
-    assert _on_grid(refined)
+    change = levels(refined, photo)
+    assert on_grid(refined)
     assert float(change.max()) == pytest.approx(1, abs=1e-3)
     assert (change[interior] > 0.5).float().mean() > 0.99
 
@@ -137,7 +130,7 @@ def test_refined_saving_keeps_sub_level_perturbations(model, photo):
 def test_refined_saving_every_change_at_least_one_level(model, photo):
     eps = 1.5 / 255
     x_adv = PIRE(model, eps=eps, steps=3, size=SIZE, seed=0, saving="refined")(photo)
-    change = _levels(x_adv, photo)
+    change = levels(x_adv, photo)
     changed = change[change > 1e-3]
     assert changed.numel() > 0.9 * change.numel()
     assert float(changed.min()) >= 1 - 1e-3
@@ -159,7 +152,7 @@ def test_render_reproduces_the_output_from_the_kept_perturbation(model, photo):
     assert float(v.abs().max()) <= EPS + 1e-6
     assert torch.equal(attack.render(photo, v), x_adv)
     x10 = attack.render(photo, v, "x10")
-    assert _on_grid(x10) and float(_levels(x10, photo).max()) > float(_levels(x_adv, photo).max())
+    assert on_grid(x10) and float(levels(x10, photo).max()) > float(levels(x_adv, photo).max())
     with pytest.raises(ValueError, match="saving must be one of"):
         attack.render(photo, v, "bogus")
 
@@ -199,7 +192,7 @@ def test_batch_gives_per_image_stats(model, photo, ukbench_dir):
 def test_jpeg_codec_in_the_loop(model, photo):
     attack = PIRE(model, eps=EPS, steps=3, size=SIZE, seed=0, codec=partial(jpeg_round_trip, quality=90))
     x_adv = attack(photo)
-    assert x_adv.shape == photo.shape and _on_grid(x_adv)
+    assert x_adv.shape == photo.shape and on_grid(x_adv)
     assert float((x_adv - photo).abs().max()) <= EPS + 1e-6
     assert attack.stats.steps == [3] and attack.stats.similarity[0] < 1
 
@@ -211,43 +204,11 @@ def test_dtype_follows_the_input(model):
     assert float((x_adv - x).abs().max()) <= EPS + 1e-6
 
 
-# ------------------------------------------------------------------------------ transforms
-
-
-def test_quantise_on_grid_and_nearest():
-    x = torch.linspace(-0.2, 1.2, 2001).view(1, 1, 1, -1)
-    q = quantise(x)
-    assert _on_grid(q) and float(q.min()) == 0 and float(q.max()) == 1
-    inside = (x >= 0) & (x <= 1)
-    assert float((q - x)[inside].abs().max()) <= 0.5 * LEVEL + 1e-7
-    assert torch.equal(quantise(q), q)  # idempotent
-
-
-def test_jpeg_round_trip_of_flat_image_stays_flat():
-    x = torch.full((2, 3, 32, 48), 128 / 255)
-    y = jpeg_round_trip(x, quality=90)
-    assert y.shape == x.shape and y.dtype == x.dtype
-    assert float(_levels(y, x).max()) <= 1 + 1e-4
-    noisy = torch.rand(1, 3, 32, 48, generator=torch.Generator().manual_seed(0))
-    assert float(_levels(jpeg_round_trip(noisy, quality=50), noisy).max()) > 5  # it is lossy on detail
-    with pytest.raises(ValueError, match="JPEG quality must be in 1..100, got 0"):
-        jpeg_round_trip(x, quality=0)
-
-
-@pytest.mark.parametrize("transform", [quantise, partial(jpeg_round_trip, quality=90)])
-def test_straight_through_forward_value_and_identity_gradient(transform):
-    x = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(0), requires_grad=True)
-    y = straight_through(x, transform)
-    torch.testing.assert_close(y, transform(x.detach()), atol=1e-6, rtol=0)
-    (y * 3).sum().backward()
-    torch.testing.assert_close(x.grad, torch.full_like(x, 3.0), atol=0, rtol=0)
-
-
 def test_crops_push_apart_the_descriptor_of_a_crop_too(model, photo):
     """With crops in the objective the descriptors of those crops move; the whole photo's still does."""
     attack = PIRE(model, eps=EPS, steps=5, size=SIZE, seed=0, crops=2)
     x_adv = attack(photo)
-    assert _on_grid(x_adv) and _levels(x_adv, photo).max() <= 2 + 1e-4
+    assert on_grid(x_adv) and levels(x_adv, photo).max() <= 2 + 1e-4
     generator = torch.Generator().manual_seed(0)
     boxes = attack._crop_boxes(tuple(photo.shape[-2:]), generator)  # the same draws the attack made first
     assert len(boxes) == 2 and all(0 <= l < r <= 640 and 0 <= t < b <= 480 for l, t, r, b in boxes)
@@ -274,7 +235,7 @@ def test_map_budget_spares_flat_regions_and_respects_the_map(model, attack_cls, 
     m = 20
     attack = attack_cls(model, m=m, steps=3, size=96, seed=0)  # photo at working size: the bound is exact
     x_adv = attack(x)
-    change = _levels(x_adv, x)
+    change = levels(x_adv, x)
     assert change[..., :40].max() == 0, "flat region changed although its budget is zero"
     assert change[..., 50:].max() >= 1, "textured region not perturbed"
     assert bool((change <= budget(x) * m + 0.5 + 1e-3).all())

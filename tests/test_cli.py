@@ -156,6 +156,45 @@ def test_eval_with_replaced_query_uses_cache(evaluated, data_root, capsys):
         {k: v for k, v in before.items() if k != "ukbench00000"}
 
 
+def test_eval_with_transformed_queries(evaluated, data_root, capsys):
+    out = evaluated["tmp"] / "transformed.json"
+    code = main(["eval", "--dataset", "ukbench-mini", "--data-root", str(data_root), "--size", str(SIZE),
+                 "--transform", "crop:40%", "--json", str(out), "--cache", str(evaluated["cache"])])
+    assert code == 0, capsys.readouterr().err
+    report = json.loads(out.read_text())
+    assert report["transform"] == "crop:0.4" and "database" not in report["seconds"]
+    assert "transform crop:0.4" in capsys.readouterr().out
+    before, after = evaluated["report"]["protocols"]["medium"], report["protocols"]["medium"]
+    assert after["per_query"] != before["per_query"]  # the queries really were cropped (the database was not)
+    assert after["map"] > after["random_map"]
+
+
+def test_eval_with_bad_transform_is_one_line(data_root, capsys):
+    code = main(["eval", "--dataset", "ukbench-mini", "--data-root", str(data_root), "--transform", "jpeg:200"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "--transform" in err and "jpeg must be an integer" in err
+
+
+def test_eval_with_replaced_database_image(evaluated, data_root, capsys):
+    jpg = data_root / "ukbench-mini" / "jpg"
+    db_dir = evaluated["tmp"] / "database"
+    db_dir.mkdir()
+    # The database's ukbench00001 becomes a photo of another object: its group-mates lose a positive.
+    write_photo_atomic(db_dir / "ukbench00001.png", read_photo(jpg / "ukbench00020.jpg").rgb, format="PNG")
+    out = evaluated["tmp"] / "leaked.json"
+    code = main(["eval", "--dataset", "ukbench-mini", "--data-root", str(data_root), "--size", str(SIZE),
+                 "--db-dir", str(db_dir), "--json", str(out), "--cache", str(evaluated["cache"])])
+    assert code == 0, capsys.readouterr().err
+    report = json.loads(out.read_text())
+    assert report["replaced_database_images"] == 1 and "replaced_database_images" in report["seconds"]
+    assert sorted(evaluated["cache"].rglob("*.npy")) == evaluated["cached"]  # the replacement was not cached
+    before = evaluated["report"]["protocols"]["medium"]["per_query"]
+    after = report["protocols"]["medium"]["per_query"]
+    assert all(after[q] < before[q] for q in ("ukbench00000", "ukbench00002", "ukbench00003"))
+    # The query ukbench00001 is still the original file, not the replaced database row (which is its own junk).
+    assert after["ukbench00001"] == pytest.approx(before["ukbench00001"], abs=1e-9)
+
+
 def test_eval_unknown_dataset(tmp_path, capsys):
     code = main(["eval", "--dataset", "nonexistent", "--data-root", str(tmp_path)])
     err = capsys.readouterr().err

@@ -10,7 +10,8 @@ from ..evaluation.datasets import DATASET_NAMES, load_dataset
 from ..evaluation.runner import evaluate
 from ..extraction import MULTISCALE
 from ..models import load_model
-from .common import add_model_options, user_errors
+from ..transforms import parse_transform
+from .common import CommandError, add_model_options, user_errors
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -24,6 +25,11 @@ def register(commands: argparse._SubParsersAction) -> None:
     ev.add_argument("--queries", choices=("bb", "wi"), default="bb",
                     help="bb: crop queries to their bounding box (standard); wi: whole images")
     ev.add_argument("--query-dir", type=Path, help="take each query from this folder by file name stem")
+    ev.add_argument("--db-dir", type=Path,
+                    help="take database images from this folder by file name stem (e.g. leaked protected photos)")
+    ev.add_argument("--transform", metavar="SPEC",
+                    help="edit each query before retrieval, steps in order: jpeg:Q, resize:F, crop:F (central, "
+                         "fraction of each side), blur:SIGMA; e.g. jpeg:75,resize:0.5")
     ev.add_argument("--json", type=Path, metavar="FILE", help="write the summary with per-query AP")
     ev.add_argument("--ranks", type=Path, metavar="FILE.npy",
                     help="save the (database x queries) ranking, database indices best first")
@@ -36,7 +42,10 @@ def register(commands: argparse._SubParsersAction) -> None:
 def format_report(report) -> str:
     """The evaluation as a plain-text table, one row per protocol."""
     lines = [f"{report.dataset}: {report.model}, {report.size} px, scales {list(report.scales)}, "
-             f"{report.queries.upper()} queries",
+             f"{report.queries.upper()} queries"
+             + (f", transform {report.transform}" if report.transform != "none" else "")
+             + (f", {report.replaced_database_images} database images replaced"
+                if report.replaced_database_images else ""),
              f"{'protocol':<9} {'mAP':>6} {'mP@1':>6} {'mP@5':>6} {'mP@10':>6} {'random':>7} {'queries':>8}"]
     for name, r in report.results.items():
         mp = r.mp_at_k
@@ -48,10 +57,15 @@ def format_report(report) -> str:
 
 @user_errors
 def run_eval(args: argparse.Namespace) -> int:
+    try:
+        transform = parse_transform(args.transform) if args.transform else None
+    except ValueError as exc:
+        raise CommandError(f"--transform: {exc}") from None
     dataset = load_dataset(args.dataset, args.data_root)
     model = load_model(args.model, device=args.device)
     report = evaluate(dataset, model, args.size, MULTISCALE if args.multiscale else (1.0,), args.queries,
-                      args.protocol, args.query_dir, False if args.no_cache else args.cache)
+                      args.protocol, args.query_dir, False if args.no_cache else args.cache, transform=transform,
+                      db_dir=args.db_dir)
     print(format_report(report))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

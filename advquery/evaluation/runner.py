@@ -15,9 +15,10 @@ from pathlib import Path
 import numpy as np
 
 from ..extraction import DEFAULT_SIZE, extract_descriptors
-from ..io import IMAGE_EXTENSIONS
+from ..io import IMAGE_EXTENSIONS, read_photo, to_tensor, to_uint8
 from ..models import DescriptorModel
 from ..retrieval import rank
+from ..transforms import TransformChain
 from .datasets import RetrievalDataset
 from .metrics import MapResult, compute_map, random_map
 
@@ -47,12 +48,15 @@ class EvaluationReport:
     random: dict[str, float]
     ranks: np.ndarray
     seconds: dict[str, float] = field(default_factory=dict)
+    transform: str = "none"
+    replaced_database_images: int = 0
 
     def summary(self) -> dict:
         """JSON-ready summary with per-query AP (null for queries without positives)."""
         return {
             "dataset": self.dataset, "model": self.model, "size": self.size, "scales": list(self.scales),
-            "queries": self.queries, "seconds": self.seconds,
+            "queries": self.queries, "transform": self.transform,
+            "replaced_database_images": self.replaced_database_images, "seconds": self.seconds,
             "protocols": {p: {"map": r.map, "mp_at_k": {str(k): v for k, v in r.mp_at_k.items()},
                               "n_evaluated": r.n_evaluated, "n_skipped": r.n_skipped, "random_map": self.random[p],
                               "per_query": {f.stem: (None if np.isnan(ap) else float(ap))
@@ -70,8 +74,8 @@ def _cache_key(paths: Sequence[Path], model: str, size: int, scales: Sequence[fl
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
 
-def _extract_all(model, paths, size, scales, boxes=None, desc="extracting", progress=None) -> np.ndarray:
-    result = extract_descriptors(model, paths, size, scales, boxes=boxes, desc=desc, progress=progress)
+def _extract_all(model, paths, size, scales, boxes=None, desc="extracting", progress=None, loader=None) -> np.ndarray:
+    result = extract_descriptors(model, paths, size, scales, boxes=boxes, desc=desc, progress=progress, loader=loader)
     if result.failures:
         raise EvaluationError(f"{len(result.failures)} image(s) could not be read: " + "; ".join(result.failures[:5]))
     return result.descriptors
@@ -121,16 +125,31 @@ def replacement_files(names: Sequence[Path], directory: Path | None) -> list[Pat
     return [by_stem.get(p.stem, p) for p in names]
 
 
+def transformed_queries(files: Sequence[Path], boxes: Sequence, transform: TransformChain | None):
+    """Boxes of the queries after ``transform`` and a loader that applies it to each decoded file.
+
+    A box the transformation crops away entirely becomes None (the whole transformed query).
+    """
+    if transform is None:
+        return list(boxes), None
+    mapped = [None if b is None else transform.map_box(b, read_photo(f).rgb.shape[:2]) for f, b in zip(files, boxes)]
+    return mapped, lambda path: to_uint8(transform(to_tensor(read_photo(path).rgb)))
+
+
 def evaluate(dataset: RetrievalDataset, model: DescriptorModel, size: int = DEFAULT_SIZE,
              scales: Sequence[float] = (1.0,), queries: str = "bb", protocols: Sequence[str] | None = None,
              query_dir: Path | None = None, cache_dir: Path | None | bool = None, progress: bool | None = None,
-             random_trials: int = 20) -> EvaluationReport:
+             random_trials: int = 20, transform: TransformChain | None = None,
+             db_dir: Path | None = None) -> EvaluationReport:
     """mAP and mP@k of ``model`` on ``dataset`` for each protocol (default: all the dataset supports).
 
     Args:
         queries: 'bb' crops queries to their bounding box where the dataset has one; 'wi' uses whole images.
         query_dir: take each query from this folder by file stem (modified or protected queries),
             falling back to the dataset's own file.
+        transform: applied to every query file before description (its box follows the transformation).
+        db_dir: take database images from this folder by file stem (e.g. protected photos leaked into
+            the collection); only the replaced images are described again, never from the cache.
     """
     if queries not in ("bb", "wi"):
         raise ValueError(f"queries must be 'bb' or 'wi', got {queries!r}")
@@ -144,19 +163,28 @@ def evaluate(dataset: RetrievalDataset, model: DescriptorModel, size: int = DEFA
     db = database_descriptors(dataset, model, size, scales, cache_dir, progress)
     if not cached:  # time only a real extraction
         timings["database"] = time.perf_counter() - start
+    db_files = replacement_files(dataset.images, db_dir)
+    replaced = [i for i, (a, b) in enumerate(zip(dataset.images, db_files)) if a != b]
+    if replaced:
+        start = time.perf_counter()
+        db = db.copy()
+        db[replaced] = _extract_all(model, [db_files[i] for i in replaced], size, scales,
+                                    desc=f"{dataset.name} replaced database images", progress=progress)
+        timings["replaced_database_images"] = time.perf_counter() - start
     query_files = replacement_files(dataset.queries, query_dir)
     boxes = dataset.query_boxes if queries == "bb" else [None] * len(query_files)
-    # Whole-image queries that are unmodified database images reuse their database descriptor.
-    row_of = {p: i for i, p in enumerate(dataset.images)}
+    start = time.perf_counter()
+    boxes, loader = transformed_queries(query_files, boxes, transform)
+    # Whole-image queries that are untransformed database images reuse their database descriptor.
+    row_of = {p: i for i, p in enumerate(db_files)} if transform is None else {}
     reused = {i: row_of[f] for i, (f, b) in enumerate(zip(query_files, boxes)) if b is None and f in row_of}
     todo = [i for i in range(len(query_files)) if i not in reused]
-    start = time.perf_counter()
     q = np.zeros((len(query_files), db.shape[1]), np.float32)
     for i, row in reused.items():
         q[i] = db[row]
     if todo:
         q[todo] = _extract_all(model, [query_files[i] for i in todo], size, scales, boxes=[boxes[i] for i in todo],
-                               desc=f"{dataset.name} queries", progress=progress)
+                               desc=f"{dataset.name} queries", progress=progress, loader=loader)
     timings["queries"] = time.perf_counter() - start
     ranks = rank(db, q)[1].T.astype(np.int64)  # (n_db, n_queries)
     results, floors = {}, {}
@@ -165,4 +193,4 @@ def evaluate(dataset: RetrievalDataset, model: DescriptorModel, size: int = DEFA
         results[p] = compute_map(ranks, gnd)
         floors[p] = random_map(gnd, len(dataset.images), trials=random_trials)
     return EvaluationReport(dataset.name, model.name, size, tuple(scales), queries, query_files, results, floors,
-                            ranks, timings)
+                            ranks, timings, str(transform) if transform else "none", len(replaced))
