@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from tqdm.auto import tqdm
 
 from .io import ImageError, read_photo, to_tensor
@@ -28,12 +29,17 @@ def resize_long_side(x: torch.Tensor, size: int) -> torch.Tensor:
     scale = size / max(h, w)
     if scale == 1:
         return x
-    out = (max(1, round(h * scale)), max(1, round(w * scale)))
-    return F.interpolate(x, size=out, mode="bilinear", align_corners=False, antialias=scale < 1)
+    return F.interpolate(x, size=_scaled_shape(h, w, size), mode="bilinear", align_corners=False, antialias=scale < 1)
+
+
+def _scaled_shape(h: int, w: int, size: int) -> tuple[int, int]:
+    """(H, W) with the long side ``size``, aspect kept."""
+    scale = size / max(h, w)
+    return max(1, round(h * scale)), max(1, round(w * scale))
 
 
 def crop_box(x: torch.Tensor, box: Box) -> torch.Tensor:
-    """Crop (N, C, H, W) to box (x1, y1, x2, y2) in pixels, rounded as PIL's crop rounds."""
+    """Crop (..., H, W) (tensor or array) to box (x1, y1, x2, y2) in pixels, rounded as PIL's crop rounds."""
     x1, y1, x2, y2 = (int(round(c)) for c in box)
     h, w = x.shape[-2:]
     x1, y1, x2, y2 = max(0, x1), max(0, y1), min(w, x2), min(h, y2)
@@ -45,17 +51,37 @@ def crop_box(x: torch.Tensor, box: Box) -> torch.Tensor:
 def prepare(x: torch.Tensor, size: int, box: Box | None = None) -> torch.Tensor:
     """Working-size input: the whole image with long side ``size``, or the box crop scaled by the
     same factor as the whole image would be (cirtorch's bounding-box query convention)."""
+    return resize_long_side(*_crop_at_scale(x, size, box))
+
+
+def _crop_at_scale(x, size: int, box: Box | None):
+    """The ``box`` crop of ``x`` (..., H, W) and the long side it gets when the whole image gets ``size``."""
     if box is None:
-        return resize_long_side(x, size)
-    full = max(x.shape[-2:])
+        return x, size
     crop = crop_box(x, box)
-    return resize_long_side(crop, max(1, round(size * max(crop.shape[-2:]) / full)))
+    return crop, max(1, round(size * max(crop.shape[-2:]) / max(x.shape[-2:])))
+
+
+def prepare_rgb(rgb: np.ndarray, size: int, box: Box | None = None) -> np.ndarray:
+    """:func:`prepare` for (H, W, 3) uint8 images (hand-crafted descriptors need 8-bit input):
+    the same crop and output shape, resized by PIL (bilinear, antialiased when shrinking)."""
+    chw, side = _crop_at_scale(rgb.transpose(2, 0, 1), size, box)
+    img = np.ascontiguousarray(chw.transpose(1, 2, 0))
+    shape = _scaled_shape(*img.shape[:2], side)
+    return img if shape == img.shape[:2] else np.asarray(Image.fromarray(img).resize(shape[::-1], Image.BILINEAR))
 
 
 def describe(model: DescriptorModel, x: torch.Tensor, size: int = DEFAULT_SIZE, scales: Sequence[float] = (1.0,),
              box: Box | None = None) -> torch.Tensor:
     """Descriptors (N, D) of full-resolution images (N, 3, H, W) in [0, 1]; differentiable in ``x``."""
     return model(prepare(x.to(model.device), size, box), scales=scales)
+
+
+def cosine_similarity(model: DescriptorModel, x: torch.Tensor, reference: torch.Tensor, size: int = DEFAULT_SIZE,
+                      scales: Sequence[float] = (1.0,)) -> list[float]:
+    """Cosine similarity of the descriptors of images ``x`` (N, 3, H, W) to ``reference`` descriptors (N, D)."""
+    with torch.no_grad():
+        return (describe(model, x, size, scales) * reference.to(model.device)).sum(dim=1).tolist()
 
 
 def prefetch(fn: Callable, items: Iterable, depth: int = 4) -> Iterator:
@@ -68,6 +94,26 @@ def prefetch(fn: Callable, items: Iterable, depth: int = 4) -> Iterator:
                 yield queue.popleft().result()
         while queue:
             yield queue.popleft().result()
+
+
+def prepared_images(paths: Sequence[Path], prepare_fn: Callable[[np.ndarray, Box | None], object],
+                    boxes: Sequence[Box | None] | None = None,
+                    loader: Callable[[Path], np.ndarray] | None = None) -> Iterator[tuple[int, object]]:
+    """``(i, prepare_fn(image i, box i))`` in input order, decoded in a background thread, or ``(i, line)``
+    with one error line naming the file when it cannot be read or prepared.
+
+    ``loader`` maps a path to an (H, W, 3) uint8 array (default: ``read_photo``).
+    """
+    boxes = list(boxes) if boxes is not None else [None] * len(paths)
+    load = loader or (lambda p: read_photo(p).rgb)
+
+    def one(i: int):
+        try:
+            return i, prepare_fn(load(paths[i]), boxes[i])
+        except (ImageError, ValueError, OSError) as exc:
+            return i, str(exc) if str(paths[i]) in str(exc) else f"{paths[i]}: {exc}"
+
+    return prefetch(one, range(len(paths)))
 
 
 @dataclass
@@ -91,18 +137,10 @@ def extract_descriptors(model: DescriptorModel, paths: Sequence[Path], size: int
     """
     paths = [Path(p) for p in paths]
     batch_size = batch_size or (16 if model.device.type == "cuda" else 1)
-    boxes = list(boxes) if boxes is not None else [None] * len(paths)
-    load = loader or (lambda p: read_photo(p).rgb)
     dim = None
     rows: dict[int, np.ndarray] = {}
     failures: list[str] = []
     pending: dict[tuple[int, int], list[tuple[int, torch.Tensor]]] = {}
-
-    def load_prepared(i: int):
-        try:
-            return i, prepare(to_tensor(load(paths[i])), size, boxes[i])
-        except (ImageError, ValueError, OSError) as exc:
-            return i, str(exc) if str(paths[i]) in str(exc) else f"{paths[i]}: {exc}"
 
     def flush(shape):
         nonlocal dim
@@ -114,7 +152,7 @@ def extract_descriptors(model: DescriptorModel, paths: Sequence[Path], size: int
             rows[i] = row
 
     with tqdm(total=len(paths), desc=desc, unit="img", disable=None if progress is None else not progress) as bar:
-        for i, item in prefetch(load_prepared, range(len(paths))):
+        for i, item in prepared_images(paths, lambda rgb, box: prepare(to_tensor(rgb), size, box), boxes, loader):
             if isinstance(item, str):
                 failures.append(item)
             else:

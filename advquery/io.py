@@ -29,7 +29,7 @@ from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 __all__ = [
     "DEFAULT_MAX_PIXELS", "IMAGE_EXTENSIONS", "ImageError", "InputFile", "Photo",
     "collect_inputs", "format_for_suffix", "read_photo", "suffix_for_format",
-    "to_tensor", "to_uint8", "write_photo_atomic",
+    "to_tensor", "to_uint8", "write_grey_atomic", "write_photo_atomic",
 ]
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
@@ -446,9 +446,23 @@ def write_photo_atomic(path: str | os.PathLike, rgb: np.ndarray, alpha: np.ndarr
         got = f"{alpha.shape} {alpha.dtype}" if isinstance(alpha, np.ndarray) else type(alpha).__name__
         raise ValueError(f"expected alpha as a {rgb.shape[:2]} uint8 array, got {got}")
     pixels = rgb if alpha is None or fmt == "JPEG" else np.dstack([rgb, alpha])
-    img = Image.fromarray(np.ascontiguousarray(pixels))
-    options = _save_options(fmt, quality, exif, icc_profile)
+    return _save_atomic(path, Image.fromarray(np.ascontiguousarray(pixels)), fmt,
+                        _save_options(fmt, quality, exif, icc_profile))
 
+
+def write_grey_atomic(path: str | os.PathLike, grey: np.ndarray) -> Path:
+    """Write an ``(H, W) uint8`` greyscale image (e.g. a budget map) atomically, in the format of the
+    suffix (JPEG at quality 95), as :func:`write_photo_atomic` writes photos."""
+    path = Path(path)
+    fmt = format_for_suffix(path.suffix)
+    if not (isinstance(grey, np.ndarray) and grey.dtype == np.uint8 and grey.ndim == 2):
+        got = f"{grey.shape} {grey.dtype}" if isinstance(grey, np.ndarray) else type(grey).__name__
+        raise ValueError(f"expected grey as a (H, W) uint8 array, got {got}")
+    return _save_atomic(path, Image.fromarray(np.ascontiguousarray(grey), "L"), fmt, _save_options(fmt, 95, None, None))
+
+
+def _save_atomic(path: Path, img: Image.Image, fmt: str, options: dict) -> Path:
+    """Save ``img`` to a temporary file beside ``path``, then replace ``path`` (keeping its permission bits)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         mode = path.stat().st_mode & 0o7777

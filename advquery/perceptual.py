@@ -18,6 +18,9 @@ import math
 
 import torch
 
+from .quality import SSIM_K2, SSIM_SIGMA
+from .transforms import gaussian_blur
+
 __all__ = ["color_variance_map", "delta_e_cie94", "delta_e_ciede2000", "rgb_to_lab", "std_map"]
 
 METRICS = ("ciede2000", "cie94")
@@ -421,3 +424,33 @@ def std_map(image: torch.Tensor, n: int = 3) -> torch.Tensor:
         p, q = _shift_slices(dy, dx, h, w)
         sq[(..., *p)] += (y[(..., *q)] - y[(..., *p)] - mean[(..., *p)]) ** 2
     return _normalise(torch.sqrt(sq / count), image).unsqueeze(1).to(image.dtype)
+
+
+def ssim_masking_map(image: torch.Tensor, max_gain: float = 4.0) -> torch.Tensor:
+    """Per-pixel, per-channel budget gain that costs every pixel the same SSIM: ``sqrt(1 + 2 s^2 / C2)``.
+
+    For a small change ``d`` of a pixel whose Gaussian-window (sigma 1.5, as SSIM's) standard
+    deviation is ``s``, SSIM's contrast-structure term drops by about ``d^2 / (2 s^2 + C2)``,
+    ``C2 = (0.03 * 255)^2``. A budget proportional to ``sqrt(2 s^2 + C2)`` therefore spends the
+    same SSIM everywhere: gain 1 in flat regions (sky, walls), more in texture, where the change is
+    also masked for the eye. Unlike the thesis maps it is not normalised by the image maximum, so
+    the flat-region budget is the same for every photo. Capped at ``max_gain``.
+
+    Args:
+        image: ``(N, 3, H, W)`` float sRGB in [0, 1].
+        max_gain: largest multiple of the flat-region budget, >= 1.
+
+    Returns:
+        ``(N, 3, H, W)`` gains in [1, max_gain], the input's dtype and device.
+
+    >>> flat = torch.full((1, 3, 8, 8), 0.5)
+    >>> round(float(ssim_masking_map(flat).max()), 3)
+    1.0
+    """
+    _check_image(image, 3)
+    if max_gain < 1:
+        raise ValueError(f"max_gain must be >= 1, got {max_gain}")
+    x = image.to(_work_dtype(image)) * 255
+    mean = gaussian_blur(x, SSIM_SIGMA)
+    variance = (gaussian_blur(x * x, SSIM_SIGMA) - mean * mean).clamp_min(0)
+    return torch.sqrt(1 + 2 * variance / (SSIM_K2 * 255) ** 2).clamp(max=max_gain).to(image.dtype)

@@ -1,13 +1,15 @@
 """Image index on disk and exact inner-product search with faiss.
 
-An index directory holds ``descriptors.npy`` (float32, one L2-normalised row per image),
-``images.txt`` (one absolute path per line) and ``manifest.json`` (model, working size,
-scales, advquery version), so it refuses queries described with another model or size.
+An index directory holds ``descriptors.npy`` (one row per image: float32 L2-normalised neural
+descriptors, float32 CEDD or GIST descriptors, or uint64 SIFT-HE words and signatures),
+``images.txt`` (one absolute path per line) and ``manifest.json`` (features, model, working size,
+scales, system settings, advquery version), so it refuses queries described otherwise.
 """
 import json
 import os
 import tempfile
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import faiss
@@ -32,6 +34,8 @@ class Manifest:
     dim: int
     count: int
     version: str = __version__
+    features: str = "neural"
+    settings: dict = field(default_factory=dict)  # what else the features depend on (e.g. the SIFT-HE vocabulary)
 
     def compatible_with(self, model: str, size: int, scales) -> str | None:
         """None when a query built with (model, size, scales) is comparable, else the reason."""
@@ -73,7 +77,8 @@ class ImageIndex:
         """Write the index files atomically (the manifest last, so a complete manifest means a complete index)."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        _write_atomic(directory / DESCRIPTORS, lambda f: np.save(f, self.descriptors.astype(np.float32)))
+        rows = self.descriptors.astype(np.float32) if self.descriptors.dtype.kind == "f" else self.descriptors
+        _write_atomic(directory / DESCRIPTORS, lambda f: np.save(f, rows))
         _write_atomic(directory / IMAGES, lambda f: f.write("".join(f"{p}\n" for p in self.paths).encode()))
         _write_atomic(directory / MANIFEST, lambda f: f.write(json.dumps(asdict(self.manifest), indent=2).encode()))
 
@@ -94,7 +99,8 @@ class ImageIndex:
                               f"found {descriptors.shape} descriptors and {len(paths)} paths)")
         return cls(descriptors, paths, manifest)
 
-    def search(self, queries: np.ndarray, k: int = 10) -> list[list[tuple[Path, float]]]:
-        """The k best (path, score) pairs for each row of ``queries`` (n, D)."""
-        scores, ids = rank(self.descriptors, queries, k)
+    def search(self, queries: np.ndarray, k: int = 10, ranker: Callable = rank) -> list[list[tuple[Path, float]]]:
+        """The k best (path, score) pairs for each row of ``queries`` (n, D), ranked by inner product or by
+        ``ranker(database, queries, k) -> (scores, ids)`` (a retrieval system's ``rank``)."""
+        scores, ids = ranker(self.descriptors, queries, k)
         return [[(self.paths[i], float(s)) for s, i in zip(row_s, row_i) if i >= 0] for row_s, row_i in zip(scores, ids)]

@@ -1,13 +1,28 @@
-"""Shared by the benchmarks: machine description, data root, result files (JSON + markdown)."""
+"""Shared by the benchmarks: machine description, data root, result files (JSON + markdown), and the
+protection benchmarks' resumable protected-query loop, mAP over the protected queries and image quality."""
 import json
 import os
 import platform
+import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
+import numpy as np
 import torch
 
+from advquery.evaluation.runner import evaluate
+from advquery.io import read_photo, to_tensor, to_uint8, write_photo_atomic
+from advquery.quality import quality_report
+from advquery.transforms import jpeg_round_trip
+
 RESULTS = Path(__file__).parent / "results"
+CACHE = Path(__file__).parent / ".cache"  # database descriptors
+WORK = Path(__file__).parent / ".work"  # protected queries, kept so that an interrupted run resumes
 DATA_ROOT = Path(os.environ.get("ADVQUERY_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+CVPIRE_PUBLISHED = DATA_ROOT / "peer-adversarial" / "cv-pire-oxford"  # 55 roxford5k-mini queries, same names
+QUALITY_KEYS = ("ssim", "psnr", "linf", "mean_abs_change")
+# PIRE paper budget: eps = 10/255 in mean/std-normalised space is ~2.3 grey levels in pixel space.
+PAPER_EPS_LEVELS = 10 * 0.226
 
 
 def machine() -> str:
@@ -39,3 +54,64 @@ def write_results(name: str, payload: dict, markdown: str) -> None:
     text = f"Machine: {payload['machine']}\n\n{markdown}\n"
     (RESULTS / f"{name}.md").write_text(text)
     print(text)
+
+
+def subset_map(report, protocol: str, indices: list[int]) -> float:
+    """mAP of an evaluation report over the queries ``indices`` (those protected)."""
+    return float(np.nanmean(report.results[protocol].aps[indices]))
+
+
+def query_maps(dataset, model, size: int, indices: list[int], query_dir: Path | None = None,
+               queries: tuple[str, ...] = ("bb", "wi"), protocols: tuple[str, ...] = ("medium", "hard")) -> dict:
+    """``{'<queries>_<protocol>': mAP}`` over the queries ``indices``, each read from ``query_dir`` where it
+    has a file there (a protected query), database descriptors from the cache."""
+    out = {}
+    for q in queries:
+        r = evaluate(dataset, model, size, queries=q, protocols=protocols, query_dir=query_dir, cache_dir=CACHE,
+                     progress=False)
+        out.update({f"{q}_{p}": subset_map(r, p, indices) for p in protocols})
+    return out
+
+
+def mean_quality(reports: Iterable[dict]) -> dict:
+    """Mean SSIM, PSNR, L-infinity and mean absolute change over :func:`quality_report` results."""
+    reports = list(reports)
+    return {k: float(np.mean([r[k] for r in reports])) for k in QUALITY_KEYS}
+
+
+def jpeg_resave_quality(originals: Iterable[np.ndarray]) -> dict:
+    """Mean quality of re-saving each photo as JPEG quality 95, unprotected: what the format alone costs."""
+    return mean_quality(quality_report(rgb, to_uint8(jpeg_round_trip(to_tensor(rgb), 95))) for rgb in originals)
+
+
+def published_cvpire_quality() -> dict:
+    """Mean quality of the published CV-PIRE outputs (JPEG q75) against the same-name original photos."""
+    return mean_quality(quality_report(read_photo(DATA_ROOT / "roxford5k-mini" / "jpg" / p.name).rgb,
+                                       read_photo(p).rgb) for p in sorted(CVPIRE_PUBLISHED.glob("*.jpg")))
+
+
+def protect_resumable(attack, photos: list[Path], originals: dict[Path, np.ndarray], label: str, stats_dir: Path,
+                      targets: Callable[[Path], dict], renders: Callable[[torch.Tensor], dict]) -> list[dict]:
+    """Protect each photo once and write the images ``renders(x)`` makes after the attack to the files
+    ``targets(photo)`` (same keys; JPEG quality 95 or PNG, by suffix). A photo whose stats file and
+    targets exist is not protected again, so an interrupted run resumes. Returns per photo
+    ``{'seconds', 'steps'}`` of its attack."""
+    out = []
+    for photo in photos:
+        files = targets(photo)
+        stats_file = stats_dir / f"{photo.stem}.json"
+        if stats_file.is_file() and all(f.is_file() for f in files.values()):
+            stats = json.loads(stats_file.read_text())
+        else:
+            x = to_tensor(originals[photo])
+            start = time.perf_counter()
+            attack(x)
+            stats = {"seconds": time.perf_counter() - start, "steps": attack.stats.steps[0]}
+            images = renders(x)
+            for key, path in files.items():
+                write_photo_atomic(path, to_uint8(images[key]), quality=95)
+            stats_dir.mkdir(parents=True, exist_ok=True)
+            stats_file.write_text(json.dumps(stats))
+        out.append(stats)
+        print(f"{label} {photo.stem}: {stats['seconds']:.1f}s {stats['steps']} steps", flush=True)
+    return out

@@ -14,27 +14,20 @@ Run: ``python bench/protect_pire.py [--size 512] [--settings low medium high pap
 import argparse
 import json
 import random
-import time
-from pathlib import Path
 
 import numpy as np
-
-from common import DATA_ROOT, RESULTS, markdown_table, write_results
+from common import (CVPIRE_PUBLISHED, DATA_ROOT, PAPER_EPS_LEVELS, RESULTS, WORK, jpeg_resave_quality,
+                    markdown_table, mean_quality, protect_resumable, published_cvpire_quality, query_maps,
+                    write_results)
 
 from advquery.attacks import PIRE
 from advquery.evaluation.datasets import load_dataset
-from advquery.evaluation.runner import evaluate
-from advquery.io import read_photo, to_tensor, to_uint8, write_photo_atomic
+from advquery.io import read_photo
 from advquery.models import load_model
 from advquery.protection import STRENGTHS, make_attack
 from advquery.quality import quality_report
-from advquery.transforms import jpeg_round_trip
 
-CACHE = Path(__file__).parent / ".cache"
-WORK = Path(__file__).parent / ".work"
-# The paper's budget: eps = 10/255 in mean/std-normalised space is ~2.3 grey levels in pixel space.
-PAPER_EPS_LEVELS = 10 * 0.226
-FORMATS = {"png": ("PNG", ".png"), "jpg95": ("JPEG", ".jpg")}
+FORMATS = {"png": ".png", "jpg95": ".jpg"}  # written as PNG and as JPEG quality 95
 
 
 def setting_attack(name: str, model, size: int, seed: int):
@@ -45,11 +38,6 @@ def setting_attack(name: str, model, size: int, seed: int):
     # Continuous optimisation, as in the paper; saved both as x + 10 v and with the refined p(v).
     return PIRE(model, eps=PAPER_EPS_LEVELS / 255, steps=steps, size=size, seed=seed, saving="refined"), \
         ("refined", "x10")
-
-
-def subset_map(report, protocol: str, indices: list[int]) -> float:
-    aps = report.results[protocol].aps[indices]
-    return float(np.nanmean(aps))
 
 
 def main() -> None:
@@ -71,70 +59,45 @@ def main() -> None:
     ext_idx = sorted(random.Random(0).sample(range(len(ext.queries)), args.ext))
     args.n_standard = len(std.queries)
     photos = list(std.queries[:args.limit]) + [ext.queries[i] for i in ext_idx[:args.limit]]
-    cvpire = sorted((DATA_ROOT / "peer-adversarial" / "cv-pire-oxford").glob("*.jpg"))
-    cv_names = {p.stem for p in cvpire}
+    cv_names = {p.stem for p in CVPIRE_PUBLISHED.glob("*.jpg")}
 
     std_idx = list(range(len(std.queries)))[:args.limit]
     ext_idx = ext_idx[:args.limit]
 
     def scores(query_dir=None, ext_dir=None):
         """mAP over the protected queries (all of them unless --limit)."""
-        out = {}
-        for queries in ("bb", "wi"):
-            r = evaluate(std, model, args.size, queries=queries, protocols=("medium", "hard"), query_dir=query_dir,
-                         cache_dir=CACHE, progress=False)
-            out.update({f"{queries}_{p}": subset_map(r, p, std_idx) for p in ("medium", "hard")})
-        r = evaluate(ext, model, args.size, queries="wi", protocols=("medium", "hard"), query_dir=ext_dir,
-                     cache_dir=CACHE, progress=False)
-        out.update({f"ext_{p}": subset_map(r, p, ext_idx) for p in ("medium", "hard")})
-        return out
+        ext_maps = query_maps(ext, model, args.size, ext_idx, ext_dir, queries=("wi",))
+        return {**query_maps(std, model, args.size, std_idx, query_dir),
+                **{k.replace("wi_", "ext_"): v for k, v in ext_maps.items()}}
 
     records = [{"setting": "original", "mode": "-", "format": "-", **scores()}]
     originals = {p: read_photo(p).rgb for p in photos}
     # Re-saving as JPEG q95 without any protection: what the format alone costs in quality.
-    qual = [quality_report(originals[p], to_uint8(jpeg_round_trip(to_tensor(originals[p]), 95)))
-            for p in std.queries[:args.limit]]
     records.append({"setting": "JPEG q95 re-save only", "mode": "-", "format": "jpg95",
-                    **{k: float(np.mean([q[k] for q in qual])) for k in ("ssim", "psnr", "linf", "mean_abs_change")}})
-    cv_quality = [quality_report(read_photo(DATA_ROOT / "roxford5k-mini" / "jpg" / p.name).rgb, read_photo(p).rgb)
-                  for p in cvpire]
+                    **jpeg_resave_quality(originals[p] for p in std.queries[:args.limit])})
     records.append({"setting": "CV-PIRE published (55 photos, JPEG q75)", "mode": "-", "format": "jpg75",
-                    **{k: float(np.mean([q[k] for q in cv_quality])) for k in ("ssim", "psnr", "linf",
-                                                                               "mean_abs_change")}})
+                    **published_cvpire_quality()})
     for setting in args.settings:
         attack, modes = setting_attack(setting, model, args.size, args.seed)
-        seconds, steps, written = [], [], {}
-        for photo in photos:
+        keys = [(mode, fmt) for mode in modes for fmt in FORMATS]
+
+        def targets(photo):
             sub = "std" if photo in std.queries else "ext"
-            targets = {(mode, fmt): WORK / f"{args.size}" / setting / mode / fmt / sub / (photo.stem + suffix)
-                       for mode in modes for fmt, (_, suffix) in FORMATS.items()}
-            stats_file = WORK / f"{args.size}" / setting / "stats" / f"{photo.stem}.json"
-            if stats_file.is_file() and all(t.is_file() for t in targets.values()):  # resume an interrupted run
-                stats = json.loads(stats_file.read_text())
-            else:
-                x = to_tensor(originals[photo])
-                start = time.perf_counter()
-                attack(x)
-                stats = {"seconds": time.perf_counter() - start, "steps": attack.stats.steps[0]}
-                for mode in modes:
-                    rgb = to_uint8(attack.render(x, attack.perturbation, mode))
-                    for fmt, (pil, _) in FORMATS.items():
-                        write_photo_atomic(targets[mode, fmt], rgb, format=pil, quality=95)
-                stats_file.parent.mkdir(parents=True, exist_ok=True)
-                stats_file.write_text(json.dumps(stats))
-            seconds.append(stats["seconds"])
-            steps.append(stats["steps"])
-            for key, target in targets.items():
-                written.setdefault(key, []).append((photo, target))
-            print(f"{setting} {photo.stem}: {stats['seconds']:.1f}s {stats['steps']} steps", flush=True)
-        for (mode, fmt), files in written.items():
+            return {(mode, fmt): WORK / f"{args.size}" / setting / mode / fmt / sub / (photo.stem + FORMATS[fmt])
+                    for mode, fmt in keys}
+
+        stats = protect_resumable(attack, photos, originals, setting, WORK / f"{args.size}" / setting / "stats",
+                                  targets, lambda x: {(m, f): attack.render(x, attack.perturbation, m)
+                                                      for m, f in keys})
+        for mode, fmt in keys:
             folder = WORK / f"{args.size}" / setting / mode / fmt
-            qual = {p: quality_report(originals[p], read_photo(t).rgb) for p, t in files if p in std.queries}
+            qual = {p: quality_report(originals[p], read_photo(targets(p)[mode, fmt]).rgb)
+                    for p in photos if p in std.queries}
             rec = {"setting": setting, "mode": mode, "format": fmt, **scores(folder / "std", folder / "ext"),
-                   **{k: float(np.mean([q[k] for q in qual.values()])) for k in ("ssim", "psnr", "linf",
-                                                                                 "mean_abs_change")},
-                   "ssim_cvpire_photos": float(np.mean([q["ssim"] for p, q in qual.items() if p.stem in cv_names])),
-                   "seconds_per_photo": float(np.mean(seconds)), "steps_per_photo": float(np.mean(steps))}
+                   **mean_quality(qual.values()),
+                   "ssim_cvpire_photos": mean_quality(q for p, q in qual.items() if p.stem in cv_names)["ssim"],
+                   "seconds_per_photo": float(np.mean([s["seconds"] for s in stats])),
+                   "steps_per_photo": float(np.mean([s["steps"] for s in stats]))}
             records.append(rec)
             print(rec, flush=True)
         report(records, args)

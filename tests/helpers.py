@@ -1,4 +1,5 @@
 """Small builders shared by several test modules."""
+import numpy as np
 import torch
 from PIL import ExifTags, Image
 
@@ -20,3 +21,21 @@ def levels(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 def on_grid(x: torch.Tensor) -> bool:
     """Whether every value is on the 8-bit grid k / 255."""
     return bool(((x * 255) - (x * 255).round()).abs().max() <= 1e-4)
+
+
+def blob_scene(h: int = 128, w: int = 128, seed: int = 0) -> np.ndarray:
+    """(H, W, 3) uint8 picture with SIFT keypoints: 24 bright or dark tinted Gaussian blobs in the top
+    60 %, three coloured squares below, on a smooth bluish gradient (flat room for new keypoints)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w].astype(float)
+    img = np.empty((h, w, 3))
+    img[:] = (70, 100, 140)
+    img += (xx / w * 30)[..., None]
+    for _ in range(24):
+        cx, cy, s = rng.uniform(8, w - 8), rng.uniform(8, 0.56 * h), rng.uniform(1.5, 4)
+        colour = rng.choice([-1, 1]) * rng.uniform(60, 100) + rng.uniform(-25, 25, 3)
+        img += np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * s * s))[..., None] * colour
+    for x0, y0, side, colour in [(0.08, 0.7, 0.09, (200, 170, 60)), (0.31, 0.74, 0.06, (30, 160, 60)),
+                                 (0.47, 0.66, 0.12, (180, 60, 60))]:
+        img[round(y0 * h):round((y0 + side) * h), round(x0 * w):round((x0 + side) * w)] = colour
+    return np.clip(np.round(img), 0, 255).astype(np.uint8)

@@ -11,8 +11,9 @@ from advquery.extraction import describe
 from advquery.io import read_photo, to_tensor
 from advquery.transforms import jpeg_round_trip
 
-from advquery.attacks import CVPIRE, SDPIRE
-from advquery.perceptual import color_variance_map, std_map
+from advquery.attacks import CVPIRE, MaskedPIRE, SDPIRE, RandomEdits
+from advquery.models import ModelEnsemble
+from advquery.perceptual import color_variance_map, ssim_masking_map, std_map
 from helpers import levels, on_grid
 
 SIZE = 96
@@ -59,7 +60,7 @@ def _cosine(model, a: torch.Tensor, b: torch.Tensor) -> float:
     ({"lr": -1e-3}, "lr must be positive"),
     ({"saving": "bogus"}, r"saving must be one of \('quantised', 'refined', 'x10'\), got 'bogus'"),
     ({"target_similarity": 2}, r"target_similarity must be in \[-1, 1\], got 2"),
-    ({"crops": -1}, "crops must be a non-negative integer, got -1"),
+    ({"edits": 2}, "edits must be RandomEdits or None, got 2"),
     ({"steps": True}, "steps must be a positive integer"),
     ({"patience": 0}, "patience must be a positive integer, got 0"),
 ])
@@ -157,6 +158,16 @@ def test_render_reproduces_the_output_from_the_kept_perturbation(model, photo):
         attack.render(photo, v, "bogus")
 
 
+def test_snapshots_are_the_results_of_shorter_runs(model, photo):
+    attack = PIRE(model, eps=EPS, steps=4, size=SIZE, seed=0, snapshot_every=2)
+    attack(photo)
+    assert [k for k, _ in attack.snapshots] == [2, 4]
+    assert torch.equal(attack.snapshots[-1][1], attack.perturbation)
+    short = PIRE(model, eps=EPS, steps=2, size=SIZE, seed=0)
+    assert torch.equal(attack.render(photo, attack.snapshots[0][1]), short(photo))
+    assert short.snapshots == []  # off by default
+
+
 # ------------------------------------------------------------------------------ early stopping, batches, codec
 
 
@@ -204,19 +215,40 @@ def test_dtype_follows_the_input(model):
     assert float((x_adv - x).abs().max()) <= EPS + 1e-6
 
 
-def test_crops_push_apart_the_descriptor_of_a_crop_too(model, photo):
-    """With crops in the objective the descriptors of those crops move; the whole photo's still does."""
-    attack = PIRE(model, eps=EPS, steps=5, size=SIZE, seed=0, crops=2)
-    x_adv = attack(photo)
-    assert on_grid(x_adv) and levels(x_adv, photo).max() <= 2 + 1e-4
-    generator = torch.Generator().manual_seed(0)
-    boxes = attack._crop_boxes(tuple(photo.shape[-2:]), generator)  # the same draws the attack made first
-    assert len(boxes) == 2 and all(0 <= l < r <= 640 and 0 <= t < b <= 480 for l, t, r, b in boxes)
-    with torch.inference_mode():
-        for box in boxes:
-            crop_similarity = float((describe(model, photo, SIZE, box=box) * describe(model, x_adv, SIZE, box=box)).sum())
-            assert crop_similarity < 0.999
-    assert _cosine(model, photo, x_adv) < 0.99
+def test_random_edits_check_their_parameters():
+    for kwargs, message in [({"copies": 0}, "copies must be a positive integer"),
+                            ({"crop": (0.5, 1.2)}, r"crop must be a range 0 < low <= high <= 1"),
+                            ({"resize": (0.0, 1.0)}, r"resize must be a range"),
+                            ({"jpeg": (90, 50)}, r"jpeg must be a quality range")]:
+        with pytest.raises(ValueError, match=message):
+            RandomEdits(**kwargs)
+
+
+def test_random_edits_draw_valid_copies_with_gradients(photo):
+    edits = RandomEdits(copies=3, crop=(0.5, 0.9), resize=(0.5, 0.8), jpeg=(70, 90))
+    x = photo.clone().requires_grad_(True)
+    copies = edits.sample(x, torch.Generator().manual_seed(0))
+    assert len(copies) == 3
+    for y, (left, top, right, bottom) in copies:
+        h, w = y.shape[-2:]
+        assert 0.5 * 480 - 1 <= h <= 0.8 * 480 + 1 and 0.5 * 640 - 1 <= w <= 0.8 * 640 + 1  # downscaled
+        assert 0 <= left < right <= w and 0 <= top < bottom <= h
+        assert 0.5 * w - 1 <= right - left <= 0.9 * w + 1 and 0.5 * h - 1 <= bottom - top <= 0.9 * h + 1
+    sum(y.sum() for y, _ in copies).backward()
+    assert x.grad is not None and float(x.grad.abs().min()) > 0  # the straight-through JPEG passes gradients
+
+
+def test_edits_protect_a_cropped_copy_better(model, photo):
+    """Random crops in the objective: a bounding-box crop of the protected photo stays further from the original."""
+    box = (160, 120, 480, 360)  # the central half of each side, described at the photo's scale
+
+    def crop_similarity(**kwargs) -> float:
+        x_adv = PIRE(model, eps=4 / 255, steps=10, size=SIZE, seed=0, **kwargs)(photo)
+        assert on_grid(x_adv) and levels(x_adv, photo).max() <= 4 + 1e-4
+        with torch.inference_mode():
+            return float((describe(model, photo, SIZE, box=box) * describe(model, x_adv, SIZE, box=box)).sum())
+
+    assert crop_similarity(edits=RandomEdits(copies=2, jpeg=None, resize=(1, 1))) < crop_similarity()
 
 
 def _half_flat(h: int = 48, w: int = 96) -> torch.Tensor:
@@ -248,3 +280,37 @@ def test_map_attacks_check_their_parameters(model):
         SDPIRE(model, n=4)
     with pytest.raises(ValueError, match="metric must be one of"):
         CVPIRE(model, metric="cie76")
+
+
+def test_masked_pire_spends_more_in_texture_at_the_same_flat_budget(model):
+    x = _half_flat()
+    attack = MaskedPIRE(model, eps=EPS, max_gain=4, steps=3, size=96, seed=0)
+    x_adv = attack(x)
+    change = levels(x_adv, x)
+    assert on_grid(x_adv)
+    assert change[..., :40].max() <= 2 + 1e-4, "flat region exceeded eps"
+    assert change[..., 50:].max() > 2, "textured region got no more than eps"
+    assert change.max() <= 8 + 1e-4  # max_gain * eps
+    torch.testing.assert_close(attack.bound(x), ssim_masking_map(x, 4) * EPS)
+
+
+def test_masked_pire_checks_its_parameters(model):
+    with pytest.raises(ValueError, match="eps must be in"):
+        MaskedPIRE(model, eps=0)
+    with pytest.raises(ValueError, match="max_gain must be >= 1"):
+        MaskedPIRE(model, max_gain=0.5)
+
+
+def test_ensemble_attack_moves_every_member(model):
+    """An attack on two models at once lowers the similarity under each of them."""
+    other = load_model("efficientnet-lite1-gem", device="cpu")
+    ensemble = ModelEnsemble([model, other])
+    x = _half_flat(96, 128)
+    with torch.inference_mode():
+        d = ensemble(x)
+        assert torch.allclose(d.norm(dim=1), torch.ones(1))
+    x_adv = PIRE(ensemble, eps=4 / 255, steps=3, size=96, seed=0)(x)
+    for member in (model, other):
+        assert _cosine(member, x, x_adv) < 0.99
+    with pytest.raises(ValueError, match="at least two models"):
+        ModelEnsemble([model])

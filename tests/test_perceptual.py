@@ -8,7 +8,8 @@ import torch
 from skimage.color import deltaE_ciede94, deltaE_ciede2000, rgb2lab
 
 from advquery import perceptual
-from advquery.perceptual import color_variance_map, delta_e_cie94, delta_e_ciede2000, rgb_to_lab, std_map
+from advquery.perceptual import (color_variance_map, delta_e_cie94, delta_e_ciede2000, rgb_to_lab, ssim_masking_map,
+                                 std_map)
 
 # Sharma, Wu and Dalal (2005), "The CIEDE2000 color-difference formula: implementation notes,
 # supplementary test data, and mathematical observations", Table 1: L1 a1 b1 L2 a2 b2 dE00.
@@ -359,3 +360,17 @@ def test_color_variance_map_bad_parameters():
             color_variance_map(good, sigma=sigma)
     with pytest.raises(ValueError, match="metric must be one of"):
         color_variance_map(good, metric="cie76")
+
+
+def test_ssim_masking_map_gains():
+    """Gain 1 where the SSIM window is flat, sqrt(1 + 2 s^2 / C2) elsewhere, capped at max_gain."""
+    flat = torch.full((1, 3, 16, 16), 0.4)
+    torch.testing.assert_close(ssim_masking_map(flat), torch.ones_like(flat))
+    stripes = flat.clone()
+    stripes[..., ::2] = 0.6  # columns alternate 0.4 / 0.6: s about 0.1 * 255 = 25.5 levels
+    gain = ssim_masking_map(stripes, max_gain=100)
+    expected = (1 + 2 * 25.5 ** 2 / (0.03 * 255) ** 2) ** 0.5
+    assert abs(float(gain[..., 6:10, 6:10].mean()) - expected) < 0.1 * expected
+    assert float(ssim_masking_map(stripes, max_gain=2).max()) == 2.0
+    with pytest.raises(ValueError, match="max_gain must be >= 1"):
+        ssim_masking_map(flat, max_gain=0.5)

@@ -14,7 +14,7 @@ from PIL import ExifTags, Image
 from advquery.cli.main import main
 from advquery.io import read_photo
 from advquery.protection import STRENGTHS
-from helpers import exif_with_gps
+from helpers import blob_scene, exif_with_gps
 
 FAST = ["--size", "96", "--steps", "3", "--seed", "0"]
 REPORT_KEYS = {"input", "output", "status", "ssim", "psnr", "linf", "mean_abs_change", "similarity", "steps",
@@ -270,3 +270,78 @@ def test_two_inputs_with_the_same_output_second_fails(tmp_path):
     assert _files(out) == {"x.png"}
     # The output is the protected x.png, not x.tif's.
     assert np.abs(read_photo(out / "x.png").rgb.astype(int) - read_photo(src / "x.png").rgb.astype(int)).max() <= 2
+
+
+# ------------------------------------------------------------------------------ budget maps
+
+
+@pytest.mark.parametrize("method", ["cv-pire", "pire"])
+def test_save_map_writes_the_budget_map_at_working_resolution(tmp_path, method):
+    """Left half flat grey, right half random texture: CV-PIRE's map is dark on the left, PIRE's constant."""
+    rgb = np.full((64, 128, 3), 128, np.uint8)
+    rgb[:, 64:] = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "x.png")
+    out, report = tmp_path / "out", tmp_path / "report.jsonl"
+    code, _, stderr = _run(["protect", str(tmp_path / "x.png"), "-o", str(out), "--method", method, "--save-map",
+                            "--report", str(report), *FAST])
+    assert code == 0, stderr
+    assert _files(out) == {"x.png", "maps/x.png"}
+    assert _strict_json(report.read_text())["map"] == str(out / "maps" / "x.png")
+    with Image.open(out / "maps" / "x.png") as img:
+        assert img.mode == "L" and img.size == (96, 48)  # the working resolution (long side --size 96)
+        grey = np.asarray(img)
+    if method == "pire":
+        assert (grey == 255).all()
+    else:
+        assert grey.min() == 0 and grey.max() == 255
+        assert grey[:, :40].max() <= 1 and grey[:, 56:].mean() > 50
+
+
+# ------------------------------------------------------------------------------ model-free methods
+
+KEYPOINT_KEYS = {"keypoints_before", "keypoints_removed", "keypoints_injected"}
+
+
+def _model_free(tmp_path, *options: str) -> tuple[int, str, str, dict]:
+    """Protect a small picture with blobs (PNG) with ``options``; exit code, stdout, stderr and the report line."""
+    Image.fromarray(blob_scene(96, 128)).save(tmp_path / "x.png")
+    report = tmp_path / "report.jsonl"
+    code, stdout, stderr = _run(["protect", str(tmp_path / "x.png"), "-o", str(tmp_path / "out"), "--size", "64",
+                                 "--report", str(report), *options])
+    return code, stdout, stderr, _strict_json(report.read_text()) if report.exists() else {}
+
+
+def test_keypoint_method_reports_keypoints_removed_and_injected(tmp_path):
+    code, stdout, stderr, r = _model_free(tmp_path, "--method", "rmd")
+    assert code == 0, stderr
+    assert REPORT_KEYS | KEYPOINT_KEYS <= set(r) and r["status"] == "protected" and r["steps"] is None
+    assert r["keypoints_before"] >= 10 and r["keypoints_removed"] >= 0.8 * r["keypoints_before"]
+    assert isinstance(r["keypoints_injected"], int) and r["keypoints_injected"] >= 0
+    assert 0.5 < r["ssim"] < 1 and r["linf"] >= 1 and -1 <= r["similarity"] < 1
+    assert stdout.splitlines()[1].split()[6] == "-"  # no steps in the summary table
+
+
+def test_noise_method_matches_the_target_ssim(tmp_path):
+    code, _, stderr, r = _model_free(tmp_path, "--method", "noise", "--target-ssim", "0.95", "--seed", "0")
+    assert code == 0, stderr
+    assert abs(r["ssim"] - 0.95) <= 0.002  # lossless PNG: the written file has the matched SSIM
+    assert r["steps"] is None and all(r[k] is None for k in KEYPOINT_KEYS) and -1 <= r["similarity"] < 1
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--method", "pire", "--target-ssim", "0.95"], "--target-ssim applies to --method noise only, not to pire"),
+    (["--method", "noise", "--target-ssim", "1.5"], "--target-ssim must be in (0, 1), got 1.5"),
+    (["--method", "rmd", "--steps", "3"], "--eps and --steps apply to pire, masked-pire, cv-pire, sd-pire only, not to rmd"),
+])
+def test_model_free_option_errors_are_one_line_exit_2(tmp_path, options, message):
+    code, _, stderr, _ = _model_free(tmp_path, *options)
+    assert code == 2 and stderr.strip() == f"advquery: error: {message}"
+    assert not (tmp_path / "out").exists()
+
+
+def test_save_map_refused_for_a_method_without_budget(tmp_path):
+    Image.fromarray(_smooth(48, 64)).save(tmp_path / "x.png")
+    code, _, stderr = _run(["protect", str(tmp_path / "x.png"), "-o", str(tmp_path / "out"), "--method", "noise",
+                            "--save-map", "--size", "96"])
+    assert code == 2 and len(stderr.strip().splitlines()) == 1 and "--save-map" in stderr
+    assert not (tmp_path / "out").exists()

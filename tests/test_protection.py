@@ -7,7 +7,9 @@ import pytest
 
 from advquery import PIRE, load_model
 from advquery.io import Photo
-from advquery.protection import STRENGTHS, ProtectionRecord, make_attack, output_format, output_path
+from advquery.attacks import MaskedPIRE
+from advquery.models import ModelEnsemble
+from advquery.protection import MASK_GAIN, STRENGTHS, ProtectionRecord, make_attack, output_format, output_path
 
 
 def _photo(fmt: str, name: str = "x") -> Photo:
@@ -64,6 +66,23 @@ def test_make_attack_follows_the_preset(model, strength):
     assert (attack.steps, attack.target_similarity, attack.patience) == \
         (preset.steps, preset.target_similarity, preset.patience)
     assert (attack.size, attack.seed, attack.codec) == (96, 3, None)
+    assert attack.edits == preset.edits
+    if preset.partner:  # aimed at a second built-in model too
+        assert isinstance(attack.model, ModelEnsemble)
+        assert [m.name for m in attack.model.members] == ["efficientnet-lite0-gem", "efficientnet-lite1-gem"]
+    else:
+        assert attack.model is model
+
+
+def test_presets_grow_in_budget_and_robustness():
+    low, medium, high = (STRENGTHS[s] for s in ("low", "medium", "high"))
+    assert low.eps_levels < medium.eps_levels < high.eps_levels
+    assert low.edits is None and medium.edits is not None and high.partner and not medium.partner
+
+
+def test_make_attack_masked_pire(model):
+    attack = make_attack(model, method="masked-pire", strength="low", eps_levels=2, size=96)
+    assert isinstance(attack, MaskedPIRE) and attack.eps == pytest.approx(2 / 255) and attack.max_gain == MASK_GAIN
 
 
 def test_make_attack_overrides(model):
@@ -86,3 +105,18 @@ def test_make_attack_thesis_methods(model):
     assert isinstance(cv, CVPIRE) and cv.m == 50 and cv.steps == 100
     sd = make_attack(model, method="sd-pire", eps_levels=10, steps=7)
     assert isinstance(sd, SDPIRE) and sd.m == 10 and sd.steps == 7
+
+
+def test_make_attack_model_free_methods(model):
+    from advquery.attacks import GaussianNoise, KeypointAttack
+    from advquery.protection import DEFAULT_NOISE_SSIM
+    for method in ("rmd", "ls", "fmd", "rmd+ls", "ls+fmd"):
+        attack = make_attack(model, method=method, strength="high")  # the preset does not apply
+        assert isinstance(attack, KeypointAttack) and attack.method == method
+    noise = make_attack(model, method="noise", seed=1)
+    assert isinstance(noise, GaussianNoise) and (noise.target_ssim, noise.seed) == (DEFAULT_NOISE_SSIM, 1)
+    assert make_attack(model, method="noise", target_ssim=0.9).target_ssim == 0.9
+    with pytest.raises(ValueError, match="target_ssim applies to the noise method only, not to pire"):
+        make_attack(model, target_ssim=0.9)
+    with pytest.raises(ValueError, match="eps_levels and steps apply to pire, masked-pire, cv-pire, sd-pire only, not to rmd"):
+        make_attack(model, method="rmd", steps=3)

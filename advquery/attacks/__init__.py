@@ -1,6 +1,10 @@
 """Attacks on retrieval descriptors, called on (N, 3, H, W) float images in [0, 1]."""
-from .base import SAVING_MODES, AttackStats, PerturbationAttack
-from .perceptual import CVPIRE, SDPIRE
+from .base import SAVING_MODES, AttackStats, ImageAttack, PerturbationAttack
+from .keypoints import KeypointAttack, KeypointStats
+from .noise import GaussianNoise, NoiseStats
+from .perceptual import CVPIRE, SDPIRE, MaskedPIRE
 from .pire import PIRE
+from .robust import RandomEdits
 
-__all__ = ["PIRE", "CVPIRE", "SDPIRE", "PerturbationAttack", "AttackStats", "SAVING_MODES"]
+__all__ = ["PIRE", "CVPIRE", "SDPIRE", "MaskedPIRE", "RandomEdits", "PerturbationAttack", "AttackStats", "SAVING_MODES",
+           "ImageAttack", "KeypointAttack", "KeypointStats", "GaussianNoise", "NoiseStats"]

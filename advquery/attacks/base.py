@@ -9,20 +9,25 @@ and keeping the best perturbation seen.
 The perturbation lives at the working resolution the retrieval system sees (long side
 ``size``) and is upsampled to the photo's own resolution, so a 4000 x 3000 photo costs a
 1024 px attack; the output keeps the original resolution.
+
+:class:`ImageAttack` is the base of the model-free attacks (keypoint removal and injection,
+Gaussian noise), which modify each photo as an 8-bit array.
 """
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..extraction import DEFAULT_SIZE, describe, resize_long_side
+from ..extraction import DEFAULT_SIZE, cosine_similarity, describe, resize_long_side
+from ..io import to_tensor, to_uint8
 from ..models import DescriptorModel
 from ..transforms import quantise, straight_through
+from .robust import RandomEdits
 
 SAVING_MODES = ("quantised", "refined", "x10")
-CROP_SIDE = (0.5, 0.95)  # side of the random crops, as a fraction of the photo's width and height
 
 
 @dataclass
@@ -36,6 +41,40 @@ class AttackStats:
 def _check(condition: bool, message: str) -> None:
     if not condition:
         raise ValueError(message)
+
+
+def check_images(images: torch.Tensor) -> None:
+    """Raise ValueError unless ``images`` is an (N, 3, H, W) float tensor in [0, 1]."""
+    if images.ndim != 4 or images.shape[1] != 3 or not images.is_floating_point():
+        raise ValueError(f"expected (N, 3, H, W) float images in [0, 1], got {tuple(images.shape)} {images.dtype}")
+    if images.min() < 0 or images.max() > 1:
+        raise ValueError(f"expected images in [0, 1], got values in [{images.min():.3g}, {images.max():.3g}]")
+
+
+class ImageAttack:
+    """Base of the model-free attacks: each photo is modified as an (H, W, 3) uint8 array.
+
+    Subclasses implement :meth:`attack_one` and set ``stats_type``, a dataclass of per-image lists
+    that becomes ``stats`` after every call.
+
+    Shape:
+        input (N, 3, H, W) float in [0, 1] (rounded to 8 bit first); output the same shape, on the 8-bit grid.
+    """
+
+    stats_type: type
+
+    def __init__(self):
+        self.stats = self.stats_type(*([] for _ in fields(self.stats_type)))
+
+    def attack_one(self, rgb: np.ndarray) -> tuple[np.ndarray, dict]:
+        """The modified photo and its stats, one value per field of ``stats_type``."""
+        raise NotImplementedError
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        check_images(images)
+        results = [self.attack_one(to_uint8(x)) for x in images]
+        self.stats = self.stats_type(**{f.name: [r[f.name] for _, r in results] for f in fields(self.stats_type)})
+        return torch.cat([to_tensor(out) for out, _ in results]).to(images.device, images.dtype)
 
 
 class PerturbationAttack:
@@ -58,12 +97,15 @@ class PerturbationAttack:
         target_similarity: stop an image once its descriptor cosine similarity to the original
             is at most this value (None: run all steps).
         patience: stop an image after this many steps without improvement (None: never).
-        crops: number of random crops (sides drawn from :data:`CROP_SIDE`, seeded like the start)
-            whose descriptors are pushed apart in every step too, so that a cropped copy of the
-            photo (a bounding-box query, a platform's crop) stays protected; without them the effect
-            sits near the image border and a 10 % crop removes it. Loss and early-stopping
-            similarity are averaged over the whole photo and its crops; each crop costs about one
-            more forward and backward pass per step.
+        edits: random edits (:class:`~advquery.attacks.robust.RandomEdits`) drawn afresh in every
+            step; the descriptors of the edited copies are pushed away from the original's too
+            (expectation over transformation), so that the protection survives cropping,
+            re-compression and downscaling. Without them the effect sits near the image border and
+            a 10 % crop removes it. Loss and early-stopping similarity are averaged over the whole
+            photo and its edited copies; each copy costs about one more forward and backward pass.
+        snapshot_every: keep, every this many steps k, the perturbation a run with ``steps=k`` would
+            return (the best so far) in :attr:`snapshots` as ``(k, v)``; :meth:`render` makes each an
+            image. One optimisation then gives the result after 10, 20, ... steps (None: keep none).
 
     Shape:
         input (N, 3, H, W) float in [0, 1] on the 8-bit grid; output the same shape, on the 8-bit grid.
@@ -73,7 +115,7 @@ class PerturbationAttack:
                  scales: Sequence[float] = (1.0,), saving: str = "quantised",
                  codec: Callable[[torch.Tensor], torch.Tensor] | None = None, random_start: bool = True,
                  seed: int | None = None, target_similarity: float | None = None, patience: int | None = None,
-                 crops: int = 0):
+                 edits: RandomEdits | None = None, snapshot_every: int | None = None):
         _check(isinstance(steps, int) and not isinstance(steps, bool) and steps >= 1, f"steps must be a positive integer, got {steps!r}")
         _check(lr > 0, f"lr must be positive, got {lr}")
         _check(isinstance(size, int) and size >= 32, f"size must be an integer >= 32, got {size!r}")
@@ -84,8 +126,12 @@ class PerturbationAttack:
                f"patience must be a positive integer, got {patience!r}")
         self.model, self.steps, self.lr, self.size, self.scales = model, steps, lr, size, tuple(scales)
         self.saving, self.codec, self.random_start, self.seed = saving, codec, random_start, seed
-        _check(isinstance(crops, int) and crops >= 0, f"crops must be a non-negative integer, got {crops!r}")
-        self.target_similarity, self.patience, self.crops = target_similarity, patience, crops
+        _check(edits is None or isinstance(edits, RandomEdits), f"edits must be RandomEdits or None, got {edits!r}")
+        self.target_similarity, self.patience, self.edits = target_similarity, patience, edits
+        _check(snapshot_every is None or (isinstance(snapshot_every, int) and snapshot_every >= 1),
+               f"snapshot_every must be a positive integer or None, got {snapshot_every!r}")
+        self.snapshot_every = snapshot_every
+        self.snapshots: list[tuple[int, torch.Tensor]] = []  # (steps, working-resolution v) of the last call
         self.stats = AttackStats([], [])
         self.perturbation: torch.Tensor | None = None  # best working-resolution perturbation of the last call
         self.original_descriptor: torch.Tensor | None = None  # (N, D) descriptors of the last call's input
@@ -94,30 +140,35 @@ class PerturbationAttack:
         """Per-pixel bound on |v|, broadcastable to ``x`` (the photo at perturbation resolution)."""
         raise NotImplementedError
 
+    def _working_bound(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``x`` at the working resolution and the bound there, expanded to its shape."""
+        shape = self._perturbation_size(x)
+        x_work = x if shape == tuple(x.shape[-2:]) else \
+            F.interpolate(x, size=shape, mode="bilinear", align_corners=False, antialias=True).clamp(0, 1)  # rounding
+        return x_work, self.bound(x_work).expand_as(x_work)
+
+    def budget(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, 1, h, w) bound on |v| at the working resolution (largest over the channels), without
+        running the attack: where and how much the attack may change ``x`` (N, 3, H, W) in [0, 1]."""
+        with torch.no_grad():
+            return self._working_bound(x)[1].amax(dim=1, keepdim=True)
+
     def describe(self, x: torch.Tensor) -> torch.Tensor:
         """Descriptor of full-resolution images as the retrieval system computes it."""
-        return self.model(resize_long_side(x, self.size), scales=self.scales)
+        return describe(self.model, x, self.size, self.scales)
 
-    def views(self, x: torch.Tensor, boxes: list[tuple[int, int, int, int]]) -> torch.Tensor:
-        """(N, 1 + len(boxes), D) descriptors the objective pushes apart: the whole photo and its crops."""
-        return torch.stack([self.describe(x)] + [describe(self.model, x, self.size, self.scales, box=b)
-                                                 for b in boxes], dim=1)
+    def views(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """(N, 1 + edited copies, D) descriptors the objective pushes away: the photo and its random edits."""
+        work = resize_long_side(x, self.size)  # what the retrieval system sees of the photo
+        # Edits are drawn on the working-resolution image: at full resolution the JPEG round trip
+        # and the antialiased resizes (and their backward passes) cost more than the network.
+        copies = self.edits.sample(work, generator) if self.edits else []
+        return torch.stack([self.model(work, scales=self.scales)]
+                           + [describe(self.model, c, self.size, self.scales, box=b) for c, b in copies], dim=1)
 
     def similarity_to_original(self, images: torch.Tensor) -> list[float]:
         """Descriptor cosine similarity of ``images`` (e.g. the decoded output files) to the last call's input."""
-        with torch.no_grad():
-            return (self.describe(images.to(self.model.device)) * self.original_descriptor).sum(dim=1).tolist()
-
-    def _crop_boxes(self, shape: tuple[int, int], generator: torch.Generator) -> list[tuple[int, int, int, int]]:
-        h, w = shape
-        boxes = []
-        for _ in range(self.crops):
-            lo, hi = CROP_SIDE
-            fh, fw, py, px = torch.rand(4, generator=generator, device=generator.device).tolist()
-            ch, cw = round(h * (lo + (hi - lo) * fh)), round(w * (lo + (hi - lo) * fw))
-            top, left = round((h - ch) * py), round((w - cw) * px)
-            boxes.append((left, top, left + cw, top + ch))
-        return boxes
+        return cosine_similarity(self.model, images, self.original_descriptor, self.size, self.scales)
 
     def _perturbation_size(self, x: torch.Tensor) -> tuple[int, int]:
         h, w = x.shape[-2:]
@@ -157,10 +208,7 @@ class PerturbationAttack:
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Protected versions of ``images`` (N, 3, H, W) in [0, 1]."""
-        if images.ndim != 4 or images.shape[1] != 3 or not images.is_floating_point():
-            raise ValueError(f"expected (N, 3, H, W) float images in [0, 1], got {tuple(images.shape)} {images.dtype}")
-        if images.min() < 0 or images.max() > 1:
-            raise ValueError(f"expected images in [0, 1], got values in [{images.min():.3g}, {images.max():.3g}]")
+        check_images(images)
         x = images.detach().to(self.model.device, torch.float32)
         n = x.shape[0]
         generator = torch.Generator(device=x.device)
@@ -168,12 +216,9 @@ class PerturbationAttack:
             generator.seed()  # nondeterministic, without touching the global RNG
         else:
             generator.manual_seed(self.seed)
-        boxes = self._crop_boxes(tuple(x.shape[-2:]), generator)
         with torch.no_grad():
-            target = self.views(x, boxes)
-            x_work = F.interpolate(x, size=self._perturbation_size(x), mode="bilinear", align_corners=False,
-                                   antialias=True) if self._perturbation_size(x) != tuple(x.shape[-2:]) else x
-            bound = self.bound(x_work).expand_as(x_work)
+            target = self.describe(x)[:, None]
+            x_work, bound = self._working_bound(x)
         v = (torch.rand(x_work.shape, generator=generator, device=x.device) * 2 - 1) * bound \
             if self.random_start else torch.zeros_like(x_work)
         v = (x_work + v).clamp(0, 1) - x_work
@@ -181,15 +226,18 @@ class PerturbationAttack:
         optimiser = torch.optim.Adam([v], lr=self.lr)
         best_loss = torch.full((n,), -math.inf, device=x.device)
         best_v = v.detach().clone()
+        self.snapshots = []
         since_best = torch.zeros(n, dtype=torch.long, device=x.device)
         done = torch.zeros(n, dtype=torch.bool, device=x.device)
         steps_used = torch.full((n,), self.steps, dtype=torch.long, device=x.device)
         for step in range(self.steps):
-            loss = (self.views(self._compose(x, v), boxes) - target).pow(2).sum(dim=2).mean(dim=1)
+            loss = (self.views(self._compose(x, v), generator) - target).pow(2).sum(dim=2).mean(dim=1)
             with torch.no_grad():  # bookkeeping for the image v currently represents
                 improved = loss > best_loss
                 best_loss = torch.where(improved, loss, best_loss)
                 best_v[improved] = v.detach()[improved]
+                if self.snapshot_every and (step + 1) % self.snapshot_every == 0:
+                    self.snapshots.append((step + 1, best_v.clone()))
                 since_best = torch.where(improved, 0, since_best + 1)
                 finished = ~done & self._finished(best_loss, since_best)
                 steps_used[finished] = step

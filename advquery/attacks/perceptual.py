@@ -6,7 +6,7 @@ on the photo at the perturbation's (working) resolution.
 """
 import torch
 
-from ..perceptual import check_map_parameters, color_variance_map, std_map
+from ..perceptual import check_map_parameters, color_variance_map, ssim_masking_map, std_map
 from .base import PerturbationAttack
 
 
@@ -56,3 +56,30 @@ class SDPIRE(_MapBudgetAttack):
 
     def budget_map(self, x: torch.Tensor) -> torch.Tensor:
         return std_map(x, n=self.n)
+
+
+class MaskedPIRE(PerturbationAttack):
+    """PIRE with an SSIM-masking budget: ``eps`` in flat regions, up to ``max_gain * eps`` in texture.
+
+    The gain (:func:`~advquery.perceptual.ssim_masking_map`) makes every pixel cost the same
+    SSIM, so for the SSIM of PIRE at ``eps`` it spends several times the perturbation where the
+    photo has texture and edges, and unlike the thesis maps it keeps a budget in flat regions,
+    whose descriptor contribution PIRE also needs.
+
+    Args:
+        eps: budget in flat regions, in [0, 1] pixel units (1 grey level = 1 / 255).
+        max_gain: cap on the texture gain (>= 1; 1 gives PIRE).
+        steps, lr, ...: see :class:`~advquery.attacks.base.PerturbationAttack`; ``lr`` defaults to ``eps``.
+    """
+
+    def __init__(self, model, eps: float = 2 / 255, max_gain: float = 4.0, steps: int = 100,
+                 lr: float | None = None, **kwargs):
+        if not 0 < eps <= 1:
+            raise ValueError(f"eps must be in (0, 1] (pixel units; 2 grey levels = 2 / 255), got {eps}")
+        if max_gain < 1:
+            raise ValueError(f"max_gain must be >= 1, got {max_gain}")
+        super().__init__(model, steps=steps, lr=eps if lr is None else lr, **kwargs)
+        self.eps, self.max_gain = eps, max_gain
+
+    def bound(self, x: torch.Tensor) -> torch.Tensor:
+        return ssim_masking_map(x, self.max_gain) * self.eps

@@ -1,4 +1,4 @@
-"""``advquery eval``: mAP of a model on a retrieval benchmark, optionally with modified queries."""
+"""``advquery eval``: mAP of a retrieval system on a benchmark, optionally with modified queries."""
 import argparse
 import json
 import os
@@ -8,10 +8,8 @@ import numpy as np
 
 from ..evaluation.datasets import DATASET_NAMES, load_dataset
 from ..evaluation.runner import evaluate
-from ..extraction import MULTISCALE
-from ..models import load_model
 from ..transforms import parse_transform
-from .common import CommandError, add_model_options, user_errors
+from .common import CommandError, add_features_options, add_model_options, system_from_args, user_errors
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -36,6 +34,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     ev.add_argument("--cache", type=Path, metavar="DIR", help="descriptor cache (default: $ADVQUERY_CACHE or ~/.cache/advquery)")
     ev.add_argument("--no-cache", action="store_true", help="do not read or write cached database descriptors")
     add_model_options(ev)
+    add_features_options(ev)
     ev.set_defaults(run=run_eval)
 
 
@@ -62,9 +61,8 @@ def run_eval(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise CommandError(f"--transform: {exc}") from None
     dataset = load_dataset(args.dataset, args.data_root)
-    model = load_model(args.model, device=args.device)
-    report = evaluate(dataset, model, args.size, MULTISCALE if args.multiscale else (1.0,), args.queries,
-                      args.protocol, args.query_dir, False if args.no_cache else args.cache, transform=transform,
+    report = evaluate(dataset, system_from_args(args), queries=args.queries, protocols=args.protocol,
+                      query_dir=args.query_dir, cache_dir=False if args.no_cache else args.cache, transform=transform,
                       db_dir=args.db_dir)
     print(format_report(report))
     if args.json:

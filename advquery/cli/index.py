@@ -3,10 +3,12 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..extraction import MULTISCALE, extract_descriptors
-from ..models import load_model
 from ..retrieval import ImageIndex, Manifest
-from .common import CommandError, add_model_options, collect_or_fail, error, user_errors
+from ..systems import SiftHESystem
+from .common import (CommandError, add_features_options, add_model_options, collect_or_fail, error, system_from_args,
+                     user_errors)
+
+VOCABULARY_FILE = "vocabulary.npz"  # a SIFT-HE index keeps its vocabulary beside the manifest
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -18,24 +20,32 @@ def register(commands: argparse._SubParsersAction) -> None:
     build.add_argument("--recursive", action="store_true", help="descend into sub-folders")
     build.add_argument("--batch-size", type=int, default=None, help="images per forward pass (default: 1 on CPU, 16 on CUDA)")
     add_model_options(build)
+    add_features_options(build)
     build.set_defaults(run=build_index)
 
 
 @user_errors
 def build_index(args: argparse.Namespace) -> int:
     files, problems = collect_or_fail(args.images, args.recursive, "images to index")
-    model = load_model(args.model, device=args.device)
-    scales = MULTISCALE if args.multiscale else (1.0,)
-    result = extract_descriptors(model, [f.path.resolve() for f in files], args.size, scales,
-                                 batch_size=args.batch_size, desc="indexing")
+    system = system_from_args(args)
+    paths = [f.path.resolve() for f in files]
+    system.fit(paths)  # SIFT-HE without --vocab: a vocabulary trained on the images indexed
+    result = system.describe(paths, desc="indexing")
     for line in result.failures:
         error(f"skipped {line}")
     if not result.paths:
         raise CommandError("none of the images could be read; no index written")
-    manifest = Manifest(model=model.name, size=args.size, scales=tuple(scales), dim=result.descriptors.shape[1],
-                        count=len(result.paths))
+    settings = {}
+    if isinstance(system, SiftHESystem):  # record the vocabulary: its file in the index, origin, settings, digest
+        system.vocabulary.save(args.output / VOCABULARY_FILE)
+        source = str(args.vocab.resolve()) if args.vocab else "trained on the indexed images"
+        settings = {"max_features": system.max_features,
+                    "vocabulary": {"file": VOCABULARY_FILE, "source": source, **system.vocabulary.settings()}}
+    manifest = Manifest(model=system.name, size=system.size, scales=tuple(system.scales),
+                        dim=result.descriptors.shape[1], count=len(result.paths), features=system.features,
+                        settings=settings)
     ImageIndex(result.descriptors, result.paths, manifest).save(args.output)
     skipped = len(result.failures) + len(problems)
-    print(f"indexed {len(result.paths)} image(s) with {model.name} at {args.size} px into {args.output}"
+    print(f"indexed {len(result.paths)} image(s) with {system.name} at {args.size} px into {args.output}"
           + (f"; skipped {skipped}" if skipped else ""), file=sys.stderr)
     return 1 if skipped else 0

@@ -8,27 +8,37 @@ from tqdm.auto import tqdm
 
 from ..io import DEFAULT_MAX_PIXELS, ImageError, read_photo
 from ..models import load_model
-from ..protection import DEFAULT_STRENGTH, METHODS, STRENGTHS, ProtectionRecord, output_format, output_path, \
-    protect_photo
+from ..protection import DEFAULT_METHOD, DEFAULT_NOISE_SSIM, DEFAULT_STRENGTH, GRADIENT_METHODS, MASK_GAIN, METHODS, \
+    STRENGTHS, ProtectionRecord, map_path, output_format, output_path, protect_photo
 from .common import CommandError, add_model_options, collect_or_fail, positive_int, user_errors
 
 
 def register(commands: argparse._SubParsersAction) -> None:
-    presets = "; ".join(f"{name}: {s.description}" for name, s in STRENGTHS.items())
+    presets = "; ".join(f"{name}: {s.description}" for name, s in STRENGTHS.items()).replace("%", "%%")
     p = commands.add_parser("protect", help="protect photos against retrieval (the main job)",
                             description="Write protected copies of photos: they look unchanged, but "
                             "content-based retrieval no longer finds the related photos. Inputs are never modified.")
     p.add_argument("inputs", nargs="+", metavar="INPUTS", help="photo files, folders or glob patterns")
     p.add_argument("-o", "--output", required=True, type=Path, metavar="OUTDIR",
                    help="output folder; files keep their path relative to the input root")
-    p.add_argument("--method", choices=METHODS, default="pire",
-                   help="protection method (default: pire); cv-pire and sd-pire use the thesis budget maps "
-                        "(m = 50 levels, 100 steps; --eps sets m)")
+    p.add_argument("--method", choices=METHODS, default=DEFAULT_METHOD,
+                   help=f"protection method (default: {DEFAULT_METHOD}, a uniform L-infinity budget); masked-pire: "
+                        f"an SSIM-masking budget, up to {MASK_GAIN:g}x the flat-region budget in texture; "
+                        "cv-pire and sd-pire use the thesis budget maps "
+                        "(m = 50 levels, 100 steps; --eps sets m). Baselines without a model or budget, at the "
+                        "photo's own resolution: rmd, ls, fmd, rmd+ls, ls+fmd remove (minimum-distortion patches, "
+                        "local smoothing) and inject SIFT keypoints (Do et al. 2010) on the grey image, colour "
+                        "recovered by ratio (the report adds keypoints removed and injected); noise adds Gaussian "
+                        "noise matched to --target-ssim. They ignore --strength; the report still measures the "
+                        "descriptor similarity with --model at --size")
     p.add_argument("--strength", choices=tuple(STRENGTHS), default=DEFAULT_STRENGTH,
                    help=f"budget preset (default: {DEFAULT_STRENGTH}); {presets}")
     p.add_argument("--eps", type=float, metavar="LEVELS",
-                   help="override the budget in grey levels (pire: L-infinity bound; cv-pire/sd-pire: multiplier m)")
+                   help="override the budget in grey levels (masked-pire: flat-region budget; pire: L-infinity "
+                        "bound; cv-pire/sd-pire: multiplier m)")
     p.add_argument("--steps", type=positive_int, help="override the maximum number of optimisation steps")
+    p.add_argument("--target-ssim", type=float, metavar="S",
+                   help=f"noise only: SSIM the noise is matched to, in (0, 1) (default: {DEFAULT_NOISE_SSIM})")
     p.add_argument("--format", choices=("png", "jpg"), help="output format (default: JPEG stays JPEG, others PNG)")
     p.add_argument("--quality", type=int, default=95, help="JPEG quality (default: 95)")
     p.add_argument("--recursive", action="store_true", help="descend into sub-folders")
@@ -36,6 +46,14 @@ def register(commands: argparse._SubParsersAction) -> None:
                    help="keep EXIF (GPS still removed) and the colour profile; default drops all metadata")
     p.add_argument("--seed", type=int, help="random seed (reproducible output)")
     p.add_argument("--report", type=Path, metavar="FILE.jsonl", help="write one JSON line per photo")
+    p.add_argument("--save-map", action="store_true",
+                   help="also write each protected photo's budget map, where the method may change it (white: "
+                        "the most), as an 8-bit greyscale PNG at the working resolution to OUTDIR/maps/<relative "
+                        "path>.png, kept apart from the photos to publish; 'map' in the report. The map is the "
+                        "per-pixel bound (largest over the colour channels) divided by its maximum: masked-pire shows its "
+                        "SSIM-masking gain, cv-pire and sd-pire their colour-variance or standard-deviation map, "
+                        "pire's constant bound is all white. Refused for the methods without a budget (keypoints, "
+                        "noise)")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs (default: skip them)")
     p.add_argument("--max-pixels", type=positive_int, default=DEFAULT_MAX_PIXELS,
                    help=f"refuse larger images (decompression bombs; default: {DEFAULT_MAX_PIXELS})")
@@ -50,7 +68,7 @@ def summary_table(records: list[ProtectionRecord]) -> str:
         name = Path(r.input).name[-32:]
         if r.status == "protected":
             lines.append(f"{name:<32} {r.ssim:6.4f} {r.psnr:6.2f} {r.linf:5.0f} {r.mean_abs_change:5.2f} "
-                         f"{r.similarity:6.3f} {r.steps:5d} {r.seconds:6.1f}")
+                         f"{r.similarity:6.3f} {'-' if r.steps is None else r.steps:>5} {r.seconds:6.1f}")
         else:
             lines.append(f"{name:<32} {r.status}: {r.error or r.output}")
     return "\n".join(lines)
@@ -62,6 +80,15 @@ def run_protect(args: argparse.Namespace) -> int:
         raise CommandError(f"--quality must be in 1..100, got {args.quality}")
     if args.eps is not None and not 0 < args.eps <= 255:
         raise CommandError(f"--eps must be in (0, 255] grey levels, got {args.eps}")
+    if args.target_ssim is not None and args.method != "noise":
+        raise CommandError(f"--target-ssim applies to --method noise only, not to {args.method}")
+    if args.target_ssim is not None and not 0 < args.target_ssim < 1:
+        raise CommandError(f"--target-ssim must be in (0, 1), got {args.target_ssim}")
+    if args.method not in GRADIENT_METHODS and (args.eps is not None or args.steps is not None):
+        raise CommandError(f"--eps and --steps apply to {', '.join(GRADIENT_METHODS)} only, not to {args.method}")
+    if args.save_map and args.method not in GRADIENT_METHODS:
+        raise CommandError(f"--save-map: method {args.method} has no per-pixel budget to map; "
+                           f"it applies to {', '.join(GRADIENT_METHODS)}")
     files, problems = collect_or_fail(args.inputs, args.recursive, "photos to protect")
     model = load_model(args.model, device=args.device)
     records: list[ProtectionRecord] = []
@@ -102,11 +129,16 @@ def _protect_one(f, args: argparse.Namespace, model, input_paths: set[Path],
         if owner != f.path:
             return ProtectionRecord(str(f.path), status="failed",
                                     error=f"{f.path}: same output {target} as {owner}; rename one or use --format")
+        map_target = map_path(args.output, f.relative) if args.save_map else None
+        if map_target and (map_target.resolve() in input_paths
+                           or claimed.setdefault(map_target.resolve(), f.path) != f.path):
+            return ProtectionRecord(str(f.path), status="failed", error=f"{f.path}: its budget map {map_target} "
+                                    "would replace an input or another output; choose another -o folder")
         if target.exists() and not args.overwrite:
             return ProtectionRecord(str(f.path), output=str(target), status="skipped")
-        return protect_photo(photo, target, model, fmt, args.quality, args.keep_metadata, method=args.method,
-                             strength=args.strength, eps_levels=args.eps, steps=args.steps, size=args.size,
-                             seed=args.seed)
+        return protect_photo(photo, target, model, fmt, args.quality, args.keep_metadata, map_target,
+                             method=args.method, strength=args.strength, eps_levels=args.eps, steps=args.steps,
+                             size=args.size, seed=args.seed, target_ssim=args.target_ssim)
     except ImageError as exc:
         return ProtectionRecord(str(f.path), status="failed", error=str(exc))
     except OSError as exc:

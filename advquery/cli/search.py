@@ -3,9 +3,8 @@ import argparse
 import json
 from pathlib import Path
 
-from ..extraction import extract_descriptors
 from ..retrieval import ImageIndex
-from .common import CommandError, add_model_options, model_for_index, positive_int, user_errors
+from .common import CommandError, add_features_options, add_model_options, positive_int, system_for_index, user_errors
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -15,17 +14,18 @@ def register(commands: argparse._SubParsersAction) -> None:
     search.add_argument("-k", type=positive_int, default=10, help="number of results (default: 10)")
     search.add_argument("--json", action="store_true", help="print JSON: {query, results: [{path, score}]}")
     add_model_options(search, size_default=None)
+    add_features_options(search, database=False)
     search.set_defaults(run=run_search)
 
 
 @user_errors
 def run_search(args: argparse.Namespace) -> int:
     index = ImageIndex.load(args.index)
-    model, size, scales = model_for_index(args, index)
-    result = extract_descriptors(model, [args.query], size, scales, progress=False)
+    system = system_for_index(args, index)
+    result = system.describe([args.query], progress=False)
     if result.failures:
         raise CommandError(result.failures[0])
-    hits = index.search(result.descriptors, args.k)[0]
+    hits = index.search(result.descriptors, args.k, system.rank)[0]
     if args.json:
         print(json.dumps({"query": str(args.query), "results": [{"path": str(p), "score": s} for p, s in hits]}))
     else:

@@ -1,11 +1,9 @@
-"""Evaluate a descriptor model on a retrieval benchmark: extract, rank, score.
+"""Evaluate a retrieval system (a descriptor model, or SIFT-HE, CEDD, GIST) on a benchmark: extract, rank, score.
 
-Database descriptors are cached on disk, keyed by the model, working size, scales and the
-exact database files (path, size, modification time), so repeated evaluations of modified
-queries only extract the queries.
+Database descriptors are cached on disk, keyed by the system's settings (model, working size,
+scales; for SIFT-HE the vocabulary) and the exact database files (path, size, modification
+time), so repeated evaluations of modified queries only extract the queries.
 """
-import hashlib
-import json
 import os
 import time
 from collections.abc import Sequence
@@ -14,10 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..extraction import DEFAULT_SIZE, extract_descriptors
+from ..extraction import DEFAULT_SIZE
 from ..io import IMAGE_EXTENSIONS, read_photo, to_tensor, to_uint8
 from ..models import DescriptorModel
-from ..retrieval import rank
+from ..systems import NeuralSystem, RetrievalSystem, file_key
 from ..transforms import TransformChain
 from .datasets import RetrievalDataset
 from .metrics import MapResult, compute_map, random_map
@@ -50,6 +48,8 @@ class EvaluationReport:
     seconds: dict[str, float] = field(default_factory=dict)
     transform: str = "none"
     replaced_database_images: int = 0
+    features: str = "neural"
+    settings: dict = field(default_factory=dict)
 
     def summary(self) -> dict:
         """JSON-ready summary with per-query AP (null for queries without positives)."""
@@ -57,6 +57,7 @@ class EvaluationReport:
             "dataset": self.dataset, "model": self.model, "size": self.size, "scales": list(self.scales),
             "queries": self.queries, "transform": self.transform,
             "replaced_database_images": self.replaced_database_images, "seconds": self.seconds,
+            "features": self.features, "settings": self.settings,
             "protocols": {p: {"map": r.map, "mp_at_k": {str(k): v for k, v in r.mp_at_k.items()},
                               "n_evaluated": r.n_evaluated, "n_skipped": r.n_skipped, "random_map": self.random[p],
                               "per_query": {f.stem: (None if np.isnan(ap) else float(ap))
@@ -65,46 +66,39 @@ class EvaluationReport:
         }
 
 
-def _cache_key(paths: Sequence[Path], model: str, size: int, scales: Sequence[float]) -> str:
-    files = []
-    for p in paths:
-        st = p.stat()
-        files.append((str(p.resolve()), st.st_size, st.st_mtime_ns))
-    blob = json.dumps({"v": CACHE_VERSION, "model": model, "size": size, "scales": list(scales), "files": files})
-    return hashlib.sha256(blob.encode()).hexdigest()[:24]
+def _cache_root(cache_dir: Path | None | bool) -> Path | None:
+    return None if cache_dir is False else Path(cache_dir or default_cache_dir())
 
 
-def _extract_all(model, paths, size, scales, boxes=None, desc="extracting", progress=None, loader=None) -> np.ndarray:
-    result = extract_descriptors(model, paths, size, scales, boxes=boxes, desc=desc, progress=progress, loader=loader)
+def _extract_all(system: RetrievalSystem, paths, boxes=None, desc="extracting", progress=None, loader=None) -> np.ndarray:
+    result = system.describe(paths, boxes, desc=desc, progress=progress, loader=loader)
     if result.failures:
         raise EvaluationError(f"{len(result.failures)} image(s) could not be read: " + "; ".join(result.failures[:5]))
     return result.descriptors
 
 
-def database_cache_path(dataset: RetrievalDataset, model: DescriptorModel, size: int, scales: Sequence[float],
+def database_cache_path(dataset: RetrievalDataset, system: RetrievalSystem,
                         cache_dir: Path | None | bool = None) -> Path | None:
     """Where the database descriptors are cached (None when ``cache_dir`` is False).
 
     The key covers the files, not the dataset name, so datasets sharing a database share its cache.
     """
-    if cache_dir is False:
+    root = _cache_root(cache_dir)
+    if root is None:
         return None
-    key = _cache_key(dataset.images, model.name, size, scales)
-    return Path(cache_dir or default_cache_dir()) / "descriptors" / f"{key}.npy"
+    return root / "descriptors" / f"{file_key(dataset.images, {'v': CACHE_VERSION, **system.settings()})}.npy"
 
 
-def database_descriptors(dataset: RetrievalDataset, model: DescriptorModel, size: int = DEFAULT_SIZE,
-                         scales: Sequence[float] = (1.0,), cache_dir: Path | None | bool = None,
+def database_descriptors(dataset: RetrievalDataset, system: RetrievalSystem, cache_dir: Path | None | bool = None,
                          progress: bool | None = None) -> np.ndarray:
     """(n_db, D) descriptors of the database, from the cache when the same files were described before.
 
     ``cache_dir=None`` uses :func:`default_cache_dir`; pass ``False`` to disable caching.
     """
-    path = database_cache_path(dataset, model, size, scales, cache_dir)
+    path = database_cache_path(dataset, system, cache_dir)
     if path is not None and path.is_file():
         return np.load(path)
-    descriptors = _extract_all(model, dataset.images, size, scales, desc=f"{dataset.name} database",
-                               progress=progress)
+    descriptors = _extract_all(system, dataset.images, desc=f"{dataset.name} database", progress=progress)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
@@ -136,7 +130,7 @@ def transformed_queries(files: Sequence[Path], boxes: Sequence, transform: Trans
     return mapped, lambda path: to_uint8(transform(to_tensor(read_photo(path).rgb)))
 
 
-def evaluate(dataset: RetrievalDataset, model: DescriptorModel, size: int = DEFAULT_SIZE,
+def evaluate(dataset: RetrievalDataset, model: DescriptorModel | RetrievalSystem, size: int = DEFAULT_SIZE,
              scales: Sequence[float] = (1.0,), queries: str = "bb", protocols: Sequence[str] | None = None,
              query_dir: Path | None = None, cache_dir: Path | None | bool = None, progress: bool | None = None,
              random_trials: int = 20, transform: TransformChain | None = None,
@@ -144,6 +138,9 @@ def evaluate(dataset: RetrievalDataset, model: DescriptorModel, size: int = DEFA
     """mAP and mP@k of ``model`` on ``dataset`` for each protocol (default: all the dataset supports).
 
     Args:
+        model: a descriptor model (described at ``size`` and ``scales``) or a retrieval system, which
+            brings its own settings; a system that needs training (SIFT-HE without a vocabulary) is
+            fitted on the dataset's database first (its time in ``seconds``).
         queries: 'bb' crops queries to their bounding box where the dataset has one; 'wi' uses whole images.
         query_dir: take each query from this folder by file stem (modified or protected queries),
             falling back to the dataset's own file.
@@ -156,11 +153,12 @@ def evaluate(dataset: RetrievalDataset, model: DescriptorModel, size: int = DEFA
     protocols = tuple(protocols or dataset.protocols)
     if all(b is None for b in dataset.query_boxes):
         queries = "wi"  # nothing to crop: report what was done
-    timings = {}
-    cache_path = database_cache_path(dataset, model, size, scales, cache_dir)
+    system = model if isinstance(model, RetrievalSystem) else NeuralSystem(model, size, scales)
+    timings = system.fit(dataset.images, _cache_root(cache_dir), progress)
+    cache_path = database_cache_path(dataset, system, cache_dir)
     cached = cache_path is not None and cache_path.is_file()
     start = time.perf_counter()
-    db = database_descriptors(dataset, model, size, scales, cache_dir, progress)
+    db = database_descriptors(dataset, system, cache_dir, progress)
     if not cached:  # time only a real extraction
         timings["database"] = time.perf_counter() - start
     db_files = replacement_files(dataset.images, db_dir)
@@ -168,7 +166,7 @@ def evaluate(dataset: RetrievalDataset, model: DescriptorModel, size: int = DEFA
     if replaced:
         start = time.perf_counter()
         db = db.copy()
-        db[replaced] = _extract_all(model, [db_files[i] for i in replaced], size, scales,
+        db[replaced] = _extract_all(system, [db_files[i] for i in replaced],
                                     desc=f"{dataset.name} replaced database images", progress=progress)
         timings["replaced_database_images"] = time.perf_counter() - start
     query_files = replacement_files(dataset.queries, query_dir)
@@ -179,18 +177,19 @@ def evaluate(dataset: RetrievalDataset, model: DescriptorModel, size: int = DEFA
     row_of = {p: i for i, p in enumerate(db_files)} if transform is None else {}
     reused = {i: row_of[f] for i, (f, b) in enumerate(zip(query_files, boxes)) if b is None and f in row_of}
     todo = [i for i in range(len(query_files)) if i not in reused]
-    q = np.zeros((len(query_files), db.shape[1]), np.float32)
+    q = np.zeros((len(query_files), db.shape[1]), db.dtype)
     for i, row in reused.items():
         q[i] = db[row]
     if todo:
-        q[todo] = _extract_all(model, [query_files[i] for i in todo], size, scales, boxes=[boxes[i] for i in todo],
+        q[todo] = _extract_all(system, [query_files[i] for i in todo], boxes=[boxes[i] for i in todo],
                                desc=f"{dataset.name} queries", progress=progress, loader=loader)
     timings["queries"] = time.perf_counter() - start
-    ranks = rank(db, q)[1].T.astype(np.int64)  # (n_db, n_queries)
+    ranks = system.rank(db, q)[1].T.astype(np.int64)  # (n_db, n_queries)
     results, floors = {}, {}
     for p in protocols:
         gnd = dataset.ground_truth(p)
         results[p] = compute_map(ranks, gnd)
         floors[p] = random_map(gnd, len(dataset.images), trials=random_trials)
-    return EvaluationReport(dataset.name, model.name, size, tuple(scales), queries, query_files, results, floors,
-                            ranks, timings, str(transform) if transform else "none", len(replaced))
+    return EvaluationReport(dataset.name, system.name, system.size, tuple(system.scales), queries, query_files,
+                            results, floors, ranks, timings, str(transform) if transform else "none", len(replaced),
+                            system.features, system.settings())

@@ -16,10 +16,11 @@ from torch import nn
 from .cirtorch import ARCHITECTURES, OUTPUT_DIMS, build_features
 from .descriptor import DescriptorModel
 from .efficientnet_lite import EfficientNetLiteFeatures
+from .ensemble import ModelEnsemble
 from .fusion import fold_batchnorm
 from .pooling import GeM, Whitening, gem, l2n
 
-__all__ = ["load_model", "DescriptorModel", "GeM", "Whitening", "gem", "l2n", "BUILTIN_MODELS",
+__all__ = ["load_model", "DescriptorModel", "ModelEnsemble", "GeM", "Whitening", "gem", "l2n", "BUILTIN_MODELS",
            "DEFAULT_MODEL", "resolve_device", "ModelError"]
 
 DEFAULT_MODEL = "efficientnet-lite0-gem"
