@@ -27,15 +27,19 @@ def baseline() -> str:
                               "ext WI Hard", "ukbench mAP", "images/s"], rows))
 
 
-def protection() -> str:
-    return "\n".join((RESULTS / "protect_pire_512.md").read_text().splitlines()[2:])
+def without_machine(name: str) -> str:
+    """A result's markdown without its machine line (the README states the machine once per table)."""
+    return "\n".join((RESULTS / f"{name}.md").read_text().splitlines()[2:])
 
 
 def main() -> None:
     text = README.read_text()
     body = (f"### Baseline retrieval (`python bench/baseline_retrieval.py`, full table in "
             f"`bench/results/baseline_retrieval.md`)\n\n{baseline()}\n\n"
-            f"### PIRE protection (`python bench/protect_pire.py --size 512`)\n\n{protection()}\n")
+            f"### PIRE protection (`python bench/protect_pire.py --size 512`)\n\n{without_machine('protect_pire_512')}\n")
+    if (RESULTS / "robustness_512.json").is_file():
+        body += ("\n### Robustness of the presets (`python bench/robustness.py --size 512 --limit 10 "
+                 f"--transfer-limit 6`)\n\n{without_machine('robustness_512')}\n")
     head, rest = text.split(START)
     README.write_text(f"{head}{START}\n{body}{END}{rest.split(END)[1]}")
 

@@ -65,7 +65,7 @@ def main() -> None:
     parser.add_argument("--presets", nargs="+", default=list(STRENGTHS))
     parser.add_argument("--parts", default="protect,edits,leak,transfer")
     parser.add_argument("--transfer-limit", type=int, default=12,
-                        help="photos protected with the medium preset against Lite1 and Lite2 (other directions)")
+                        help="photos protected with the medium preset against Lite1 and Lite2 (other directions; 0: skip)")
     args = parser.parse_args()
     parts = set(args.parts.split(","))
     out_json = RESULTS / f"robustness_{args.size}.json"
@@ -123,7 +123,7 @@ def main() -> None:
                 print(name, other, transfer[f"{name} -> {other}"], flush=True)
         # The other directions, on fewer photos: medium protection against Lite1 or Lite2.
         few = indices[:args.transfer_limit]
-        for source in MODELS[1:]:
+        for source in MODELS[1:] if few else ():
             folder, _ = protect_set(f"medium-{source}", make_attack(models[source], strength="medium",
                                                                    size=args.size, seed=0),
                                     photos[:len(few)], originals, args.size)

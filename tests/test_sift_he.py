@@ -4,8 +4,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from advquery.extraction import prepare, prepare_rgb
 from advquery.handcrafted.sift_he import (BITS, Bag, SiftHE, Vocabulary, VocabularyError, hamming, match_weights,
                                           pack, random_projection, sift, unpack)
+from advquery.io import to_tensor
 from advquery.systems import SiftHESystem
 
 
@@ -31,6 +33,16 @@ def random_vocabulary() -> tuple[Vocabulary, list[np.ndarray]]:
     rng = np.random.default_rng(0)
     data = [rng.integers(0, 256, (500, 128)).astype(np.uint8) for _ in range(8)]
     return Vocabulary.train(data, words=16, seed=3), data
+
+
+@pytest.mark.parametrize("box", [None, (10.4, 20, 90.6, 61)])
+def test_prepare_rgb_crops_and_scales_as_the_neural_prepare(box):
+    rgb = _scene(0)[:, :200]  # 256 x 200
+    out = prepare_rgb(rgb, 128, box)
+    reference = prepare(to_tensor(rgb), 128, box)
+    assert out.dtype == np.uint8 and out.shape == (*reference.shape[-2:], 3)
+    assert np.abs(out.astype(float) - reference[0].permute(1, 2, 0).numpy() * 255).mean() < 3  # PIL vs torch resize
+    np.testing.assert_array_equal(prepare_rgb(rgb, 256), rgb)  # already at the working size
 
 
 def test_projection_is_orthogonal_and_seeded():
