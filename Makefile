@@ -23,5 +23,5 @@ test: install
 
 bench: install
 	cd bench && ../$(PY) baseline_retrieval.py && ../$(PY) protect_pire.py --size 512 \
-		&& ../$(PY) perceptual_map_speed.py && ../$(PY) robustness.py --size 512 --limit 10 --transfer-limit 6 \
+		&& ../$(PY) perceptual_map_speed.py && ../$(PY) robustness.py --size 512 --limit 10 --transfer-limit 0 --presets low medium \
 		&& ../$(PY) readme_tables.py

@@ -39,7 +39,7 @@ def main() -> None:
             f"### PIRE protection (`python bench/protect_pire.py --size 512`)\n\n{without_machine('protect_pire_512')}\n")
     if (RESULTS / "robustness_512.json").is_file():
         body += ("\n### Robustness of the presets (`python bench/robustness.py --size 512 --limit 10 "
-                 f"--transfer-limit 6`)\n\n{without_machine('robustness_512')}\n")
+                 f"--transfer-limit 0 --presets low medium`)\n\n{without_machine('robustness_512')}\n")
     head, rest = text.split(START)
     README.write_text(f"{head}{START}\n{body}{END}{rest.split(END)[1]}")
 
