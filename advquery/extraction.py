@@ -17,10 +17,10 @@ from tqdm.auto import tqdm
 
 from .io import ImageError, read_photo, to_tensor
 from .models import DescriptorModel
+from .transforms import Box, TransformChain
 
 DEFAULT_SIZE = 1024
 MULTISCALE = (1.0, 2 ** -0.5, 0.5)
-Box = tuple[float, float, float, float]
 
 
 def resize_long_side(x: torch.Tensor, size: int) -> torch.Tensor:
@@ -98,18 +98,20 @@ def prefetch(fn: Callable, items: Iterable, depth: int = 4) -> Iterator:
 
 def prepared_images(paths: Sequence[Path], prepare_fn: Callable[[np.ndarray, Box | None], object],
                     boxes: Sequence[Box | None] | None = None,
-                    loader: Callable[[Path], np.ndarray] | None = None) -> Iterator[tuple[int, object]]:
+                    transform: TransformChain | None = None) -> Iterator[tuple[int, object]]:
     """``(i, prepare_fn(image i, box i))`` in input order, decoded in a background thread, or ``(i, line)``
     with one error line naming the file when it cannot be read or prepared.
 
-    ``loader`` maps a path to an (H, W, 3) uint8 array (default: ``read_photo``).
+    ``transform`` edits each decoded image and its box first (e.g. a platform's JPEG and resize).
     """
     boxes = list(boxes) if boxes is not None else [None] * len(paths)
-    load = loader or (lambda p: read_photo(p).rgb)
 
     def one(i: int):
         try:
-            return i, prepare_fn(load(paths[i]), boxes[i])
+            rgb, box = read_photo(paths[i]).rgb, boxes[i]
+            if transform is not None:
+                rgb, box = transform.apply(rgb, box)
+            return i, prepare_fn(rgb, box)
         except (ImageError, ValueError, OSError) as exc:
             return i, str(exc) if str(paths[i]) in str(exc) else f"{paths[i]}: {exc}"
 
@@ -128,12 +130,12 @@ class Extraction:
 def extract_descriptors(model: DescriptorModel, paths: Sequence[Path], size: int = DEFAULT_SIZE,
                         scales: Sequence[float] = (1.0,), boxes: Sequence[Box | None] | None = None,
                         batch_size: int | None = None, progress: bool | None = None, desc: str = "extracting",
-                        loader: Callable[[Path], np.ndarray] | None = None) -> Extraction:
+                        transform: TransformChain | None = None) -> Extraction:
     """Descriptors of image files, decoded in a background thread and batched by working-size shape.
 
     Unreadable files are skipped and reported in ``failures``; ``progress=None`` shows a bar only
     on a terminal. ``batch_size`` defaults to 1 on CPU (batching measured slower there) and 16 on
-    CUDA. ``loader`` maps a path to an (H, W, 3) uint8 array (default: ``read_photo``).
+    CUDA. ``transform`` edits each decoded image and its box first.
     """
     paths = [Path(p) for p in paths]
     batch_size = batch_size or (16 if model.device.type == "cuda" else 1)
@@ -152,7 +154,7 @@ def extract_descriptors(model: DescriptorModel, paths: Sequence[Path], size: int
             rows[i] = row
 
     with tqdm(total=len(paths), desc=desc, unit="img", disable=None if progress is None else not progress) as bar:
-        for i, item in prepared_images(paths, lambda rgb, box: prepare(to_tensor(rgb), size, box), boxes, loader):
+        for i, item in prepared_images(paths, lambda rgb, box: prepare(to_tensor(rgb), size, box), boxes, transform):
             if isinstance(item, str):
                 failures.append(item)
             else:

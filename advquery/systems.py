@@ -31,6 +31,7 @@ from .handcrafted.sift_he import (DEFAULT_ITERATIONS, DEFAULT_MAX_FEATURES, DEFA
                                   DEFAULT_THRESHOLD, DEFAULT_WORDS, SiftHE, Vocabulary, pack, sift, unpack)
 from .models import DescriptorModel
 from .retrieval import rank
+from .transforms import TransformChain
 
 FEATURES = ("neural", "sift-he", "cedd", "gist")
 
@@ -72,17 +73,17 @@ class RetrievalSystem:
 
     def describe(self, paths: Sequence[Path], boxes: Sequence[Box | None] | None = None, *,
                  desc: str = "extracting", progress: bool | None = None,
-                 loader: Callable[[Path], np.ndarray] | None = None) -> Extraction:
-        """Rows of the readable files (input order) and one error line per unreadable file; ``loader``
-        maps a path to an (H, W, 3) uint8 array (default: ``read_photo``)."""
+                 transform: TransformChain | None = None) -> Extraction:
+        """Rows of the readable files (input order) and one error line per unreadable file; ``transform``
+        edits each decoded image and its box first."""
         raise NotImplementedError
 
-    def _each(self, fn, paths, boxes, desc, progress, loader) -> tuple[list, list[Path], list[str]]:
+    def _each(self, fn, paths, boxes, desc, progress, transform) -> tuple[list, list[Path], list[str]]:
         """``fn`` of each readable image prepared at the working size, the files kept, the error lines."""
         paths = [Path(p) for p in paths]
         results, kept, failures = [], [], []
         with tqdm(total=len(paths), desc=desc, unit="img", disable=None if progress is None else not progress) as bar:
-            for i, item in prepared_images(paths, lambda rgb, box: prepare_rgb(rgb, self.size, box), boxes, loader):
+            for i, item in prepared_images(paths, lambda rgb, box: prepare_rgb(rgb, self.size, box), boxes, transform):
                 if isinstance(item, str):
                     failures.append(item)
                 else:
@@ -114,9 +115,9 @@ class NeuralSystem(RetrievalSystem):
     def name(self) -> str:
         return self.model.name
 
-    def describe(self, paths, boxes=None, *, desc="extracting", progress=None, loader=None) -> Extraction:
+    def describe(self, paths, boxes=None, *, desc="extracting", progress=None, transform=None) -> Extraction:
         return extract_descriptors(self.model, paths, self.size, self.scales, boxes=boxes, batch_size=self.batch_size,
-                                   progress=progress, desc=desc, loader=loader)
+                                   progress=progress, desc=desc, transform=transform)
 
     def rank(self, database, queries, k=None):
         return rank(database, queries, k)
@@ -136,9 +137,9 @@ class GlobalSystem(RetrievalSystem):
     def settings(self) -> dict:
         return {**super().settings(), "features": self.features}
 
-    def describe(self, paths, boxes=None, *, desc="extracting", progress=None, loader=None) -> Extraction:
+    def describe(self, paths, boxes=None, *, desc="extracting", progress=None, transform=None) -> Extraction:
         rows, kept, failures = self._each(lambda rgb: self._describe(rgb).astype(np.float32), paths, boxes, desc,
-                                          progress, loader)
+                                          progress, transform)
         return Extraction(np.stack(rows) if rows else np.zeros((0, 0), np.float32), kept, failures)
 
     def _scorer(self, database):
@@ -192,16 +193,16 @@ class SiftHESystem(RetrievalSystem):
         self._fitted = (paths, extraction)
         return seconds
 
-    def describe(self, paths, boxes=None, *, desc="extracting", progress=None, loader=None) -> Extraction:
+    def describe(self, paths, boxes=None, *, desc="extracting", progress=None, transform=None) -> Extraction:
         paths = [Path(p) for p in paths]
-        if self._fitted is not None and self._fitted[0] == paths and boxes is None and loader is None:
+        if self._fitted is not None and self._fitted[0] == paths and boxes is None and transform is None:
             raw, self._fitted = self._fitted[1], None  # the training files: their SIFT is at hand
             bags = [self.vocabulary.encode(d) for d in tqdm(raw.descriptors, desc=f"{desc}: visual words",
                                                             disable=None if progress is None else not progress)]
             kept, failures = raw.paths, raw.failures
         else:
             bags, kept, failures = self._each(lambda rgb: self.vocabulary.encode(sift(rgb, self.max_features)),
-                                              paths, boxes, desc, progress, loader)
+                                              paths, boxes, desc, progress, transform)
         return Extraction(pack(bags, self.max_features), kept, failures)
 
     def _scorer(self, database):

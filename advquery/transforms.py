@@ -122,6 +122,13 @@ class TransformChain:
             x = quantise(step(x))
         return x
 
+    def apply(self, rgb: np.ndarray, box: Box | None = None) -> tuple[np.ndarray, Box | None]:
+        """A decoded (H, W, 3) uint8 photo and its bounding box after all steps (a box cropped away
+        entirely becomes None: the whole transformed photo)."""
+        x = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None].float() / 255
+        out = (self(x)[0] * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+        return np.ascontiguousarray(out), self.map_box(box, rgb.shape[:2])
+
     def map_box(self, box: Box | None, shape: tuple[int, int]) -> Box | None:
         """The bounding box after all steps (None when there was none or it was cropped away)."""
         for step in self.steps:

@@ -133,7 +133,6 @@ def main() -> None:
                     q: scored_map(std, m, args.size, few, q, query_dir=folder) for q in ("bb", "wi")}
                 transfer[f"original (first {len(few)}) -> {target}"] = {
                     q: scored_map(std, m, args.size, few, q) for q in ("bb", "wi")}
-    out_json.parent.mkdir(parents=True, exist_ok=True)
     write_results(f"robustness_{args.size}", results, render(results))
 
 

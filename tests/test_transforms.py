@@ -112,3 +112,13 @@ def test_straight_through_forward_value_and_identity_gradient(transform):
     torch.testing.assert_close(y, transform(x.detach()), atol=1e-6, rtol=0)
     (y * 3).sum().backward()
     torch.testing.assert_close(x.grad, torch.full_like(x, 3.0), atol=0, rtol=0)
+
+
+def test_apply_edits_a_decoded_photo_and_its_box_together():
+    import numpy as np
+    rgb = (np.arange(40 * 60 * 3) % 251).astype(np.uint8).reshape(40, 60, 3)
+    out, box = parse_transform("crop:0.5,resize:2").apply(rgb, (20, 12, 40, 30))
+    assert out.dtype == np.uint8 and out.shape == (40, 60, 3)
+    assert box == (10, 4, 50, 40)  # shifted by the crop (15, 10), clipped to its 30 x 20, then doubled
+    same, none = parse_transform("jpeg:95").apply(rgb)
+    assert none is None and same.shape == rgb.shape and np.abs(same.astype(int) - rgb).mean() > 0

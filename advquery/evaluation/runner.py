@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ..extraction import DEFAULT_SIZE
-from ..io import IMAGE_EXTENSIONS, read_photo, to_tensor, to_uint8
+from ..io import IMAGE_EXTENSIONS
 from ..models import DescriptorModel
 from ..systems import NeuralSystem, RetrievalSystem, file_key
 from ..transforms import TransformChain
@@ -70,8 +70,9 @@ def _cache_root(cache_dir: Path | None | bool) -> Path | None:
     return None if cache_dir is False else Path(cache_dir or default_cache_dir())
 
 
-def _extract_all(system: RetrievalSystem, paths, boxes=None, desc="extracting", progress=None, loader=None) -> np.ndarray:
-    result = system.describe(paths, boxes, desc=desc, progress=progress, loader=loader)
+def _extract_all(system: RetrievalSystem, paths, boxes=None, desc="extracting", progress=None,
+                 transform=None) -> np.ndarray:
+    result = system.describe(paths, boxes, desc=desc, progress=progress, transform=transform)
     if result.failures:
         raise EvaluationError(f"{len(result.failures)} image(s) could not be read: " + "; ".join(result.failures[:5]))
     return result.descriptors
@@ -119,17 +120,6 @@ def replacement_files(names: Sequence[Path], directory: Path | None) -> list[Pat
     return [by_stem.get(p.stem, p) for p in names]
 
 
-def transformed_queries(files: Sequence[Path], boxes: Sequence, transform: TransformChain | None):
-    """Boxes of the queries after ``transform`` and a loader that applies it to each decoded file.
-
-    A box the transformation crops away entirely becomes None (the whole transformed query).
-    """
-    if transform is None:
-        return list(boxes), None
-    mapped = [None if b is None else transform.map_box(b, read_photo(f).rgb.shape[:2]) for f, b in zip(files, boxes)]
-    return mapped, lambda path: to_uint8(transform(to_tensor(read_photo(path).rgb)))
-
-
 def evaluate(dataset: RetrievalDataset, model: DescriptorModel | RetrievalSystem, size: int = DEFAULT_SIZE,
              scales: Sequence[float] = (1.0,), queries: str = "bb", protocols: Sequence[str] | None = None,
              query_dir: Path | None = None, cache_dir: Path | None | bool = None, progress: bool | None = None,
@@ -172,7 +162,6 @@ def evaluate(dataset: RetrievalDataset, model: DescriptorModel | RetrievalSystem
     query_files = replacement_files(dataset.queries, query_dir)
     boxes = dataset.query_boxes if queries == "bb" else [None] * len(query_files)
     start = time.perf_counter()
-    boxes, loader = transformed_queries(query_files, boxes, transform)
     # Whole-image queries that are untransformed database images reuse their database descriptor.
     row_of = {p: i for i, p in enumerate(db_files)} if transform is None else {}
     reused = {i: row_of[f] for i, (f, b) in enumerate(zip(query_files, boxes)) if b is None and f in row_of}
@@ -182,7 +171,7 @@ def evaluate(dataset: RetrievalDataset, model: DescriptorModel | RetrievalSystem
         q[i] = db[row]
     if todo:
         q[todo] = _extract_all(system, [query_files[i] for i in todo], boxes=[boxes[i] for i in todo],
-                               desc=f"{dataset.name} queries", progress=progress, loader=loader)
+                               desc=f"{dataset.name} queries", progress=progress, transform=transform)
     timings["queries"] = time.perf_counter() - start
     ranks = system.rank(db, q)[1].T.astype(np.int64)  # (n_db, n_queries)
     results, floors = {}, {}
