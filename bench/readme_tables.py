@@ -27,19 +27,19 @@ def baseline() -> str:
                               "ext WI Hard", "ukbench mAP", "images/s"], rows))
 
 
-def without_machine(name: str) -> str:
-    """A result's markdown without its machine line (the README states the machine once per table)."""
-    return "\n".join((RESULTS / f"{name}.md").read_text().splitlines()[2:])
+def result_markdown(name: str) -> str:
+    """A result's markdown as written by the benchmark, machine line first."""
+    return (RESULTS / f"{name}.md").read_text().strip()
 
 
 def main() -> None:
     text = README.read_text()
     body = (f"### Baseline retrieval (`python bench/baseline_retrieval.py`, full table in "
             f"`bench/results/baseline_retrieval.md`)\n\n{baseline()}\n\n"
-            f"### PIRE protection (`python bench/protect_pire.py --size 512`)\n\n{without_machine('protect_pire_512')}\n")
+            f"### PIRE protection (`python bench/protect_pire.py --size 512`)\n\n{result_markdown('protect_pire_512')}\n")
     if (RESULTS / "robustness_512.json").is_file():
         body += ("\n### Robustness of the presets (`python bench/robustness.py --size 512 --limit 10 "
-                 f"--transfer-limit 0 --presets low medium`)\n\n{without_machine('robustness_512')}\n")
+                 f"--transfer-limit 0 --presets low medium`)\n\n{result_markdown('robustness_512')}\n")
     head, rest = text.split(START)
     README.write_text(f"{head}{START}\n{body}{END}{rest.split(END)[1]}")
 
