@@ -36,7 +36,9 @@ def main() -> None:
     text = README.read_text()
     body = (f"### Baseline retrieval (`python bench/baseline_retrieval.py`, full table in "
             f"`bench/results/baseline_retrieval.md`)\n\n{baseline()}\n\n"
-            f"### PIRE protection (`python bench/protect_pire.py --size 512`)\n\n{result_markdown('protect_pire_512')}\n")
+            f"### PIRE protection (`python bench/protect_pire.py --size 512`)\n\n"
+            "Run before the presets gained random edits: its `medium` rows are the earlier preset "
+            "(2 levels, patience 5, no edits); `low` is unchanged.\n\n{result_markdown('protect_pire_512')}\n")
     if (RESULTS / "robustness_512.json").is_file():
         body += ("\n### Robustness of the presets (`python bench/robustness.py --size 512 --limit 10 "
                  f"--transfer-limit 0 --presets low medium`)\n\n{result_markdown('robustness_512')}\n")
