@@ -6,6 +6,7 @@ quality and effect on the file as written.
 """
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -54,10 +55,10 @@ class Strength:
 STRENGTHS = {
     "low": Strength(1, 30, 0.4, 5, None, False,
                     "near-invisible (1 grey level in flat regions); blocks the protecting model"),
-    "medium": Strength(2, 40, 0.2, None, RandomEdits(), False,
-                       "2 levels, optimised through random JPEG (q 70-95), downscaling (to 50 %) and crops"),
-    "high": Strength(3, 60, 0.1, None, RandomEdits(), True,
-                     "3 levels, robust like medium and aimed at a second model too (transfer)"),
+    "medium": Strength(3, 40, 0.2, None, RandomEdits(), False,
+                       "3 levels, optimised through random JPEG (q 70-95), downscaling (to 50 %) and crops"),
+    "high": Strength(4, 60, 0.1, None, RandomEdits(), True,
+                     "4 levels, robust like medium and aimed at a second model too (transfer)"),
 }
 DEFAULT_STRENGTH = "medium"
 PARTNERS = ("efficientnet-lite1-gem", "efficientnet-lite0-gem")  # the first that is not the chosen model
@@ -78,7 +79,8 @@ def attack_model(model: DescriptorModel, partner: bool) -> DescriptorModel | Mod
 
 def make_attack(model: DescriptorModel, method: str = DEFAULT_METHOD, strength: str = DEFAULT_STRENGTH,
                 eps_levels: float | None = None, steps: int | None = None, size: int = DEFAULT_SIZE,
-                seed: int | None = None, target_ssim: float | None = None
+                seed: int | None = None, target_ssim: float | None = None,
+                codec: Callable[[torch.Tensor], torch.Tensor] | None = None
                 ) -> PerturbationAttack | KeypointAttack | GaussianNoise:
     """The attack a preset stands for, with optional overrides.
 
@@ -94,7 +96,8 @@ def make_attack(model: DescriptorModel, method: str = DEFAULT_METHOD, strength: 
     ``rmd+ls``, ``ls+fmd``) run :class:`KeypointAttack` with its defaults on the photo's own
     resolution, ``noise`` adds Gaussian noise matched to ``target_ssim`` (default
     :data:`DEFAULT_NOISE_SSIM`). ``eps_levels`` and ``steps`` apply to the gradient methods only,
-    ``target_ssim`` to ``noise`` only.
+    ``target_ssim`` to ``noise`` only; ``codec`` (e.g. a JPEG round trip at the output quality, applied
+    straight-through in every step) to the gradient methods only.
     """
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; available: {', '.join(METHODS)}")
@@ -102,14 +105,15 @@ def make_attack(model: DescriptorModel, method: str = DEFAULT_METHOD, strength: 
         raise ValueError(f"unknown strength {strength!r}; available: {', '.join(STRENGTHS)}")
     if target_ssim is not None and method != "noise":
         raise ValueError(f"target_ssim applies to the noise method only, not to {method}")
-    if method not in GRADIENT_METHODS and (eps_levels is not None or steps is not None):
-        raise ValueError(f"eps_levels and steps apply to {', '.join(GRADIENT_METHODS)} only, not to {method}")
+    if method not in GRADIENT_METHODS and (eps_levels is not None or steps is not None or codec is not None):
+        raise ValueError(f"eps_levels, steps and codec apply to {', '.join(GRADIENT_METHODS)} only, not to {method}")
     if method in KEYPOINT_METHODS:
         return KeypointAttack(method)
     if method == "noise":
         return GaussianNoise(target_ssim=DEFAULT_NOISE_SSIM if target_ssim is None else target_ssim, seed=seed)
     preset = STRENGTHS[strength]
-    common = dict(size=size, seed=seed, target_similarity=preset.target_similarity, patience=preset.patience)
+    common = dict(size=size, seed=seed, target_similarity=preset.target_similarity, patience=preset.patience,
+                  codec=codec)
     if method in ("masked-pire", "pire"):
         eps = (preset.eps_levels if eps_levels is None else eps_levels) / 255
         options = dict(eps=eps, steps=preset.steps if steps is None else steps, edits=preset.edits, **common)

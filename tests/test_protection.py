@@ -1,5 +1,6 @@
 """The protection core: output format and path rules, presets behind make_attack, report records."""
 import json
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +10,9 @@ from advquery import PIRE, load_model
 from advquery.io import Photo
 from advquery.attacks import MaskedPIRE
 from advquery.models import ModelEnsemble
-from advquery.protection import MASK_GAIN, STRENGTHS, ProtectionRecord, make_attack, output_format, output_path
+from advquery.protection import (GRADIENT_METHODS, MASK_GAIN, STRENGTHS, ProtectionRecord, make_attack, output_format,
+                                 output_path)
+from advquery.transforms import jpeg_round_trip
 
 
 def _photo(fmt: str, name: str = "x") -> Photo:
@@ -88,6 +91,9 @@ def test_make_attack_masked_pire(model):
 def test_make_attack_overrides(model):
     attack = make_attack(model, eps_levels=3, steps=7, size=96)
     assert attack.eps == pytest.approx(3 / 255) and attack.steps == 7 and attack.codec is None
+    codec = partial(jpeg_round_trip, quality=95)
+    for method in GRADIENT_METHODS:
+        assert make_attack(model, method=method, size=96, codec=codec).codec is codec
 
 
 def test_record_to_json_turns_infinite_psnr_into_null():
@@ -118,5 +124,7 @@ def test_make_attack_model_free_methods(model):
     assert make_attack(model, method="noise", target_ssim=0.9).target_ssim == 0.9
     with pytest.raises(ValueError, match="target_ssim applies to the noise method only, not to pire"):
         make_attack(model, target_ssim=0.9)
-    with pytest.raises(ValueError, match="eps_levels and steps apply to pire, masked-pire, cv-pire, sd-pire only, not to rmd"):
+    with pytest.raises(ValueError, match="eps_levels, steps and codec apply to pire, masked-pire, cv-pire, sd-pire only, not to rmd"):
         make_attack(model, method="rmd", steps=3)
+    with pytest.raises(ValueError, match="codec apply to pire, masked-pire, cv-pire, sd-pire only, not to noise"):
+        make_attack(model, method="noise", codec=jpeg_round_trip)
