@@ -127,9 +127,10 @@ def report(records: list[dict], args) -> None:
              ratio(r, "bb_medium"), ratio(r, "wi_medium"), ratio(r, "ext_medium"), fmt(r, "ssim", digits=4),
              fmt(r, "psnr"), fmt(r, "linf", digits=1), fmt(r, "mean_abs_change"), fmt(r, "seconds_per_photo", digits=1),
              fmt(r, "steps_per_photo", digits=1)] for r in records]
-    note = (f"Lite0 GeM, working size {args.size} px; {args.n_standard} standard queries (47 scored) and "
-            f"{args.ext} extended queries (fixed random subset); quality over the 58 standard query photos, "
-            "against the original decoded photo.")
+    n_std, n_ext = min(args.limit or args.n_standard, args.n_standard), min(args.limit or args.ext, args.ext)
+    note = (f"Lite0 GeM, working size {args.size} px; the first {n_std} standard queries (those with positives "
+            f"scored) and {n_ext} extended queries (fixed random subset); quality over the {n_std} standard query "
+            "photos, against the original decoded photo.")
     write_results(f"protect_pire_{args.size}" + (f"_limit{args.limit}" if args.limit else ""),
                   {"size": args.size, "records": records, "note": note}, note + "\n\n" + markdown_table(header, rows))
 

@@ -32,16 +32,26 @@ def result_markdown(name: str) -> str:
     return (RESULTS / f"{name}.md").read_text().strip()
 
 
+SECTIONS = [  # (result name, heading: the command that produced it, note)
+    ("protect_pire_512", "PIRE protection (`python bench/protect_pire.py --size 512`)",
+     "Run before the presets gained random edits: its `medium` and `high` rows are not the presets of "
+     "today (see the robustness table for those); `low` is unchanged."),
+    ("protect_pire_1024_limit10", "PIRE protection at 1024 px, 10 + 10 queries "
+     "(`python bench/protect_pire.py --size 1024 --limit 10 --settings low low+jpeg`)", ""),
+    ("robustness_512", "Robustness of the presets (`python bench/robustness.py --size 512 --limit 10 "
+     "--transfer-limit 0 --presets low medium high`)", ""),
+    ("other_systems", "Other CBIR systems: PIRE paper Tables 6-8 (`python bench/other_systems.py`)", ""),
+    ("perceptual_map_speed", "Colour-variance map speed (`python bench/perceptual_map_speed.py`)", ""),
+]
+
+
 def main() -> None:
     text = README.read_text()
     body = (f"### Baseline retrieval (`python bench/baseline_retrieval.py`, full table in "
-            f"`bench/results/baseline_retrieval.md`)\n\n{baseline()}\n\n"
-            f"### PIRE protection (`python bench/protect_pire.py --size 512`)\n\n"
-            "Run before the presets gained random edits: its `medium` rows are the earlier preset "
-            "(2 levels, patience 5, no edits); `low` is unchanged.\n\n{result_markdown('protect_pire_512')}\n")
-    if (RESULTS / "robustness_512.json").is_file():
-        body += ("\n### Robustness of the presets (`python bench/robustness.py --size 512 --limit 10 "
-                 f"--transfer-limit 0 --presets low medium`)\n\n{result_markdown('robustness_512')}\n")
+            f"`bench/results/baseline_retrieval.md`)\n\n{baseline()}\n")
+    for name, heading, note in SECTIONS:
+        if (RESULTS / f"{name}.json").is_file():
+            body += f"\n### {heading}\n\n" + (f"{note}\n\n" if note else "") + f"{result_markdown(name)}\n"
     head, rest = text.split(START)
     README.write_text(f"{head}{START}\n{body}{END}{rest.split(END)[1]}")
 
