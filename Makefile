@@ -22,6 +22,7 @@ test: install
 	$(PY) -m pytest -q
 
 bench: install
-	cd bench && ../$(PY) baseline_retrieval.py && ../$(PY) protect_pire.py --size 512 \
-		&& ../$(PY) perceptual_map_speed.py && ../$(PY) robustness.py --size 512 --limit 10 --transfer-limit 0 --presets low medium \
-		&& ../$(PY) readme_tables.py
+	cd bench && ../$(PY) baseline_retrieval.py && ../$(PY) protect_pire.py --size 512 --settings low paper-T30 \
+		&& ../$(PY) protect_pire.py --size 1024 --limit 10 --settings low low+jpeg \
+		&& ../$(PY) perceptual_map_speed.py && ../$(PY) robustness.py --size 512 --limit 10 --transfer-limit 0 \
+		--presets low medium high && ../$(PY) other_systems.py && ../$(PY) readme_tables.py

@@ -8,7 +8,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from functools import lru_cache
+from functools import lru_cache, partial
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +20,7 @@ from .extraction import DEFAULT_SIZE, cosine_similarity, describe
 from .io import Photo, read_photo, suffix_for_format, to_tensor, to_uint8, write_grey_atomic, write_photo_atomic
 from .models import DescriptorModel, ModelEnsemble, load_model
 from .quality import quality_report
+from .transforms import jpeg_round_trip
 
 GRADIENT_METHODS = ("pire", "masked-pire", "cv-pire", "sd-pire")
 METHODS = (*GRADIENT_METHODS, *KEYPOINT_METHODS, "noise")
@@ -157,6 +158,16 @@ def output_format(photo: Photo, requested: str | None) -> str:
     return "JPEG" if photo.format == "JPEG" else "PNG"
 
 
+def saving_codec(fmt: str, quality: int, method: str = DEFAULT_METHOD,
+                 strength: str = DEFAULT_STRENGTH) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """The JPEG round trip a gradient attack optimises through (straight-through) when its output is a
+    JPEG and its preset has no random edits (``low``): at full resolution JPEG quantises a plain 8-bit
+    perturbation away. Presets with edits already train against JPEG; PNG needs nothing."""
+    if fmt != "JPEG" or method not in GRADIENT_METHODS or STRENGTHS[strength].edits is not None:
+        return None
+    return partial(jpeg_round_trip, quality=quality)
+
+
 def output_path(outdir: Path, relative: Path, fmt: str) -> Path:
     """OUTDIR/<relative path>, with the suffix of ``fmt`` unless the input's suffix already names it."""
     target = Path(outdir) / relative
@@ -189,7 +200,9 @@ def protect_photo(photo: Photo, target: Path, model: DescriptorModel, fmt: str, 
     With ``map_target``, the budget map (:func:`budget_image`) is written there as a greyscale PNG.
     """
     start = time.perf_counter()
-    attack = make_attack(model, **attack_options)
+    codec = saving_codec(fmt, quality, attack_options.get("method", DEFAULT_METHOD),
+                         attack_options.get("strength", DEFAULT_STRENGTH))
+    attack = make_attack(model, codec=codec, **attack_options)
     x = to_tensor(photo.rgb)
     protected = to_uint8(attack(x))
     write_photo_atomic(target, protected, alpha=photo.alpha, format=fmt, quality=quality,

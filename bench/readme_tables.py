@@ -33,9 +33,9 @@ def result_markdown(name: str) -> str:
 
 
 SECTIONS = [  # (result name, heading: the command that produced it, note)
-    ("protect_pire_512", "PIRE protection (`python bench/protect_pire.py --size 512`)",
-     "Run before the presets gained random edits: its `medium` and `high` rows are not the presets of "
-     "today (see the robustness table for those); `low` is unchanged."),
+    ("protect_pire_512", "PIRE protection (`python bench/protect_pire.py --size 512 --settings low paper-T30`)",
+     "Its `medium` rows are an earlier preset (2 levels, no random edits), run with `--settings medium` "
+     "before the preset changed; today's `medium` and `high` are in the robustness table. `low` is unchanged."),
     ("protect_pire_1024_limit10", "PIRE protection at 1024 px, 10 + 10 queries "
      "(`python bench/protect_pire.py --size 1024 --limit 10 --settings low low+jpeg`)", ""),
     ("robustness_512", "Robustness of the presets (`python bench/robustness.py --size 512 --limit 10 "

@@ -128,3 +128,14 @@ def test_make_attack_model_free_methods(model):
         make_attack(model, method="rmd", steps=3)
     with pytest.raises(ValueError, match="codec apply to pire, masked-pire, cv-pire, sd-pire only, not to noise"):
         make_attack(model, method="noise", codec=jpeg_round_trip)
+
+
+def test_saving_codec_only_for_jpeg_outputs_of_presets_without_edits():
+    import torch
+    from advquery.protection import saving_codec
+    assert saving_codec("PNG", 95, "pire", "low") is None
+    assert saving_codec("JPEG", 95, "pire", "medium") is None  # its random edits already include JPEG
+    assert saving_codec("JPEG", 95, "rmd", "low") is None  # model-free methods optimise nothing
+    codec = saving_codec("JPEG", 90, "masked-pire", "low")
+    x = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(codec(x), jpeg_round_trip(x, 90)) and not torch.equal(codec(x), jpeg_round_trip(x, 95))
