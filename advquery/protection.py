@@ -85,9 +85,9 @@ def make_attack(model: DescriptorModel, method: str = DEFAULT_METHOD, strength: 
                 ) -> PerturbationAttack | KeypointAttack | GaussianNoise:
     """The attack a preset stands for, with optional overrides.
 
-    The attack optimises the 8-bit image; JPEG outputs are encoded afterwards (a real JPEG
-    straight-through in the loop, ``codec=``, blocked less in a 12-query test: 10.7 % against
-    6.1 % of the original mAP); robustness to later re-compression comes from the preset's edits.
+    The attack optimises the 8-bit image, or ``codec(image)`` where given (see :func:`saving_codec`:
+    ``protect`` passes the output's JPEG for presets without random edits); robustness to later
+    re-compression comes from the preset's edits.
 
     For ``masked-pire`` and ``pire`` the preset sets budget, steps, edits and partner model; for
     ``cv-pire`` and ``sd-pire`` the thesis settings apply (``eps_levels`` overrides the multiplier
