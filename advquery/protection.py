@@ -81,7 +81,7 @@ def attack_model(model: DescriptorModel, partner: bool) -> DescriptorModel | Mod
 def make_attack(model: DescriptorModel, method: str = DEFAULT_METHOD, strength: str = DEFAULT_STRENGTH,
                 eps_levels: float | None = None, steps: int | None = None, size: int = DEFAULT_SIZE,
                 seed: int | None = None, target_ssim: float | None = None,
-                codec: Callable[[torch.Tensor], torch.Tensor] | None = None
+                codec: Callable[[torch.Tensor], torch.Tensor] | None = None, robust: bool = False
                 ) -> PerturbationAttack | KeypointAttack | GaussianNoise:
     """The attack a preset stands for, with optional overrides.
 
@@ -98,7 +98,8 @@ def make_attack(model: DescriptorModel, method: str = DEFAULT_METHOD, strength: 
     resolution, ``noise`` adds Gaussian noise matched to ``target_ssim`` (default
     :data:`DEFAULT_NOISE_SSIM`). ``eps_levels`` and ``steps`` apply to the gradient methods only,
     ``target_ssim`` to ``noise`` only; ``codec`` (e.g. a JPEG round trip at the output quality, applied
-    straight-through in every step) to the gradient methods only.
+    straight-through in every step) to the gradient methods only. ``robust`` adds the random edits
+    (:class:`RandomEdits` defaults) to a ``pire``/``masked-pire`` preset that has none (``low``).
     """
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; available: {', '.join(METHODS)}")
@@ -106,6 +107,8 @@ def make_attack(model: DescriptorModel, method: str = DEFAULT_METHOD, strength: 
         raise ValueError(f"unknown strength {strength!r}; available: {', '.join(STRENGTHS)}")
     if target_ssim is not None and method != "noise":
         raise ValueError(f"target_ssim applies to the noise method only, not to {method}")
+    if robust and method not in ("pire", "masked-pire"):
+        raise ValueError(f"robust applies to pire and masked-pire only, not to {method}")
     if method not in GRADIENT_METHODS and (eps_levels is not None or steps is not None or codec is not None):
         raise ValueError(f"eps_levels, steps and codec apply to {', '.join(GRADIENT_METHODS)} only, not to {method}")
     if method in KEYPOINT_METHODS:
@@ -117,7 +120,8 @@ def make_attack(model: DescriptorModel, method: str = DEFAULT_METHOD, strength: 
                   codec=codec)
     if method in ("masked-pire", "pire"):
         eps = (preset.eps_levels if eps_levels is None else eps_levels) / 255
-        options = dict(eps=eps, steps=preset.steps if steps is None else steps, edits=preset.edits, **common)
+        edits = preset.edits or (RandomEdits() if robust else None)
+        options = dict(eps=eps, steps=preset.steps if steps is None else steps, edits=edits, **common)
         target = attack_model(model, preset.partner)
         return MaskedPIRE(target, max_gain=MASK_GAIN, **options) if method == "masked-pire" else PIRE(target, **options)
     attack = CVPIRE if method == "cv-pire" else SDPIRE
@@ -158,12 +162,12 @@ def output_format(photo: Photo, requested: str | None) -> str:
     return "JPEG" if photo.format == "JPEG" else "PNG"
 
 
-def saving_codec(fmt: str, quality: int, method: str = DEFAULT_METHOD,
-                 strength: str = DEFAULT_STRENGTH) -> Callable[[torch.Tensor], torch.Tensor] | None:
+def saving_codec(fmt: str, quality: int, method: str = DEFAULT_METHOD, strength: str = DEFAULT_STRENGTH,
+                 robust: bool = False) -> Callable[[torch.Tensor], torch.Tensor] | None:
     """The JPEG round trip a gradient attack optimises through (straight-through) when its output is a
     JPEG and its preset has no random edits (``low``): at full resolution JPEG quantises a plain 8-bit
     perturbation away. Presets with edits already train against JPEG; PNG needs nothing."""
-    if fmt != "JPEG" or method not in GRADIENT_METHODS or STRENGTHS[strength].edits is not None:
+    if fmt != "JPEG" or method not in GRADIENT_METHODS or STRENGTHS[strength].edits is not None or robust:
         return None
     return partial(jpeg_round_trip, quality=quality)
 
@@ -201,7 +205,7 @@ def protect_photo(photo: Photo, target: Path, model: DescriptorModel, fmt: str, 
     """
     start = time.perf_counter()
     codec = saving_codec(fmt, quality, attack_options.get("method", DEFAULT_METHOD),
-                         attack_options.get("strength", DEFAULT_STRENGTH))
+                         attack_options.get("strength", DEFAULT_STRENGTH), attack_options.get("robust", False))
     attack = make_attack(model, codec=codec, **attack_options)
     x = to_tensor(photo.rgb)
     protected = to_uint8(attack(x))

@@ -130,12 +130,23 @@ def test_make_attack_model_free_methods(model):
         make_attack(model, method="noise", codec=jpeg_round_trip)
 
 
+def test_robust_adds_random_edits_where_the_preset_has_none(model):
+    from advquery.attacks import RandomEdits
+    assert make_attack(model, strength="low", size=96).edits is None
+    assert make_attack(model, strength="low", size=96, robust=True).edits == RandomEdits()
+    assert make_attack(model, method="masked-pire", strength="low", size=96, robust=True).edits == RandomEdits()
+    assert make_attack(model, strength="high", size=96, robust=True).edits == STRENGTHS["high"].edits
+    with pytest.raises(ValueError, match="robust applies to pire and masked-pire only, not to sd-pire"):
+        make_attack(model, method="sd-pire", robust=True)
+
+
 def test_saving_codec_only_for_jpeg_outputs_of_presets_without_edits():
     import torch
     from advquery.protection import saving_codec
     assert saving_codec("PNG", 95, "pire", "low") is None
     assert saving_codec("JPEG", 95, "pire", "medium") is None  # its random edits already include JPEG
     assert saving_codec("JPEG", 95, "rmd", "low") is None  # model-free methods optimise nothing
+    assert saving_codec("JPEG", 95, "pire", "low", robust=True) is None
     codec = saving_codec("JPEG", 90, "masked-pire", "low")
     x = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(0))
     assert torch.equal(codec(x), jpeg_round_trip(x, 90)) and not torch.equal(codec(x), jpeg_round_trip(x, 95))

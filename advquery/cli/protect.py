@@ -36,6 +36,9 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--eps", type=float, metavar="LEVELS",
                    help="override the budget in grey levels (masked-pire: flat-region budget; pire: L-infinity "
                         "bound; cv-pire/sd-pire: multiplier m)")
+    p.add_argument("--robust", action="store_true",
+                   help="pire/masked-pire: optimise through random JPEG, downscaling and crops even where the "
+                        "preset does not (low; medium and high always do)")
     p.add_argument("--steps", type=positive_int, help="override the maximum number of optimisation steps")
     p.add_argument("--target-ssim", type=float, metavar="S",
                    help=f"noise only: SSIM the noise is matched to, in (0, 1) (default: {DEFAULT_NOISE_SSIM})")
@@ -86,6 +89,8 @@ def run_protect(args: argparse.Namespace) -> int:
         raise CommandError(f"--target-ssim must be in (0, 1), got {args.target_ssim}")
     if args.method not in GRADIENT_METHODS and (args.eps is not None or args.steps is not None):
         raise CommandError(f"--eps and --steps apply to {', '.join(GRADIENT_METHODS)} only, not to {args.method}")
+    if args.robust and args.method not in ("pire", "masked-pire"):
+        raise CommandError(f"--robust applies to --method pire and masked-pire only, not to {args.method}")
     if args.save_map and args.method not in GRADIENT_METHODS:
         raise CommandError(f"--save-map: method {args.method} has no per-pixel budget to map; "
                            f"it applies to {', '.join(GRADIENT_METHODS)}")
@@ -138,7 +143,7 @@ def _protect_one(f, args: argparse.Namespace, model, input_paths: set[Path],
             return ProtectionRecord(str(f.path), output=str(target), status="skipped")
         return protect_photo(photo, target, model, fmt, args.quality, args.keep_metadata, map_target,
                              method=args.method, strength=args.strength, eps_levels=args.eps, steps=args.steps,
-                             size=args.size, seed=args.seed, target_ssim=args.target_ssim)
+                             size=args.size, seed=args.seed, target_ssim=args.target_ssim, robust=args.robust)
     except ImageError as exc:
         return ProtectionRecord(str(f.path), status="failed", error=str(exc))
     except OSError as exc:
