@@ -58,8 +58,8 @@ STRENGTHS = {
                     "near-invisible (1 grey level in flat regions); blocks the protecting model"),
     "medium": Strength(3, 40, 0.2, None, RandomEdits(), False,
                        "3 levels, optimised through random JPEG (q 70-95), downscaling (to 50 %) and crops"),
-    "high": Strength(4, 60, 0.1, None, RandomEdits(), True,
-                     "4 levels, robust like medium and aimed at a second model too (transfer)"),
+    "high": Strength(4.5, 60, 0.1, None, RandomEdits(), True,
+                     "4.5 levels, robust like medium and aimed at a second model too (transfer)"),
 }
 DEFAULT_STRENGTH = "medium"
 PARTNERS = ("efficientnet-lite1-gem", "efficientnet-lite0-gem")  # the first that is not the chosen model
