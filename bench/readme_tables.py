@@ -41,6 +41,10 @@ SECTIONS = [  # (result name, heading: the command that produced it, note)
     ("robustness_512", "Robustness of the presets (`python bench/robustness.py --size 512 --limit 10 "
      "--transfer-limit 0 --presets low medium high`)", ""),
     ("other_systems", "Other CBIR systems: PIRE paper Tables 6-8 (`python bench/other_systems.py`)", ""),
+    ("perceptual_methods_limit6", "Perceptual methods, first 6 queries, T = 40 (`python bench/perceptual_methods.py "
+     "--limit 6 --steps 40 --parts iterations,curves --name perceptual_methods_limit6`)",
+     "A small run of the thesis comparison: the full one (58 queries, T = 100, all parts) needs about 16 hours "
+     "on this CPU. Plots: `bench/results/perceptual_methods_limit6_*.png`."),
     ("perceptual_map_speed", "Colour-variance map speed (`python bench/perceptual_map_speed.py`)", ""),
 ]
 
