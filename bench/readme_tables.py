@@ -39,7 +39,7 @@ SECTIONS = [  # (result name, heading: the command that produced it, note)
     ("protect_pire_1024_limit10", "PIRE protection at 1024 px, 10 + 10 queries "
      "(`python bench/protect_pire.py --size 1024 --limit 10 --settings low low+jpeg`)", ""),
     ("robustness_512", "Robustness of the presets (`python bench/robustness.py --size 512 --limit 10 "
-     "--transfer-limit 0 --presets low medium high`)", ""),
+     "--transfer-limit 10 --presets low medium high`)", ""),
     ("other_systems", "Other CBIR systems: PIRE paper Tables 6-8 (`python bench/other_systems.py`)", ""),
     ("perceptual_methods_limit6", "Perceptual methods, first 6 queries, T = 40 (`python bench/perceptual_methods.py "
      "--limit 6 --steps 40 --parts iterations,curves --name perceptual_methods_limit6`)",
