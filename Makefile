@@ -23,7 +23,7 @@ test: install
 
 bench: install
 	cd bench && ../$(PY) baseline_retrieval.py && ../$(PY) protect_pire.py --size 512 --settings low paper-T30 \
-		&& ../$(PY) protect_pire.py --size 1024 --limit 10 --settings low low+jpeg \
+		&& ../$(PY) protect_pire.py --size 1024 --limit 10 --settings low low+jpeg medium \
 		&& ../$(PY) perceptual_map_speed.py && ../$(PY) robustness.py --size 512 --limit 10 --transfer-limit 10 \
 		--presets low medium high && ../$(PY) other_systems.py \
 		&& ../$(PY) perceptual_methods.py --limit 6 --steps 40 --parts iterations,curves --name perceptual_methods_limit6 \

@@ -37,7 +37,7 @@ SECTIONS = [  # (result name, heading: the command that produced it, note)
      "Its `medium` rows are an earlier preset (2 levels, no random edits), run with `--settings medium` "
      "before the preset changed; today's `medium` and `high` are in the robustness table. `low` is unchanged."),
     ("protect_pire_1024_limit10", "PIRE protection at 1024 px, 10 + 10 queries "
-     "(`python bench/protect_pire.py --size 1024 --limit 10 --settings low low+jpeg`)", ""),
+     "(`python bench/protect_pire.py --size 1024 --limit 10 --settings low low+jpeg medium`)", ""),
     ("robustness_512", "Robustness of the presets (`python bench/robustness.py --size 512 --limit 10 "
      "--transfer-limit 10 --presets low medium high`)", ""),
     ("other_systems", "Other CBIR systems: PIRE paper Tables 6-8 (`python bench/other_systems.py`)", ""),
