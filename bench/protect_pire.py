@@ -14,7 +14,6 @@ Run: ``python bench/protect_pire.py [--size 512] [--settings low medium high pap
 import argparse
 import json
 import random
-from functools import partial
 
 import numpy as np
 from common import (CVPIRE_PUBLISHED, DATA_ROOT, PAPER_EPS_LEVELS, RESULTS, WORK, jpeg_resave_quality,
@@ -27,7 +26,6 @@ from advquery.io import read_photo
 from advquery.models import load_model
 from advquery.protection import STRENGTHS, make_attack
 from advquery.quality import quality_report
-from advquery.transforms import jpeg_round_trip
 
 FORMATS = {"png": ".png", "jpg95": ".jpg"}  # written as PNG and as JPEG quality 95
 
@@ -38,8 +36,7 @@ def setting_attack(name: str, model, size: int, seed: int):
     if name in STRENGTHS:
         return make_attack(model, strength=name, size=size, seed=seed), ("quantised",)
     if name.endswith("+jpeg") and name[:-5] in STRENGTHS:  # optimised through the JPEG q95 it is saved as
-        return make_attack(model, strength=name[:-5], size=size, seed=seed,
-                           codec=partial(jpeg_round_trip, quality=95)), ("quantised",)
+        return make_attack(model, strength=name[:-5], size=size, seed=seed, jpeg_quality=95), ("quantised",)
     steps = int(name.split("-T")[1])
     # Continuous optimisation, as in the paper; saved both as x + 10 v and with the refined p(v).
     return PIRE(model, eps=PAPER_EPS_LEVELS / 255, steps=steps, size=size, seed=seed, saving="refined"), \

@@ -1,14 +1,14 @@
 """The protection core: output format and path rules, presets behind make_attack, report records."""
 import json
-from functools import partial
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from advquery import PIRE, load_model
 from advquery.io import Photo
-from advquery.attacks import MaskedPIRE
+from advquery.attacks import KeypointAttack, MaskedPIRE
 from advquery.models import ModelEnsemble
 from advquery.protection import (GRADIENT_METHODS, MASK_GAIN, STRENGTHS, ProtectionRecord, make_attack, output_format,
                                  output_path)
@@ -91,9 +91,18 @@ def test_make_attack_masked_pire(model):
 def test_make_attack_overrides(model):
     attack = make_attack(model, eps_levels=3, steps=7, size=96)
     assert attack.eps == pytest.approx(3 / 255) and attack.steps == 7 and attack.codec is None
-    codec = partial(jpeg_round_trip, quality=95)
-    for method in GRADIENT_METHODS:
-        assert make_attack(model, method=method, size=96, codec=codec).codec is codec
+
+
+def test_a_jpeg_output_is_optimised_where_there_are_no_random_edits(model):
+    x = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    for method in GRADIENT_METHODS:  # without random edits the attack optimises the JPEG it is saved as
+        codec = make_attack(model, method=method, strength="low", size=96, jpeg_quality=90).codec
+        assert torch.equal(codec(x), jpeg_round_trip(x, 90)) and not torch.equal(codec(x), jpeg_round_trip(x, 95))
+    assert make_attack(model, strength="low", size=96).codec is None  # lossless output
+    assert make_attack(model, strength="medium", size=96, jpeg_quality=90).codec is None  # its edits include JPEG
+    assert make_attack(model, strength="low", size=96, jpeg_quality=90, robust=True).codec is None
+    assert make_attack(model, method="cv-pire", size=96, jpeg_quality=90).codec is not None  # cv-pire has no edits
+    assert isinstance(make_attack(model, method="rmd", jpeg_quality=90), KeypointAttack)  # nothing to optimise
 
 
 def test_record_to_json_turns_infinite_psnr_into_null():
@@ -124,10 +133,8 @@ def test_make_attack_model_free_methods(model):
     assert make_attack(model, method="noise", target_ssim=0.9).target_ssim == 0.9
     with pytest.raises(ValueError, match="target_ssim applies to the noise method only, not to pire"):
         make_attack(model, target_ssim=0.9)
-    with pytest.raises(ValueError, match="eps_levels, steps and codec apply to pire, masked-pire, cv-pire, sd-pire only, not to rmd"):
+    with pytest.raises(ValueError, match="eps_levels and steps apply to pire, masked-pire, cv-pire, sd-pire only, not to rmd"):
         make_attack(model, method="rmd", steps=3)
-    with pytest.raises(ValueError, match="codec apply to pire, masked-pire, cv-pire, sd-pire only, not to noise"):
-        make_attack(model, method="noise", codec=jpeg_round_trip)
 
 
 def test_robust_adds_random_edits_where_the_preset_has_none(model):
@@ -138,15 +145,3 @@ def test_robust_adds_random_edits_where_the_preset_has_none(model):
     assert make_attack(model, strength="high", size=96, robust=True).edits == STRENGTHS["high"].edits
     with pytest.raises(ValueError, match="robust applies to pire and masked-pire only, not to sd-pire"):
         make_attack(model, method="sd-pire", robust=True)
-
-
-def test_saving_codec_only_for_jpeg_outputs_of_presets_without_edits():
-    import torch
-    from advquery.protection import saving_codec
-    assert saving_codec("PNG", 95, "pire", "low") is None
-    assert saving_codec("JPEG", 95, "pire", "medium") is None  # its random edits already include JPEG
-    assert saving_codec("JPEG", 95, "rmd", "low") is None  # model-free methods optimise nothing
-    assert saving_codec("JPEG", 95, "pire", "low", robust=True) is None
-    codec = saving_codec("JPEG", 90, "masked-pire", "low")
-    x = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(0))
-    assert torch.equal(codec(x), jpeg_round_trip(x, 90)) and not torch.equal(codec(x), jpeg_round_trip(x, 95))
