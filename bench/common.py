@@ -91,11 +91,12 @@ def published_cvpire_quality() -> dict:
 
 
 def protect_resumable(attack, photos: list[Path], originals: dict[Path, np.ndarray], label: str, stats_dir: Path,
-                      targets: Callable[[Path], dict], renders: Callable[[torch.Tensor], dict]) -> list[dict]:
-    """Protect each photo once and write the images ``renders(x)`` makes after the attack to the files
-    ``targets(photo)`` (same keys; JPEG quality 95 or PNG, by suffix). A photo whose stats file and
-    targets exist is not protected again, so an interrupted run resumes. Returns per photo
-    ``{'seconds', 'steps'}`` of its attack."""
+                      targets: Callable[[Path], dict], renders: Callable[[torch.Tensor], dict] | None = None
+                      ) -> list[dict]:
+    """Protect (or modify) each photo once with ``attack`` and write the images ``renders(x)`` makes after
+    it, or without ``renders`` its output, to the files ``targets(photo)`` (same keys; JPEG quality 95 or
+    PNG, by suffix). A photo whose stats file and targets exist is not done again, so an interrupted run
+    resumes. Returns per photo the seconds of the attack and its ``stats`` for that photo (e.g. steps)."""
     out = []
     for photo in photos:
         files = targets(photo)
@@ -105,13 +106,13 @@ def protect_resumable(attack, photos: list[Path], originals: dict[Path, np.ndarr
         else:
             x = to_tensor(originals[photo])
             start = time.perf_counter()
-            attack(x)
-            stats = {"seconds": time.perf_counter() - start, "steps": attack.stats.steps[0]}
-            images = renders(x)
+            output = attack(x)
+            stats = {"seconds": time.perf_counter() - start, **{k: v[0] for k, v in vars(attack.stats).items()}}
+            images = renders(x) if renders else dict.fromkeys(files, output)
             for key, path in files.items():
                 write_photo_atomic(path, to_uint8(images[key]), quality=95)
             stats_dir.mkdir(parents=True, exist_ok=True)
             stats_file.write_text(json.dumps(stats))
         out.append(stats)
-        print(f"{label} {photo.stem}: {stats['seconds']:.1f}s {stats['steps']} steps", flush=True)
+        print(f"{label} {photo.stem}: " + ", ".join(f"{k} {v:.4g}" for k, v in stats.items()), flush=True)
     return out

@@ -21,19 +21,19 @@ Run: ``python bench/other_systems.py [--limit 55]`` after ``python bench/protect
 """
 import argparse
 import json
-import time
 from pathlib import Path
 
 import numpy as np
 
-from common import (CACHE, CVPIRE_PUBLISHED, DATA_ROOT, WORK, markdown_table, mean_quality, write_results)
+from common import (CACHE, CVPIRE_PUBLISHED, DATA_ROOT, WORK, markdown_table, mean_quality, protect_resumable,
+                    write_results)
 from robustness import protect_set
 
-from advquery.attacks import GaussianNoise, ImageAttack, KeypointAttack
+from advquery.attacks import GaussianNoise, KeypointAttack
 from advquery.attacks.keypoints import METHODS as KEYPOINT_METHODS
 from advquery.evaluation.datasets import load_dataset
 from advquery.evaluation.runner import evaluate
-from advquery.io import read_photo, to_tensor, to_uint8, write_photo_atomic
+from advquery.io import read_photo
 from advquery.models import load_model
 from advquery.protection import make_attack
 from advquery.quality import quality_report
@@ -46,26 +46,13 @@ LOW = WORK / str(NEURAL_SIZE) / "low" / "quantised" / "jpg95" / "std"
 MODIFIED = WORK / "systems"  # keypoint and noise outputs
 
 
-def modify_resumable(attack, name: str, photos: list[Path], originals: dict) -> tuple[Path, dict]:
-    """Outputs of an image attack (keypoints, noise; or a function of the photo's path making one) as
-    JPEG q95 in MODIFIED/<name>; per-photo stats kept beside them so that a rerun resumes. Returns the
-    folder and the mean stats."""
-    folder, stats_dir = MODIFIED / name / "files", MODIFIED / name / "stats"
-    stats = []
-    for photo in photos:
-        out, stats_file = folder / (photo.stem + ".jpg"), stats_dir / f"{photo.stem}.json"
-        if not (out.is_file() and stats_file.is_file()):
-            one = attack if isinstance(attack, ImageAttack) else attack(photo)
-            start = time.perf_counter()
-            modified = to_uint8(one(to_tensor(originals[photo])))
-            seconds = time.perf_counter() - start
-            write_photo_atomic(out, modified, quality=95)
-            stats_dir.mkdir(parents=True, exist_ok=True)
-            record = {k: v[0] for k, v in vars(one.stats).items()}
-            stats_file.write_text(json.dumps({**record, "seconds": seconds}))
-        stats.append(json.loads(stats_file.read_text()))
-        print(f"{name} {photo.stem}: {stats[-1]}", flush=True)
-    return folder, {k: float(np.mean([s[k] for s in stats])) for k in stats[0] if isinstance(stats[0][k], (int, float))}
+def modify_all(attack_for, name: str, photos: list[Path], originals: dict) -> tuple[Path, dict]:
+    """JPEG q95 outputs of the image attack ``attack_for(photo)`` (keypoints, noise) in MODIFIED/<name>,
+    resumable; the folder and the mean of each per-photo stat."""
+    folder = MODIFIED / name / "files"
+    stats = [protect_resumable(attack_for(p), [p], originals, name, MODIFIED / name / "stats",
+                               lambda q: {"out": folder / (q.stem + ".jpg")})[0] for p in photos]
+    return folder, {k: float(np.mean([s[k] for s in stats])) for k in stats[0]}
 
 
 def main() -> None:
@@ -93,10 +80,10 @@ def main() -> None:
                                                    originals, NEURAL_SIZE)
     extra = {}
     for method in KEYPOINT_METHODS:
-        sets[method.upper()], extra[method.upper()] = modify_resumable(KeypointAttack(method), method, photos,
-                                                                       originals)
+        attack = KeypointAttack(method)
+        sets[method.upper()], extra[method.upper()] = modify_all(lambda _, a=attack: a, method, photos, originals)
     noise_name = "noise (SSIM of PIRE)"
-    sets[noise_name], extra[noise_name] = modify_resumable(
+    sets[noise_name], extra[noise_name] = modify_all(
         lambda p: GaussianNoise(target_ssim=quality_report(originals[p], read_photo(PIRE_PAPER / p.name).rgb)["ssim"],
                                 seed=0), "noise", photos, originals)
 
