@@ -1,7 +1,11 @@
 """Small builders shared by several test modules."""
+from pathlib import Path
+
 import numpy as np
 import torch
 from PIL import ExifTags, Image
+
+from advquery.io import read_photo, write_photo_atomic
 
 
 def exif_with_gps(orientation: int) -> Image.Exif:
@@ -39,3 +43,12 @@ def blob_scene(h: int = 128, w: int = 128, seed: int = 0) -> np.ndarray:
                                  (0.47, 0.66, 0.12, (180, 60, 60))]:
         img[round(y0 * h):round((y0 + side) * h), round(x0 * w):round((x0 + side) * w)] = colour
     return np.clip(np.round(img), 0, 255).astype(np.uint8)
+
+
+def replacing_folder(folder: Path, data_root: Path, stem: str) -> Path:
+    """``folder`` (created) holding the UKBench photo ukbench00020, of another object than ukbench00000-3,
+    saved as PNG under ``stem``: for ``eval --query-dir`` / ``--db-dir``, the file replacing ``stem``."""
+    folder.mkdir()
+    photo = read_photo(data_root / "ukbench-mini" / "jpg" / "ukbench00020.jpg").rgb
+    write_photo_atomic(folder / f"{stem}.png", photo, format="PNG")
+    return folder

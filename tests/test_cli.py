@@ -11,8 +11,9 @@ import pytest
 
 from advquery.cli.main import main
 from advquery.evaluation.metrics import compute_map
-from advquery.io import read_photo, write_photo_atomic
+from advquery.io import write_photo_atomic
 from advquery.retrieval import ImageIndex
+from helpers import replacing_folder
 
 SIZE = 96
 
@@ -134,19 +135,21 @@ def test_eval_report(evaluated, data_root):
     assert "medium" in evaluated["stdout"] and "mAP" in evaluated["stdout"]
 
 
+def _eval_again(evaluated, data_root, capsys, *options) -> dict:
+    """The JSON report of ``eval`` on ukbench-mini with ``options``, sharing the first run's cache."""
+    out = evaluated["tmp"] / "again.json"
+    code = main(["eval", "--dataset", "ukbench-mini", "--data-root", str(data_root), "--size", str(SIZE),
+                 *options, "--json", str(out), "--cache", str(evaluated["cache"])])
+    assert code == 0, capsys.readouterr().err
+    return json.loads(out.read_text())
+
+
 def test_eval_with_replaced_query_uses_cache(evaluated, data_root, capsys):
     assert evaluated["cached"], "the first run left no cached database descriptors"
     assert "database" in evaluated["report"]["seconds"]  # the first run extracted the database
-    jpg = data_root / "ukbench-mini" / "jpg"
-    queries = evaluated["tmp"] / "queries"
-    queries.mkdir()
     # ukbench00000 replaced by a photo of another object (group 5), saved as PNG under the same stem.
-    write_photo_atomic(queries / "ukbench00000.png", read_photo(jpg / "ukbench00020.jpg").rgb, format="PNG")
-    out = evaluated["tmp"] / "replaced.json"
-    code = main(["eval", "--dataset", "ukbench-mini", "--data-root", str(data_root), "--size", str(SIZE),
-                 "--query-dir", str(queries), "--json", str(out), "--cache", str(evaluated["cache"])])
-    assert code == 0, capsys.readouterr().err
-    replaced = json.loads(out.read_text())
+    queries = replacing_folder(evaluated["tmp"] / "queries", data_root, "ukbench00000")
+    replaced = _eval_again(evaluated, data_root, capsys, "--query-dir", str(queries))
     assert "database" not in replaced["seconds"]  # database descriptors came from the cache
     assert sorted(evaluated["cache"].rglob("*.npy")) == evaluated["cached"]
     before = evaluated["report"]["protocols"]["medium"]["per_query"]
@@ -157,11 +160,7 @@ def test_eval_with_replaced_query_uses_cache(evaluated, data_root, capsys):
 
 
 def test_eval_with_transformed_queries(evaluated, data_root, capsys):
-    out = evaluated["tmp"] / "transformed.json"
-    code = main(["eval", "--dataset", "ukbench-mini", "--data-root", str(data_root), "--size", str(SIZE),
-                 "--transform", "crop:40%", "--json", str(out), "--cache", str(evaluated["cache"])])
-    assert code == 0, capsys.readouterr().err
-    report = json.loads(out.read_text())
+    report = _eval_again(evaluated, data_root, capsys, "--transform", "crop:40%")
     assert report["transform"] == "crop:0.4" and "database" not in report["seconds"]
     assert "transform crop:0.4" in capsys.readouterr().out
     before, after = evaluated["report"]["protocols"]["medium"], report["protocols"]["medium"]
@@ -176,16 +175,9 @@ def test_eval_with_bad_transform_is_one_line(data_root, capsys):
 
 
 def test_eval_with_replaced_database_image(evaluated, data_root, capsys):
-    jpg = data_root / "ukbench-mini" / "jpg"
-    db_dir = evaluated["tmp"] / "database"
-    db_dir.mkdir()
     # The database's ukbench00001 becomes a photo of another object: its group-mates lose a positive.
-    write_photo_atomic(db_dir / "ukbench00001.png", read_photo(jpg / "ukbench00020.jpg").rgb, format="PNG")
-    out = evaluated["tmp"] / "leaked.json"
-    code = main(["eval", "--dataset", "ukbench-mini", "--data-root", str(data_root), "--size", str(SIZE),
-                 "--db-dir", str(db_dir), "--json", str(out), "--cache", str(evaluated["cache"])])
-    assert code == 0, capsys.readouterr().err
-    report = json.loads(out.read_text())
+    db_dir = replacing_folder(evaluated["tmp"] / "database", data_root, "ukbench00001")
+    report = _eval_again(evaluated, data_root, capsys, "--db-dir", str(db_dir))
     assert report["replaced_database_images"] == 1 and "replaced_database_images" in report["seconds"]
     assert sorted(evaluated["cache"].rglob("*.npy")) == evaluated["cached"]  # the replacement was not cached
     before = evaluated["report"]["protocols"]["medium"]["per_query"]

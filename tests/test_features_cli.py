@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from advquery.cli.main import main
-from advquery.io import read_photo, write_photo_atomic
 from advquery.retrieval import ImageIndex
+from helpers import replacing_folder
 
 SIZE = 320  # SIFT needs more pixels than the neural tests' 96
 SIFT_HE = ["--features", "sift-he", "--vocab-size", "500", "--size", str(SIZE)]
@@ -62,10 +62,7 @@ def test_eval_sift_he(sift_he_eval):
 def test_eval_sift_he_cached_with_replaced_query(sift_he_eval, data_root):
     """The cached vocabulary and database are reused, and --query-dir reaches the SIFT-HE queries."""
     tmp = sift_he_eval["tmp"]
-    queries = tmp / "queries"
-    queries.mkdir()
-    jpg = data_root / "ukbench-mini" / "jpg"
-    write_photo_atomic(queries / "ukbench00000.png", read_photo(jpg / "ukbench00020.jpg").rgb, format="PNG")
+    queries = replacing_folder(tmp / "queries", data_root, "ukbench00000")
     report = _eval(data_root, tmp / "replaced.json", *SIFT_HE, "--cache", str(tmp / "cache"),
                    "--query-dir", str(queries))
     assert set(report["seconds"]) == {"queries"}  # neither vocabulary nor database was computed again
@@ -79,10 +76,7 @@ def test_eval_sift_he_cached_with_replaced_query(sift_he_eval, data_root):
 
 def test_eval_sift_he_transform_and_db_dir(sift_he_eval, data_root):
     tmp = sift_he_eval["tmp"]
-    db_dir = tmp / "database"
-    db_dir.mkdir()
-    jpg = data_root / "ukbench-mini" / "jpg"
-    write_photo_atomic(db_dir / "ukbench00001.png", read_photo(jpg / "ukbench00020.jpg").rgb, format="PNG")
+    db_dir = replacing_folder(tmp / "database", data_root, "ukbench00001")
     report = _eval(data_root, tmp / "edited.json", *SIFT_HE, "--cache", str(tmp / "cache"),
                    "--db-dir", str(db_dir), "--transform", "crop:0.7")
     assert report["transform"] == "crop:0.7" and report["replaced_database_images"] == 1
