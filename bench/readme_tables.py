@@ -37,9 +37,13 @@ SECTIONS = [  # (result name, heading: the command that produced it, note)
      "Its `medium` rows are an earlier preset (2 levels, no random edits), run with `--settings medium` "
      "before the preset changed; today's `medium` and `high` are in the robustness table. `low` is unchanged."),
     ("protect_pire_1024_limit10", "PIRE protection at 1024 px, 10 + 10 queries "
-     "(`python bench/protect_pire.py --size 1024 --limit 10 --settings low low+jpeg medium`)", ""),
+     "(`python bench/protect_pire.py --size 1024 --limit 10 --settings low low+jpeg medium`)",
+     "Seconds per photo: `low` and `low+jpeg` were protected on one thread shared with another benchmark, "
+     "`medium` on two threads (the machine line names the last run's threads)."),
     ("robustness_512", "Robustness of the presets (`python bench/robustness.py --size 512 --limit 10 "
-     "--transfer-limit 10 --presets low medium high`)", ""),
+     "--transfer-limit 10 --presets low medium high`)",
+     "Seconds per photo come from runs on one or two threads, partly shared with other benchmarks: indicative "
+     "only (the machine line names the last run's threads)."),
     ("other_systems", "Other CBIR systems: PIRE paper Tables 6-8 (`python bench/other_systems.py`)", ""),
     ("perceptual_methods_limit6", "Perceptual methods, first 6 queries, T = 40 (`python bench/perceptual_methods.py "
      "--limit 6 --steps 40 --parts iterations,curves --name perceptual_methods_limit6`)",
