@@ -80,7 +80,7 @@ def attack_model(model: DescriptorModel, partner: bool) -> DescriptorModel | Mod
 def make_attack(model: DescriptorModel, method: str = DEFAULT_METHOD, strength: str = DEFAULT_STRENGTH,
                 eps_levels: float | None = None, steps: int | None = None, size: int = DEFAULT_SIZE,
                 seed: int | None = None, target_ssim: float | None = None, jpeg_quality: int | None = None,
-                robust: bool = False) -> PerturbationAttack | KeypointAttack | GaussianNoise:
+                robust: bool = False, coarseness: int = 1) -> PerturbationAttack | KeypointAttack | GaussianNoise:
     """The attack a preset stands for, with optional overrides.
 
     A gradient attack optimises the 8-bit image it will be saved as: with ``jpeg_quality`` (the output
@@ -119,7 +119,7 @@ def make_attack(model: DescriptorModel, method: str = DEFAULT_METHOD, strength: 
     edits = (preset.edits or (RandomEdits() if robust else None)) if method in ("masked-pire", "pire") else None
     codec = partial(jpeg_round_trip, quality=jpeg_quality) if jpeg_quality is not None and edits is None else None
     common = dict(size=size, seed=seed, target_similarity=preset.target_similarity, patience=preset.patience,
-                  codec=codec)
+                  codec=codec, coarseness=coarseness)
     if method in ("masked-pire", "pire"):
         eps = (preset.eps_levels if eps_levels is None else eps_levels) / 255
         options = dict(eps=eps, steps=preset.steps if steps is None else steps, edits=edits, **common)

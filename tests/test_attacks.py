@@ -63,6 +63,8 @@ def _cosine(model, a: torch.Tensor, b: torch.Tensor) -> float:
     ({"edits": 2}, "edits must be RandomEdits or None, got 2"),
     ({"steps": True}, "steps must be a positive integer"),
     ({"patience": 0}, "patience must be a positive integer, got 0"),
+    ({"coarseness": 0}, "coarseness must be a positive integer, got 0"),
+    ({"coarseness": 1.5}, "coarseness must be a positive integer, got 1.5"),
 ])
 def test_pire_rejects_bad_arguments(model, kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -206,6 +208,23 @@ def test_jpeg_codec_in_the_loop(model, photo):
     assert x_adv.shape == photo.shape and on_grid(x_adv)
     assert float((x_adv - photo).abs().max()) <= EPS + 1e-6
     assert attack.stats.steps == [3] and attack.stats.similarity[0] < 1
+
+
+def test_coarse_perturbation_is_smoother_within_budget(model, photo):
+    fine = PIRE(model, eps=EPS, steps=3, size=SIZE, seed=0)
+    coarse = PIRE(model, eps=EPS, steps=3, size=SIZE, seed=0, coarseness=2)
+    outputs = [attack(photo) for attack in (fine, coarse)]
+    assert fine.perturbation.shape[-2:] == (72, 96) and coarse.perturbation.shape[-2:] == (36, 48)
+    for x_adv in outputs:
+        assert x_adv.shape == photo.shape and on_grid(x_adv)
+        assert float((x_adv - photo).abs().max()) <= EPS + 1e-6
+
+    def roughness(v):  # mean change between horizontal neighbours, relative to the mean magnitude
+        return float((v[..., 1:] - v[..., :-1]).abs().mean() / v.abs().mean())
+
+    upsample = coarse._upsample  # compare both at the working resolution
+    assert roughness(upsample(coarse.perturbation, (72, 96))) < 0.7 * roughness(fine.perturbation)
+    assert coarse.stats.similarity[0] < 1
 
 
 def test_dtype_follows_the_input(model):

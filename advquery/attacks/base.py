@@ -103,6 +103,9 @@ class PerturbationAttack:
             re-compression and downscaling. Without them the effect sits near the image border and
             a 10 % crop removes it. Loss and early-stopping similarity are averaged over the whole
             photo and its edited copies; each copy costs about one more forward and backward pass.
+        coarseness: the perturbation lives on a grid this many times coarser than the working resolution
+            (1: one value per working pixel) and is upsampled bilinearly. A coarser, smoother pattern
+            survives JPEG saving, which quantises fine detail away at full resolution.
         snapshot_every: keep, every this many steps k, the perturbation a run with ``steps=k`` would
             return (the best so far) in :attr:`snapshots` as ``(k, v)``; :meth:`render` makes each an
             image. One optimisation then gives the result after 10, 20, ... steps (None: keep none).
@@ -115,7 +118,7 @@ class PerturbationAttack:
                  scales: Sequence[float] = (1.0,), saving: str = "quantised",
                  codec: Callable[[torch.Tensor], torch.Tensor] | None = None, random_start: bool = True,
                  seed: int | None = None, target_similarity: float | None = None, patience: int | None = None,
-                 edits: RandomEdits | None = None, snapshot_every: int | None = None):
+                 edits: RandomEdits | None = None, coarseness: int = 1, snapshot_every: int | None = None):
         _check(isinstance(steps, int) and not isinstance(steps, bool) and steps >= 1, f"steps must be a positive integer, got {steps!r}")
         _check(lr > 0, f"lr must be positive, got {lr}")
         _check(isinstance(size, int) and size >= 32, f"size must be an integer >= 32, got {size!r}")
@@ -130,7 +133,9 @@ class PerturbationAttack:
         self.target_similarity, self.patience, self.edits = target_similarity, patience, edits
         _check(snapshot_every is None or (isinstance(snapshot_every, int) and snapshot_every >= 1),
                f"snapshot_every must be a positive integer or None, got {snapshot_every!r}")
-        self.snapshot_every = snapshot_every
+        _check(isinstance(coarseness, int) and not isinstance(coarseness, bool) and coarseness >= 1,
+               f"coarseness must be a positive integer, got {coarseness!r}")
+        self.snapshot_every, self.coarseness = snapshot_every, coarseness
         self.snapshots: list[tuple[int, torch.Tensor]] = []  # (steps, working-resolution v) of the last call
         self.stats = AttackStats([], [])
         self.perturbation: torch.Tensor | None = None  # best working-resolution perturbation of the last call
@@ -172,7 +177,7 @@ class PerturbationAttack:
 
     def _perturbation_size(self, x: torch.Tensor) -> tuple[int, int]:
         h, w = x.shape[-2:]
-        scale = min(1.0, self.size / max(h, w))  # never finer than the photo itself
+        scale = min(1.0, self.size / max(h, w)) / self.coarseness  # never finer than the photo itself
         return max(1, round(h * scale)), max(1, round(w * scale))
 
     @staticmethod
