@@ -75,7 +75,8 @@ class Bench:
         ``advquery protect`` runs it."""
         a = self.args
         attack = make_attack(self.model, method=method, strength=strength, eps_levels=eps_levels,
-                             steps=a.steps if thesis else None, size=a.size, seed=a.seed)
+                             steps=a.steps if thesis else None, size=a.size, seed=a.seed,
+                             jpeg_quality=None if thesis else 95)  # protect's attack for a JPEG q95 output
         if thesis:
             attack.model, attack.edits, attack.target_similarity, attack.patience = self.model, None, None, None
             attack.snapshot_every = min(a.every, a.steps)

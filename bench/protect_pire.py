@@ -9,10 +9,11 @@ PNG and as JPEG quality 95, decoded again, and then:
 - cost: seconds and steps per photo.
 The published CV-PIRE outputs (55 of the same photos) are measured the same way.
 
-Run: ``python bench/protect_pire.py [--size 512] [--settings low medium high paper-like] [--ext 60]``.
+Run: ``python bench/protect_pire.py [--size 512] [--settings low medium high paper-T30] [--ext 60]``.
 """
 import argparse
 import json
+import math
 import random
 
 import numpy as np
@@ -28,25 +29,30 @@ from advquery.protection import STRENGTHS, make_attack
 from advquery.quality import quality_report
 
 FORMATS = {"png": ".png", "jpg95": ".jpg"}  # written as PNG and as JPEG quality 95
+MODES = ("quantised", "refined", "x10")  # a preset's one optimisation is saved in each mode
 
 
 def setting_attack(name: str, model, size: int, seed: int):
-    """(attack, saving modes to write) for a preset name, a preset with a straight-through JPEG q95 in the
-    loop '<preset>+jpeg', or a paper-like setting 'paper-T<steps>'."""
-    if name in STRENGTHS:
-        return make_attack(model, strength=name, size=size, seed=seed), ("quantised",)
-    if name.endswith("+jpeg") and name[:-5] in STRENGTHS:  # optimised through the JPEG q95 it is saved as
-        return make_attack(model, strength=name[:-5], size=size, seed=seed, jpeg_quality=95), ("quantised",)
-    steps = int(name.split("-T")[1])
-    # Continuous optimisation, as in the paper; saved both as x + 10 v and with the refined p(v).
-    return PIRE(model, eps=PAPER_EPS_LEVELS / 255, steps=steps, size=size, seed=seed, saving="refined"), \
-        ("refined", "x10")
+    """(attack, {row label: steps of its snapshot, or None for the final result}, saving modes) of a setting:
+    a preset, optionally with options '+jpeg' (optimised through the JPEG q95 it is saved as) and
+    '+coarseN' (perturbation on an N times coarser grid), saved in every mode; or a paper-like setting
+    'paper-T<steps>[,<steps>...]': one continuous optimisation of the largest T at the paper's budget, the
+    smaller T its snapshots, saved in the paper's two modes."""
+    preset, *options = name.split("+")
+    if preset in STRENGTHS:
+        coarseness = int(next((o[6:] for o in options if o.startswith("coarse")), 1))
+        return make_attack(model, strength=preset, size=size, seed=seed, coarseness=coarseness,
+                           jpeg_quality=95 if "jpeg" in options else None), {name: None}, MODES
+    ts = sorted(int(t) for t in name.split("-T")[1].split(","))
+    attack = PIRE(model, eps=PAPER_EPS_LEVELS / 255, steps=ts[-1], size=size, seed=seed, saving="refined",
+                  snapshot_every=math.gcd(*ts))
+    return attack, {f"paper-T{t}": None if t == ts[-1] else t for t in ts}, ("refined", "x10")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--size", type=int, default=512)
-    parser.add_argument("--settings", nargs="+", default=["low", "medium", "high", "paper-T50"])
+    parser.add_argument("--settings", nargs="+", default=["low", "medium", "high", "paper-T30"])
     parser.add_argument("--ext", type=int, default=60, help="extended queries (fixed random subset)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--limit", type=int, help="protect only the first N standard and N extended photos (smoke test)")
@@ -81,26 +87,32 @@ def main() -> None:
     records.append({"setting": "CV-PIRE published (55 photos, JPEG q75)", "mode": "-", "format": "jpg75",
                     **published_cvpire_quality()})
     for setting in args.settings:
-        attack, modes = setting_attack(setting, model, args.size, args.seed)
-        keys = [(mode, fmt) for mode in modes for fmt in FORMATS]
+        attack, rows, modes = setting_attack(setting, model, args.size, args.seed)
+        keys = [(row, mode, fmt) for row in rows for mode in modes for fmt in FORMATS]
 
         def targets(photo):
             sub = "std" if photo in std.queries else "ext"
-            return {(mode, fmt): WORK / f"{args.size}" / setting / mode / fmt / sub / (photo.stem + FORMATS[fmt])
-                    for mode, fmt in keys}
+            return {(row, mode, fmt): WORK / f"{args.size}" / row / mode / fmt / sub / (photo.stem + FORMATS[fmt])
+                    for row, mode, fmt in keys}
+
+        def renders(x):
+            """Every row's perturbation (the final one or a snapshot) in every saving mode."""
+            v = {row: attack.perturbation if k is None else dict(attack.snapshots)[k] for row, k in rows.items()}
+            return {(row, mode, fmt): attack.render(x, v[row], mode) for row, mode, fmt in keys}
 
         stats = protect_resumable(attack, photos, originals, setting, WORK / f"{args.size}" / setting / "stats",
-                                  targets, lambda x: {(m, f): attack.render(x, attack.perturbation, m)
-                                                      for m, f in keys})
-        for mode, fmt in keys:
-            folder = WORK / f"{args.size}" / setting / mode / fmt
-            qual = {p: quality_report(originals[p], read_photo(targets(p)[mode, fmt]).rgb)
+                                  targets, renders)
+        for row, mode, fmt in keys:
+            # A snapshot row's time: its share of the steps of the run it was taken from.
+            share = 1.0 if rows[row] is None else rows[row] / attack.steps
+            folder = WORK / f"{args.size}" / row / mode / fmt
+            qual = {p: quality_report(originals[p], read_photo(targets(p)[row, mode, fmt]).rgb)
                     for p in photos if p in std.queries}
-            rec = {"setting": setting, "mode": mode, "format": fmt, **scores(folder / "std", folder / "ext"),
+            rec = {"setting": row, "mode": mode, "format": fmt, **scores(folder / "std", folder / "ext"),
                    **mean_quality(qual.values()),
                    "ssim_cvpire_photos": mean_quality(q for p, q in qual.items() if p.stem in cv_names)["ssim"],
-                   "seconds_per_photo": float(np.mean([s["seconds"] for s in stats])),
-                   "steps_per_photo": float(np.mean([s["steps"] for s in stats]))}
+                   "seconds_per_photo": share * float(np.mean([s["seconds"] for s in stats])),
+                   "steps_per_photo": rows[row] or float(np.mean([s["steps"] for s in stats]))}
             records.append(rec)
             print(rec, flush=True)
         report(records, args)
