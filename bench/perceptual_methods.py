@@ -88,6 +88,10 @@ class Bench:
         config = {"class": type(attack).__name__, "model": attack.model.name,
                   **{k: v for k, v in vars(attack).items() if k not in ("snapshot_every", "stats")
                      and (is_dataclass(v) or isinstance(v, (int, float, str, bool, tuple, type(None))))}}
+        if attack.coarseness == 1:  # the default, left out so that runs keyed before the option keep their key
+            del config["coarseness"]
+        if attack.codec is not None:  # a JPEG in the loop (protect's attack for a JPEG output)
+            config["codec"] = {"jpeg_quality": attack.codec.keywords["quality"]}
         key = f"{method}-{hashlib.sha256(json.dumps(config, sort_keys=True, default=repr).encode()).hexdigest()[:10]}"
         if key in self.payload["runs"]:
             return key

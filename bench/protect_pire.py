@@ -57,11 +57,12 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--limit", type=int, help="protect only the first N standard and N extended photos (smoke test)")
     parser.add_argument("--table-only", action="store_true", help="re-render the markdown table from the JSON")
+    parser.add_argument("--name", help="results name (default protect_pire_<size>[_limit<N>])")
     args = parser.parse_args()
+    args.name = args.name or f"protect_pire_{args.size}" + (f"_limit{args.limit}" if args.limit else "")
     if args.table_only:
-        name = f"protect_pire_{args.size}" + (f"_limit{args.limit}" if args.limit else "")
         args.n_standard = 58
-        return report(json.loads((RESULTS / f"{name}.json").read_text())["records"], args)
+        return report(json.loads((RESULTS / f"{args.name}.json").read_text())["records"], args)
     model = load_model()
     std = load_dataset("roxford5k-mini", DATA_ROOT)
     ext = load_dataset("roxford5k-mini-ext", DATA_ROOT)
@@ -140,8 +141,8 @@ def report(records: list[dict], args) -> None:
     note = (f"Lite0 GeM, working size {args.size} px; the first {n_std} standard queries (those with positives "
             f"scored) and {n_ext} extended queries (fixed random subset); quality over the {n_std} standard query "
             "photos, against the original decoded photo.")
-    write_results(f"protect_pire_{args.size}" + (f"_limit{args.limit}" if args.limit else ""),
-                  {"size": args.size, "records": records, "note": note}, note + "\n\n" + markdown_table(header, rows))
+    write_results(args.name, {"size": args.size, "records": records, "note": note},
+                  note + "\n\n" + markdown_table(header, rows))
 
 
 if __name__ == "__main__":
