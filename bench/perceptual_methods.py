@@ -45,7 +45,8 @@ PARTS = ("tables", "iterations", "m", "curves")
 THESIS_METHODS = ("pire", "cv-pire", "sd-pire")
 MAP_METHODS = ("cv-pire", "sd-pire")  # thesis maps: the preset contributes its early stopping only
 M_VALUES = (10, 20, 30, 40, 50, 60)
-CURVE_BUDGETS = {"pire": (1, 2, 3, 4, 6), "cv-pire": (10, 20, 30, 50), "sd-pire": (10, 20, 30, 50)}
+CURVE_BUDGETS = {"pire": (1, 2, 3, 4, 6), "masked-pire": (0.5, 0.75, 1, 2, 3, 4, 6), "cv-pire": (10, 20, 30, 50),
+                 "sd-pire": (10, 20, 30, 50)}
 OTHER_BUDGETS = (1, 2, 3, 4, 6)
 MAP_KEYS = ("bb_medium", "bb_hard", "wi_medium", "wi_hard")
 
@@ -150,8 +151,8 @@ class Bench:
         elif name == "m":
             parts["m"] = {m: [[v, self.run(m, eps_levels=v)] for v in M_VALUES] for m in ("cv-pire", "sd-pire")}
         else:
-            parts["curves"] = {m: [[b, self.run(m, eps_levels=b)] for b in CURVE_BUDGETS.get(m, OTHER_BUDGETS)]
-                               for m in self.methods}
+            budgets = self.args.curve_budgets or {m: CURVE_BUDGETS.get(m, OTHER_BUDGETS) for m in self.methods}
+            parts["curves"] = {m: [[b, self.run(m, eps_levels=b)] for b in bs] for m, bs in budgets.items()}
 
 
 def preset_label(method: str, strength: str) -> str:
@@ -160,7 +161,8 @@ def preset_label(method: str, strength: str) -> str:
     if method in MAP_METHODS:
         return f"{method}, `protect` {strength} (m={THESIS_M}, <= {THESIS_STEPS} steps, early stop)"
     extras = ", random edits" * bool(p.edits) + ", + partner model" * bool(p.partner)
-    return f"{method}, `protect` {strength} ({p.eps_levels:g} levels, <= {p.steps} steps, early stop{extras})"
+    levels = f"{p.eps_levels:g} grey level" + "s" * (p.eps_levels != 1)
+    return f"{method}, `protect` {strength} ({levels}, <= {p.steps} steps, early stop{extras})"
 
 
 def render(payload: dict, name: str) -> None:
@@ -263,10 +265,15 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--parts", default=",".join(PARTS),
                         help=f"comma-separated, of {', '.join(PARTS)} (default: all)")
+    parser.add_argument("--curve-budgets", nargs="+", metavar="METHOD=B1,B2",
+                        help="curves: only these methods at these budgets (default: every method, CURVE_BUDGETS)")
     parser.add_argument("--name", default="perceptual_methods", help="results name (bench/results/NAME.*)")
     parser.add_argument("--table-only", action="store_true", help="re-render tables and plots from the JSON")
     args = parser.parse_args()
     parts = args.parts.split(",")
+    if args.curve_budgets:
+        args.curve_budgets = {m: [float(b) for b in bs.split(",")] for m, bs in
+                              (item.split("=") for item in args.curve_budgets)}
     if not set(parts) <= set(PARTS):
         parser.error(f"--parts: choose from {', '.join(PARTS)}")
     path = RESULTS / f"{args.name}.json"
