@@ -83,6 +83,16 @@ def test_presets_grow_in_budget_and_robustness():
     assert low.edits is None and medium.edits is not None and high.partner and not medium.partner
 
 
+def test_presets_keep_their_perturbation_grid_at_any_working_size(model):
+    # low: the working resolution; medium and high: a grid of at most 512 px (2x coarser at 1024 px)
+    for size, expected in ((512, {"low": 1, "medium": 1, "high": 1}), (1024, {"low": 1, "medium": 2, "high": 2}),
+                           (2048, {"low": 1, "medium": 4, "high": 4})):
+        assert {s: make_attack(model, strength=s, size=size).coarseness for s in STRENGTHS} == expected
+    assert make_attack(model, strength="medium", size=1024, coarseness=1).coarseness == 1  # explicit override
+    assert make_attack(model, method="masked-pire", size=1024).coarseness == 2
+    assert make_attack(model, method="cv-pire", size=1024).coarseness == 1  # the thesis's per-pixel map
+
+
 def test_make_attack_masked_pire(model):
     attack = make_attack(model, method="masked-pire", strength="low", eps_levels=2, size=96)
     assert isinstance(attack, MaskedPIRE) and attack.eps == pytest.approx(2 / 255) and attack.max_gain == MASK_GAIN
