@@ -205,8 +205,9 @@ def render(payload: dict, name: str) -> None:
         text += ["## WI Medium mAP after k steps (one run per method, early stopping off)",
                  markdown_table(["setting"] + [f"k={k}" for k in ks], rows)]
     if "curves" in parts:
-        rows = [[m, b, pct(runs[k]["wi_medium"]), round(runs[k]["ssim"], 4)]
-                for m, pts in parts["curves"].items() for b, k in pts]
+        rows = [["original", "-", pct(orig["wi_medium"]), ""]]
+        rows += [[m, b, pct(runs[k]["wi_medium"]), round(runs[k]["ssim"], 4)]
+                 for m, pts in parts["curves"].items() for b, k in pts]
         text += [f"## Quality-effect curves (T = {payload['steps']}; budget: eps in grey levels, m for CV-/SD-PIRE)",
                  markdown_table(["method", "budget", "WI Medium", "SSIM"], rows)]
     write_results(name, payload, "\n\n".join(text))

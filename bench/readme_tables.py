@@ -33,22 +33,41 @@ def result_markdown(name: str) -> str:
 
 
 SECTIONS = [  # (result name, heading: the command that produced it, note)
-    ("protect_pire_512", "PIRE protection (`python bench/protect_pire.py --size 512 --settings low paper-T30`)",
-     "Its `medium` rows are an earlier preset (2 levels, no random edits), run with `--settings medium` "
-     "before the preset changed; today's `medium` and `high` are in the robustness table. `low` is unchanged."),
+    ("protect_pire_512", "PIRE protection (`python bench/protect_pire.py --size 512 --settings low medium paper-T30`)",
+     "Each preset's one optimisation is saved in all three modes. Seconds per photo: `low` and `medium` on one "
+     "thread while another benchmark used the second core; `paper-T30` on two threads (its files were reused)."),
+    ("protect_pire_512_limit5", "Every preset and the paper's T = 200 and 500, first 5 + 5 queries "
+     "(`python bench/protect_pire.py --size 512 --limit 5 --settings high paper-T200,500 low medium paper-T30`)",
+     "T = 200 is a snapshot of the T = 500 run (same optimisation), its seconds 200/500 of that run's. One thread "
+     "beside another benchmark; `low`, `medium` and `paper-T30` are the same files as in the table above."),
     ("protect_pire_1024_limit10", "PIRE protection at 1024 px, 10 + 10 queries "
-     "(`python bench/protect_pire.py --size 1024 --limit 10 --settings low low+jpeg medium`)",
-     "Seconds per photo: `low` and `low+jpeg` were protected on one thread shared with another benchmark, "
-     "`medium` on two threads (the machine line names the last run's threads)."),
+     "(`python bench/protect_pire.py --size 1024 --limit 10 --settings low low+jpeg low+coarse2 low+jpeg+coarse2 "
+     "medium+coarse1`)",
+     "`+jpeg`: optimised through the JPEG q95 it is saved as (what `protect` does for JPEG output with `low`); "
+     "`+coarseN`: the perturbation on a grid N times coarser than the working resolution (`coarseness=N`); "
+     "`medium+coarse1` is the `medium` preset before it moved to a 512 px grid (today's `medium` at 1024 px is "
+     "`medium+coarse2`, next table). These rows were written before presets were saved in all three modes (a "
+     "rerun adds `refined` and `x10` rows). Seconds per photo: `low` and `low+jpeg` on one thread shared with another benchmark, the others on "
+     "two threads."),
+    ("protect_pire_1024_limit10_coarse", "Today's `medium` at 1024 px: its 512 px grid, 10 + 10 queries "
+     "(`python bench/protect_pire.py --size 1024 --limit 10 --settings medium+coarse2 "
+     "--name protect_pire_1024_limit10_coarse`)",
+     "Compare with the `medium+coarse1` rows of the table above (same photos). One thread beside another "
+     "benchmark."),
     ("robustness_512", "Robustness of the presets (`python bench/robustness.py --size 512 --limit 10 "
      "--transfer-limit 10 --presets low medium high`)",
      "Seconds per photo come from runs on one or two threads, partly shared with other benchmarks: indicative "
      "only (the machine line names the last run's threads)."),
     ("other_systems", "Other CBIR systems: PIRE paper Tables 6-8 (`python bench/other_systems.py`)", ""),
     ("perceptual_methods_limit6", "Perceptual methods, first 6 queries, T = 40 (`python bench/perceptual_methods.py "
-     "--limit 6 --steps 40 --parts iterations,curves --name perceptual_methods_limit6`)",
+     "--limit 6 --steps 40 --name perceptual_methods_limit6`)",
      "A small run of the thesis comparison: the full one (58 queries, T = 100, all parts) needs about 16 hours "
-     "on this CPU. Plots: `bench/results/perceptual_methods_limit6_*.png`."),
+     "on this CPU. The thesis-setting rows run T = 40 steps without early stopping, the `protect` rows exactly "
+     "what `advquery protect` runs for a JPEG q95 output. Plots: `bench/results/perceptual_methods_limit6_*.png`."),
+    ("perceptual_methods_limit20_operating_point", "Perceptual methods at the operating point (SSIM about 0.99), "
+     "first 20 queries (`python bench/perceptual_methods.py --limit 20 --steps 40 --parts curves --curve-budgets "
+     "pire=1 masked-pire=0.5 cv-pire=20 sd-pire=20 --name perceptual_methods_limit20_operating_point`)",
+     "The first 6 photos' files are those of the 6-query run (same settings)."),
     ("perceptual_map_speed", "Colour-variance map speed (`python bench/perceptual_map_speed.py`)", ""),
 ]
 
