@@ -27,7 +27,8 @@ bench: install
 		&& ../$(PY) protect_pire.py --size 1024 --limit 10 --settings low low+jpeg low+coarse2 low+jpeg+coarse2 medium+coarse1 \
 		&& ../$(PY) protect_pire.py --size 1024 --limit 10 --settings medium+coarse2 --name protect_pire_1024_limit10_coarse \
 		&& ../$(PY) perceptual_map_speed.py && ../$(PY) robustness.py --size 512 --limit 10 --transfer-limit 10 \
-		--presets low medium high && ../$(PY) other_systems.py \
+		--presets low medium high && ../$(PY) robustness.py --size 1024 --limit 10 --presets medium --parts edits \
+		&& ../$(PY) other_systems.py \
 		&& ../$(PY) perceptual_methods.py --limit 6 --steps 40 --name perceptual_methods_limit6 \
 		&& ../$(PY) perceptual_methods.py --limit 20 --steps 40 --parts curves --curve-budgets pire=1 masked-pire=0.5 \
 		cv-pire=20 sd-pire=20 --name perceptual_methods_limit20_operating_point \

@@ -58,6 +58,9 @@ SECTIONS = [  # (result name, heading: the command that produced it, note)
      "--transfer-limit 10 --presets low medium high`)",
      "Seconds per photo come from runs on one or two threads, partly shared with other benchmarks: indicative "
      "only (the machine line names the last run's threads)."),
+    ("robustness_1024", "Robustness of today's `medium` at 1024 px (`python bench/robustness.py --size 1024 --limit 10 "
+     "--presets medium --parts edits`)",
+     "At 1024 px a 50 % downscale halves what the tracker sees (at 512 px `resize:0.25` does)."),
     ("other_systems", "Other CBIR systems: PIRE paper Tables 6-8 (`python bench/other_systems.py`)", ""),
     ("perceptual_methods_limit6", "Perceptual methods, first 6 queries, T = 40 (`python bench/perceptual_methods.py "
      "--limit 6 --steps 40 --name perceptual_methods_limit6`)",
