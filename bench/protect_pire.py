@@ -36,13 +36,14 @@ def setting_attack(name: str, model, size: int, seed: int):
     """(attack, {row label: steps of its snapshot, or None for the final result}, saving modes) of a setting:
     a preset, optionally with options '+jpeg' (optimised through the JPEG q95 it is saved as) and
     '+coarseN' (perturbation on a grid N times coarser than the working resolution instead of the
-    preset's grid), saved in every mode; or a paper-like setting
+    preset's grid) and '+stepsN' (at most N steps instead of the preset's), saved in every mode; or a paper-like setting
     'paper-T<steps>[,<steps>...]': one continuous optimisation of the largest T at the paper's budget, the
     smaller T its snapshots, saved in the paper's two modes."""
     preset, *options = name.split("+")
     if preset in STRENGTHS:
         coarseness = next((int(o[6:]) for o in options if o.startswith("coarse")), None)  # None: the preset's
-        return make_attack(model, strength=preset, size=size, seed=seed, coarseness=coarseness,
+        steps = next((int(o[5:]) for o in options if o.startswith("steps")), None)
+        return make_attack(model, strength=preset, size=size, seed=seed, coarseness=coarseness, steps=steps,
                            jpeg_quality=95 if "jpeg" in options else None), {name: None}, MODES
     ts = sorted(int(t) for t in name.split("-T")[1].split(","))
     attack = PIRE(model, eps=PAPER_EPS_LEVELS / 255, steps=ts[-1], size=size, seed=seed, saving="refined",
