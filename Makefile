@@ -26,6 +26,7 @@ bench: install
 		&& ../$(PY) protect_pire.py --size 512 --limit 5 --settings high paper-T200,500 low medium paper-T30 \
 		&& ../$(PY) protect_pire.py --size 1024 --limit 10 --settings low low+jpeg low+coarse2 low+jpeg+coarse2 medium+coarse1 \
 		&& ../$(PY) protect_pire.py --size 1024 --limit 10 --settings medium+coarse2 --name protect_pire_1024_limit10_coarse \
+		&& ../$(PY) protect_pire.py --size 1024 --limit 10 --settings low+jpeg+steps60 --name protect_pire_1024_limit10_steps60 \
 		&& ../$(PY) perceptual_map_speed.py && ../$(PY) robustness.py --size 512 --limit 10 --transfer-limit 10 \
 		--presets low medium high && ../$(PY) robustness.py --size 1024 --limit 10 --presets medium --parts edits \
 		&& ../$(PY) other_systems.py \

@@ -54,6 +54,10 @@ SECTIONS = [  # (result name, heading: the command that produced it, note)
      "--name protect_pire_1024_limit10_coarse`)",
      "Compare with the `medium+coarse1` rows of the table above (same photos). One thread beside another "
      "benchmark."),
+    ("protect_pire_1024_limit10_steps60", "`low` through the JPEG with 60 steps at 1024 px, 10 + 10 queries "
+     "(`python bench/protect_pire.py --size 1024 --limit 10 --settings low+jpeg+steps60 "
+     "--name protect_pire_1024_limit10_steps60`)",
+     "What `advquery protect --strength low --steps 60` does for a JPEG q95 output at 1024 px. Two threads."),
     ("robustness_512", "Robustness of the presets (`python bench/robustness.py --size 512 --limit 10 "
      "--transfer-limit 10 --presets low medium high`)",
      "Seconds per photo come from runs on one or two threads, partly shared with other benchmarks: indicative "
