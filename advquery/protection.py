@@ -21,7 +21,8 @@ from .models import DescriptorModel, ModelEnsemble, load_model
 from .quality import quality_report
 from .transforms import jpeg_round_trip
 
-GRADIENT_METHODS = ("pire", "masked-pire", "cv-pire", "sd-pire")
+PRESET_METHODS = ("pire", "masked-pire")  # budget, steps, random edits, partner model and grid from the preset
+GRADIENT_METHODS = (*PRESET_METHODS, "cv-pire", "sd-pire")
 METHODS = (*GRADIENT_METHODS, *KEYPOINT_METHODS, "noise")
 # pire stays the default: in an 8-query test at 1 level masked-pire kept more effect after JPEG 75
 # (43 % against 87 % of the original WI mAP) but less on the saved file (12 % against 8 %) at a
@@ -116,7 +117,7 @@ def make_attack(model: DescriptorModel, method: str = DEFAULT_METHOD, strength: 
         raise ValueError(f"unknown strength {strength!r}; available: {', '.join(STRENGTHS)}")
     if target_ssim is not None and method != "noise":
         raise ValueError(f"target_ssim applies to the noise method only, not to {method}")
-    if robust and method not in ("pire", "masked-pire"):
+    if robust and method not in PRESET_METHODS:
         raise ValueError(f"robust applies to pire and masked-pire only, not to {method}")
     if method not in GRADIENT_METHODS and (eps_levels is not None or steps is not None):
         raise ValueError(f"eps_levels and steps apply to {', '.join(GRADIENT_METHODS)} only, not to {method}")
@@ -125,14 +126,13 @@ def make_attack(model: DescriptorModel, method: str = DEFAULT_METHOD, strength: 
     if method == "noise":
         return GaussianNoise(target_ssim=DEFAULT_NOISE_SSIM if target_ssim is None else target_ssim, seed=seed)
     preset = STRENGTHS[strength]
-    budgeted_by_preset = method in ("masked-pire", "pire")
-    edits = (preset.edits or (RandomEdits() if robust else None)) if budgeted_by_preset else None
+    edits = (preset.edits or (RandomEdits() if robust else None)) if method in PRESET_METHODS else None
     codec = partial(jpeg_round_trip, quality=jpeg_quality) if jpeg_quality is not None and edits is None else None
     if coarseness is None:  # CV-/SD-PIRE keep the thesis's per-pixel maps at the working resolution
-        coarseness = preset_coarseness(preset, size) if budgeted_by_preset else 1
+        coarseness = preset_coarseness(preset, size) if method in PRESET_METHODS else 1
     common = dict(size=size, seed=seed, target_similarity=preset.target_similarity, patience=preset.patience,
                   codec=codec, coarseness=coarseness)
-    if budgeted_by_preset:
+    if method in PRESET_METHODS:
         eps = (preset.eps_levels if eps_levels is None else eps_levels) / 255
         options = dict(eps=eps, steps=preset.steps if steps is None else steps, edits=edits, **common)
         target = attack_model(model, preset.partner)

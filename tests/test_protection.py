@@ -8,7 +8,7 @@ import torch
 
 from advquery import PIRE, load_model
 from advquery.io import Photo
-from advquery.attacks import KeypointAttack, MaskedPIRE
+from advquery.attacks import KeypointAttack, MaskedPIRE, RandomEdits
 from advquery.models import ModelEnsemble
 from advquery.protection import (GRADIENT_METHODS, MASK_GAIN, STRENGTHS, ProtectionRecord, make_attack, output_format,
                                  output_path)
@@ -148,7 +148,6 @@ def test_make_attack_model_free_methods(model):
 
 
 def test_robust_adds_random_edits_where_the_preset_has_none(model):
-    from advquery.attacks import RandomEdits
     assert make_attack(model, strength="low", size=96).edits is None
     assert make_attack(model, strength="low", size=96, robust=True).edits == RandomEdits()
     assert make_attack(model, method="masked-pire", strength="low", size=96, robust=True).edits == RandomEdits()

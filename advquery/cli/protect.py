@@ -9,7 +9,7 @@ from tqdm.auto import tqdm
 from ..io import DEFAULT_MAX_PIXELS, ImageError, read_photo
 from ..models import load_model
 from ..protection import DEFAULT_METHOD, DEFAULT_NOISE_SSIM, DEFAULT_STRENGTH, GRADIENT_METHODS, MASK_GAIN, METHODS, \
-    STRENGTHS, ProtectionRecord, map_path, output_format, output_path, protect_photo
+    PRESET_METHODS, STRENGTHS, ProtectionRecord, map_path, output_format, output_path, protect_photo
 from .common import CommandError, add_model_options, collect_or_fail, positive_int, user_errors
 
 
@@ -89,7 +89,7 @@ def run_protect(args: argparse.Namespace) -> int:
         raise CommandError(f"--target-ssim must be in (0, 1), got {args.target_ssim}")
     if args.method not in GRADIENT_METHODS and (args.eps is not None or args.steps is not None):
         raise CommandError(f"--eps and --steps apply to {', '.join(GRADIENT_METHODS)} only, not to {args.method}")
-    if args.robust and args.method not in ("pire", "masked-pire"):
+    if args.robust and args.method not in PRESET_METHODS:
         raise CommandError(f"--robust applies to --method pire and masked-pire only, not to {args.method}")
     if args.save_map and args.method not in GRADIENT_METHODS:
         raise CommandError(f"--save-map: method {args.method} has no per-pixel budget to map; "
