@@ -273,8 +273,11 @@ def main() -> None:
     args = parser.parse_args()
     parts = args.parts.split(",")
     if args.curve_budgets:
-        args.curve_budgets = {m: [float(b) for b in bs.split(",")] for m, bs in
-                              (item.split("=") for item in args.curve_budgets)}
+        try:
+            args.curve_budgets = {m: [float(b) for b in bs.split(",")] for m, bs in
+                                  (item.split("=") for item in args.curve_budgets)}
+        except ValueError:
+            parser.error(f"--curve-budgets: expected METHOD=B1,B2,..., got {' '.join(args.curve_budgets)}")
     if not set(parts) <= set(PARTS):
         parser.error(f"--parts: choose from {', '.join(PARTS)}")
     path = RESULTS / f"{args.name}.json"

@@ -33,21 +33,23 @@ MODES = ("quantised", "refined", "x10")  # a preset's one optimisation is saved 
 
 
 def setting_attack(name: str, model, size: int, seed: int):
-    """(attack, {row label: steps of its snapshot, or None for the final result}, saving modes) of a setting:
-    a preset, optionally with options '+jpeg' (optimised through the JPEG q95 it is saved as) and
-    '+coarseN' (perturbation on a grid N times coarser than the working resolution instead of the
-    preset's grid) and '+stepsN' (at most N steps instead of the preset's), saved in every mode; or a paper-like setting
-    'paper-T<steps>[,<steps>...]': one continuous optimisation of the largest T at the paper's budget, the
-    smaller T its snapshots, saved in the paper's two modes."""
+    """(attack, {row label: steps of its snapshot, or None for the final result}, saving modes) of a setting.
+
+    A preset, saved in every mode, with options: '+jpeg' (optimised through the JPEG q95 it is saved as),
+    '+coarseN' (the perturbation on a grid N times coarser than the working resolution instead of the
+    preset's grid), '+stepsN' (at most N steps). Or a paper-like setting 'paper-T<steps>[,<steps>...]':
+    one continuous optimisation of the largest T at the paper's budget, the smaller T its snapshots,
+    saved in the paper's two modes."""
     preset, *options = name.split("+")
     if preset in STRENGTHS:
-        coarseness = next((int(o[6:]) for o in options if o.startswith("coarse")), None)  # None: the preset's
-        steps = next((int(o[5:]) for o in options if o.startswith("steps")), None)
-        return make_attack(model, strength=preset, size=size, seed=seed, coarseness=coarseness, steps=steps,
-                           jpeg_quality=95 if "jpeg" in options else None), {name: None}, MODES
+        def number(prefix):  # N of an option '<prefix>N', None when not given (the preset's value)
+            return next((int(o[len(prefix):]) for o in options if o.startswith(prefix)), None)
+
+        return make_attack(model, strength=preset, size=size, seed=seed, coarseness=number("coarse"),
+                           steps=number("steps"), jpeg_quality=95 if "jpeg" in options else None), {name: None}, MODES
     ts = sorted(int(t) for t in name.split("-T")[1].split(","))
     attack = PIRE(model, eps=PAPER_EPS_LEVELS / 255, steps=ts[-1], size=size, seed=seed, saving="refined",
-                  snapshot_every=math.gcd(*ts))
+                  snapshot_every=math.gcd(*ts[:-1]) if len(ts) > 1 else None)
     return attack, {f"paper-T{t}": None if t == ts[-1] else t for t in ts}, ("refined", "x10")
 
 
@@ -64,7 +66,8 @@ def main() -> None:
     args.name = args.name or f"protect_pire_{args.size}" + (f"_limit{args.limit}" if args.limit else "")
     if args.table_only:
         args.n_standard = 58
-        return report(json.loads((RESULTS / f"{args.name}.json").read_text())["records"], args)
+        stored = json.loads((RESULTS / f"{args.name}.json").read_text())
+        return report(stored["records"], args, stored["machine"])  # the machine that measured them
     model = load_model()
     std = load_dataset("roxford5k-mini", DATA_ROOT)
     ext = load_dataset("roxford5k-mini-ext", DATA_ROOT)
@@ -121,8 +124,8 @@ def main() -> None:
         report(records, args)
 
 
-def report(records: list[dict], args) -> None:
-    """Write the table of everything measured so far."""
+def report(records: list[dict], args, machine: str | None = None) -> None:
+    """Write the table of everything measured so far (``machine``: of a stored run, else this one)."""
     base = records[0]
     header = ["setting", "mode", "format", "BB Medium", "BB Hard", "WI Medium", "WI Hard", "ext WI Medium",
               "ext WI Hard", "BB Medium / original", "WI Medium / original", "ext WI Medium / original", "SSIM",
@@ -143,7 +146,8 @@ def report(records: list[dict], args) -> None:
     note = (f"Lite0 GeM, working size {args.size} px; the first {n_std} standard queries (those with positives "
             f"scored) and {n_ext} extended queries (fixed random subset); quality over the {n_std} standard query "
             "photos, against the original decoded photo.")
-    write_results(args.name, {"size": args.size, "records": records, "note": note},
+    write_results(args.name, {"size": args.size, "records": records, "note": note,
+                              **({"machine": machine} if machine else {})},
                   note + "\n\n" + markdown_table(header, rows))
 
 
