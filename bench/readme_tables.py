@@ -61,7 +61,7 @@ SECTIONS = [  # (result name, heading: the command that produced it, note)
     ("robustness_512", "Robustness of the presets (`python bench/robustness.py --size 512 --limit 10 "
      "--transfer-limit 10 --presets low medium high`)",
      "Seconds per photo come from runs on one or two threads, partly shared with other benchmarks: indicative "
-     "only (the machine line names the last run's threads)."),
+     "only (the machine line names the threads of one of those runs)."),
     ("robustness_1024", "Robustness of today's `medium` at 1024 px (`python bench/robustness.py --size 1024 --limit 10 "
      "--presets medium --parts edits`)",
      "At 1024 px a 50 % downscale halves what the tracker sees (at 512 px `resize:0.25` does)."),

@@ -70,6 +70,7 @@ def main() -> None:
     parts = set(args.parts.split(","))
     out_json = RESULTS / f"robustness_{args.size}.json"
     results = json.loads(out_json.read_text()) if out_json.is_file() else {}
+    results.pop("machine", None)  # this run's machine is written instead
     model = load_model()
     full = load_dataset("roxford5k-mini", DATA_ROOT)
     n = min(args.limit, len(full.queries))  # only the protected queries are described and scored
