@@ -5,7 +5,7 @@ hold up against image modifications.
 """
 __version__ = "0.1.0"
 
-from .attacks import PIRE  # noqa: E402
+from .attacks import PIRE, SSIMPIRE  # noqa: E402
 from .models import load_model  # noqa: E402
 
-__all__ = ["load_model", "PIRE", "__version__"]
+__all__ = ["load_model", "PIRE", "SSIMPIRE", "__version__"]

@@ -21,7 +21,7 @@ import torch
 from .quality import SSIM_K2, SSIM_SIGMA
 from .transforms import gaussian_blur
 
-__all__ = ["color_variance_map", "delta_e_cie94", "delta_e_ciede2000", "rgb_to_lab", "std_map"]
+__all__ = ["color_variance_map", "delta_e_cie94", "delta_e_ciede2000", "rgb_to_lab", "ssim_cost_weights", "std_map"]
 
 METRICS = ("ciede2000", "cie94")
 D65_WHITE = (0.95047, 1.0, 1.08883)  # CIE XYZ of D65, 2 degree observer (skimage's value)
@@ -450,7 +450,37 @@ def ssim_masking_map(image: torch.Tensor, max_gain: float = 4.0) -> torch.Tensor
     _check_image(image, 3)
     if max_gain < 1:
         raise ValueError(f"max_gain must be >= 1, got {max_gain}")
-    x = image.to(_work_dtype(image)) * 255
+    x = image.to(_work_dtype(image))
+    return torch.sqrt(1 + 2 * _ssim_window_variance(x) / _SSIM_C2).clamp(max=max_gain).to(image.dtype)
+
+
+_SSIM_C2 = (SSIM_K2 * 255) ** 2
+
+
+def _ssim_window_variance(x: torch.Tensor) -> torch.Tensor:
+    """Per-pixel variance, in grey levels squared, in SSIM's Gaussian window (sigma 1.5)."""
+    x = x * 255
     mean = gaussian_blur(x, SSIM_SIGMA)
-    variance = (gaussian_blur(x * x, SSIM_SIGMA) - mean * mean).clamp_min(0)
-    return torch.sqrt(1 + 2 * variance / (SSIM_K2 * 255) ** 2).clamp(max=max_gain).to(image.dtype)
+    return (gaussian_blur(x * x, SSIM_SIGMA) - mean * mean).clamp_min(0)
+
+
+def ssim_cost_weights(image: torch.Tensor) -> torch.Tensor:
+    """Per-pixel, per-channel weights ``w`` with ``1 - SSIM(x + d, x) ~ mean(w * d^2)``, ``d`` in grey levels.
+
+    For a small change ``d`` that averages out over SSIM's window, the contrast-structure term of
+    the window at ``q`` drops by ``sum_p g(q - p) d_p^2 / (2 s_q^2 + C2)`` (``g`` the Gaussian window,
+    ``s_q`` the photo's window standard deviation), so pixel ``p`` costs ``w_p = (g * 1 / (2 s^2 + C2))_p``
+    per squared grey level. A cheap, quadratic stand-in for SSIM in an attack's objective: it
+    overestimates the cost of changes with a local mean (about 1.3x for a perturbation upsampled 2x)
+    and leaves out the luminance term.
+
+    Args:
+        image: ``(N, 3, H, W)`` float sRGB in [0, 1], the original photo.
+
+    Returns:
+        ``(N, 3, H, W)`` weights, the input's dtype and device: ``1 / C2`` (about 0.017) in flat
+        regions, less in texture.
+    """
+    _check_image(image, 3)
+    x = image.to(_work_dtype(image))
+    return gaussian_blur(1 / (2 * _ssim_window_variance(x) + _SSIM_C2), SSIM_SIGMA).to(image.dtype)

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .attacks import CVPIRE, PIRE, SDPIRE, GaussianNoise, KeypointAttack, MaskedPIRE, PerturbationAttack, RandomEdits
+from .attacks import CVPIRE, PIRE, SDPIRE, SSIMPIRE, GaussianNoise, KeypointAttack, MaskedPIRE, PerturbationAttack, RandomEdits
 from .attacks.keypoints import METHODS as KEYPOINT_METHODS
 from .extraction import DEFAULT_SIZE, cosine_similarity, describe
 from .io import Photo, read_photo, suffix_for_format, to_tensor, to_uint8, write_grey_atomic, write_photo_atomic
@@ -21,7 +21,7 @@ from .models import DescriptorModel, ModelEnsemble, load_model
 from .quality import quality_report
 from .transforms import jpeg_round_trip
 
-PRESET_METHODS = ("pire", "masked-pire")  # budget, steps, random edits, partner model and grid from the preset
+PRESET_METHODS = ("ssim-pire", "pire", "masked-pire")  # budget, steps, random edits, partner model and grid from the preset
 GRADIENT_METHODS = (*PRESET_METHODS, "cv-pire", "sd-pire")
 METHODS = (*GRADIENT_METHODS, *KEYPOINT_METHODS, "noise")
 # pire stays the default: in an 8-query test at 1 level masked-pire kept more effect after JPEG 75
@@ -39,7 +39,8 @@ class Strength:
     """A protection budget and what it is made robust against.
 
     ``eps_levels`` is the flat-region budget of masked-pire and the L-infinity bound of pire, in
-    grey levels; ``edits`` the random edits drawn in every step; ``partner`` a second built-in
+    grey levels; ``ssim_eps_levels`` and ``ssim_weight`` the bound and the SSIM price of ssim-pire,
+    which stops on ``patience`` alone (its objective already weighs effect against SSIM); ``edits`` the random edits drawn in every step; ``partner`` a second built-in
     model attacked together with the chosen one (transfer to models the photo was not protected
     against); ``grid`` the largest long side, in pixels, of the grid the perturbation lives on
     (None: the working resolution). At a 1024 px working size a 512 px grid gave the 3-level
@@ -48,6 +49,8 @@ class Strength:
     """
 
     eps_levels: float
+    ssim_eps_levels: float
+    ssim_weight: float
     steps: int
     target_similarity: float
     patience: int | None
@@ -58,11 +61,11 @@ class Strength:
 
 
 STRENGTHS = {
-    "low": Strength(1, 30, 0.4, 5, None, False, None,
+    "low": Strength(1, 3, 300, 30, 0.4, 5, None, False, None,
                     "near-invisible (1 grey level in flat regions); blocks the protecting model"),
-    "medium": Strength(3, 40, 0.2, None, RandomEdits(), False, 512,
+    "medium": Strength(3, 5, 100, 40, 0.2, None, RandomEdits(), False, 512,
                        "3 levels on a 512 px grid, optimised through random JPEG (q 70-95), downscaling (to 50 %) and crops"),
-    "high": Strength(4.5, 60, 0.1, None, RandomEdits(), True, 512,
+    "high": Strength(4.5, 7, 60, 60, 0.1, None, RandomEdits(), True, 512,
                      "4.5 levels, robust like medium and aimed at a second model too (transfer)"),
 }
 DEFAULT_STRENGTH = "medium"
@@ -90,7 +93,8 @@ def preset_coarseness(preset: Strength, size: int) -> int:
 def make_attack(model: DescriptorModel, method: str = DEFAULT_METHOD, strength: str = DEFAULT_STRENGTH,
                 eps_levels: float | None = None, steps: int | None = None, size: int = DEFAULT_SIZE,
                 seed: int | None = None, target_ssim: float | None = None, jpeg_quality: int | None = None,
-                robust: bool = False, coarseness: int | None = None) -> PerturbationAttack | KeypointAttack | GaussianNoise:
+                robust: bool = False, coarseness: int | None = None,
+                ssim_weight: float | None = None) -> PerturbationAttack | KeypointAttack | GaussianNoise:
     """The attack a preset stands for, with optional overrides.
 
     A gradient attack optimises the 8-bit image it will be saved as: with ``jpeg_quality`` (the output
@@ -99,7 +103,8 @@ def make_attack(model: DescriptorModel, method: str = DEFAULT_METHOD, strength: 
     ``low``, 71 % of the original mAP left against 16 %). With random edits (``medium``, ``high``,
     ``robust``) the edits, JPEG among them, bring robustness to re-compression instead.
 
-    For ``masked-pire`` and ``pire`` the preset sets budget, steps, edits, partner model and grid; for
+    For ``ssim-pire``, ``masked-pire`` and ``pire`` the preset sets budget, steps, edits, partner model and
+    grid (``ssim-pire``: its own bound and SSIM price, ``ssim_weight`` overrides the price); for
     ``cv-pire`` and ``sd-pire`` the thesis settings apply (``eps_levels`` overrides the multiplier
     m) and the preset contributes its early stopping only.
 
@@ -117,8 +122,10 @@ def make_attack(model: DescriptorModel, method: str = DEFAULT_METHOD, strength: 
         raise ValueError(f"unknown strength {strength!r}; available: {', '.join(STRENGTHS)}")
     if target_ssim is not None and method != "noise":
         raise ValueError(f"target_ssim applies to the noise method only, not to {method}")
+    if ssim_weight is not None and method != "ssim-pire":
+        raise ValueError(f"ssim_weight applies to ssim-pire only, not to {method}")
     if robust and method not in PRESET_METHODS:
-        raise ValueError(f"robust applies to pire and masked-pire only, not to {method}")
+        raise ValueError(f"robust applies to {', '.join(PRESET_METHODS)} only, not to {method}")
     if method not in GRADIENT_METHODS and (eps_levels is not None or steps is not None):
         raise ValueError(f"eps_levels and steps apply to {', '.join(GRADIENT_METHODS)} only, not to {method}")
     if method in KEYPOINT_METHODS:
@@ -133,9 +140,13 @@ def make_attack(model: DescriptorModel, method: str = DEFAULT_METHOD, strength: 
     common = dict(size=size, seed=seed, target_similarity=preset.target_similarity, patience=preset.patience,
                   codec=codec, coarseness=coarseness)
     if method in PRESET_METHODS:
-        eps = (preset.eps_levels if eps_levels is None else eps_levels) / 255
-        options = dict(eps=eps, steps=preset.steps if steps is None else steps, edits=edits, **common)
+        eps = eps_levels if eps_levels is not None else preset.ssim_eps_levels if method == "ssim-pire" \
+            else preset.eps_levels
+        options = dict(eps=eps / 255, steps=preset.steps if steps is None else steps, edits=edits, **common)
         target = attack_model(model, preset.partner)
+        if method == "ssim-pire":
+            options["target_similarity"] = None
+            return SSIMPIRE(target, ssim_weight=preset.ssim_weight if ssim_weight is None else ssim_weight, **options)
         return MaskedPIRE(target, max_gain=MASK_GAIN, **options) if method == "masked-pire" else PIRE(target, **options)
     attack = CVPIRE if method == "cv-pire" else SDPIRE
     return attack(model, m=THESIS_M if eps_levels is None else eps_levels,

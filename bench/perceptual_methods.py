@@ -14,7 +14,7 @@ change in grey levels) against the original photo; seconds per photo of the atta
 - m: CV-PIRE and SD-PIRE at m = 10 ... 60 (Table 4.2): mAP WI and BB Medium, SSIM.
 - curves: WI Medium mAP against SSIM over a budget range per method, thesis settings (``CURVE_BUDGETS``;
   for methods not listed there, ``make_attack(eps_levels=...)`` over ``OTHER_BUDGETS`` grey levels, e.g.
-  masked-pire's flat-region budget).
+  masked-pire's flat-region budget; ssim-pire's budget is its SSIM price ``ssim_weight`` at the bound of the ``low`` preset).
 Attacks come from ``advquery.protection.make_attack``. A run's protected files live in a folder named by
 the attack's settings, so parts share them and an interrupted run resumes (bench/.work/perceptual_methods).
 
@@ -45,9 +45,11 @@ PARTS = ("tables", "iterations", "m", "curves")
 THESIS_METHODS = ("pire", "cv-pire", "sd-pire")
 MAP_METHODS = ("cv-pire", "sd-pire")  # thesis maps: the preset contributes its early stopping only
 M_VALUES = (10, 20, 30, 40, 50, 60)
-CURVE_BUDGETS = {"pire": (1, 2, 3, 4, 6), "masked-pire": (0.5, 0.75, 1, 2, 3, 4, 6), "cv-pire": (10, 20, 30, 50),
+CURVE_BUDGETS = {"ssim-pire": (60, 150, 300, 600), "pire": (1, 2, 3, 4, 6), "masked-pire": (0.5, 0.75, 1, 2, 3, 4, 6), "cv-pire": (10, 20, 30, 50),
                  "sd-pire": (10, 20, 30, 50)}
 OTHER_BUDGETS = (1, 2, 3, 4, 6)
+WEIGHT_BUDGETS = ("ssim-pire",)  # curve budget: the SSIM price (ssim_weight) at the bound of WEIGHT_STRENGTH
+WEIGHT_STRENGTH = "low"
 MAP_KEYS = ("bb_medium", "bb_hard", "wi_medium", "wi_hard")
 
 
@@ -70,13 +72,13 @@ class Bench:
                            model=self.model.name)
 
     def attack(self, method: str, eps_levels: float | None = None, strength: str = DEFAULT_STRENGTH,
-               thesis: bool = True):
+               thesis: bool = True, ssim_weight: float | None = None):
         """``make_attack``'s attack; ``thesis``: the bare optimisation (T steps, no early stopping, no random
         edits, the retrieval model alone) with snapshots for the iterations plot; else the preset exactly as
         ``advquery protect`` runs it."""
         a = self.args
         attack = make_attack(self.model, method=method, strength=strength, eps_levels=eps_levels,
-                             steps=a.steps if thesis else None, size=a.size, seed=a.seed,
+                             ssim_weight=ssim_weight, steps=a.steps if thesis else None, size=a.size, seed=a.seed,
                              jpeg_quality=None if thesis else 95)  # protect's attack for a JPEG q95 output
         if thesis:
             attack.model, attack.edits, attack.target_similarity, attack.patience = self.model, None, None, None
@@ -89,8 +91,9 @@ class Bench:
         config = {"class": type(attack).__name__, "model": attack.model.name,
                   **{k: v for k, v in vars(attack).items() if k not in ("snapshot_every", "stats")
                      and (is_dataclass(v) or isinstance(v, (int, float, str, bool, tuple, type(None))))}}
-        if attack.coarseness == 1:  # the default, left out so that runs keyed before the option keep their key
-            del config["coarseness"]
+        for option, default in (("coarseness", 1), ("ssim_weight", 0)):
+            if config[option] == default:  # left out so that runs keyed before the option keep their key
+                del config[option]
         if attack.codec is not None:  # a JPEG in the loop (protect's attack for a JPEG output)
             config["codec"] = {"jpeg_quality": attack.codec.keywords["quality"]}
         key = f"{method}-{hashlib.sha256(json.dumps(config, sort_keys=True, default=repr).encode()).hexdigest()[:10]}"
@@ -152,7 +155,14 @@ class Bench:
             parts["m"] = {m: [[v, self.run(m, eps_levels=v)] for v in M_VALUES] for m in ("cv-pire", "sd-pire")}
         else:
             budgets = self.args.curve_budgets or {m: CURVE_BUDGETS.get(m, OTHER_BUDGETS) for m in self.methods}
-            parts["curves"] = {m: [[b, self.run(m, eps_levels=b)] for b in bs] for m, bs in budgets.items()}
+            parts["curves"] = {m: [[b, self.run(m, **curve_options(m, b))] for b in bs] for m, bs in budgets.items()}
+
+
+def curve_options(method: str, budget: float) -> dict:
+    """``Bench.run`` options of one curve point: a bound in grey levels, or ssim-pire's SSIM price."""
+    if method in WEIGHT_BUDGETS:
+        return {"ssim_weight": budget, "strength": WEIGHT_STRENGTH}
+    return {"eps_levels": budget}
 
 
 def preset_label(method: str, strength: str) -> str:
@@ -208,7 +218,8 @@ def render(payload: dict, name: str) -> None:
         rows = [["original", "-", pct(orig["wi_medium"]), ""]]
         rows += [[m, b, pct(runs[k]["wi_medium"]), round(runs[k]["ssim"], 4)]
                  for m, pts in parts["curves"].items() for b, k in pts]
-        text += [f"## Quality-effect curves (T = {payload['steps']}; budget: eps in grey levels, m for CV-/SD-PIRE)",
+        text += [f"## Quality-effect curves (T = {payload['steps']}; budget: eps in grey levels, m for CV-/SD-PIRE, "
+                 f"SSIM weight for ssim-pire at {STRENGTHS[WEIGHT_STRENGTH].ssim_eps_levels:g} levels)",
                  markdown_table(["method", "budget", "WI Medium", "SSIM"], rows)]
     write_results(name, payload, "\n\n".join(text))
     plot(payload, name)

@@ -9,6 +9,9 @@ PNG and as JPEG quality 95, decoded again, and then:
 - cost: seconds and steps per photo.
 The published CV-PIRE outputs (55 of the same photos) are measured the same way.
 
+Settings name a preset of pire (``low``), of another method (``ssim-pire:low``) or the paper's setting
+(``paper-T30``); see ``setting_attack``.
+
 Run: ``python bench/protect_pire.py [--size 512] [--settings low medium high paper-T30] [--ext 60]``.
 """
 import argparse
@@ -25,7 +28,7 @@ from advquery.attacks import PIRE
 from advquery.evaluation.datasets import load_dataset
 from advquery.io import read_photo
 from advquery.models import load_model
-from advquery.protection import STRENGTHS, make_attack
+from advquery.protection import PRESET_METHODS, STRENGTHS, make_attack
 from advquery.quality import quality_report
 
 FORMATS = {"png": ".png", "jpg95": ".jpg"}  # written as PNG and as JPEG quality 95
@@ -35,17 +38,19 @@ MODES = ("quantised", "refined", "x10")  # a preset's one optimisation is saved 
 def setting_attack(name: str, model, size: int, seed: int):
     """(attack, {row label: steps of its snapshot, or None for the final result}, saving modes) of a setting.
 
-    A preset, saved in every mode, with options: '+jpeg' (optimised through the JPEG q95 it is saved as),
-    '+coarseN' (the perturbation on a grid N times coarser than the working resolution instead of the
-    preset's grid), '+stepsN' (at most N steps). Or a paper-like setting 'paper-T<steps>[,<steps>...]':
-    one continuous optimisation of the largest T at the paper's budget, the smaller T its snapshots,
-    saved in the paper's two modes."""
-    preset, *options = name.split("+")
-    if preset in STRENGTHS:
+    A preset of pire, or of another preset method as 'METHOD:PRESET' (e.g. 'ssim-pire:low'), saved in every
+    mode, with options: '+jpeg' (optimised through the JPEG q95 it is saved as), '+coarseN' (the perturbation
+    on a grid N times coarser than the working resolution instead of the preset's grid), '+stepsN' (at most N
+    steps). Or a paper-like setting 'paper-T<steps>[,<steps>...]': one continuous optimisation of the largest
+    T at the paper's budget, the smaller T its snapshots, saved in the paper's two modes."""
+    method, _, setting = name.rpartition(":")
+    preset, *options = setting.split("+")
+    if preset in STRENGTHS and method in ("", *PRESET_METHODS):
         def number(prefix):  # N of an option '<prefix>N', None when not given (the preset's value)
             return next((int(o[len(prefix):]) for o in options if o.startswith(prefix)), None)
 
-        return make_attack(model, strength=preset, size=size, seed=seed, coarseness=number("coarse"),
+        return make_attack(model, method=method or "pire", strength=preset, size=size, seed=seed,
+                           coarseness=number("coarse"),
                            steps=number("steps"), jpeg_quality=95 if "jpeg" in options else None), {name: None}, MODES
     ts = sorted(int(t) for t in name.split("-T")[1].split(","))
     attack = PIRE(model, eps=PAPER_EPS_LEVELS / 255, steps=ts[-1], size=size, seed=seed, saving="refined",

@@ -29,7 +29,7 @@ from advquery.evaluation.datasets import load_dataset
 from advquery.evaluation.runner import evaluate
 from advquery.io import read_photo
 from advquery.models import load_model
-from advquery.protection import STRENGTHS, make_attack
+from advquery.protection import PRESET_METHODS, STRENGTHS, make_attack
 from advquery.quality import quality_report
 from advquery.transforms import parse_transform
 
@@ -63,12 +63,20 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--limit", type=int, default=24, help="standard query photos to protect (the first N)")
     parser.add_argument("--presets", nargs="+", default=list(STRENGTHS))
+    parser.add_argument("--method", choices=PRESET_METHODS, default="pire",
+                        help="method the presets run (default pire, the method of the committed robustness_<size>)")
+    parser.add_argument("--name", help="results name (default robustness_<size>)")
     parser.add_argument("--parts", default="protect,edits,leak,transfer")
     parser.add_argument("--transfer-limit", type=int, default=12,
                         help="photos protected with the medium preset against Lite1 and Lite2 (other directions; 0: skip)")
     args = parser.parse_args()
     parts = set(args.parts.split(","))
-    out_json = RESULTS / f"robustness_{args.size}.json"
+    args.name = args.name or f"robustness_{args.size}"
+    out_json = RESULTS / f"{args.name}.json"
+
+    def folder_name(name: str) -> str:  # protected files of another method than pire never share pire's folders
+        return name if args.method == "pire" else f"{args.method}-{name}"
+
     results = json.loads(out_json.read_text()) if out_json.is_file() else {}
     results.pop("machine", None)  # this run's machine is written instead
     model = load_model()
@@ -80,9 +88,9 @@ def main() -> None:
     originals = {p: read_photo(p).rgb for p in photos}
     sets, quality = {"original": None}, results.get("quality", {})
     for preset in args.presets:
-        attack = make_attack(model, strength=preset, size=args.size, seed=0)
-        sets[preset], quality[preset] = protect_set(preset, attack, photos, originals, args.size)
-    results.update(size=args.size, limit=len(indices), quality=quality,
+        attack = make_attack(model, method=args.method, strength=preset, size=args.size, seed=0)
+        sets[preset], quality[preset] = protect_set(folder_name(preset), attack, photos, originals, args.size)
+    results.update(method=args.method, size=args.size, limit=len(indices), quality=quality,
                    scored=int(np.sum([len(std.ground_truth("medium")[i]["ok"]) > 0 for i in indices])))
 
     if "edits" in parts:
@@ -98,8 +106,8 @@ def main() -> None:
         gnd = std.ground_truth("medium")
         chosen = sorted((i for i in indices if gnd[i]["ok"]), key=lambda i: -len(gnd[i]["ok"]))[:LEAK_QUERIES]
         positives = sorted({std.images[j] for i in chosen for j in gnd[i]["ok"]})
-        leak_attack = make_attack(model, strength="low", size=args.size, seed=1)
-        db_dir, leak_quality = protect_set("leaked-db-low-seed1", leak_attack, positives,
+        leak_attack = make_attack(model, method=args.method, strength="low", size=args.size, seed=1)
+        db_dir, leak_quality = protect_set(folder_name("leaked-db-low-seed1"), leak_attack, positives,
                                            {p: read_photo(p).rgb for p in positives}, args.size)
         rows = {}
         for background, db in (("original", None), ("replaced", db_dir)):
@@ -125,8 +133,9 @@ def main() -> None:
         # The other directions, on fewer photos: medium protection against Lite1 or Lite2.
         few = indices[:args.transfer_limit]
         for source in MODELS[1:] if few else ():
-            folder, _ = protect_set(f"medium-{source}", make_attack(models[source], strength="medium",
-                                                                   size=args.size, seed=0),
+            folder, _ = protect_set(folder_name(f"medium-{source}"),
+                                    make_attack(models[source], method=args.method, strength="medium",
+                                                size=args.size, seed=0),
                                     photos[:len(few)], originals, args.size)
             for target in MODELS:
                 m = models[target]
@@ -134,7 +143,7 @@ def main() -> None:
                     q: scored_map(std, m, args.size, few, q, query_dir=folder) for q in ("bb", "wi")}
                 transfer[f"original (first {len(few)}) -> {target}"] = {
                     q: scored_map(std, m, args.size, few, q) for q in ("bb", "wi")}
-    write_results(f"robustness_{args.size}", results, render(results))
+    write_results(args.name, results, render(results))
 
 
 def render(results: dict) -> str:
@@ -143,7 +152,8 @@ def render(results: dict) -> str:
         return f"{100 * v:.2f} ({100 * v / base:.0f} %)" if base else f"{100 * v:.2f}"
 
     names = ["original", *results["quality"]]
-    lines = [f"Lite0 GeM, working size {results['size']} px, first {results['limit']} standard queries "
+    lines = [f"Method {results.get('method', 'pire')}; Lite0 GeM, working size {results['size']} px, "
+             f"first {results['limit']} standard queries "
              f"({results['scored']} with positives scored), protected outputs saved as JPEG quality 95; "
              "mAP Medium, in brackets relative to the original queries under the same edit.", ""]
     lines += [markdown_table(["preset", "SSIM", "PSNR", "L-inf", "mean abs", "s/photo"],

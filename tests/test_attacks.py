@@ -6,9 +6,10 @@ from functools import partial
 import pytest
 import torch
 
-from advquery import PIRE, load_model
+from advquery import PIRE, SSIMPIRE, load_model
 from advquery.extraction import describe
-from advquery.io import read_photo, to_tensor
+from advquery.io import read_photo, to_tensor, to_uint8
+from advquery.quality import ssim
 from advquery.transforms import jpeg_round_trip
 
 from advquery.attacks import CVPIRE, MaskedPIRE, SDPIRE, RandomEdits
@@ -65,6 +66,7 @@ def _cosine(model, a: torch.Tensor, b: torch.Tensor) -> float:
     ({"patience": 0}, "patience must be a positive integer, got 0"),
     ({"coarseness": 0}, "coarseness must be a positive integer, got 0"),
     ({"coarseness": 1.5}, "coarseness must be a positive integer, got 1.5"),
+    ({"ssim_weight": -1}, "ssim_weight must be >= 0, got -1"),
 ])
 def test_pire_rejects_bad_arguments(model, kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -225,6 +227,28 @@ def test_coarse_perturbation_is_smoother_within_budget(model, photo):
     upsample = coarse._upsample  # compare both at the working resolution
     assert roughness(upsample(coarse.perturbation, (72, 96))) < 0.7 * roughness(fine.perturbation)
     assert coarse.stats.similarity[0] < 1
+
+
+def test_ssim_weight_buys_image_quality_with_part_of_the_budget(model, photo):
+    """The SSIM term leaves pixels unchanged where a change would cost more SSIM than it moves the descriptor."""
+    rgb = to_uint8(photo[0])
+    outputs = {}
+    for weight in (0, 300):
+        attack = PIRE(model, eps=4 / 255, steps=6, size=SIZE, seed=0, ssim_weight=weight)
+        x_adv = attack(photo)
+        assert on_grid(x_adv) and float((x_adv - photo).abs().max()) <= 4 / 255 + 1e-6
+        outputs[weight] = (ssim(rgb, to_uint8(x_adv[0])), float((x_adv != photo).float().mean()),
+                           attack.stats.similarity[0])
+    (plain_ssim, plain_changed, _), (kept_ssim, kept_changed, kept_similarity) = outputs[0], outputs[300]
+    assert 1 - kept_ssim < 0.7 * (1 - plain_ssim) and kept_changed < plain_changed
+    assert kept_similarity < 0.99  # the descriptor still moved
+
+
+def test_ssim_pire_is_pire_with_a_positive_ssim_price(model):
+    attack = SSIMPIRE(model, steps=2, size=SIZE, seed=0)
+    assert attack.eps == pytest.approx(3 / 255) and attack.ssim_weight == 300 and attack.random_start
+    with pytest.raises(ValueError, match=r"ssim_weight must be positive \(0 is PIRE\), got 0"):
+        SSIMPIRE(model, ssim_weight=0)
 
 
 def test_dtype_follows_the_input(model):

@@ -5,11 +5,13 @@ import math
 import numpy as np
 import pytest
 import torch
+from scipy import ndimage
 from skimage.color import deltaE_ciede94, deltaE_ciede2000, rgb2lab
 
 from advquery import perceptual
 from advquery.perceptual import (color_variance_map, delta_e_cie94, delta_e_ciede2000, rgb_to_lab, ssim_masking_map,
-                                 std_map)
+                                 ssim_cost_weights, std_map)
+from advquery.quality import ssim
 
 # Sharma, Wu and Dalal (2005), "The CIEDE2000 color-difference formula: implementation notes,
 # supplementary test data, and mathematical observations", Table 1: L1 a1 b1 L2 a2 b2 dE00.
@@ -374,3 +376,18 @@ def test_ssim_masking_map_gains():
     assert float(ssim_masking_map(stripes, max_gain=2).max()) == 2.0
     with pytest.raises(ValueError, match="max_gain must be >= 1"):
         ssim_masking_map(flat, max_gain=0.5)
+
+
+
+def test_ssim_cost_weights_approximate_the_ssim_loss_of_small_changes():
+    """mean(w d^2) is 1 - SSIM (quality.ssim) to first order, for noise-like changes of one or two levels."""
+    rng = np.random.default_rng(1)
+    a = ndimage.uniform_filter(rng.integers(0, 256, (60, 64, 3)).astype(float), (7, 7, 1)).astype(np.uint8)
+    weights = ssim_cost_weights(torch.from_numpy(a).permute(2, 0, 1)[None].double() / 255)[0].permute(1, 2, 0).numpy()
+    for levels in (1, 2):
+        d = rng.choice([-levels, levels], a.shape)
+        b = np.clip(a.astype(int) + d, 0, 255).astype(np.uint8)
+        change = b.astype(float) - a
+        assert float((weights * change ** 2).mean()) == pytest.approx(1 - ssim(a, b), rel=0.15)
+    flat = torch.full((1, 3, 16, 16), 0.5)
+    torch.testing.assert_close(ssim_cost_weights(flat), torch.full_like(flat, 1 / (0.03 * 255) ** 2))

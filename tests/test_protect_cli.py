@@ -331,8 +331,8 @@ def test_noise_method_matches_the_target_ssim(tmp_path):
 @pytest.mark.parametrize("options, message", [
     (["--method", "pire", "--target-ssim", "0.95"], "--target-ssim applies to --method noise only, not to pire"),
     (["--method", "noise", "--target-ssim", "1.5"], "--target-ssim must be in (0, 1), got 1.5"),
-    (["--method", "rmd", "--steps", "3"], "--eps and --steps apply to pire, masked-pire, cv-pire, sd-pire only, not to rmd"),
-    (["--method", "cv-pire", "--robust"], "--robust applies to --method pire and masked-pire only, not to cv-pire"),
+    (["--method", "rmd", "--steps", "3"], "--eps and --steps apply to ssim-pire, pire, masked-pire, cv-pire, sd-pire only, not to rmd"),
+    (["--method", "cv-pire", "--robust"], "--robust applies to --method ssim-pire, pire, masked-pire only, not to cv-pire"),
 ])
 def test_model_free_option_errors_are_one_line_exit_2(tmp_path, options, message):
     code, _, stderr, _ = _model_free(tmp_path, *options)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from advquery import PIRE, load_model
+from advquery import PIRE, SSIMPIRE, load_model
 from advquery.io import Photo
 from advquery.attacks import KeypointAttack, MaskedPIRE, RandomEdits
 from advquery.models import ModelEnsemble
@@ -54,7 +54,7 @@ def test_output_path_suffix_rules(tmp_path, relative, fmt, expected):
 
 
 def test_make_attack_rejects_unknown_method_and_strength(model):
-    with pytest.raises(ValueError, match=r"unknown method 'fgsm'; available: pire"):
+    with pytest.raises(ValueError, match=r"unknown method 'fgsm'; available: ssim-pire, pire"):
         make_attack(model, method="fgsm")
     with pytest.raises(ValueError, match=r"unknown strength 'max'; available: low, medium, high"):
         make_attack(model, strength="max")
@@ -63,8 +63,8 @@ def test_make_attack_rejects_unknown_method_and_strength(model):
 @pytest.mark.parametrize("strength", list(STRENGTHS))
 def test_make_attack_follows_the_preset(model, strength):
     preset = STRENGTHS[strength]
-    attack = make_attack(model, strength=strength, size=96, seed=3)
-    assert isinstance(attack, PIRE)
+    attack = make_attack(model, method="pire", strength=strength, size=96, seed=3)
+    assert isinstance(attack, PIRE) and attack.ssim_weight == 0
     assert attack.eps == pytest.approx(preset.eps_levels / 255)
     assert (attack.steps, attack.target_similarity, attack.patience) == \
         (preset.steps, preset.target_similarity, preset.patience)
@@ -91,6 +91,20 @@ def test_presets_keep_their_perturbation_grid_at_any_working_size(model):
     assert make_attack(model, strength="medium", size=1024, coarseness=1).coarseness == 1  # explicit override
     assert make_attack(model, method="masked-pire", size=1024).coarseness == 2
     assert make_attack(model, method="cv-pire", size=1024).coarseness == 1  # the thesis's per-pixel map
+
+
+@pytest.mark.parametrize("strength", list(STRENGTHS))
+def test_make_attack_ssim_pire_follows_its_preset_bound_and_price(model, strength):
+    preset = STRENGTHS[strength]
+    attack = make_attack(model, method="ssim-pire", strength=strength, size=96, seed=3)
+    assert isinstance(attack, SSIMPIRE)
+    assert attack.eps == pytest.approx(preset.ssim_eps_levels / 255) and attack.ssim_weight == preset.ssim_weight
+    assert (attack.steps, attack.patience, attack.edits) == (preset.steps, preset.patience, preset.edits)
+    assert attack.target_similarity is None  # its objective already weighs effect against SSIM
+    overridden = make_attack(model, method="ssim-pire", strength=strength, eps_levels=2, ssim_weight=50, size=96)
+    assert overridden.eps == pytest.approx(2 / 255) and overridden.ssim_weight == 50
+    with pytest.raises(ValueError, match="ssim_weight applies to ssim-pire only, not to pire"):
+        make_attack(model, method="pire", ssim_weight=50)
 
 
 def test_make_attack_masked_pire(model):
@@ -143,7 +157,7 @@ def test_make_attack_model_free_methods(model):
     assert make_attack(model, method="noise", target_ssim=0.9).target_ssim == 0.9
     with pytest.raises(ValueError, match="target_ssim applies to the noise method only, not to pire"):
         make_attack(model, target_ssim=0.9)
-    with pytest.raises(ValueError, match="eps_levels and steps apply to pire, masked-pire, cv-pire, sd-pire only, not to rmd"):
+    with pytest.raises(ValueError, match="eps_levels and steps apply to ssim-pire, pire, masked-pire, cv-pire, sd-pire only, not to rmd"):
         make_attack(model, method="rmd", steps=3)
 
 
@@ -152,5 +166,5 @@ def test_robust_adds_random_edits_where_the_preset_has_none(model):
     assert make_attack(model, strength="low", size=96, robust=True).edits == RandomEdits()
     assert make_attack(model, method="masked-pire", strength="low", size=96, robust=True).edits == RandomEdits()
     assert make_attack(model, strength="high", size=96, robust=True).edits == STRENGTHS["high"].edits
-    with pytest.raises(ValueError, match="robust applies to pire and masked-pire only, not to sd-pire"):
+    with pytest.raises(ValueError, match="robust applies to ssim-pire, pire, masked-pire only, not to sd-pire"):
         make_attack(model, method="sd-pire", robust=True)

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from ..extraction import DEFAULT_SIZE, cosine_similarity, describe, resize_long_side
 from ..io import to_tensor, to_uint8
 from ..models import DescriptorModel
+from ..perceptual import ssim_cost_weights
 from ..transforms import quantise, straight_through
 from .robust import RandomEdits
 
@@ -106,6 +107,13 @@ class PerturbationAttack:
         coarseness: the perturbation lives on a grid this many times coarser than the working resolution
             (1: one value per working pixel) and is upsampled bilinearly. A coarser, smoother pattern
             survives JPEG saving, which quantises fine detail away at full resolution.
+        ssim_weight: weight of an image-quality term in the objective, which becomes
+            ``||f(x) - f(x + v)||^2 - ssim_weight * (1 - SSIM(x + v, x))``, with ``1 - SSIM`` of the photo
+            as saved (full resolution, 8 bit, after the codec) in its quadratic approximation
+            (:func:`~advquery.perceptual.ssim_cost_weights`), which costs nothing per step. 0 (default):
+            the bound alone limits the change. Above 0 the attack spends the bound only where a pixel's
+            change buys more descriptor distance than it costs SSIM; early stopping
+            (``target_similarity``) looks at the descriptor distance alone.
         snapshot_every: keep, every this many steps k, the perturbation a run with ``steps=k`` would
             return (the best so far) in :attr:`snapshots` as ``(k, v)``; :meth:`render` makes each an
             image. One optimisation then gives the result after 10, 20, ... steps (None: keep none).
@@ -118,7 +126,8 @@ class PerturbationAttack:
                  scales: Sequence[float] = (1.0,), saving: str = "quantised",
                  codec: Callable[[torch.Tensor], torch.Tensor] | None = None, random_start: bool = True,
                  seed: int | None = None, target_similarity: float | None = None, patience: int | None = None,
-                 edits: RandomEdits | None = None, coarseness: int = 1, snapshot_every: int | None = None):
+                 edits: RandomEdits | None = None, coarseness: int = 1, ssim_weight: float = 0.0,
+                 snapshot_every: int | None = None):
         _check(isinstance(steps, int) and not isinstance(steps, bool) and steps >= 1, f"steps must be a positive integer, got {steps!r}")
         _check(lr > 0, f"lr must be positive, got {lr}")
         _check(isinstance(size, int) and size >= 32, f"size must be an integer >= 32, got {size!r}")
@@ -135,7 +144,8 @@ class PerturbationAttack:
                f"snapshot_every must be a positive integer or None, got {snapshot_every!r}")
         _check(isinstance(coarseness, int) and not isinstance(coarseness, bool) and coarseness >= 1,
                f"coarseness must be a positive integer, got {coarseness!r}")
-        self.snapshot_every, self.coarseness = snapshot_every, coarseness
+        _check(ssim_weight >= 0, f"ssim_weight must be >= 0, got {ssim_weight}")
+        self.snapshot_every, self.coarseness, self.ssim_weight = snapshot_every, coarseness, ssim_weight
         self.snapshots: list[tuple[int, torch.Tensor]] = []  # (steps, working-resolution v) of the last call
         self.stats = AttackStats([], [])
         self.perturbation: torch.Tensor | None = None  # best working-resolution perturbation of the last call
@@ -224,33 +234,39 @@ class PerturbationAttack:
         with torch.no_grad():
             target = self.describe(x)[:, None]
             x_work, bound = self._working_bound(x)
+            cost = ssim_cost_weights(x) * 255 ** 2 if self.ssim_weight else None  # per squared [0, 1] unit
         v = (torch.rand(x_work.shape, generator=generator, device=x.device) * 2 - 1) * bound \
             if self.random_start else torch.zeros_like(x_work)
         v = (x_work + v).clamp(0, 1) - x_work
         v.requires_grad_(True)
         optimiser = torch.optim.Adam([v], lr=self.lr)
-        best_loss = torch.full((n,), -math.inf, device=x.device)
+        best_objective = torch.full((n,), -math.inf, device=x.device)
+        best_distance = torch.zeros(n, device=x.device)
         best_v = v.detach().clone()
         self.snapshots = []
         since_best = torch.zeros(n, dtype=torch.long, device=x.device)
         done = torch.zeros(n, dtype=torch.bool, device=x.device)
         steps_used = torch.full((n,), self.steps, dtype=torch.long, device=x.device)
         for step in range(self.steps):
-            loss = (self.views(self._compose(x, v), generator) - target).pow(2).sum(dim=2).mean(dim=1)
+            adv = self._compose(x, v)
+            distance = (self.views(adv, generator) - target).pow(2).sum(dim=2).mean(dim=1)
+            objective = distance if cost is None else \
+                distance - self.ssim_weight * ((adv - x).pow(2) * cost).mean(dim=(1, 2, 3))
             with torch.no_grad():  # bookkeeping for the image v currently represents
-                improved = loss > best_loss
-                best_loss = torch.where(improved, loss, best_loss)
+                improved = objective > best_objective
+                best_objective = torch.where(improved, objective, best_objective)
+                best_distance = torch.where(improved, distance, best_distance)
                 best_v[improved] = v.detach()[improved]
                 if self.snapshot_every and (step + 1) % self.snapshot_every == 0:
                     self.snapshots.append((step + 1, best_v.clone()))
                 since_best = torch.where(improved, 0, since_best + 1)
-                finished = ~done & self._finished(best_loss, since_best)
+                finished = ~done & self._finished(best_distance, since_best)
                 steps_used[finished] = step
                 done |= finished
             if bool(done.all()):
                 break
             optimiser.zero_grad(set_to_none=True)
-            (-loss.sum()).backward()
+            (-objective.sum()).backward()
             optimiser.step()
             with torch.no_grad():  # project onto the bound and onto valid pixels
                 v.copy_(torch.maximum(torch.minimum(v, bound), -bound))
@@ -263,11 +279,11 @@ class PerturbationAttack:
         self.stats = AttackStats(steps_used.tolist(), similarity.tolist())
         return out.to(images.device, images.dtype)
 
-    def _finished(self, best_loss: torch.Tensor, since_best: torch.Tensor) -> torch.Tensor:
+    def _finished(self, best_distance: torch.Tensor, since_best: torch.Tensor) -> torch.Tensor:
         finished = torch.zeros_like(since_best, dtype=torch.bool)
         if self.target_similarity is not None:
             # ||a - b||^2 = 2 - 2 cos for unit vectors: the mean loss gives the mean similarity over the views.
-            finished |= 1 - best_loss / 2 <= self.target_similarity
+            finished |= 1 - best_distance / 2 <= self.target_similarity
         if self.patience is not None:
             finished |= since_best >= self.patience
         return finished

@@ -33,3 +33,34 @@ class PIRE(PerturbationAttack):
 
     def bound(self, x: torch.Tensor) -> torch.Tensor:
         return torch.full((1, 1, 1, 1), self.eps, device=x.device, dtype=x.dtype)
+
+
+class SSIMPIRE(PIRE):
+    """PIRE that pays for its perturbation in SSIM: ``||f(x) - f(x + v)||^2 - ssim_weight * (1 - SSIM)``.
+
+    The bound ``eps`` only caps the change; within it, the SSIM term leaves pixels alone where a
+    change would cost more SSIM (flat regions, whose window variance is small) than it moves the
+    descriptor, and spends the bound in texture. On roxford5k-mini (4 queries, 512 px, 40 steps,
+    JPEG q95 output) eps 3 levels and weight 300 moved the descriptor as far as PIRE at 1 level
+    (cosine similarity 0.40) at half its SSIM loss beyond the JPEG's own (SSIM 0.9931 against 0.9908).
+
+    Args:
+        model: descriptor model.
+        eps: L-infinity bound in [0, 1] pixel units (default 3 grey levels).
+        ssim_weight: price of SSIM in descriptor distance; more: higher SSIM, less effect
+            (see :class:`~advquery.attacks.base.PerturbationAttack`).
+        steps, lr, ...: as :class:`PIRE`; a random start is needed (at zero the gradient vanishes).
+
+    Example:
+        >>> import torch
+        >>> from advquery import load_model, SSIMPIRE
+        >>> attack = SSIMPIRE(load_model(device="cpu"), steps=2, size=64, seed=0)
+        >>> x = torch.rand(1, 3, 48, 64).mul(255).round().div(255)
+        >>> bool((attack(x) - x).abs().max() <= 3 / 255 + 1e-6)
+        True
+    """
+
+    def __init__(self, model, eps: float = 3 / 255, ssim_weight: float = 300.0, steps: int = 100, **kwargs):
+        if ssim_weight <= 0:
+            raise ValueError(f"ssim_weight must be positive (0 is PIRE), got {ssim_weight}")
+        super().__init__(model, eps=eps, steps=steps, ssim_weight=ssim_weight, **kwargs)

@@ -22,7 +22,9 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", required=True, type=Path, metavar="OUTDIR",
                    help="output folder; files keep their path relative to the input root")
     p.add_argument("--method", choices=METHODS, default=DEFAULT_METHOD,
-                   help=f"protection method (default: {DEFAULT_METHOD}, a uniform L-infinity budget); masked-pire: "
+                   help=f"protection method (default: {DEFAULT_METHOD}); ssim-pire: an L-infinity bound with the "
+                        "change priced in SSIM, spent where it moves the descriptor most per SSIM lost; pire: a "
+                        "uniform L-infinity budget; masked-pire: "
                         f"an SSIM-masking budget, up to {MASK_GAIN:g}x the flat-region budget in texture; "
                         "cv-pire and sd-pire use the thesis budget maps "
                         "(m = 50 levels, 100 steps; --eps sets m). Baselines without a model or budget, at the "
@@ -34,10 +36,10 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--strength", choices=tuple(STRENGTHS), default=DEFAULT_STRENGTH,
                    help=f"budget preset (default: {DEFAULT_STRENGTH}); {presets}")
     p.add_argument("--eps", type=float, metavar="LEVELS",
-                   help="override the budget in grey levels (masked-pire: flat-region budget; pire: L-infinity "
-                        "bound; cv-pire/sd-pire: multiplier m)")
+                   help="override the budget in grey levels (masked-pire: flat-region budget; pire, ssim-pire: "
+                        "L-infinity bound; cv-pire/sd-pire: multiplier m)")
     p.add_argument("--robust", action="store_true",
-                   help="pire/masked-pire: optimise through random JPEG, downscaling and crops even where the "
+                   help="ssim-pire/pire/masked-pire: optimise through random JPEG, downscaling and crops even where the "
                         "preset does not (low; medium and high always do)")
     p.add_argument("--steps", type=positive_int, help="override the maximum number of optimisation steps")
     p.add_argument("--target-ssim", type=float, metavar="S",
@@ -55,7 +57,7 @@ def register(commands: argparse._SubParsersAction) -> None:
                         "path>.png, kept apart from the photos to publish; 'map' in the report. The map is the "
                         "per-pixel bound (largest over the colour channels) divided by its maximum: masked-pire shows its "
                         "SSIM-masking gain, cv-pire and sd-pire their colour-variance or standard-deviation map, "
-                        "pire's constant bound is all white. Refused for the methods without a budget (keypoints, "
+                        "the constant bound of pire and ssim-pire is all white. Refused for the methods without a budget (keypoints, "
                         "noise)")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs (default: skip them)")
     p.add_argument("--max-pixels", type=positive_int, default=DEFAULT_MAX_PIXELS,
@@ -90,7 +92,7 @@ def run_protect(args: argparse.Namespace) -> int:
     if args.method not in GRADIENT_METHODS and (args.eps is not None or args.steps is not None):
         raise CommandError(f"--eps and --steps apply to {', '.join(GRADIENT_METHODS)} only, not to {args.method}")
     if args.robust and args.method not in PRESET_METHODS:
-        raise CommandError(f"--robust applies to --method pire and masked-pire only, not to {args.method}")
+        raise CommandError(f"--robust applies to --method {', '.join(PRESET_METHODS)} only, not to {args.method}")
     if args.save_map and args.method not in GRADIENT_METHODS:
         raise CommandError(f"--save-map: method {args.method} has no per-pixel budget to map; "
                            f"it applies to {', '.join(GRADIENT_METHODS)}")
