@@ -255,11 +255,14 @@ def plot(payload: dict, name: str) -> None:
     if "curves" in parts:
         fig, ax = plt.subplots(figsize=(7, 4.5))
         for m, pts in parts["curves"].items():
+            pts = sorted(pts, key=lambda p: runs[p[1]]["ssim"])  # a curve along SSIM, whatever the budget order
             ssim, wi = [runs[k]["ssim"] for _, k in pts], [100 * runs[k]["wi_medium"] for _, k in pts]
             ax.plot(ssim, wi, "-o", label=m)
             for (b, _), x, y in zip(pts, ssim, wi):
                 ax.annotate(f"{b:g}", (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
         ax.axhline(100 * orig["wi_medium"], color="grey", ls="--", label="original")
+        if "jpeg_resave" in payload:
+            ax.axvline(payload["jpeg_resave"]["ssim"], color="grey", ls=":", label="JPEG q95 re-save alone")
         ax.set(xlabel="mean SSIM", ylabel="mAP WI Medium (%)", title=title)
         ax.legend(fontsize=8)
         fig.savefig(RESULTS / f"{name}_quality_effect.png", dpi=120, bbox_inches="tight")
