@@ -244,6 +244,15 @@ def test_ssim_weight_buys_image_quality_with_part_of_the_budget(model, photo):
     assert kept_similarity < 0.99  # the descriptor still moved
 
 
+def test_ssim_cost_is_of_the_perturbation_before_the_codec(model, photo):
+    """The codec's own loss is not the attack's to price: the SSIM term sees the 8-bit pixels before the codec."""
+    attack = SSIMPIRE(model, steps=2, size=SIZE, seed=0, codec=partial(jpeg_round_trip, quality=50))
+    v = torch.full((1, 3, 72, 96), 1 / 255)
+    pixels, seen = attack._compose(photo, v)
+    torch.testing.assert_close(pixels, (photo + 1 / 255).clamp(0, 1).mul(255).round().div(255))
+    torch.testing.assert_close(seen, jpeg_round_trip(pixels, 50))
+
+
 def test_ssim_pire_is_pire_with_a_positive_ssim_price(model):
     attack = SSIMPIRE(model, steps=2, size=SIZE, seed=0)
     assert attack.eps == pytest.approx(3 / 255) and attack.ssim_weight == 300 and attack.random_start

@@ -80,6 +80,8 @@ def test_make_attack_follows_the_preset(model, strength):
 def test_presets_grow_in_budget_and_robustness():
     low, medium, high = (STRENGTHS[s] for s in ("low", "medium", "high"))
     assert low.eps_levels < medium.eps_levels < high.eps_levels
+    assert low.ssim_eps_levels < medium.ssim_eps_levels <= high.ssim_eps_levels  # ssim-pire: a wider bound,
+    assert low.ssim_weight > medium.ssim_weight > high.ssim_weight  # and SSIM priced lower
     assert low.edits is None and medium.edits is not None and high.partner and not medium.partner
 
 
@@ -98,7 +100,8 @@ def test_make_attack_ssim_pire_follows_its_preset_bound_and_price(model, strengt
     preset = STRENGTHS[strength]
     attack = make_attack(model, method="ssim-pire", strength=strength, size=96, seed=3)
     assert isinstance(attack, SSIMPIRE)
-    assert attack.eps == pytest.approx(preset.ssim_eps_levels / 255) and attack.ssim_weight == preset.ssim_weight
+    assert attack.eps == pytest.approx(preset.budget_levels("ssim-pire") / 255) and attack.ssim_weight == preset.ssim_weight
+    assert preset.budget_levels("pire") == preset.eps_levels
     assert (attack.steps, attack.patience, attack.edits) == (preset.steps, preset.patience, preset.edits)
     assert attack.target_similarity is None  # its objective already weighs effect against SSIM
     overridden = make_attack(model, method="ssim-pire", strength=strength, eps_levels=2, ssim_weight=50, size=96)
@@ -155,7 +158,7 @@ def test_make_attack_model_free_methods(model):
     noise = make_attack(model, method="noise", seed=1)
     assert isinstance(noise, GaussianNoise) and (noise.target_ssim, noise.seed) == (DEFAULT_NOISE_SSIM, 1)
     assert make_attack(model, method="noise", target_ssim=0.9).target_ssim == 0.9
-    with pytest.raises(ValueError, match="target_ssim applies to the noise method only, not to pire"):
+    with pytest.raises(ValueError, match="target_ssim applies to the noise method only, not to ssim-pire"):
         make_attack(model, target_ssim=0.9)
     with pytest.raises(ValueError, match="eps_levels and steps apply to ssim-pire, pire, masked-pire, cv-pire, sd-pire only, not to rmd"):
         make_attack(model, method="rmd", steps=3)

@@ -108,8 +108,9 @@ class PerturbationAttack:
             (1: one value per working pixel) and is upsampled bilinearly. A coarser, smoother pattern
             survives JPEG saving, which quantises fine detail away at full resolution.
         ssim_weight: weight of an image-quality term in the objective, which becomes
-            ``||f(x) - f(x + v)||^2 - ssim_weight * (1 - SSIM(x + v, x))``, with ``1 - SSIM`` of the photo
-            as saved (full resolution, 8 bit, after the codec) in its quadratic approximation
+            ``||f(x) - f(x + v)||^2 - ssim_weight * (1 - SSIM(x + v, x))``, with ``1 - SSIM`` of the perturbed
+            photo (full resolution, 8 bit, before the codec, whose own loss it cannot change) in its quadratic
+            approximation
             (:func:`~advquery.perceptual.ssim_cost_weights`), which costs nothing per step. 0 (default):
             the bound alone limits the change. Above 0 the attack spends the bound only where a pixel's
             change buys more descriptor distance than it costs SSIM; early stopping
@@ -196,13 +197,14 @@ class PerturbationAttack:
             return v
         return F.interpolate(v, size=shape, mode="bilinear", align_corners=False)
 
-    def _compose(self, x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """The image the optimisation sees: 8-bit (straight-through) in ``quantised`` mode, else continuous."""
-        adv = (x + self._upsample(v, x.shape[-2:])).clamp(0, 1)
+    def _compose(self, x: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The perturbed pixels (8-bit, straight-through, in ``quantised`` mode, else continuous) and the
+        image the optimisation sees: those pixels after the codec, if any."""
+        pixels = (x + self._upsample(v, x.shape[-2:])).clamp(0, 1)
         if self.saving != "quantised":
-            return adv
-        adv = straight_through(adv, quantise)
-        return adv if self.codec is None else straight_through(adv, self.codec)
+            return pixels, pixels
+        pixels = straight_through(pixels, quantise)
+        return pixels, pixels if self.codec is None else straight_through(pixels, self.codec)
 
     def render(self, x: torch.Tensor, v: torch.Tensor, saving: str | None = None) -> torch.Tensor:
         """The 8-bit image a saving mode makes of ``x`` and a working-resolution perturbation ``v``
@@ -248,10 +250,12 @@ class PerturbationAttack:
         done = torch.zeros(n, dtype=torch.bool, device=x.device)
         steps_used = torch.full((n,), self.steps, dtype=torch.long, device=x.device)
         for step in range(self.steps):
-            adv = self._compose(x, v)
+            pixels, adv = self._compose(x, v)
             distance = (self.views(adv, generator) - target).pow(2).sum(dim=2).mean(dim=1)
+            # The SSIM cost of the perturbation, before the codec: the codec's own loss is there with or
+            # without it, and a straight-through codec cannot be steered to lose less.
             objective = distance if cost is None else \
-                distance - self.ssim_weight * ((adv - x).pow(2) * cost).mean(dim=(1, 2, 3))
+                distance - self.ssim_weight * ((pixels - x).pow(2) * cost).mean(dim=(1, 2, 3))
             with torch.no_grad():  # bookkeeping for the image v currently represents
                 improved = objective > best_objective
                 best_objective = torch.where(improved, objective, best_objective)
