@@ -22,7 +22,12 @@ test: install
 	$(PY) -m pytest -q
 
 bench: install
-	cd bench && ../$(PY) baseline_retrieval.py && ../$(PY) protect_pire.py --size 512 --settings low medium paper-T30 \
+	cd bench && ../$(PY) baseline_retrieval.py \
+		&& ../$(PY) protect_pire.py --size 512 --settings ssim-pire:low --name protect_pire_512_ssim_pire \
+		&& ../$(PY) protect_pire.py --size 1024 --limit 10 --settings ssim-pire:low+jpeg ssim-pire:medium \
+		--name protect_pire_1024_limit10_ssim_pire \
+		&& ../$(PY) robustness.py --size 512 --limit 10 --method ssim-pire --name robustness_512_ssim_pire --transfer-limit 0 \
+		&& ../$(PY) protect_pire.py --size 512 --settings low medium paper-T30 \
 		&& ../$(PY) protect_pire.py --size 512 --limit 5 --settings high paper-T200,500 low medium paper-T30 \
 		&& ../$(PY) protect_pire.py --size 1024 --limit 10 --settings low low+jpeg low+coarse2 low+jpeg+coarse2 medium+coarse1 \
 		&& ../$(PY) protect_pire.py --size 1024 --limit 10 --settings medium+coarse2 --name protect_pire_1024_limit10_coarse \
@@ -31,6 +36,7 @@ bench: install
 		--presets low medium high && ../$(PY) robustness.py --size 1024 --limit 10 --presets medium --parts edits \
 		&& ../$(PY) other_systems.py \
 		&& ../$(PY) perceptual_methods.py --limit 6 --steps 40 --name perceptual_methods_limit6 \
-		&& ../$(PY) perceptual_methods.py --limit 20 --steps 40 --parts curves --curve-budgets pire=1 masked-pire=0.5 \
-		cv-pire=20 sd-pire=20 --name perceptual_methods_limit20_operating_point \
+		&& ../$(PY) perceptual_methods.py --limit 20 --steps 40 --parts curves --curve-budgets \
+		ssim-pire=60,150,300,600,1200 pire=1,2 cv-pire=20,10 sd-pire=20,10 masked-pire=0.5 \
+		--name perceptual_methods_limit20_operating_point \
 		&& ../$(PY) readme_tables.py

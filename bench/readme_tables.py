@@ -33,7 +33,18 @@ def result_markdown(name: str) -> str:
 
 
 SECTIONS = [  # (result name, heading: the command that produced it, note)
-    ("protect_pire_512", "PIRE protection (`python bench/protect_pire.py --size 512 --settings low medium paper-T30`)",
+    ("protect_pire_512_ssim_pire", "The default method, `ssim-pire` (`python bench/protect_pire.py --size 512 "
+     "--settings ssim-pire:low --name protect_pire_512_ssim_pire`)",
+     "Same photos and protocol as the `pire` table below. One thread while two other benchmarks shared the two "
+     "cores, so its seconds per photo are about twice what it costs alone."),
+    ("protect_pire_1024_limit10_ssim_pire", "`ssim-pire` at 1024 px, 10 + 10 queries (`python bench/protect_pire.py "
+     "--size 1024 --limit 10 --settings ssim-pire:low+jpeg ssim-pire:medium --name protect_pire_1024_limit10_ssim_pire`)",
+     "What `advquery protect` does at its default size for a JPEG q95 output. One thread beside other benchmarks."),
+    ("robustness_512_ssim_pire", "Robustness of the `ssim-pire` presets (`python bench/robustness.py --size 512 "
+     "--limit 10 --method ssim-pire --name robustness_512_ssim_pire --transfer-limit 0`)",
+     "`medium` and `high` reuse the protected files of their tuning runs (same attack, same seed); seconds per "
+     "photo on one thread shared with other benchmarks."),
+    ("protect_pire_512", "PIRE protection, the `pire` presets (`python bench/protect_pire.py --size 512 --settings low medium paper-T30`)",
      "Each preset's one optimisation is saved in all three modes. Seconds per photo: `low` and `medium` on one "
      "thread while another benchmark used the second core; `paper-T30` on two threads (its files were reused)."),
     ("protect_pire_512_limit5", "Every preset and the paper's T = 200 and 500, first 5 + 5 queries "
@@ -58,7 +69,7 @@ SECTIONS = [  # (result name, heading: the command that produced it, note)
      "(`python bench/protect_pire.py --size 1024 --limit 10 --settings low+jpeg+steps60 "
      "--name protect_pire_1024_limit10_steps60`)",
      "What `advquery protect --strength low --steps 60` does for a JPEG q95 output at 1024 px. Two threads."),
-    ("robustness_512", "Robustness of the presets (`python bench/robustness.py --size 512 --limit 10 "
+    ("robustness_512", "Robustness of the `pire` presets (`python bench/robustness.py --size 512 --limit 10 "
      "--transfer-limit 10 --presets low medium high`)",
      "Seconds per photo come from runs on one or two threads, partly shared with other benchmarks: indicative "
      "only (the machine line names the threads of one of those runs)."),
@@ -73,7 +84,8 @@ SECTIONS = [  # (result name, heading: the command that produced it, note)
      "what `advquery protect` runs for a JPEG q95 output. Plots: `bench/results/perceptual_methods_limit6_*.png`."),
     ("perceptual_methods_limit20_operating_point", "Perceptual methods at the operating point (SSIM about 0.99), "
      "first 20 queries (`python bench/perceptual_methods.py --limit 20 --steps 40 --parts curves --curve-budgets "
-     "pire=1 masked-pire=0.5 cv-pire=20 sd-pire=20 --name perceptual_methods_limit20_operating_point`)",
+     "ssim-pire=60,150,300,600,1200 pire=1,2 cv-pire=20,10 sd-pire=20,10 masked-pire=0.5 "
+     "--name perceptual_methods_limit20_operating_point`)",
      "The first 6 photos' files are those of the 6-query run (same settings)."),
     ("perceptual_map_speed", "Colour-variance map speed (`python bench/perceptual_map_speed.py`)", ""),
 ]
