@@ -1,7 +1,8 @@
 """The optimisation loop shared by the perturbation attacks (PIRE and its perceptual variants).
 
 An attack maximises the squared distance between the descriptor of the original photo and of
-the perturbed one, ``||f(x) - f(x + v)||^2``, under a per-pixel bound on ``|v|``. Subclasses
+the perturbed one, ``||f(x) - f(x + v)||^2``, under a per-pixel bound on ``|v|``, optionally minus a
+price on the SSIM the change costs (``ssim_weight``, :class:`~advquery.attacks.pire.SSIMPIRE`). Subclasses
 only say what the bound is (:meth:`PerturbationAttack.bound`); this class owns the rest:
 random start, Adam, projection onto the bound and onto [0, 1], 8-bit saving, early stopping
 and keeping the best perturbation seen.
@@ -109,10 +110,9 @@ class PerturbationAttack:
             survives JPEG saving, which quantises fine detail away at full resolution.
         ssim_weight: weight of an image-quality term in the objective, which becomes
             ``||f(x) - f(x + v)||^2 - ssim_weight * (1 - SSIM(x + v, x))``, with ``1 - SSIM`` of the perturbed
-            photo (full resolution, 8 bit, before the codec, whose own loss it cannot change) in its quadratic
-            approximation
-            (:func:`~advquery.perceptual.ssim_cost_weights`), which costs nothing per step. 0 (default):
-            the bound alone limits the change. Above 0 the attack spends the bound only where a pixel's
+            photo (full resolution, 8 bit, before the codec, whose own loss it cannot change) in its
+            quadratic approximation (:func:`~advquery.perceptual.ssim_cost_weights`), which costs nothing
+            per step. 0 (default): the bound alone limits the change. Above 0 the attack spends the bound only where a pixel's
             change buys more descriptor distance than it costs SSIM; early stopping
             (``target_similarity``) looks at the descriptor distance alone.
         snapshot_every: keep, every this many steps k, the perturbation a run with ``steps=k`` would
