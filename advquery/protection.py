@@ -218,7 +218,7 @@ def protect_photo(photo: Photo, target: Path, model: DescriptorModel, fmt: str, 
     """Protect a decoded photo into the file ``target`` and measure the decoded output against the original.
 
     ``attack_options`` go to :func:`make_attack` (method, strength, eps_levels, steps, size, seed,
-    target_ssim, robust); a JPEG output passes its quality, so the attack optimises that JPEG. The alpha channel is kept unchanged (PNG); metadata is dropped unless ``keep_metadata``.
+    target_ssim, robust, ssim_weight); a JPEG output passes its quality, so the attack optimises that JPEG. The alpha channel is kept unchanged (PNG); metadata is dropped unless ``keep_metadata``.
     The descriptor similarity is measured with ``model`` at the working size for every method, the
     keypoint changes (keypoint methods) on the decoded output too.
     With ``map_target``, the budget map (:func:`budget_image`) is written there as a greyscale PNG.

@@ -333,11 +333,25 @@ def test_noise_method_matches_the_target_ssim(tmp_path):
     (["--method", "noise", "--target-ssim", "1.5"], "--target-ssim must be in (0, 1), got 1.5"),
     (["--method", "rmd", "--steps", "3"], "--eps and --steps apply to ssim-pire, pire, masked-pire, cv-pire, sd-pire only, not to rmd"),
     (["--method", "cv-pire", "--robust"], "--robust applies to --method ssim-pire, pire, masked-pire only, not to cv-pire"),
+    (["--method", "pire", "--ssim-weight", "10"], "--ssim-weight applies to --method ssim-pire only, not to pire"),
+    (["--ssim-weight", "0"], "--ssim-weight must be positive (0 is --method pire), got 0.0"),
 ])
 def test_model_free_option_errors_are_one_line_exit_2(tmp_path, options, message):
     code, _, stderr, _ = _model_free(tmp_path, *options)
     assert code == 2 and stderr.strip() == f"advquery: error: {message}"
     assert not (tmp_path / "out").exists()
+
+
+def test_ssim_weight_trades_effect_for_ssim(tmp_path):
+    """A higher SSIM price gives an output closer to the original (lossless PNG: the report measures the file)."""
+    ssim = {}
+    for weight in ("1", "3000"):
+        (tmp_path / weight).mkdir()
+        code, _, stderr, r = _model_free(tmp_path / weight, "--strength", "low", "--steps", "4", "--seed", "0",
+                                         "--ssim-weight", weight)
+        assert code == 0, stderr
+        ssim[weight] = r["ssim"]
+    assert 1 - ssim["3000"] < 0.7 * (1 - ssim["1"])
 
 
 def test_save_map_refused_for_a_method_without_budget(tmp_path):

@@ -38,6 +38,9 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--eps", type=float, metavar="LEVELS",
                    help="override the budget in grey levels (masked-pire: flat-region budget; pire, ssim-pire: "
                         "L-infinity bound; cv-pire/sd-pire: multiplier m)")
+    p.add_argument("--ssim-weight", type=float, metavar="W",
+                   help="ssim-pire only: override the preset's price on SSIM (more: higher SSIM, less effect; "
+                        "0 is pire)")
     p.add_argument("--robust", action="store_true",
                    help="ssim-pire/pire/masked-pire: optimise through random JPEG, downscaling and crops even where the "
                         "preset does not (low; medium and high always do)")
@@ -91,6 +94,10 @@ def run_protect(args: argparse.Namespace) -> int:
         raise CommandError(f"--target-ssim must be in (0, 1), got {args.target_ssim}")
     if args.method not in GRADIENT_METHODS and (args.eps is not None or args.steps is not None):
         raise CommandError(f"--eps and --steps apply to {', '.join(GRADIENT_METHODS)} only, not to {args.method}")
+    if args.ssim_weight is not None and args.method != "ssim-pire":
+        raise CommandError(f"--ssim-weight applies to --method ssim-pire only, not to {args.method}")
+    if args.ssim_weight is not None and not args.ssim_weight > 0:
+        raise CommandError(f"--ssim-weight must be positive (0 is --method pire), got {args.ssim_weight}")
     if args.robust and args.method not in PRESET_METHODS:
         raise CommandError(f"--robust applies to --method {', '.join(PRESET_METHODS)} only, not to {args.method}")
     if args.save_map and args.method not in GRADIENT_METHODS:
@@ -145,7 +152,8 @@ def _protect_one(f, args: argparse.Namespace, model, input_paths: set[Path],
             return ProtectionRecord(str(f.path), output=str(target), status="skipped")
         return protect_photo(photo, target, model, fmt, args.quality, args.keep_metadata, map_target,
                              method=args.method, strength=args.strength, eps_levels=args.eps, steps=args.steps,
-                             size=args.size, seed=args.seed, target_ssim=args.target_ssim, robust=args.robust)
+                             size=args.size, seed=args.seed, target_ssim=args.target_ssim, robust=args.robust,
+                             ssim_weight=args.ssim_weight)
     except ImageError as exc:
         return ProtectionRecord(str(f.path), status="failed", error=str(exc))
     except OSError as exc:
