@@ -171,8 +171,10 @@ def preset_label(method: str, strength: str) -> str:
     if method in MAP_METHODS:
         return f"{method}, `protect` {strength} (m={THESIS_M}, <= {THESIS_STEPS} steps, early stop)"
     extras = ", random edits" * bool(p.edits) + ", + partner model" * bool(p.partner)
-    levels = f"{p.eps_levels:g} grey level" + "s" * (p.eps_levels != 1)
-    return f"{method}, `protect` {strength} ({levels}, <= {p.steps} steps, early stop{extras})"
+    budget = p.budget_levels(method)
+    levels = f"{budget:g} grey level" + "s" * (budget != 1) + f", SSIM price {p.ssim_weight:g}" * (method == "ssim-pire")
+    stops = p.patience is not None or method != "ssim-pire"  # ssim-pire stops on patience alone
+    return f"{method}, `protect` {strength} ({levels}, <= {p.steps} steps{', early stop' * stops}{extras})"
 
 
 def render(payload: dict, name: str) -> None:
