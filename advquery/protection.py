@@ -24,9 +24,6 @@ from .transforms import jpeg_round_trip
 PRESET_METHODS = ("ssim-pire", "pire", "masked-pire")  # budget, steps, random edits, partner model and grid from the preset
 GRADIENT_METHODS = (*PRESET_METHODS, "cv-pire", "sd-pire")
 METHODS = (*GRADIENT_METHODS, *KEYPOINT_METHODS, "noise")
-# ssim-pire is the default: on 20 roxford5k-mini queries (512 px, JPEG q95) its quality-effect curve lies
-# right of pire's, masked-pire's, CV-PIRE's and SD-PIRE's (WI mAP 1.8 % at SSIM 0.9939, pire 1.7 % at 0.9919).
-DEFAULT_METHOD = "ssim-pire"
 DEFAULT_NOISE_SSIM = 0.99  # noise: about the SSIM of the gradient presets' outputs
 # CV-PIRE and SD-PIRE use the thesis settings: the budget map times m = 50 grey levels, 100 steps.
 THESIS_M, THESIS_STEPS = 50, 100
@@ -43,7 +40,8 @@ class Strength:
     ``target_similarity`` the descriptor similarity at which the other methods stop; ``edits`` the
     random edits drawn in every step; ``partner`` a second built-in model attacked together with the chosen one (transfer to models the photo was not protected
     against); ``grid`` the largest long side, in pixels, of the grid the perturbation lives on
-    (None: the working resolution). At a 1024 px working size a 512 px grid gave the 3-level
+    (None: the working resolution); ``method`` the method ``protect`` runs unless told otherwise, the
+    one measured best for this preset. At a 1024 px working size a 512 px grid gave the 3-level
     ``medium`` a higher SSIM (0.973 against 0.956) and more effect (2 % of the original mAP left
     against 8 %, JPEG q95 output); for the 1-level ``low`` with PNG output it left 24 % against 3 %.
     """
@@ -57,6 +55,7 @@ class Strength:
     edits: RandomEdits | None
     partner: bool
     grid: int | None
+    method: str
     description: str
 
     def budget_levels(self, method: str) -> float:
@@ -65,13 +64,18 @@ class Strength:
 
 
 STRENGTHS = {
-    "low": Strength(1, 3, 300, 30, 0.4, 5, None, False, None,
+    # low and high run ssim-pire: its quality-effect curve lies right of pire's, masked-pire's, CV-PIRE's
+    # and SD-PIRE's (20 queries, 512 px: WI mAP 1.8 % at SSIM 0.9939, pire 1.7 % at 0.9919), and at high it
+    # transfers better (Lite2 keeps 40 % / 36 % of BB / WI mAP against 47 % / 47 %, SSIM 0.952 against 0.954).
+    # medium runs pire: at 1024 px, protect's default size, ssim-pire's medium left more (WI 5.3 % against
+    # 2.2 %) at a lower SSIM (0.966 against 0.973); at 512 px the two were on a par.
+    "low": Strength(1, 3, 300, 30, 0.4, 5, None, False, None, "ssim-pire",
                     "near-invisible (ssim-pire: within 3 grey levels, SSIM priced at 300; pire: 1 level); "
                     "blocks the protecting model"),
-    "medium": Strength(3, 8, 40, 40, 0.2, None, RandomEdits(), False, 512,
-                       "ssim-pire within 8 levels at price 40 (pire: 3 levels) on a 512 px grid, optimised through "
+    "medium": Strength(3, 8, 40, 40, 0.2, None, RandomEdits(), False, 512, "pire",
+                       "pire within 3 levels (ssim-pire: 8 levels at price 40) on a 512 px grid, optimised through "
                        "random JPEG (q 70-95), downscaling (to 50 %) and crops"),
-    "high": Strength(4.5, 11, 16, 60, 0.1, None, RandomEdits(), True, 512,
+    "high": Strength(4.5, 11, 16, 60, 0.1, None, RandomEdits(), True, 512, "ssim-pire",
                      "ssim-pire within 11 levels at price 16 (pire: 4.5 levels), robust like medium and aimed at a "
                      "second model too (transfer)"),
 }
@@ -97,12 +101,12 @@ def preset_coarseness(preset: Strength, size: int) -> int:
     return 1 if preset.grid is None else max(1, round(size / preset.grid))
 
 
-def make_attack(model: DescriptorModel, method: str = DEFAULT_METHOD, strength: str = DEFAULT_STRENGTH,
+def make_attack(model: DescriptorModel, method: str | None = None, strength: str = DEFAULT_STRENGTH,
                 eps_levels: float | None = None, steps: int | None = None, size: int = DEFAULT_SIZE,
                 seed: int | None = None, target_ssim: float | None = None, jpeg_quality: int | None = None,
                 robust: bool = False, coarseness: int | None = None,
                 ssim_weight: float | None = None) -> PerturbationAttack | KeypointAttack | GaussianNoise:
-    """The attack a preset stands for, with optional overrides.
+    """The attack a preset stands for, with optional overrides; ``method`` None: the preset's own.
 
     A gradient attack optimises the 8-bit image it will be saved as: with ``jpeg_quality`` (the output
     is a JPEG of that quality) and no random edits, the decoded JPEG, through a straight-through real
@@ -123,10 +127,11 @@ def make_attack(model: DescriptorModel, method: str = DEFAULT_METHOD, strength: 
     the random edits (:class:`RandomEdits` defaults) to a ``pire``/``masked-pire`` preset that has none
     (``low``). ``coarseness`` overrides the preset's perturbation grid (:func:`preset_coarseness`).
     """
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; available: {', '.join(METHODS)}")
     if strength not in STRENGTHS:
         raise ValueError(f"unknown strength {strength!r}; available: {', '.join(STRENGTHS)}")
+    method = method or STRENGTHS[strength].method
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; available: {', '.join(METHODS)}")
     if target_ssim is not None and method != "noise":
         raise ValueError(f"target_ssim applies to the noise method only, not to {method}")
     if ssim_weight is not None and method != "ssim-pire":

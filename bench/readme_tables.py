@@ -33,7 +33,7 @@ def result_markdown(name: str) -> str:
 
 
 SECTIONS = [  # (result name, heading: the command that produced it, note)
-    ("protect_pire_512_ssim_pire", "The default method, `ssim-pire` (`python bench/protect_pire.py --size 512 "
+    ("protect_pire_512_ssim_pire", "`ssim-pire`, the method of `low` and `high` (`python bench/protect_pire.py --size 512 "
      "--settings ssim-pire:low --name protect_pire_512_ssim_pire`)",
      "Same photos and protocol as the `pire` table below. One thread while two other benchmarks shared the two "
      "cores, so its seconds per photo are about twice what it costs alone."),

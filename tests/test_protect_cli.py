@@ -13,7 +13,7 @@ from PIL import ExifTags, Image
 
 from advquery.cli.main import main
 from advquery.io import read_photo
-from advquery.protection import DEFAULT_METHOD, STRENGTHS
+from advquery.protection import STRENGTHS
 from helpers import blob_scene, exif_with_gps
 
 FAST = ["--size", "96", "--steps", "3", "--seed", "0"]
@@ -121,7 +121,7 @@ def test_batch_report(batch):
     records = {Path(r["input"]): r for r in map(_strict_json, lines)}
     expected_inputs = {batch["in"] / name for name in [*GOOD, *BAD]}
     assert len(lines) == len(expected_inputs) and set(records) == expected_inputs
-    eps_levels = STRENGTHS["medium"].budget_levels(DEFAULT_METHOD)
+    eps_levels = STRENGTHS["medium"].budget_levels(STRENGTHS["medium"].method)
     for rel in GOOD:
         r = records[batch["in"] / rel]
         assert REPORT_KEYS <= set(r)
@@ -171,7 +171,7 @@ def test_format_png_turns_jpeg_into_png(ukbench_dir, tmp_path):
     with Image.open(out / "x.png") as img:
         assert img.format == "PNG"
     change = np.abs(read_photo(out / "x.png").rgb.astype(int) - read_photo(tmp_path / "x.jpg").rgb.astype(int))
-    assert 1 <= change.max() <= STRENGTHS["medium"].budget_levels(DEFAULT_METHOD)  # lossless output: exactly within the budget
+    assert 1 <= change.max() <= STRENGTHS["medium"].budget_levels(STRENGTHS["medium"].method)  # lossless output: exactly within the budget
 
 
 def test_output_that_would_overwrite_the_input_fails(tmp_path):
@@ -269,7 +269,7 @@ def test_two_inputs_with_the_same_output_second_fails(tmp_path):
     assert "same output" in err and "x.tif" in err
     assert _files(out) == {"x.png"}
     # The output is the protected x.png, not x.tif's.
-    assert np.abs(read_photo(out / "x.png").rgb.astype(int) - read_photo(src / "x.png").rgb.astype(int)).max() <= STRENGTHS["medium"].budget_levels(DEFAULT_METHOD)
+    assert np.abs(read_photo(out / "x.png").rgb.astype(int) - read_photo(src / "x.png").rgb.astype(int)).max() <= STRENGTHS["medium"].budget_levels(STRENGTHS["medium"].method)
 
 
 # ------------------------------------------------------------------------------ budget maps
@@ -334,7 +334,7 @@ def test_noise_method_matches_the_target_ssim(tmp_path):
     (["--method", "rmd", "--steps", "3"], "--eps and --steps apply to ssim-pire, pire, masked-pire, cv-pire, sd-pire only, not to rmd"),
     (["--method", "cv-pire", "--robust"], "--robust applies to --method ssim-pire, pire, masked-pire only, not to cv-pire"),
     (["--method", "pire", "--ssim-weight", "10"], "--ssim-weight applies to --method ssim-pire only, not to pire"),
-    (["--ssim-weight", "0"], "--ssim-weight must be positive (0 is --method pire), got 0.0"),
+    (["--method", "ssim-pire", "--ssim-weight", "0"], "--ssim-weight must be positive (0 is --method pire), got 0.0"),
 ])
 def test_model_free_option_errors_are_one_line_exit_2(tmp_path, options, message):
     code, _, stderr, _ = _model_free(tmp_path, *options)

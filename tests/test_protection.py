@@ -77,6 +77,14 @@ def test_make_attack_follows_the_preset(model, strength):
         assert attack.model is model
 
 
+def test_each_preset_runs_its_own_method_unless_told(model):
+    assert [STRENGTHS[s].method for s in ("low", "medium", "high")] == ["ssim-pire", "pire", "ssim-pire"]
+    assert isinstance(make_attack(model, strength="low", size=96), SSIMPIRE)
+    medium = make_attack(model, strength="medium", size=96)
+    assert isinstance(medium, PIRE) and not isinstance(medium, SSIMPIRE)
+    assert isinstance(make_attack(model, method="ssim-pire", strength="medium", size=96), SSIMPIRE)
+
+
 def test_presets_grow_in_budget_and_robustness():
     low, medium, high = (STRENGTHS[s] for s in ("low", "medium", "high"))
     assert low.eps_levels < medium.eps_levels < high.eps_levels
@@ -158,7 +166,7 @@ def test_make_attack_model_free_methods(model):
     noise = make_attack(model, method="noise", seed=1)
     assert isinstance(noise, GaussianNoise) and (noise.target_ssim, noise.seed) == (DEFAULT_NOISE_SSIM, 1)
     assert make_attack(model, method="noise", target_ssim=0.9).target_ssim == 0.9
-    with pytest.raises(ValueError, match="target_ssim applies to the noise method only, not to ssim-pire"):
+    with pytest.raises(ValueError, match="target_ssim applies to the noise method only, not to pire"):
         make_attack(model, target_ssim=0.9)
     with pytest.raises(ValueError, match="eps_levels and steps apply to ssim-pire, pire, masked-pire, cv-pire, sd-pire only, not to rmd"):
         make_attack(model, method="rmd", steps=3)

@@ -8,7 +8,7 @@ from tqdm.auto import tqdm
 
 from ..io import DEFAULT_MAX_PIXELS, ImageError, read_photo
 from ..models import load_model
-from ..protection import DEFAULT_METHOD, DEFAULT_NOISE_SSIM, DEFAULT_STRENGTH, GRADIENT_METHODS, MASK_GAIN, METHODS, \
+from ..protection import DEFAULT_NOISE_SSIM, DEFAULT_STRENGTH, GRADIENT_METHODS, MASK_GAIN, METHODS, \
     PRESET_METHODS, STRENGTHS, ProtectionRecord, map_path, output_format, output_path, protect_photo
 from .common import CommandError, add_model_options, collect_or_fail, positive_int, user_errors
 
@@ -21,8 +21,9 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.add_argument("inputs", nargs="+", metavar="INPUTS", help="photo files, folders or glob patterns")
     p.add_argument("-o", "--output", required=True, type=Path, metavar="OUTDIR",
                    help="output folder; files keep their path relative to the input root")
-    p.add_argument("--method", choices=METHODS, default=DEFAULT_METHOD,
-                   help=f"protection method (default: {DEFAULT_METHOD}); ssim-pire: an L-infinity bound with the "
+    preset_methods = ", ".join(f"{name}: {preset.method}" for name, preset in STRENGTHS.items())
+    p.add_argument("--method", choices=METHODS,
+                   help=f"protection method (default: the preset's, {preset_methods}); ssim-pire: an L-infinity bound with the "
                         "change priced in SSIM, spent where it moves the descriptor most per SSIM lost; pire: a "
                         "uniform L-infinity budget; masked-pire: "
                         f"an SSIM-masking budget, up to {MASK_GAIN:g}x the flat-region budget in texture; "
@@ -84,6 +85,7 @@ def summary_table(records: list[ProtectionRecord]) -> str:
 
 @user_errors
 def run_protect(args: argparse.Namespace) -> int:
+    args.method = args.method or STRENGTHS[args.strength].method
     if not 1 <= args.quality <= 100:
         raise CommandError(f"--quality must be in 1..100, got {args.quality}")
     if args.eps is not None and not 0 < args.eps <= 255:
