@@ -39,7 +39,8 @@ SECTIONS = [  # (result name, heading: the command that produced it, note)
      "cores, so its seconds per photo are about twice what it costs alone."),
     ("protect_pire_1024_limit10_ssim_pire", "`ssim-pire` at 1024 px, 10 + 10 queries (`python bench/protect_pire.py "
      "--size 1024 --limit 10 --settings ssim-pire:low+jpeg ssim-pire:medium --name protect_pire_1024_limit10_ssim_pire`)",
-     "What `advquery protect` does at its default size for a JPEG q95 output. One thread beside other benchmarks."),
+     "What `advquery protect --method ssim-pire` does at its default size for a JPEG q95 output (`low` runs "
+     "ssim-pire anyway, `medium` runs pire unless told). One thread beside other benchmarks."),
     ("robustness_512_ssim_pire", "Robustness of the `ssim-pire` presets (`python bench/robustness.py --size 512 "
      "--limit 10 --method ssim-pire --name robustness_512_ssim_pire --transfer-limit 0`)",
      "`medium` and `high` reuse the protected files of their tuning runs (same attack, same seed); seconds per "
