@@ -38,8 +38,8 @@ class Strength:
     grey levels; ``ssim_eps_levels`` and ``ssim_weight`` the bound and the SSIM price of ssim-pire,
     which stops on ``patience`` alone (its objective already weighs effect against SSIM);
     ``target_similarity`` the descriptor similarity at which the other methods stop; ``edits`` the
-    random edits drawn in every step; ``partner`` a second built-in model attacked together with the chosen one (transfer to models the photo was not protected
-    against); ``grid`` the largest long side, in pixels, of the grid the perturbation lives on
+    random edits drawn in every step; ``partner`` a second built-in model attacked together with the
+    chosen one (transfer to models the photo was not protected against); ``grid`` the largest long side, in pixels, of the grid the perturbation lives on
     (None: the working resolution); ``method`` the method ``protect`` runs unless told otherwise, the
     one measured best for this preset. At a 1024 px working size a 512 px grid gave the 3-level
     ``medium`` a higher SSIM (0.973 against 0.956) and more effect (2 % of the original mAP left
@@ -101,6 +101,26 @@ def preset_coarseness(preset: Strength, size: int) -> int:
     return 1 if preset.grid is None else max(1, round(size / preset.grid))
 
 
+def check_method_options(method: str, target_ssim: float | None = None, ssim_weight: float | None = None,
+                         robust: bool = False, eps_levels: float | None = None, steps: int | None = None,
+                         names: dict[str, str] | None = None) -> None:
+    """Raise ValueError for an option that ``method`` does not take; ``names``: how to call each option in
+    the message (the command line's flags), else its keyword. One rule set for :func:`make_attack` and
+    ``advquery protect``, which checks before it reads any photo."""
+    n = {k: k for k in ("target_ssim", "ssim_weight", "robust", "eps_levels", "steps")} | (names or {})
+    if target_ssim is not None and method != "noise":
+        raise ValueError(f"{n['target_ssim']} applies to the noise method only, not to {method}")
+    if ssim_weight is not None and method != "ssim-pire":
+        raise ValueError(f"{n['ssim_weight']} applies to ssim-pire only, not to {method}")
+    if ssim_weight is not None and not ssim_weight > 0:
+        raise ValueError(f"{n['ssim_weight']} must be positive (0 is pire), got {ssim_weight}")
+    if robust and method not in PRESET_METHODS:
+        raise ValueError(f"{n['robust']} applies to {', '.join(PRESET_METHODS)} only, not to {method}")
+    if method not in GRADIENT_METHODS and (eps_levels is not None or steps is not None):
+        raise ValueError(f"{n['eps_levels']} and {n['steps']} apply to {', '.join(GRADIENT_METHODS)} only, "
+                         f"not to {method}")
+
+
 def make_attack(model: DescriptorModel, method: str | None = None, strength: str = DEFAULT_STRENGTH,
                 eps_levels: float | None = None, steps: int | None = None, size: int = DEFAULT_SIZE,
                 seed: int | None = None, target_ssim: float | None = None, jpeg_quality: int | None = None,
@@ -132,14 +152,8 @@ def make_attack(model: DescriptorModel, method: str | None = None, strength: str
     method = method or STRENGTHS[strength].method
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; available: {', '.join(METHODS)}")
-    if target_ssim is not None and method != "noise":
-        raise ValueError(f"target_ssim applies to the noise method only, not to {method}")
-    if ssim_weight is not None and method != "ssim-pire":
-        raise ValueError(f"ssim_weight applies to ssim-pire only, not to {method}")
-    if robust and method not in PRESET_METHODS:
-        raise ValueError(f"robust applies to {', '.join(PRESET_METHODS)} only, not to {method}")
-    if method not in GRADIENT_METHODS and (eps_levels is not None or steps is not None):
-        raise ValueError(f"eps_levels and steps apply to {', '.join(GRADIENT_METHODS)} only, not to {method}")
+    check_method_options(method, target_ssim=target_ssim, ssim_weight=ssim_weight, robust=robust,
+                         eps_levels=eps_levels, steps=steps)
     if method in KEYPOINT_METHODS:
         return KeypointAttack(method)
     if method == "noise":
@@ -149,14 +163,14 @@ def make_attack(model: DescriptorModel, method: str | None = None, strength: str
     codec = partial(jpeg_round_trip, quality=jpeg_quality) if jpeg_quality is not None and edits is None else None
     if coarseness is None:  # CV-/SD-PIRE keep the thesis's per-pixel maps at the working resolution
         coarseness = preset_coarseness(preset, size) if method in PRESET_METHODS else 1
-    common = dict(size=size, seed=seed, target_similarity=preset.target_similarity, patience=preset.patience,
-                  codec=codec, coarseness=coarseness)
+    # ssim-pire stops on patience alone: its objective already weighs effect against SSIM
+    common = dict(size=size, seed=seed, target_similarity=None if method == "ssim-pire" else preset.target_similarity,
+                  patience=preset.patience, codec=codec, coarseness=coarseness)
     if method in PRESET_METHODS:
         eps = preset.budget_levels(method) if eps_levels is None else eps_levels
         options = dict(eps=eps / 255, steps=preset.steps if steps is None else steps, edits=edits, **common)
         target = attack_model(model, preset.partner)
         if method == "ssim-pire":
-            options["target_similarity"] = None
             return SSIMPIRE(target, ssim_weight=preset.ssim_weight if ssim_weight is None else ssim_weight, **options)
         return MaskedPIRE(target, max_gain=MASK_GAIN, **options) if method == "masked-pire" else PIRE(target, **options)
     attack = CVPIRE if method == "cv-pire" else SDPIRE

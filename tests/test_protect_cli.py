@@ -329,12 +329,12 @@ def test_noise_method_matches_the_target_ssim(tmp_path):
 
 
 @pytest.mark.parametrize("options, message", [
-    (["--method", "pire", "--target-ssim", "0.95"], "--target-ssim applies to --method noise only, not to pire"),
+    (["--method", "pire", "--target-ssim", "0.95"], "--target-ssim applies to the noise method only, not to pire"),
     (["--method", "noise", "--target-ssim", "1.5"], "--target-ssim must be in (0, 1), got 1.5"),
     (["--method", "rmd", "--steps", "3"], "--eps and --steps apply to ssim-pire, pire, masked-pire, cv-pire, sd-pire only, not to rmd"),
-    (["--method", "cv-pire", "--robust"], "--robust applies to --method ssim-pire, pire, masked-pire only, not to cv-pire"),
-    (["--method", "pire", "--ssim-weight", "10"], "--ssim-weight applies to --method ssim-pire only, not to pire"),
-    (["--method", "ssim-pire", "--ssim-weight", "0"], "--ssim-weight must be positive (0 is --method pire), got 0.0"),
+    (["--method", "cv-pire", "--robust"], "--robust applies to ssim-pire, pire, masked-pire only, not to cv-pire"),
+    (["--method", "pire", "--ssim-weight", "10"], "--ssim-weight applies to ssim-pire only, not to pire"),
+    (["--method", "ssim-pire", "--ssim-weight", "0"], "--ssim-weight must be positive (0 is pire), got 0.0"),
 ])
 def test_model_free_option_errors_are_one_line_exit_2(tmp_path, options, message):
     code, _, stderr, _ = _model_free(tmp_path, *options)

@@ -116,6 +116,8 @@ def test_make_attack_ssim_pire_follows_its_preset_bound_and_price(model, strengt
     assert overridden.eps == pytest.approx(2 / 255) and overridden.ssim_weight == 50
     with pytest.raises(ValueError, match="ssim_weight applies to ssim-pire only, not to pire"):
         make_attack(model, method="pire", ssim_weight=50)
+    with pytest.raises(ValueError, match=r"ssim_weight must be positive \(0 is pire\), got 0"):
+        make_attack(model, method="ssim-pire", ssim_weight=0)
 
 
 def test_make_attack_masked_pire(model):

@@ -8,8 +8,8 @@ from tqdm.auto import tqdm
 
 from ..io import DEFAULT_MAX_PIXELS, ImageError, read_photo
 from ..models import load_model
-from ..protection import DEFAULT_NOISE_SSIM, DEFAULT_STRENGTH, GRADIENT_METHODS, MASK_GAIN, METHODS, \
-    PRESET_METHODS, STRENGTHS, ProtectionRecord, map_path, output_format, output_path, protect_photo
+from ..protection import DEFAULT_NOISE_SSIM, DEFAULT_STRENGTH, GRADIENT_METHODS, MASK_GAIN, METHODS, STRENGTHS, \
+    ProtectionRecord, check_method_options, map_path, output_format, output_path, protect_photo
 from .common import CommandError, add_model_options, collect_or_fail, positive_int, user_errors
 
 
@@ -83,6 +83,10 @@ def summary_table(records: list[ProtectionRecord]) -> str:
     return "\n".join(lines)
 
 
+OPTION_FLAGS = {"target_ssim": "--target-ssim", "ssim_weight": "--ssim-weight", "robust": "--robust",
+                "eps_levels": "--eps", "steps": "--steps"}
+
+
 @user_errors
 def run_protect(args: argparse.Namespace) -> int:
     args.method = args.method or STRENGTHS[args.strength].method
@@ -90,18 +94,13 @@ def run_protect(args: argparse.Namespace) -> int:
         raise CommandError(f"--quality must be in 1..100, got {args.quality}")
     if args.eps is not None and not 0 < args.eps <= 255:
         raise CommandError(f"--eps must be in (0, 255] grey levels, got {args.eps}")
-    if args.target_ssim is not None and args.method != "noise":
-        raise CommandError(f"--target-ssim applies to --method noise only, not to {args.method}")
     if args.target_ssim is not None and not 0 < args.target_ssim < 1:
         raise CommandError(f"--target-ssim must be in (0, 1), got {args.target_ssim}")
-    if args.method not in GRADIENT_METHODS and (args.eps is not None or args.steps is not None):
-        raise CommandError(f"--eps and --steps apply to {', '.join(GRADIENT_METHODS)} only, not to {args.method}")
-    if args.ssim_weight is not None and args.method != "ssim-pire":
-        raise CommandError(f"--ssim-weight applies to --method ssim-pire only, not to {args.method}")
-    if args.ssim_weight is not None and not args.ssim_weight > 0:
-        raise CommandError(f"--ssim-weight must be positive (0 is --method pire), got {args.ssim_weight}")
-    if args.robust and args.method not in PRESET_METHODS:
-        raise CommandError(f"--robust applies to --method {', '.join(PRESET_METHODS)} only, not to {args.method}")
+    try:
+        check_method_options(args.method, target_ssim=args.target_ssim, ssim_weight=args.ssim_weight,
+                             robust=args.robust, eps_levels=args.eps, steps=args.steps, names=OPTION_FLAGS)
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
     if args.save_map and args.method not in GRADIENT_METHODS:
         raise CommandError(f"--save-map: method {args.method} has no per-pixel budget to map; "
                            f"it applies to {', '.join(GRADIENT_METHODS)}")
