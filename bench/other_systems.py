@@ -8,8 +8,8 @@ standard queries that have a published CV-PIRE output (first ``--limit``), all s
 - PIRE with the paper's budget (2.3 grey levels, 30 steps, refined saving; outputs of
   ``protect_pire.py --settings paper-T30``);
 - CV-PIRE as published with the thesis (JPEG quality 75);
-- ours: the ``low`` preset (outputs of ``protect_pire.py --settings low``) and the default
-  ``medium`` preset (shared with ``robustness.py``, the missing ones protected here);
+- ours: pire's ``low`` preset (outputs of ``protect_pire.py --settings low``) and the default
+  ``medium`` preset, which runs pire (shared with ``robustness.py``, the missing ones protected here);
 - keypoint removal and injection (Do et al. 2010): RMD, LS, FMD, RMD+LS, LS+FMD, at photo resolution;
 - Gaussian noise with the SSIM of the PIRE output of the same photo (paper Table 8).
 
@@ -76,8 +76,8 @@ def main() -> None:
 
     sets = {"original": None, "PIRE (paper budget)": PIRE_PAPER, "CV-PIRE (published)": CVPIRE_PUBLISHED,
             "ours: low": LOW}
-    sets["ours: medium (default)"], _ = protect_set("medium", make_attack(model, size=NEURAL_SIZE, seed=0), photos,
-                                                   originals, NEURAL_SIZE)
+    medium = make_attack(model, method="pire", size=NEURAL_SIZE, seed=0)
+    sets["ours: medium (default)"], _ = protect_set("medium", medium, photos, originals, NEURAL_SIZE)
     extra = {}
     for method in KEYPOINT_METHODS:
         attack = KeypointAttack(method)
