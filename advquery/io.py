@@ -3,16 +3,22 @@
 Reading decodes a user's photo into an upright 8-bit RGB array (plus its alpha channel, if
 any) or raises :class:`ImageError`, whose message is one line ``"PATH: reason"``; no PIL
 traceback escapes. Writing is atomic: a temporary file in the target folder, then
-``os.replace``, so an interrupted run never leaves a half-written photo behind.
+``os.replace``, so an interrupted run never leaves a half-written file behind. Temporary files
+are named ``.NAME.advquery-PID-XXXX.tmp``: one left by a killed process (its PID no longer runs)
+is removed by :func:`remove_stale_temporaries`. :func:`claim` lets concurrent processes split
+work on the same outputs.
 
 Pixel conventions: numpy images are ``(H, W, 3) uint8`` in grey levels 0-255; tensors are
 ``(1, 3, H, W) float32`` in [0, 1] (1 grey level = 1/255).
 """
 from __future__ import annotations
 
+import errno
+import fcntl
 import glob
 import os
 import re
+import stat
 import struct
 import tempfile
 import threading
@@ -20,16 +26,16 @@ import warnings
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import BinaryIO, Iterator
 
 import numpy as np
 import torch
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 __all__ = [
-    "DEFAULT_MAX_PIXELS", "IMAGE_EXTENSIONS", "ImageError", "InputFile", "Photo",
-    "collect_inputs", "format_for_suffix", "read_photo", "suffix_for_format",
-    "to_tensor", "to_uint8", "write_grey_atomic", "write_photo_atomic",
+    "DEFAULT_MAX_PIXELS", "IMAGE_EXTENSIONS", "ImageError", "InputFile", "Photo", "atomic_write", "claim",
+    "collect_inputs", "format_for_suffix", "printable", "read_photo", "remove_stale_temporaries",
+    "suffix_for_format", "to_tensor", "to_uint8", "write_grey_atomic", "write_photo_atomic",
 ]
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
@@ -47,6 +53,15 @@ _GLOB_MAGIC = re.compile(r"[*?[]")
 _PIL_LIMIT_LOCK = threading.Lock()
 # Errors PIL plugins raise on damaged data (struct.error and EOFError come from header parsing).
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, struct.error)
+# Temporary files of atomic writes: the PID tells a killed process's leftovers from a running one's.
+_TEMPORARY = re.compile(r"^\..*\.advquery-(\d+)-[^.]+\.tmp$")
+_CLAIM = re.compile(r"^\..*\.advquery-claim$")  # claims on outputs (see claim)
+
+
+def printable(text: object) -> str:
+    """``text`` on one printable line: newlines, other control characters, line separators and
+    undecodable bytes of a file name are shown as Python escapes (``\\n``, ``\\u2028``, ``\\udcff``)."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
 
 
 class ImageError(ValueError):
@@ -129,11 +144,16 @@ def _check_file(path: Path) -> None:
     try:
         st = path.stat()
     except FileNotFoundError:
-        raise ImageError(path, "no such file") from None
+        raise ImageError(path, "broken symbolic link (its target does not exist)" if path.is_symlink()
+                         else "no such file") from None
     except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise ImageError(path, "symbolic link loop (the link points back to itself)") from None
         raise ImageError(path, f"cannot access file ({exc.strerror or exc})") from None
-    if path.is_dir():
+    if stat.S_ISDIR(st.st_mode):
         raise ImageError(path, "is a folder, not an image file")
+    if not stat.S_ISREG(st.st_mode):  # a FIFO or device would block or never end
+        raise ImageError(path, "not a regular file (a pipe, socket or device)")
     if st.st_size == 0:
         raise ImageError(path, "empty file (0 bytes)")
 
@@ -269,17 +289,39 @@ def _is_image_name(name: str) -> bool:
     return not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
 
 
-def _list_folder(folder: Path, recursive: bool) -> list[Path]:
-    """Image files in ``folder`` by extension, hidden files and folders skipped, sorted."""
+def _inside(path: Path | str, folders: set[str]) -> bool:
+    """Whether ``path`` (resolved) is one of ``folders`` (real paths) or below one."""
+    real = os.path.realpath(path)
+    return any(real == f or real.startswith(f.rstrip(os.sep) + os.sep) for f in folders)
+
+
+def _strictly_below(root: Path | str, folders: set[str]) -> set[str]:
+    """Those of ``folders`` (real paths) that lie inside ``root`` and are not ``root`` itself."""
+    top = os.path.realpath(root).rstrip(os.sep) + os.sep
+    return {f for f in folders if f.startswith(top)}
+
+
+def _list_folder(folder: Path, recursive: bool, exclude: set[str]) -> list[Path]:
+    """Entries of ``folder`` with an image name that are not folders, sorted; hidden names and the
+    ``exclude`` folders (real paths) skipped. Broken links and other non-files are kept: reading them says why."""
     if not recursive:
         with os.scandir(folder) as entries:
-            found = [Path(e.path) for e in entries if _is_image_name(e.name) and e.is_file()]
+            found = [Path(e.path) for e in entries if _is_image_name(e.name) and not os.path.isdir(e.path)]
         return sorted(found)
     found = []
     for root, dirs, names in os.walk(folder):
-        dirs[:] = [d for d in dirs if not d.startswith(".")]
-        found += [Path(root, n) for n in names if _is_image_name(n) and os.path.isfile(os.path.join(root, n))]
+        dirs[:] = [d for d in dirs if not d.startswith(".") and os.path.realpath(os.path.join(root, d)) not in exclude]
+        found += [Path(root, n) for n in names if _is_image_name(n)]
     return sorted(found, key=lambda p: p.relative_to(folder).parts)
+
+
+def _below(path: Path, base: Path) -> Path:
+    """``path`` relative to ``base``, without leading ``..``: a pattern such as ``*/../../x/*.jpg``
+    matches outside its base folder, and outputs must stay inside the output folder."""
+    parts = Path(os.path.normpath(os.path.relpath(path, base))).parts
+    while parts and parts[0] == os.pardir:
+        parts = parts[1:]
+    return Path(*parts) if parts else Path(path.name)
 
 
 def _glob_base(pattern: str) -> Path:
@@ -293,7 +335,8 @@ def _glob_base(pattern: str) -> Path:
     return Path(*plain) if plain else Path(".")
 
 
-def collect_inputs(inputs: list[str], recursive: bool = False) -> tuple[list[InputFile], list[str]]:
+def collect_inputs(inputs: list[str], recursive: bool = False,
+                   exclude: tuple[str | os.PathLike, ...] = ()) -> tuple[list[InputFile], list[str]]:
     """Expand files, folders and glob patterns into a list of image files.
 
     Args:
@@ -302,12 +345,15 @@ def collect_inputs(inputs: list[str], recursive: bool = False) -> tuple[list[Inp
         recursive: descend into subfolders of given folders, and list folders that a pattern
             matches. Without it, only a folder's own files are listed and folders matched by a
             pattern are skipped.
+        exclude: folders skipped where they lie inside an input folder or a pattern's base folder
+            (a command's own output folder, so that a rerun does not take its outputs as inputs);
+            a file given directly is still taken.
 
     Returns:
         ``(files, errors)``. ``files`` keeps input order (sorted within a folder or pattern),
         without duplicates (same real path). ``relative`` is the file name for a file given
         directly, the path below the folder for a folder, and the path below the pattern's
-        wildcard-free base folder for a pattern. Folders and patterns yield only names with
+        wildcard-free base folder for a pattern (never with ``..``). Folders and patterns yield only names with
         an image extension and skip hidden names; a file given directly is always taken
         (reading it reports any problem). ``errors`` has one ``"INPUT: reason"`` line for each
         input that does not exist or yields no image file.
@@ -315,6 +361,7 @@ def collect_inputs(inputs: list[str], recursive: bool = False) -> tuple[list[Inp
     files: list[InputFile] = []
     errors: list[str] = []
     seen: set[str] = set()
+    excluded = {os.path.realpath(os.path.expanduser(str(e))) for e in exclude}
 
     def add(path: Path, relative: Path) -> None:
         key = os.path.realpath(path)
@@ -326,27 +373,30 @@ def collect_inputs(inputs: list[str], recursive: bool = False) -> tuple[list[Inp
         text = os.path.expanduser(str(raw))
         path = Path(text)
         if path.is_dir():
-            found = _list_folder(path, recursive)
+            found = _list_folder(path, recursive, _strictly_below(path, excluded))
             for f in found:
                 add(f, f.relative_to(path))
             if not found:
                 errors.append(f"{raw}: no image files in this folder"
                               + ("" if recursive else " (subfolders are searched only when recursive)"))
-        elif path.is_file():
+        elif path.is_file() or (path.is_symlink() and not path.exists()):  # reading a broken link says why
             add(path, Path(path.name))
         elif path.exists():
             errors.append(f"{raw}: not a regular file or folder")
         elif _GLOB_MAGIC.search(text):
             base, matched = _glob_base(text), []
+            skip = _strictly_below(base, excluded)
             for match in sorted(glob.glob(text, recursive=True)):
                 m = Path(match)
+                if _inside(m, skip):
+                    continue
                 if m.is_dir():
                     if recursive:
-                        matched += _list_folder(m, True)
-                elif m.is_file() and m.suffix.lower() in IMAGE_EXTENSIONS:
+                        matched += _list_folder(m, True, skip)
+                elif _is_image_name(m.name):
                     matched.append(m)
             for f in matched:
-                add(f, Path(os.path.relpath(f, base)))
+                add(f, _below(f, base))
             if not matched:
                 errors.append(f"{raw}: no image files match this pattern")
         else:
@@ -462,16 +512,31 @@ def write_grey_atomic(path: str | os.PathLike, grey: np.ndarray) -> Path:
 
 
 def _save_atomic(path: Path, img: Image.Image, fmt: str, options: dict) -> Path:
-    """Save ``img`` to a temporary file beside ``path``, then replace ``path`` (keeping its permission bits)."""
+    """Save ``img`` to ``path`` through :func:`atomic_write`."""
+    with atomic_write(path) as f:
+        img.save(f, format=fmt, **options)
+    return path
+
+
+@contextmanager
+def atomic_write(path: str | os.PathLike) -> Iterator[BinaryIO]:
+    """A binary file to write ``path``'s new content to: on success it replaces ``path`` in one step
+    (synced to disk first; an existing file's permission bits are kept), on any error or interrupt it
+    is removed and ``path`` is left as it was. Missing parent folders are created.
+
+    The file is ``.NAME.advquery-PID-XXXX.tmp`` beside ``path``; :func:`remove_stale_temporaries`
+    removes one whose process was killed before it could clean up."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         mode = path.stat().st_mode & 0o7777
     except FileNotFoundError:
         mode = _new_file_mode()
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    # The name part is shortened so that the temporary name stays within the file system's limit.
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name[:80]}.advquery-{os.getpid()}-", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            img.save(f, format=fmt, **options)
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, mode)
@@ -480,7 +545,79 @@ def _save_atomic(path: Path, img: Image.Image, fmt: str, options: dict) -> Path:
         with suppress(OSError):
             os.unlink(tmp)
         raise
-    return path
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Remove what killed processes left in ``folder`` and below: temporary files of
+    :func:`atomic_write` whose process no longer runs, and claim files (:func:`claim`) that no process
+    holds. Those of running processes are left alone. Returns the files removed."""
+    removed = []
+    for root, _dirs, names in os.walk(folder):
+        for name in names:
+            path = Path(root, name)
+            found = _TEMPORARY.match(name)
+            if found and not _running(int(found.group(1))):
+                with suppress(FileNotFoundError):
+                    path.unlink()
+                    removed.append(path)
+            elif _CLAIM.match(name):
+                with _locked(path) as held:
+                    if held:  # nobody else holds it: a leftover, removed when the block ends
+                        removed.append(path)
+    return removed
+
+
+def _claim_file(target: Path) -> Path:
+    return target.with_name(f".{target.name[:200]}.advquery-claim")
+
+
+@contextmanager
+def claim(target: str | os.PathLike) -> Iterator[bool]:
+    """Claim the output file ``target`` for as long as the block runs: yields True when this process
+    holds the claim, False when another running process does (the block should leave the work to it).
+
+    The claim is an exclusive ``flock`` on the hidden file ``.NAME.advquery-claim`` beside ``target``,
+    which the system releases when a process ends, even when it is killed; the file is removed when
+    the block ends. A file left by a killed process is simply claimed again."""
+    with _locked(_claim_file(Path(target))) as held:
+        yield held
+
+
+@contextmanager
+def _locked(path: Path) -> Iterator[bool]:
+    """Hold an exclusive ``flock`` on ``path`` (created if missing, removed at the end), or yield False
+    when another process holds it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            yield False
+            return
+        try:
+            if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                break  # still the file at ``path``, not one its last holder removed meanwhile
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+    try:
+        yield True
+    finally:
+        with suppress(FileNotFoundError):
+            os.unlink(path)
+        os.close(fd)
 
 
 # ----------------------------------------------------------------------------- tensors

@@ -1,6 +1,8 @@
 """Tests for advquery.io: every bad-input reason, mode conversions, atomic writes, input expansion."""
 import os
 import pickle
+import signal
+import time
 from pathlib import Path
 
 import numpy as np
@@ -9,8 +11,8 @@ import torch
 from PIL import ExifTags, Image, JpegImagePlugin
 
 from advquery.io import (
-    IMAGE_EXTENSIONS, ImageError, collect_inputs, format_for_suffix, read_photo,
-    suffix_for_format, to_tensor, to_uint8, write_photo_atomic,
+    IMAGE_EXTENSIONS, ImageError, atomic_write, claim, collect_inputs, format_for_suffix, printable, read_photo,
+    remove_stale_temporaries, suffix_for_format, to_tensor, to_uint8, write_photo_atomic,
 )
 from helpers import exif_with_gps
 
@@ -277,6 +279,127 @@ def test_collect_reports_inputs_that_match_nothing(tree):
     assert _rel(files) == ["b.png"] and len(errors) == 3
     assert errors[0] == f"{tree / 'nope.jpg'}: no such file or folder"
     assert "no image files match" in errors[1] and "no image files in this folder" in errors[2]
+
+
+def test_collect_skips_the_output_folder_inside_an_input_folder(tree, monkeypatch):
+    """protect photos -o photos/protected --recursive, run again: its outputs are not inputs."""
+    out = tree / "protected"
+    (out / "sub").mkdir(parents=True)
+    (out / "a.JPG").write_bytes(b"x")
+    (out / "sub" / "c.jpg").write_bytes(b"x")
+    expected = ["a.JPG", "b.png", "sub/c.jpg", "sub/deeper/d.webp"]
+    files, errors = collect_inputs([str(tree)], recursive=True, exclude=(out,))
+    assert _rel(files) == expected and errors == []
+    monkeypatch.chdir(tree.parent)
+    files, _ = collect_inputs(["photos/**/*.*"], recursive=True, exclude=(Path("photos/protected"),))
+    assert sorted(_rel(files)) == expected
+    # The output folder itself as the input, or a file in it named directly, is still taken (and refused
+    # later as an output that would overwrite its input).
+    assert _rel(collect_inputs([str(out)], exclude=(out,))[0]) == ["a.JPG"]
+    assert _rel(collect_inputs([str(out / "a.JPG")], exclude=(out,))[0]) == ["a.JPG"]
+
+
+def test_collect_pattern_matches_outside_its_base_stay_relative(tmp_path, monkeypatch):
+    """'*/../../victim/*.jpg' matches outside the pattern's base folder: its relative path has no '..',
+    so an output path built from it stays inside the output folder."""
+    (tmp_path / "work" / "a").mkdir(parents=True)
+    (tmp_path / "victim").mkdir()
+    (tmp_path / "victim" / "x.jpg").write_bytes(b"x")
+    monkeypatch.chdir(tmp_path / "work")
+    files, errors = collect_inputs(["*/../../victim/*.jpg"])
+    assert errors == [] and _rel(files) == ["victim/x.jpg"]
+    assert files[0].path.resolve() == (tmp_path / "victim" / "x.jpg").resolve()
+
+
+def test_broken_links_loops_and_pipes_are_listed_and_refused_with_their_reason(tmp_path):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    (folder / "loop.jpg").symlink_to("loop.jpg")
+    (folder / "gone.jpg").symlink_to(tmp_path / "missing.jpg")
+    os.mkfifo(folder / "pipe.jpg")
+    (folder / "album.jpg").mkdir()  # a folder named like an image is no input
+    files, errors = collect_inputs([str(folder)])
+    assert _rel(files) == ["gone.jpg", "loop.jpg", "pipe.jpg"] and errors == []
+    reasons = {"loop.jpg": "symbolic link loop", "gone.jpg": "broken symbolic link", "pipe.jpg": "not a regular file"}
+    for name, reason in reasons.items():
+        with pytest.raises(ImageError, match=reason):
+            read_photo(folder / name)  # returns at once: a pipe is never opened
+    for name in ("loop.jpg", "gone.jpg"):  # named directly, reading them says why
+        assert _rel(collect_inputs([str(folder / name)])[0]) == [name]
+    assert collect_inputs([str(folder / "pipe.jpg")]) == ([], [f"{folder / 'pipe.jpg'}: not a regular file or folder"])
+    files, errors = collect_inputs([str(folder / "album.jpg")])
+    assert files == [] and errors == [f"{folder / 'album.jpg'}: no image files in this folder "
+                                      "(subfolders are searched only when recursive)"]
+
+
+def test_printable_keeps_a_file_name_on_one_line():
+    assert printable("a\nb\u2028c\td\udcff.jpg") == "a\\nb\\u2028c\\td\\udcff.jpg"
+    assert printable("café 写真.jpg") == "café 写真.jpg"
+
+
+# ----------------------------------------------------------------------------- temporaries and claims
+
+
+def _exited_pid() -> int:
+    """The PID of a process that has ended (as a killed run's would be)."""
+    child = os.fork()
+    if child == 0:
+        os._exit(0)
+    os.waitpid(child, 0)
+    return child
+
+
+def test_atomic_write_names_its_temporary_by_process_and_cleans_up_on_interrupt(tmp_path):
+    target = tmp_path / "out.bin"
+    target.write_bytes(b"old")
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_write(target) as f:
+            f.write(b"half")
+            names = os.listdir(tmp_path)
+            raise KeyboardInterrupt
+    assert any(n.startswith(".out.bin.advquery-") and n.endswith(".tmp") and f"-{os.getpid()}-" in n for n in names)
+    assert os.listdir(tmp_path) == ["out.bin"] and target.read_bytes() == b"old"
+    with atomic_write(target) as f:
+        f.write(b"new")
+    assert os.listdir(tmp_path) == ["out.bin"] and target.read_bytes() == b"new"
+
+
+def test_stale_temporaries_of_ended_processes_are_removed_not_those_of_running_ones(tmp_path):
+    dead = _exited_pid()
+    (tmp_path / "sub").mkdir()
+    stale = [tmp_path / f".a.jpg.advquery-{dead}-x1y2.tmp", tmp_path / "sub" / f".b.png.advquery-{dead}-zz.tmp",
+             tmp_path / ".c.jpg.advquery-claim"]  # a claim file nobody holds
+    live = [tmp_path / f".d.jpg.advquery-{os.getpid()}-ab.tmp", tmp_path / "e.jpg", tmp_path / ".f.jpg.x.tmp"]
+    for p in stale + live:
+        p.write_bytes(b"x")
+    with claim(tmp_path / "g.jpg") as ours:  # a claim held right now is not stale
+        assert ours
+        assert sorted(remove_stale_temporaries(tmp_path)) == sorted(stale)
+        assert (tmp_path / ".g.jpg.advquery-claim").exists()
+    assert all(p.exists() for p in live) and not any(p.exists() for p in stale)
+    assert not (tmp_path / ".g.jpg.advquery-claim").exists()  # removed when the claim ends
+
+
+def test_claim_is_exclusive_between_processes_and_released_when_its_holder_dies(tmp_path):
+    target = tmp_path / "x.jpg"
+    ready_r, ready_w = os.pipe()
+    child = os.fork()
+    if child == 0:  # hold the claim until killed
+        with claim(target) as ours:
+            os.write(ready_w, b"1" if ours else b"0")
+            time.sleep(60)
+        os._exit(0)
+    try:
+        assert os.read(ready_r, 1) == b"1"
+        with claim(target) as ours:
+            assert not ours  # another running process holds it
+        assert (tmp_path / ".x.jpg.advquery-claim").exists()
+    finally:
+        os.kill(child, signal.SIGKILL)
+        os.waitpid(child, 0)
+    with claim(target) as ours:  # the killed holder's file is claimed again
+        assert ours
+    assert os.listdir(tmp_path) == []
 
 
 # ----------------------------------------------------------------------------- tensors
