@@ -1,5 +1,6 @@
 """Exact search against a brute-force numpy ranking, and the on-disk index format."""
 import json
+import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -86,7 +87,7 @@ def test_load_count_mismatch(index, tmp_path):
     meta = json.loads((tmp_path / MANIFEST).read_text())
     meta["count"] = 6
     (tmp_path / MANIFEST).write_text(json.dumps(meta))
-    with pytest.raises(IndexFileError, match=r"damaged index \(manifest says 6 x 8"):
+    with pytest.raises(IndexFileError, match=r"damaged index: the manifest says 6 x 8"):
         ImageIndex.load(tmp_path)
 
 
@@ -116,3 +117,48 @@ def test_manifest_compatibility(index):
         assert repr(getattr(m, what)) in reason  # says what the index has ...
         assert repr(args[("model", "size", "scales").index(what)]) in reason  # ... and what the query has
     assert replace(m, size=1024).compatible_with(m.model, 1024, m.scales) is None
+
+
+def _edit_manifest(directory: Path, **changes) -> None:
+    meta = json.loads((directory / MANIFEST).read_text())
+    (directory / MANIFEST).write_text(json.dumps({**meta, **changes}))
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda d: (d / DESCRIPTORS).write_bytes(b""), f"{DESCRIPTORS} cannot be read"),
+    (lambda d: _edit_manifest(d, size="big"), "manifest.json: 'size' must be a positive integer, found 'big'"),
+    (lambda d: _edit_manifest(d, scales="1"), "'scales' must be a list of positive numbers"),
+    (lambda d: _edit_manifest(d, count=-1), "'count' must be a positive integer"),
+    (lambda d: (d / MANIFEST).write_text("[1, 2]"), "manifest.json: expected a JSON object, found list"),
+    (lambda d: (d / MANIFEST).write_text("{"), "manifest.json: Expecting property name"),
+    # Values that load but do not belong together: caught by the digest the index was saved with.
+    (lambda d: _edit_manifest(d, model="efficientnet-lite1-gem"), "do not match the digest"),
+    (lambda d: (d / IMAGES).write_text((d / IMAGES).read_text().replace("holiday 1", "holiday 9")), "do not match"),
+    (lambda d: np.save(d / DESCRIPTORS, np.load(d / DESCRIPTORS)[::-1]), "do not match the digest"),
+    (lambda d: _edit_manifest(d, digest=None), "has no digest"),
+    (lambda d: (d / IMAGES).write_text("not json\n" * 5), f"{IMAGES} cannot be read"),
+])
+def test_damaged_index_is_refused_with_what_is_wrong(index, tmp_path, damage, message):
+    index.save(tmp_path)
+    damage(tmp_path)
+    with pytest.raises(IndexFileError) as info:
+        ImageIndex.load(tmp_path)
+    assert str(info.value).startswith(f"{tmp_path}: damaged index: ") and message in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_index_with_nan_descriptors_is_refused(index, tmp_path):
+    rows = index.descriptors.copy()
+    rows[2, 3] = np.nan
+    ImageIndex(rows, index.paths, index.manifest).save(tmp_path)  # as a model gone wrong would write it
+    with pytest.raises(IndexFileError, match=f"damaged index: {DESCRIPTORS}: descriptors hold NaN or infinity"):
+        ImageIndex.load(tmp_path)
+
+
+def test_any_file_name_round_trips(index, tmp_path):
+    """Newlines, line and paragraph separators, backslashes, quotes and undecodable bytes in file names."""
+    names = ["new\nline.jpg", "line\u2028separator.jpg", "para\u2029graph\r.jpg", 'quote" back\\slash.jpg',
+             os.fsdecode(b"bytes\xff\xfe.jpg")]
+    paths = [Path("/photos") / n for n in names]
+    ImageIndex(index.descriptors, paths, index.manifest).save(tmp_path)
+    assert ImageIndex.load(tmp_path).paths == paths

@@ -36,7 +36,7 @@ import faiss
 import numpy as np
 
 from ..extraction import DEFAULT_SIZE, Box, prepare_rgb
-from ..retrieval import _write_atomic
+from ..io import atomic_write
 
 DEFAULT_WORDS = 20_000
 DEFAULT_MAX_FEATURES = 3_000
@@ -189,10 +189,9 @@ class Vocabulary:
         return {"words": self.words, "bits": BITS, "root_sift": self.root_sift, "digest": self.digest, **self.info}
 
     def save(self, path: Path) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        _write_atomic(path, lambda f: np.savez(f, centroids=self.centroids, projection=self.projection,
-                                               medians=self.medians, settings=np.array(json.dumps(self.settings()))))
+        with atomic_write(path) as f:
+            np.savez(f, centroids=self.centroids, projection=self.projection, medians=self.medians,
+                     settings=np.array(json.dumps(self.settings())))
 
     @classmethod
     def load(cls, path: Path) -> "Vocabulary":
@@ -201,8 +200,8 @@ class Vocabulary:
                 settings = json.loads(str(z["settings"]))
                 vocabulary = cls(z["centroids"], z["projection"], z["medians"], settings["root_sift"],
                                  {k: v for k, v in settings.items() if k not in ("words", "bits", "root_sift", "digest")})
-        except (OSError, ValueError, KeyError) as exc:
-            raise VocabularyError(f"{path}: not a readable SIFT-HE vocabulary ({exc})") from None
+        except (OSError, ValueError, KeyError, EOFError) as exc:
+            raise VocabularyError(f"{path}: not a readable SIFT-HE vocabulary ({str(exc) or 'empty file'})") from None
         if vocabulary.digest != settings.get("digest") or vocabulary.medians.shape != (vocabulary.words, BITS):
             raise VocabularyError(f"{path}: damaged SIFT-HE vocabulary (contents do not match its settings)")
         return vocabulary
