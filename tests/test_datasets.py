@@ -118,7 +118,7 @@ def test_restricted_unpickler_refuses_globals(tmp_path):
     marker = tmp_path / "executed"
     path = tmp_path / "gnd_evil.pkl"
     path.write_bytes(pickle.dumps({"imlist": [], "qimlist": [], "gnd": [_Malicious(marker)]}))
-    with pytest.raises(pickle.UnpicklingError, match="refusing to load global"):
+    with pytest.raises(DatasetError, match=f"{path}: refused or damaged pickle \\(refusing to load global"):
         load_gnd_file(path)
     assert not marker.exists()
 
@@ -131,6 +131,56 @@ def test_gnd_file_checks_layout_and_indices(tmp_path):
     path.write_bytes(pickle.dumps({"imlist": ["a"], "qimlist": ["q"], "gnd": [{"easy": [3], "hard": [], "junk": []}]}))
     with pytest.raises(DatasetError, match=r"images \[3\] outside imlist"):
         load_gnd_file(path)
+
+
+GOOD_GND = {"imlist": ["a", "b"], "qimlist": ["q"], "gnd": [{"easy": [0], "hard": [1], "junk": [], "bbx": [1, 2, 3, 4]}]}
+
+
+def _pickled(value) -> bytes:
+    return pickle.dumps(value, protocol=2)
+
+
+@pytest.mark.parametrize("name, content, message", [
+    ("gnd.pkl", _pickled({"imlist": [], "qimlist": [], "gnd": [_Malicious(Path("/nonexistent/x"))]}),
+     "refused or damaged pickle (refusing to load global posix.system"),
+    ("gnd.pkl", _pickled(GOOD_GND)[:30], "damaged pickle (pickle data was truncated)"),
+    ("gnd.pkl", b"", "damaged pickle (EOFError: Ran out of input)"),
+    ("gnd.pkl", b"not a pickle at all", "refused or damaged pickle"),
+    ("gnd.json", b'{"imlist": [', "not valid JSON (Expecting value"),
+    ("gnd.json", b"\xff\xfe\x00", "not valid JSON"),
+    ("gnd.pkl", _pickled({**GOOD_GND, "gnd": [{"easy": ["zz"]}]}),
+     "query 0: 'easy' must be a list of image indices, found ['zz']"),
+    ("gnd.pkl", _pickled({**GOOD_GND, "gnd": [1]}), "query 0: expected an object with index lists, found 1"),
+    ("gnd.pkl", _pickled({**GOOD_GND, "gnd": {"easy": [0]}}), "'gnd' must be a list with one entry per query"),
+    ("gnd.pkl", _pickled({**GOOD_GND, "imlist": "ab"}), "'imlist' must be a list of image names, found 'ab'"),
+    ("gnd.pkl", _pickled({**GOOD_GND, "qimlist": ["q", "r"]}), "2 queries but 1 ground-truth entries"),
+    ("gnd.pkl", _pickled({**GOOD_GND, "gnd": [{"easy": [True]}]}), "'easy' must be a list of image indices"),
+    ("gnd.pkl", _pickled({**GOOD_GND, "gnd": [{"bbx": [1, 2, "x", 4]}]}), "'bbx' must be 4 numbers"),
+    ("gnd.json", b'{"imlist": ["a"], "queries": [1]}', "'queries' must be a list of objects"),
+])
+def test_refused_ground_truth_is_one_dataset_error_naming_the_file(tmp_path, name, content, message):
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(DatasetError) as info:
+        load_gnd_file(path)
+    assert str(info.value).startswith(f"{path}: ") and message in str(info.value), str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_good_ground_truth_still_loads(tmp_path):
+    (tmp_path / "gnd.pkl").write_bytes(_pickled(GOOD_GND))
+    assert load_gnd_file(tmp_path / "gnd.pkl")["gnd"] == [{"easy": [0], "hard": [1], "junk": [], "bbx": (1.0, 2.0, 3.0, 4.0)}]
+
+
+@pytest.mark.parametrize("content", ["", "all_souls_000013 1 2 3", "all_souls_000013 1 2 x 4", "\udcff"])
+def test_damaged_classic_query_file_is_one_dataset_error(tmp_path, content):
+    (tmp_path / "oxford5k" / "jpg").mkdir(parents=True)
+    Image.new("RGB", (40, 40)).save(tmp_path / "oxford5k" / "jpg" / "all_souls_000013.jpg")
+    gt = tmp_path / "oxford5k" / "gt"
+    gt.mkdir()
+    (gt / "all_souls_1_query.txt").write_bytes(content.encode("utf-8", "surrogateescape"))
+    with pytest.raises(DatasetError, match=f"{gt / 'all_souls_1_query.txt'}: "):
+        load_dataset("oxford5k", tmp_path)
 
 
 # --- one folder per group -----------------------------------------------------------------------

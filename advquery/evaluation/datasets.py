@@ -6,16 +6,17 @@ Every loader returns a :class:`RetrievalDataset` whose ``gnd`` holds, per query,
 :func:`~advquery.evaluation.metrics.compute_map` scores.
 """
 import json
+import math
 import pickle
 import re
 from collections import defaultdict
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from ..io import IMAGE_EXTENSIONS
 from .metrics import protocol_gnd
 
 DATASET_NAMES = ("roxford5k-mini", "roxford5k-mini-ext", "ukbench-mini", "roxford5k", "rparis6k", "oxford5k")
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 REVISITED_PROTOCOLS = ("easy", "medium", "hard")
 _INDEX_KEYS = ("easy", "hard", "junk", "good", "ok")
 
@@ -73,9 +74,8 @@ def load_gnd_file(path: str | Path) -> dict:
     """Read a revisitop ground-truth file (``gnd_*.pkl`` or its ``.json`` twin).
 
     The pickle is read by an unpickler that refuses every global (no class, function or numpy
-    array can be loaded), so a malicious file raises ``pickle.UnpicklingError`` instead of
-    running code. The official revisitop files and those in shared/data hold only plain
-    dicts, lists, numbers and strings.
+    array can be loaded), so a malicious file is refused instead of running code. The official
+    revisitop files and those in shared/data hold only plain dicts, lists, numbers and strings.
 
     Two JSON layouts are accepted: the revisitop one ``{imlist, qimlist, gnd: [{bbx, easy, ...}]}``
     and the extended-query one ``{imlist, queries: [{query, easy, hard, junk}]}``.
@@ -84,28 +84,75 @@ def load_gnd_file(path: str | Path) -> dict:
         ``{'imlist': [str], 'qimlist': [str], 'gnd': [dict]}``; each gnd dict has the index
         keys present among easy/hard/junk/good/ok as lists of int, and ``'bbx'`` as a tuple of
         4 floats or None. Other keys are dropped.
+
+    Raises:
+        DatasetError: ``"PATH: what is wrong"`` for a file that cannot be read, is refused (a global in
+            the pickle), is truncated or malformed, or holds values of the wrong type.
     """
     path = Path(path)
-    if path.suffix == ".json":
-        raw = json.loads(path.read_text())
-        if "queries" in raw and "gnd" not in raw:
-            raw = {"imlist": raw["imlist"], "qimlist": [q["query"] for q in raw["queries"]], "gnd": raw["queries"]}
-    else:
-        with path.open("rb") as f:
-            raw = _RestrictedUnpickler(f).load()
+    try:
+        if path.suffix == ".json":
+            raw = json.loads(path.read_text())
+            if isinstance(raw, dict) and "queries" in raw and "gnd" not in raw:
+                queries = raw["queries"]
+                if not (isinstance(queries, list) and all(isinstance(q, dict) and "query" in q for q in queries)):
+                    raise DatasetError(f"{path}: 'queries' must be a list of objects with a 'query' name")
+                raw = {"imlist": raw.get("imlist"), "qimlist": [q["query"] for q in queries], "gnd": queries}
+        else:
+            with path.open("rb") as f:
+                raw = _RestrictedUnpickler(f).load()
+    except pickle.UnpicklingError as exc:
+        raise DatasetError(f"{path}: refused or damaged pickle ({exc})") from None
+    except OSError as exc:
+        raise DatasetError(f"{path}: cannot read it ({exc.strerror or exc})") from None
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
+        raise DatasetError(f"{path}: not valid JSON ({exc})") from None
+    except (EOFError, TypeError, IndexError, KeyError, OverflowError, MemoryError) as exc:  # damaged pickle data
+        raise DatasetError(f"{path}: damaged pickle ({type(exc).__name__}: {exc})") from None
     missing = [k for k in ("imlist", "qimlist", "gnd") if not isinstance(raw, dict) or k not in raw]
     if missing:
         raise DatasetError(f"{path}: not a revisitop ground-truth file, missing {missing}")
+    return _checked_gnd(path, raw)
+
+
+def _checked_gnd(path: Path, raw: dict) -> dict:
+    """The ground truth of ``raw`` with every value's type and range checked."""
+    def fail(what: str, value: object) -> DatasetError:
+        return DatasetError(f"{path}: {what}, found {_short(value)}")
+
+    for key in ("imlist", "qimlist"):
+        if not (isinstance(raw[key], list) and all(isinstance(x, str) for x in raw[key])):
+            raise fail(f"{key!r} must be a list of image names", raw[key])
+    if not isinstance(raw["gnd"], list):
+        raise fail("'gnd' must be a list with one entry per query", raw["gnd"])
+    if len(raw["gnd"]) != len(raw["qimlist"]):
+        raise DatasetError(f"{path}: {len(raw['qimlist'])} queries but {len(raw['gnd'])} ground-truth entries")
     n_db = len(raw["imlist"])
     gnd = []
     for i, g in enumerate(raw["gnd"]):
-        entry = {k: [int(x) for x in g[k]] for k in _INDEX_KEYS if k in g}
+        if not isinstance(g, dict):
+            raise fail(f"query {i}: expected an object with index lists", g)
+        entry = {}
+        for k in _INDEX_KEYS:
+            if k in g:
+                if not (isinstance(g[k], list) and all(isinstance(x, int) and not isinstance(x, bool) for x in g[k])):
+                    raise fail(f"query {i}: {k!r} must be a list of image indices", g[k])
+                entry[k] = list(g[k])
         bad = [x for v in entry.values() for x in v if not 0 <= x < n_db]
         if bad:
             raise DatasetError(f"{path}: query {i} refers to images {bad[:5]} outside imlist (size {n_db})")
-        entry["bbx"] = tuple(float(x) for x in g["bbx"]) if g.get("bbx") is not None else None
+        box = g.get("bbx")
+        if box is not None and not (isinstance(box, (list, tuple)) and len(box) == 4 and all(
+                isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in box)):
+            raise fail(f"query {i}: 'bbx' must be 4 numbers (x1, y1, x2, y2) or null", box)
+        entry["bbx"] = None if box is None else tuple(float(x) for x in box)
         gnd.append(entry)
-    return {"imlist": [str(x) for x in raw["imlist"]], "qimlist": [str(x) for x in raw["qimlist"]], "gnd": gnd}
+    return {"imlist": list(raw["imlist"]), "qimlist": list(raw["qimlist"]), "gnd": gnd}
+
+
+def _short(value: object, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def load_dataset(name: str | Path, data_root: str | Path | None = None) -> RetrievalDataset:
@@ -244,7 +291,7 @@ def _load_group_folders(folder: Path) -> RetrievalDataset:
         labels += [d.name] * len(found)
     if not images:
         raise DatasetError(f"no images found in {folder}: expected one sub-folder of images per group, "
-                           f"{folder}/<group>/<image>{{{','.join(IMAGE_EXTENSIONS)}}}")
+                           f"{folder}/<group>/<image>{{{','.join(sorted(IMAGE_EXTENSIONS))}}}")
     ds = _self_excluding_groups(folder.name, folder, images, labels)
     notes = []
     if loose := len(_list_images(folder)):
@@ -254,10 +301,29 @@ def _load_group_folders(folder: Path) -> RetrievalDataset:
     return replace(ds, notes=tuple(notes))
 
 
+def _read_words(path: Path) -> list[str]:
+    try:
+        return path.read_text().split()
+    except (OSError, ValueError) as exc:  # ValueError: not text (UnicodeDecodeError)
+        raise DatasetError(f"{path}: cannot read it ({getattr(exc, 'strerror', None) or exc})") from None
+
+
 def _read_names(path: Path) -> list[str]:
     if not path.is_file():
         raise DatasetError(f"classic ground truth incomplete: {path} is missing")
-    return path.read_text().split()
+    return _read_words(path)
+
+
+def _query_line(path: Path) -> tuple[str, tuple[float, ...]]:
+    """The query image name and box of a classic ``*_query.txt`` file (``NAME x1 y1 x2 y2``)."""
+    words = _read_words(path)
+    try:
+        box = tuple(float(x) for x in words[1:])
+    except ValueError:
+        box = ()
+    if len(words) != 5 or len(box) != 4 or not all(map(math.isfinite, box)):
+        raise DatasetError(f"{path}: expected one line 'NAME x1 y1 x2 y2', found {_short(' '.join(words))}")
+    return words[0], box
 
 
 def _load_oxford5k(data_root: Path) -> RetrievalDataset:
@@ -275,14 +341,14 @@ def _load_oxford5k(data_root: Path) -> RetrievalDataset:
         raise DatasetError(f"no *_query.txt files in {gt}")
     queries, boxes, gnd, dropped = [], [], [], []
     for qf in query_files:
-        qname, *box = qf.read_text().split()
+        qname, box = _query_line(qf)
         qname = qname.removeprefix("oxc1_")
         if qname not in index:
             dropped.append(qname)
             continue
         base = qf.name.removesuffix("_query.txt")
         queries.append(images[index[qname]])
-        boxes.append(tuple(float(x) for x in box))
+        boxes.append(box)
         gnd.append({k: [index[n] for n in _read_names(gt / f"{base}_{k}.txt") if n in index]
                     for k in ("good", "ok", "junk")})
     notes = (f"dropped {len(dropped)} of {len(query_files)} queries whose image is not in {root / 'jpg'}: "
