@@ -2,10 +2,13 @@
 
 Database descriptors are cached on disk, keyed by the system's settings (model, working size,
 scales; for SIFT-HE the vocabulary) and the exact database files (path, size, modification
-time), so repeated evaluations of modified queries only extract the queries.
+time), so repeated evaluations of modified queries only extract the queries. A cache entry is
+checked before use (shape, dtype, finite values, one row per image, its first row against a fresh
+description of the first image); a damaged one is described again, with a :class:`CacheWarning`.
 """
 import os
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,8 +16,9 @@ from pathlib import Path
 import numpy as np
 
 from ..extraction import DEFAULT_SIZE
-from ..io import IMAGE_EXTENSIONS
+from ..io import IMAGE_EXTENSIONS, atomic_write, remove_stale_temporaries
 from ..models import DescriptorModel
+from ..retrieval import check_rows
 from ..systems import NeuralSystem, RetrievalSystem, file_key
 from ..transforms import TransformChain
 from .datasets import RetrievalDataset
@@ -30,6 +34,10 @@ def default_cache_dir() -> Path:
 
 class EvaluationError(RuntimeError):
     """Evaluation cannot proceed (e.g. unreadable benchmark images); the message names them."""
+
+
+class CacheWarning(UserWarning):
+    """A descriptor cache entry that is damaged (described again) or cannot be written (not cached)."""
 
 
 @dataclass
@@ -91,22 +99,63 @@ def database_cache_path(dataset: RetrievalDataset, system: RetrievalSystem,
 
 
 def database_descriptors(dataset: RetrievalDataset, system: RetrievalSystem, cache_dir: Path | None | bool = None,
-                         progress: bool | None = None) -> np.ndarray:
+                         progress: bool | None = None, timings: dict | None = None) -> np.ndarray:
     """(n_db, D) descriptors of the database, from the cache when the same files were described before.
 
-    ``cache_dir=None`` uses :func:`default_cache_dir`; pass ``False`` to disable caching.
+    ``cache_dir=None`` uses :func:`default_cache_dir`; pass ``False`` to disable caching. A cache entry
+    that fails its check is described again (:class:`CacheWarning`); when the database is described,
+    ``timings['database']`` gets its seconds.
     """
     path = database_cache_path(dataset, system, cache_dir)
-    if path is not None and path.is_file():
-        return np.load(path)
+    cached = _cached_rows(path, dataset, system) if path is not None and path.is_file() else None
+    if cached is not None:
+        return cached
+    start = time.perf_counter()
     descriptors = _extract_all(system, dataset.images, desc=f"{dataset.name} database", progress=progress)
+    if timings is not None:
+        timings["database"] = time.perf_counter() - start
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        with open(tmp, "wb") as f:
-            np.save(f, descriptors)
-        os.replace(tmp, path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            remove_stale_temporaries(path.parent)  # what killed earlier runs left
+            with atomic_write(path) as f:
+                np.save(f, descriptors)
+        except OSError as exc:
+            warnings.warn(f"{path}: cannot write the descriptor cache ({exc.strerror or exc}); "
+                          "the database is not cached", CacheWarning, stacklevel=2)
     return descriptors
+
+
+def _cached_rows(path: Path, dataset: RetrievalDataset, system: RetrievalSystem) -> np.ndarray | None:
+    """The cached rows at ``path`` when they pass the check, else None (with a :class:`CacheWarning`)."""
+    problem = None
+    try:
+        rows = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as exc:
+        rows, problem = None, f"unreadable: {str(exc) or 'empty file'}"
+    problem = problem or check_rows(rows, len(dataset.images)) or _first_row_problem(rows, dataset, system)
+    if problem is None:
+        return rows
+    warnings.warn(f"{path}: damaged descriptor cache ({problem}); describing the database again", CacheWarning,
+                  stacklevel=3)
+    return None
+
+
+def _first_row_problem(rows: np.ndarray, dataset: RetrievalDataset, system: RetrievalSystem) -> str | None:
+    """Whether the first cached row is the system's description of the first database image (within 1 %
+    for float descriptors, which differ slightly between devices): a cache of another shape, dtype or
+    model fails here."""
+    fresh = system.describe(dataset.images[:1], progress=False)
+    if fresh.failures:
+        return f"cannot check it: {fresh.failures[0]}"
+    row = fresh.descriptors[0]
+    if rows.dtype != row.dtype or rows.shape[1] != row.shape[0]:
+        return f"rows of {rows.shape[1]} {rows.dtype}, the system describes {row.shape[0]} {row.dtype}"
+    if row.dtype.kind == "f":
+        same = np.linalg.norm(rows[0].astype(np.float64) - row) <= 0.01 * max(np.linalg.norm(row), 1e-12)
+    else:
+        same = np.array_equal(rows[0], row)
+    return None if same else f"its first row is not the description of {dataset.images[0]}"
 
 
 def replacement_files(names: Sequence[Path], directory: Path | None) -> list[Path]:
@@ -145,12 +194,7 @@ def evaluate(dataset: RetrievalDataset, model: DescriptorModel | RetrievalSystem
         queries = "wi"  # nothing to crop: report what was done
     system = model if isinstance(model, RetrievalSystem) else NeuralSystem(model, size, scales)
     timings = system.fit(dataset.images, _cache_root(cache_dir), progress)
-    cache_path = database_cache_path(dataset, system, cache_dir)
-    cached = cache_path is not None and cache_path.is_file()
-    start = time.perf_counter()
-    db = database_descriptors(dataset, system, cache_dir, progress)
-    if not cached:  # time only a real extraction
-        timings["database"] = time.perf_counter() - start
+    db = database_descriptors(dataset, system, cache_dir, progress, timings)  # times only a real extraction
     db_files = replacement_files(dataset.images, db_dir)
     replaced = [i for i, (a, b) in enumerate(zip(dataset.images, db_files)) if a != b]
     if replaced:
