@@ -20,6 +20,7 @@ from .models import DescriptorModel
 from .transforms import Box, TransformChain
 
 DEFAULT_SIZE = 1024
+MIN_SIZE = 32  # the smallest working size: the networks downsample by 32
 MULTISCALE = (1.0, 2 ** -0.5, 0.5)
 
 

@@ -34,7 +34,7 @@ from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 __all__ = [
     "DEFAULT_MAX_PIXELS", "IMAGE_EXTENSIONS", "ImageError", "InputFile", "Photo", "atomic_write", "claim",
-    "collect_inputs", "format_for_suffix", "printable", "read_photo", "remove_stale_temporaries",
+    "collect_inputs", "format_for_suffix", "is_inside", "printable", "read_photo", "real_path", "remove_stale_temporaries",
     "suffix_for_format", "to_tensor", "to_uint8", "write_grey_atomic", "write_photo_atomic",
 ]
 
@@ -289,10 +289,15 @@ def _is_image_name(name: str) -> bool:
     return not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
 
 
-def _inside(path: Path | str, folders: set[str]) -> bool:
-    """Whether ``path`` (resolved) is one of ``folders`` (real paths) or below one."""
-    real = os.path.realpath(path)
-    return any(real == f or real.startswith(f.rstrip(os.sep) + os.sep) for f in folders)
+def real_path(path: str | os.PathLike) -> Path:
+    """The absolute path with symbolic links resolved, as far as they resolve: unlike ``Path.resolve``, a
+    link loop does not raise (reading the file says what is wrong with it)."""
+    return Path(os.path.realpath(path))
+
+
+def is_inside(path: str | os.PathLike, folder: str | os.PathLike) -> bool:
+    """Whether ``path`` is ``folder`` or lies below it, symbolic links resolved."""
+    return real_path(path).is_relative_to(real_path(folder))
 
 
 def _strictly_below(root: Path | str, folders: set[str]) -> set[str]:
@@ -301,15 +306,23 @@ def _strictly_below(root: Path | str, folders: set[str]) -> set[str]:
     return {f for f in folders if f.startswith(top)}
 
 
-def _list_folder(folder: Path, recursive: bool, exclude: set[str]) -> list[Path]:
+def _list_folder(folder: Path, recursive: bool, exclude: set[str], errors: list[str]) -> list[Path]:
     """Entries of ``folder`` with an image name that are not folders, sorted; hidden names and the
-    ``exclude`` folders (real paths) skipped. Broken links and other non-files are kept: reading them says why."""
+    ``exclude`` folders (real paths) skipped. Broken links and other non-files are kept: reading them says
+    why. A folder that cannot be listed adds a line to ``errors``."""
+    def unlistable(exc: OSError) -> None:
+        errors.append(f"{exc.filename or folder}: cannot list this folder ({exc.strerror or exc})")
+
     if not recursive:
-        with os.scandir(folder) as entries:
-            found = [Path(e.path) for e in entries if _is_image_name(e.name) and not os.path.isdir(e.path)]
+        try:
+            with os.scandir(folder) as entries:
+                found = [Path(e.path) for e in entries if _is_image_name(e.name) and not os.path.isdir(e.path)]
+        except OSError as exc:
+            unlistable(exc)
+            return []
         return sorted(found)
     found = []
-    for root, dirs, names in os.walk(folder):
+    for root, dirs, names in os.walk(folder, onerror=unlistable):
         dirs[:] = [d for d in dirs if not d.startswith(".") and os.path.realpath(os.path.join(root, d)) not in exclude]
         found += [Path(root, n) for n in names if _is_image_name(n)]
     return sorted(found, key=lambda p: p.relative_to(folder).parts)
@@ -373,10 +386,12 @@ def collect_inputs(inputs: list[str], recursive: bool = False,
         text = os.path.expanduser(str(raw))
         path = Path(text)
         if path.is_dir():
-            found = _list_folder(path, recursive, _strictly_below(path, excluded))
+            listing_errors: list[str] = []
+            found = _list_folder(path, recursive, _strictly_below(path, excluded), listing_errors)
+            errors += listing_errors
             for f in found:
                 add(f, f.relative_to(path))
-            if not found:
+            if not found and not listing_errors:
                 errors.append(f"{raw}: no image files in this folder"
                               + ("" if recursive else " (subfolders are searched only when recursive)"))
         elif path.is_file() or (path.is_symlink() and not path.exists()):  # reading a broken link says why
@@ -388,11 +403,11 @@ def collect_inputs(inputs: list[str], recursive: bool = False,
             skip = _strictly_below(base, excluded)
             for match in sorted(glob.glob(text, recursive=True)):
                 m = Path(match)
-                if _inside(m, skip):
+                if any(is_inside(m, folder) for folder in skip):
                     continue
                 if m.is_dir():
                     if recursive:
-                        matched += _list_folder(m, True, skip)
+                        matched += _list_folder(m, True, skip, errors)
                 elif _is_image_name(m.name):
                     matched.append(m)
             for f in matched:
@@ -518,6 +533,30 @@ def _save_atomic(path: Path, img: Image.Image, fmt: str, options: dict) -> Path:
     return path
 
 
+class _CheckedFile:
+    """A binary file without a descriptor: given one, PIL's encoders and ``numpy.save`` write to it
+    directly and miss a short write, so a full disk would leave a truncated file that looks written.
+    Through Python's buffered writes it fails with ``No space left on device``."""
+
+    def __init__(self, f: BinaryIO):
+        self._f = f
+
+    def write(self, data) -> int:
+        return self._f.write(data)
+
+    def read(self, size: int = -1) -> bytes:  # numpy takes only readable objects for a file (write-only here)
+        return self._f.read(size)
+
+    def tell(self) -> int:
+        return self._f.tell()
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self._f.seek(offset, whence)
+
+    def flush(self) -> None:
+        self._f.flush()
+
+
 @contextmanager
 def atomic_write(path: str | os.PathLike) -> Iterator[BinaryIO]:
     """A binary file to write ``path``'s new content to: on success it replaces ``path`` in one step
@@ -536,14 +575,16 @@ def atomic_write(path: str | os.PathLike) -> Iterator[BinaryIO]:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name[:80]}.advquery-{os.getpid()}-", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            yield f
+            yield _CheckedFile(f)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, mode)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with suppress(OSError):
             os.unlink(tmp)
+        if isinstance(exc, OSError) and exc.strerror and exc.filename is None:
+            exc.filename = str(path)  # a full disk names the file it could not write
         raise
 
 

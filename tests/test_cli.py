@@ -1,5 +1,6 @@
 """The ``advquery`` command run in-process on real UKBench photos at tiny working sizes."""
 import json
+import os
 import re
 import shutil
 from contextlib import redirect_stderr, redirect_stdout
@@ -95,6 +96,70 @@ def test_search_without_index(tmp_path, ukbench_dir, capsys):
     code = main(["search", str(ukbench_dir / "ukbench00000.jpg"), "--index", str(tmp_path)])
     err = capsys.readouterr().err
     assert code == 2 and "not an advquery index" in err and len(err.strip().splitlines()) == 1
+
+
+def test_index_build_into_an_existing_file_is_refused_before_describing(built, tmp_path):
+    (tmp_path / "idx").write_text("a file")
+    code, _, stderr = _run(["index", "build", str(built["inputs"]), "-o", str(tmp_path / "idx"), "--size", str(SIZE)])
+    # before describing: the corrupt x.jpg among the inputs would have said 'skipped' otherwise
+    assert code == 2 and stderr.strip() == f"advquery: error: -o {tmp_path / 'idx'}: this is a file, not a folder"
+
+
+def test_index_of_names_with_newlines_and_line_separators_is_searchable(ukbench_dir, tmp_path):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    names = ["new\nline.jpg", "line\u2028sep.jpg", os.fsdecode(b"bytes\xff.jpg"), "caf\u00e9.jpg"]
+    for i, name in enumerate(names):
+        shutil.copy(ukbench_dir / f"ukbench{4 * i:05d}.jpg", photos / name)
+    code, _, stderr = _run(["index", "build", str(photos), "-o", str(tmp_path / "idx"), "--size", str(SIZE)])
+    assert code == 0, stderr
+    for name in names:
+        code, stdout, stderr = _run(["search", str(photos / name), "--index", str(tmp_path / "idx"), "-k", "1", "--json"])
+        assert code == 0, stderr
+        assert json.loads(stdout)["results"][0]["path"] == str((photos / name).resolve())
+        code, stdout, _ = _run(["search", str(photos / name), "--index", str(tmp_path / "idx"), "-k", "2"])
+        assert code == 0 and len(stdout.splitlines()) == 2  # one line per result, whatever the name
+
+
+@pytest.mark.parametrize("argv, option", [
+    (["protect", "x.jpg", "-o", "out", "--size", "31"], "--size"),
+    (["protect", "x.jpg", "-o", "out", "--size", "5"], "--size"),
+    (["protect", "x.jpg", "-o", "out", "--steps", "0"], "--steps"),
+    (["protect", "x.jpg", "-o", "out", "--quality", "101"], "--quality"),
+    (["protect", "x.jpg", "-o", "out", "--eps", "nan"], "--eps"),
+    (["protect", "x.jpg", "-o", "out", "--eps", "inf"], "--eps"),
+    (["protect", "x.jpg", "-o", "out", "--ssim-weight", "inf"], "--ssim-weight"),
+    (["protect", "x.jpg", "-o", "out", "--target-ssim", "1"], "--target-ssim"),
+    (["protect", "x.jpg", "-o", "out", "--seed", "-1"], "--seed"),
+    (["protect", "x.jpg", "-o", "out", "--max-pixels", "0"], "--max-pixels"),
+    (["protect", "x.jpg", "-o", "out", "--size", "big"], "--size"),
+    (["verify", "a.jpg", "b.jpg", "--size", "5"], "--size"),
+    (["verify", "a.jpg", "b.jpg", "-k", "0"], "-k"),
+    (["index", "build", "x.jpg", "-o", "idx", "--size", "5"], "--size"),
+    (["index", "build", "x.jpg", "-o", "idx", "--batch-size", "0"], "--batch-size"),
+    (["index", "build", "x.jpg", "-o", "idx", "--batch-size", "-3"], "--batch-size"),
+    (["index", "build", "x.jpg", "-o", "idx", "--vocab-size", "0"], "--vocab-size"),
+    (["search", "x.jpg", "--index", "idx", "-k", "-1"], "-k"),
+    (["search", "x.jpg", "--index", "idx", "--size", "16"], "--size"),
+    (["eval", "--dataset", "ukbench-mini", "--size", "0"], "--size"),
+    (["demo", "-k", "0"], "-k"),
+    (["demo", "--size", "12"], "--size"),
+])
+def test_every_numeric_option_is_checked_up_front_with_one_rule(tmp_path, monkeypatch, argv, option):
+    monkeypatch.chdir(tmp_path)  # nothing to read there: a check after any work would fail differently
+    code, stdout, stderr = _run(argv)
+    assert code == 2 and stdout == "" and len(stderr.splitlines()) == 1, stderr
+    assert stderr.startswith(f"advquery: error: argument {option}") and "expected " in stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("device", ["bogus", "cuda:99", "tpu"])
+def test_unavailable_device_is_one_line_listing_the_available_ones(tmp_path, device):
+    for argv in (["protect", "x.jpg", "-o", str(tmp_path / "out")], ["index", "build", "x.jpg", "-o", "idx"],
+                 ["verify", "a.jpg", "b.jpg"], ["eval", "--dataset", "ukbench-mini"]):
+        code, _, stderr = _run([*argv, "--device", device])
+        assert code == 2 and len(stderr.splitlines()) == 1 and f"'{device}'" in stderr, stderr
+        assert "available" in stderr and "cpu" in stderr
 
 
 # -------------------------------------------------------------------------------------------- eval

@@ -98,3 +98,15 @@ def test_verify_with_index_of_another_size_refused(setup, capsys):
 def test_verify_missing_file_one_line(setup, tmp_path, capsys):
     code, _, err = _verify(capsys, str(setup["original"]), str(tmp_path / "nope.jpg"), "--size", SIZE)
     assert code == 2 and "nope.jpg" in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_verify_photos_of_different_sizes_says_why_quality_is_not_measured(setup, tmp_path, capsys):
+    from advquery.io import read_photo, write_photo_atomic
+    half = read_photo(setup["protected"]).rgb[::2, ::2]
+    write_photo_atomic(tmp_path / "half.png", half.copy())
+    code, out, err = _verify(capsys, str(setup["original"]), str(tmp_path / "half.png"), "--size", SIZE)
+    assert code == 0, err
+    assert "image quality: not measured, the photos differ in size (640 x 480 and 320 x 240 pixels)" in out
+    code, out, _ = _verify(capsys, str(setup["original"]), str(tmp_path / "half.png"), "--size", SIZE, "--json")
+    result = json.loads(out)
+    assert result["quality"] is None and "differ in size" in result["quality_not_measured"]

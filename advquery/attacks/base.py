@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..extraction import DEFAULT_SIZE, cosine_similarity, describe, resize_long_side
+from ..extraction import DEFAULT_SIZE, MIN_SIZE, cosine_similarity, describe, resize_long_side
 from ..io import to_tensor, to_uint8
 from ..models import DescriptorModel
 from ..perceptual import ssim_cost_weights
@@ -131,7 +131,7 @@ class PerturbationAttack:
                  snapshot_every: int | None = None):
         _check(isinstance(steps, int) and not isinstance(steps, bool) and steps >= 1, f"steps must be a positive integer, got {steps!r}")
         _check(lr > 0, f"lr must be positive, got {lr}")
-        _check(isinstance(size, int) and size >= 32, f"size must be an integer >= 32, got {size!r}")
+        _check(isinstance(size, int) and size >= MIN_SIZE, f"size must be an integer >= {MIN_SIZE}, got {size!r}")
         _check(saving in SAVING_MODES, f"saving must be one of {SAVING_MODES}, got {saving!r}")
         _check(target_similarity is None or -1 <= target_similarity <= 1,
                f"target_similarity must be in [-1, 1], got {target_similarity}")

@@ -1,35 +1,61 @@
-"""What every command shares: error reporting without tracebacks, model and size options."""
+"""What every command shares: one-line errors without tracebacks, option types, model and size options,
+output checks before any work, and interrupts (SIGINT, SIGTERM) that leave nothing half-written."""
 import argparse
+import errno
+import json
+import math
+import os
+import signal
 import sys
-from collections.abc import Callable
+import threading
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from functools import wraps
 from pathlib import Path
 
 from ..evaluation.datasets import DatasetError
 from ..evaluation.runner import EvaluationError
-from ..extraction import DEFAULT_SIZE, MULTISCALE
+from ..extraction import DEFAULT_SIZE, MIN_SIZE, MULTISCALE
 from ..handcrafted.sift_he import DEFAULT_WORDS, Vocabulary, VocabularyError
-from ..io import ImageError, InputFile, collect_inputs
-from ..models import BUILTIN_MODELS, DEFAULT_MODEL, DescriptorModel, ModelError, load_model
+from ..io import ImageError, InputFile, collect_inputs, printable
+from ..models import BUILTIN_MODELS, DEFAULT_MODEL, DescriptorModel, DeviceError, ModelError, load_model, resolve_device
 from ..retrieval import ImageIndex, IndexFileError
 from ..systems import FEATURES, GlobalSystem, NeuralSystem, RetrievalSystem, SiftHESystem
 
 # Errors whose message already says what is wrong and where: shown as one line, no traceback.
-USER_ERRORS = (ModelError, DatasetError, EvaluationError, ImageError, IndexFileError, VocabularyError,
-               FileNotFoundError, NotADirectoryError, PermissionError)
+USER_ERRORS = (ModelError, DeviceError, DatasetError, EvaluationError, ImageError, IndexFileError, VocabularyError)
 
 
 class CommandError(Exception):
     """A command cannot run as asked; the message is shown to the user as it is."""
 
 
-def error(message: str) -> None:
-    """Print one error line on stderr."""
-    print(f"advquery: error: {message}", file=sys.stderr)
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM, handled like SIGINT (Ctrl-C): ``signum`` gives the exit code 128 + signum."""
+
+    def __init__(self, signum: int = signal.SIGINT) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def error(message: object) -> None:
+    """Print one error line on stderr (file names with newlines or other control characters escaped)."""
+    print(f"advquery: error: {printable(message)}", file=sys.stderr)
+
+
+def describe_os_error(exc: OSError) -> str:
+    """``"FILE: reason"`` for an error of the operating system (disk full, no permission, ...)."""
+    return f"{exc.filename}: {exc.strerror}" if exc.filename and exc.strerror else str(exc)
+
+
+def interrupt_exit_code(exc: KeyboardInterrupt) -> int:
+    return 128 + getattr(exc, "signum", signal.SIGINT)
 
 
 def user_errors(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-    """Turn the expected failures of a command into one line and exit code 2."""
+    """Turn the expected failures of a command into one line and exit code 2; an interrupt into
+    128 + its signal (130 for SIGINT, 143 for SIGTERM)."""
 
     @wraps(command)
     def run(args: argparse.Namespace) -> int:
@@ -38,38 +64,187 @@ def user_errors(command: Callable[[argparse.Namespace], int]) -> Callable[[argpa
         except (CommandError, *USER_ERRORS) as exc:
             error(str(exc))
             return 2
-        except KeyboardInterrupt:
+        except OSError as exc:
+            error(describe_os_error(exc))
+            return 2
+        except KeyboardInterrupt as exc:
             error("interrupted")
-            return 130
+            return interrupt_exit_code(exc)
 
     return run
 
 
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
-    return value
+class OneLineParser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line (no usage block), raised as :class:`CommandError`."""
+
+    def error(self, message: str):
+        raise CommandError(f"{message} (see {self.prog} --help)")
+
+
+@contextmanager
+def command_environment() -> Iterator[None]:
+    """How every command runs: SIGTERM raises :class:`Interrupted` like SIGINT raises KeyboardInterrupt
+    (so temporary files and claims are cleaned up), warnings are one line ``advquery: warning: ...``,
+    and file names that are not valid UTF-8 are printed escaped instead of failing."""
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
+    in_main = threading.current_thread() is threading.main_thread()
+
+    def terminate(signum, _frame):
+        raise Interrupted(signum)
+
+    previous = signal.signal(signal.SIGTERM, terminate) if in_main else None
+    try:
+        with warnings.catch_warnings():
+            warnings.showwarning = lambda message, *_args, **_kw: print(
+                f"advquery: warning: {printable(message)}", file=sys.stderr)
+            yield
+    finally:
+        if in_main:
+            signal.signal(signal.SIGTERM, previous)
+
+
+# ----------------------------------------------------------------------------- option types
+
+
+def number(kind: type = int, low: float | None = None, high: float | None = None, *, low_open: bool = False,
+           high_open: bool = False) -> Callable[[str], int | float]:
+    """An argparse type: a finite ``kind`` (int or float) within the bounds (inclusive unless open); the one
+    rule for every numeric option of every command, checked before any work."""
+    noun = "an integer" if kind is int else "a number"
+    if low is not None and high is not None:
+        what = f"{noun} in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}" if kind is float \
+            else f"{noun} in {low}..{high}"
+    elif low is not None:
+        what = f"{noun} {'>' if low_open else '>='} {low:g}"
+    elif high is not None:
+        what = f"{noun} {'<' if high_open else '<='} {high:g}"
+    else:
+        what = "a finite number" if kind is float else noun
+
+    def parse(text: str) -> int | float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if (not math.isfinite(value) or (low is not None and (value < low or (low_open and value == low)))
+                or (high is not None and (value > high or (high_open and value == high)))):
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        return value
+
+    parse.__name__ = what  # argparse names the type by it in some messages
+    return parse
+
+
+positive_int = number(int, 1)
+working_size = number(int, MIN_SIZE)
+seed_number = number(int, 0, 2**32 - 1)
+
+
+def device_name(text: str) -> str:
+    """An argparse type: a torch device present on this machine (the message lists those that are)."""
+    try:
+        resolve_device(text)
+    except DeviceError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+# ----------------------------------------------------------------------------- outputs
+
+
+def _unwritable(folder: Path) -> str | None:
+    """Why files cannot be created in ``folder`` (or in the folders it would be created in), or None."""
+    existing = Path(folder)
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if existing.exists() and not existing.is_dir():
+        return f"{'this' if existing == Path(folder) else existing} is a file, not a folder"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"cannot write in {existing} (no permission, or a read-only file system)"
+    return None
+
+
+def check_output_folder(path: Path, flag: str) -> None:
+    """Refuse, before any work, an output folder that cannot be created or written: a file in its place
+    (or in place of a folder above it), or a folder without permission to write."""
+    problem = _unwritable(path)
+    if problem:
+        raise CommandError(f"{flag} {path}: {problem}")
+
+
+def check_output_file(path: Path, flag: str) -> None:
+    """Refuse, before any work, an output file that cannot be written (its folder is created when it is written)."""
+    path = Path(path)
+    if path.is_dir():
+        problem = "is a folder, not a file"
+    elif path.exists() and not os.access(path, os.W_OK):
+        problem = "cannot write it (no permission, or a read-only file system)"
+    else:
+        problem = _unwritable(path.parent)
+    if problem:
+        raise CommandError(f"{flag} {path}: {problem}")
+
+
+class JsonLines:
+    """A report appended one JSON line at a time (check its path with :func:`check_output_file` before any
+    work). A write that fails (disk full) is said once, in one line, and the report is closed; the command
+    goes on and :attr:`failed` makes it exit non-zero. A line is written whole or not at all."""
+
+    def __init__(self, path: Path, flag: str):
+        self.path, self.flag, self.failed = Path(path), flag, False
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._fd: int | None = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+
+    def write(self, record: dict) -> None:
+        if self._fd is None:
+            return
+        data = (json.dumps(record) + "\n").encode()
+        start = os.fstat(self._fd).st_size
+        try:
+            written = os.write(self._fd, data)
+            if written != len(data):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))  # a short write: the disk is full
+        except OSError as exc:
+            try:
+                os.ftruncate(self._fd, start)  # no half line
+            except OSError:
+                pass
+            error(f"{self.flag} {self.path}: cannot write ({exc.strerror or exc}); the report stops here")
+            self.failed = True
+            self.close()
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def collect_or_fail(inputs: list[str], recursive: bool, what: str,
+                    exclude: tuple[Path, ...] = ()) -> tuple[list[InputFile], list[str]]:
+    """Input files of a batch command (never from ``exclude``, its own output folders, where they lie inside
+    an input folder); problems are printed as they are found, none at all is an error."""
+    files, problems = collect_inputs(inputs, recursive=recursive, exclude=exclude)
+    if not files:  # the last problem and the verdict on one line
+        for line in problems[:-1]:
+            error(line)
+        raise CommandError("; ".join([*problems[-1:], f"no {what}"]))
+    for line in problems:
+        error(line)
+    return files, problems
 
 
 def add_model_options(parser: argparse.ArgumentParser, size_default: int | None = DEFAULT_SIZE) -> None:
     """--model, --size, --multiscale and --device, shared by every command that describes images."""
     parser.add_argument("--model", default=None if size_default is None else DEFAULT_MODEL,
                         help=f"built-in model name or cirtorch checkpoint path (default: {DEFAULT_MODEL})")
-    parser.add_argument("--size", type=positive_int, default=size_default,
-                        help=f"working size: long side in pixels (default: {size_default or 'the index'})")
+    parser.add_argument("--size", type=working_size, default=size_default,
+                        help=f"working size: long side in pixels, at least {MIN_SIZE} "
+                             f"(default: {size_default or 'the index'})")
     parser.add_argument("--multiscale", action="store_true", help="GeM-average descriptors at scales 1, 1/sqrt2, 1/2")
-    parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
-
-
-def collect_or_fail(inputs: list[str], recursive: bool, what: str) -> tuple[list[InputFile], list[str]]:
-    """Input files of a batch command; problems are printed as they are found, none at all is an error."""
-    files, problems = collect_inputs(inputs, recursive=recursive)
-    for line in problems:
-        error(line)
-    if not files:
-        raise CommandError(f"no {what}")
-    return files, problems
+    parser.add_argument("--device", type=device_name, default=None,
+                        help="torch device (default: cuda if available, else cpu)")
 
 
 def add_features_options(parser: argparse.ArgumentParser, database: bool = True) -> None:

@@ -18,7 +18,7 @@ from ..io import read_photo, write_photo_atomic
 from ..models import DEFAULT_MODEL, load_model
 from ..protection import STRENGTHS, protect_photo
 from ..retrieval import ImageIndex, Manifest
-from .common import add_model_options, user_errors
+from .common import add_model_options, positive_int, user_errors
 
 COPIES_PER_PHOTO = 3  # see edited_copies
 SAMPLES = ("astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "motorcycle_left.png", "hubble_deep_field.jpg")
@@ -30,7 +30,7 @@ DISTRACTORS = ("camera.png", "coins.png", "moon.png", "page.png", "brick.png", "
 def register(commands: argparse._SubParsersAction) -> None:
     demo = commands.add_parser("demo", help="index sample photos with edited copies and show what retrieval finds")
     demo.add_argument("-o", "--output", type=Path, help="keep the demo files in this folder (default: a temporary one)")
-    demo.add_argument("-k", type=int, default=3, help="results shown per query (default: 3)")
+    demo.add_argument("-k", type=positive_int, default=3, help="results shown per query (default: 3)")
     demo.add_argument("--strength", choices=tuple(STRENGTHS), default="low", help="protection preset (default: low)")
     add_model_options(demo, size_default=512)
     demo.set_defaults(run=run_demo, model=DEFAULT_MODEL)

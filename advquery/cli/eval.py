@@ -8,8 +8,9 @@ import numpy as np
 
 from ..evaluation.datasets import DATASET_NAMES, load_dataset
 from ..evaluation.runner import evaluate
+from ..io import atomic_write
 from ..transforms import parse_transform
-from .common import CommandError, add_features_options, add_model_options, system_from_args, user_errors
+from .common import CommandError, add_features_options, add_model_options, check_output_file, system_from_args, user_errors
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -60,15 +61,18 @@ def run_eval(args: argparse.Namespace) -> int:
         transform = parse_transform(args.transform) if args.transform else None
     except ValueError as exc:
         raise CommandError(f"--transform: {exc}") from None
+    for path, flag in ((args.json, "--json"), (args.ranks, "--ranks")):
+        if path:
+            check_output_file(path, flag)  # before the evaluation, not after it
     dataset = load_dataset(args.dataset, args.data_root)
     report = evaluate(dataset, system_from_args(args), queries=args.queries, protocols=args.protocol,
                       query_dir=args.query_dir, cache_dir=False if args.no_cache else args.cache, transform=transform,
                       db_dir=args.db_dir)
     print(format_report(report))
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report.summary(), indent=2))
+        with atomic_write(args.json) as f:
+            f.write(json.dumps(report.summary(), indent=2).encode())
     if args.ranks:
-        args.ranks.parent.mkdir(parents=True, exist_ok=True)
-        np.save(args.ranks, report.ranks)
+        with atomic_write(args.ranks) as f:
+            np.save(f, report.ranks)
     return 0

@@ -3,10 +3,11 @@ import argparse
 import sys
 from pathlib import Path
 
+from ..io import real_path
 from ..retrieval import ImageIndex, Manifest
 from ..systems import SiftHESystem
-from .common import (CommandError, add_features_options, add_model_options, collect_or_fail, error, system_from_args,
-                     user_errors)
+from .common import (CommandError, add_features_options, add_model_options, check_output_folder, collect_or_fail, error,
+                     positive_int, system_from_args, user_errors)
 
 VOCABULARY_FILE = "vocabulary.npz"  # a SIFT-HE index keeps its vocabulary beside the manifest
 
@@ -18,7 +19,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     build.add_argument("images", nargs="+", metavar="IMAGES", help="image files, folders or glob patterns")
     build.add_argument("-o", "--output", required=True, type=Path, metavar="INDEX_DIR", help="index directory to write")
     build.add_argument("--recursive", action="store_true", help="descend into sub-folders")
-    build.add_argument("--batch-size", type=int, default=None, help="images per forward pass (default: 1 on CPU, 16 on CUDA)")
+    build.add_argument("--batch-size", type=positive_int, default=None,
+                       help="images per forward pass (default: 1 on CPU, 16 on CUDA)")
     add_model_options(build)
     add_features_options(build)
     build.set_defaults(run=build_index)
@@ -26,9 +28,10 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 @user_errors
 def build_index(args: argparse.Namespace) -> int:
+    check_output_folder(args.output, "-o")  # before describing every image
     files, problems = collect_or_fail(args.images, args.recursive, "images to index")
     system = system_from_args(args)
-    paths = [f.path.resolve() for f in files]
+    paths = [real_path(f.path) for f in files]
     system.fit(paths)  # SIFT-HE without --vocab: a vocabulary trained on the images indexed
     result = system.describe(paths, desc="indexing")
     for line in result.failures:

@@ -4,11 +4,12 @@ import sys
 
 from .. import __version__
 from . import demo, eval as eval_cmd, index, protect, search, verify
+from .common import CommandError, OneLineParser, command_environment, error
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="advquery", description="Adversarial queries against content-based image "
-                                     "retrieval: protect photos from retrieval, measure retrieval robustness.")
+    parser = OneLineParser(prog="advquery", description="Adversarial queries against content-based image "
+                           "retrieval: protect photos from retrieval, measure retrieval robustness.")
     parser.add_argument("--version", action="version", version=f"advquery {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in (protect, verify, demo, index, search, eval_cmd):
@@ -17,8 +18,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return args.run(args)
+    with command_environment():
+        try:
+            args = build_parser().parse_args(argv)
+        except CommandError as exc:  # a bad option: one line, before any work
+            error(str(exc))
+            return 2
+        return args.run(args)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ import argparse
 import json
 from pathlib import Path
 
+from ..io import printable
 from ..retrieval import ImageIndex
 from .common import CommandError, add_features_options, add_model_options, positive_int, system_for_index, user_errors
 
@@ -30,5 +31,5 @@ def run_search(args: argparse.Namespace) -> int:
         print(json.dumps({"query": str(args.query), "results": [{"path": str(p), "score": s} for p, s in hits]}))
     else:
         for rank, (path, score) in enumerate(hits, 1):
-            print(f"{rank:3d}  {score:.4f}  {path}")
+            print(f"{rank:3d}  {score:.4f}  {printable(path)}")  # one line per result, whatever the file name
     return 0

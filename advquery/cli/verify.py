@@ -36,6 +36,10 @@ def run_verify(args: argparse.Namespace) -> int:
     if original.rgb.shape == protected.rgb.shape:
         result["quality"] = {k: (None if v == float("inf") else v)
                              for k, v in quality_report(original.rgb, protected.rgb).items()}
+    else:  # quality compares pixel by pixel
+        (w0, h0), (w1, h1) = original.size, protected.size
+        result["quality"] = None
+        result["quality_not_measured"] = f"the photos differ in size ({w0} x {h0} and {w1} x {h1} pixels)"
     descriptors = extract_descriptors(model, [args.original, args.protected], size, scales, progress=False).descriptors
     result["similarity"] = float(descriptors[0] @ descriptors[1])
     if index:
@@ -49,7 +53,9 @@ def run_verify(args: argparse.Namespace) -> int:
         print(json.dumps(result, indent=2))
         return 0
     print(f"descriptor similarity ({model.name}, {size} px): {result['similarity']:.4f}  (1 = identical)")
-    if "quality" in result:
+    if result["quality"] is None:
+        print(f"image quality: not measured, {result['quality_not_measured']}")
+    else:
         q = result["quality"]
         print(f"image quality: SSIM {q['ssim']:.4f}, PSNR {q['psnr'] or float('inf'):.2f} dB, "
               f"L-inf {q['linf']:.0f} levels, mean change {q['mean_abs_change']:.2f} levels")

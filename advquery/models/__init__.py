@@ -7,6 +7,8 @@
 """
 import hashlib
 import importlib
+import re
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +23,7 @@ from .fusion import fold_batchnorm
 from .pooling import GeM, Whitening, gem, l2n
 
 __all__ = ["load_model", "DescriptorModel", "ModelEnsemble", "GeM", "Whitening", "gem", "l2n", "BUILTIN_MODELS",
-           "DEFAULT_MODEL", "resolve_device", "ModelError"]
+           "DEFAULT_MODEL", "resolve_device", "available_devices", "DeviceError", "ModelError"]
 
 DEFAULT_MODEL = "efficientnet-lite0-gem"
 # TF-Lite training input is (255 x - 127) / 128, i.e. mean 127/255 and std 128/255 on [0, 1] pixels.
@@ -33,11 +35,35 @@ class ModelError(ValueError):
     """A model name or checkpoint that cannot be loaded; the message says why."""
 
 
+class DeviceError(ValueError):
+    """A device that does not exist here; the message lists those that do."""
+
+
+def available_devices() -> list[str]:
+    """The devices models can run on here: ``cpu``, then ``cuda:0``, ``cuda:1``, ... and ``mps`` when present."""
+    mps = getattr(torch.backends, "mps", None)
+    return (["cpu"] + [f"cuda:{i}" for i in range(torch.cuda.device_count() if torch.cuda.is_available() else 0)]
+            + (["mps"] if mps is not None and mps.is_available() else []))
+
+
 def resolve_device(device: str | torch.device | None = None) -> torch.device:
-    """The requested device, or CUDA when available, else CPU."""
+    """The requested device, or CUDA when available, else CPU.
+
+    Raises:
+        DeviceError: a device name torch does not know, or a device that is not present here
+            (``cuda`` without a CUDA GPU, ``cuda:3`` with two GPUs); the message lists the available ones.
+    """
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    available = available_devices()
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise DeviceError(f"unknown device {str(device)!r}; available here: {', '.join(available)}") from None
+    name = f"{resolved.type}:{resolved.index or 0}" if resolved.type == "cuda" else resolved.type
+    if name not in available:
+        raise DeviceError(f"device {str(device)!r} is not available here; available: {', '.join(available)}")
+    return resolved
 
 
 def _lite_weights(variant: str) -> dict[str, torch.Tensor]:
@@ -76,10 +102,16 @@ def _load_checkpoint_file(path: Path) -> dict:
             (reconstruct, "numpy._core.multiarray._reconstruct"), type(np.dtype("float32")),
             type(np.dtype("float64"))]
     try:
-        with torch.serialization.safe_globals(safe):
+        # torch warns about the pickle protocol of files it then refuses: the error alone says what matters
+        with torch.serialization.safe_globals(safe), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for corrupt or unsafe files
-        raise ModelError(f"{path}: cannot load checkpoint ({str(exc).splitlines()[0]})") from None
+        text = str(exc)
+        refused = re.search(r"WeightsUnpickler error:\s*(.+?)\s*(?:Check the documentation|$)", text, re.S)
+        reason = (f"refused by torch's safe loader, {' '.join(refused.group(1).split())}: a checkpoint holds only "
+                  "tensors and plain data" if refused else (text.splitlines() or [type(exc).__name__])[0])
+        raise ModelError(f"{path}: cannot load checkpoint ({reason})") from None
 
 
 def _from_checkpoint(path: Path) -> DescriptorModel:
