@@ -123,18 +123,22 @@ class ImageIndex:
     manifest: Manifest
 
     def save(self, directory: Path) -> None:
-        """Write the index files atomically (the manifest last, so a complete manifest means a complete
-        index); leftovers of a killed earlier save are removed first."""
+        """Write the index files atomically, all or none: each is written in full beside its target before
+        any replaces it (the manifest last, so a complete manifest means a complete index). Leftovers of a
+        killed earlier save are removed first."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(directory)
         rows = self.descriptors.astype(np.float32) if self.descriptors.dtype.kind == "f" else self.descriptors
         meta = {**asdict(self.manifest), "digest": _digest(self.manifest, self.paths, rows)}
-        with atomic_write(directory / DESCRIPTORS) as f:
-            np.save(f, rows)
-        for name, content in ((IMAGES, _image_lines(self.paths)), (MANIFEST, json.dumps(meta, indent=2).encode())):
-            with atomic_write(directory / name) as f:
-                f.write(content)
+        # Replaced in reverse order of opening when the block ends: descriptors, images, manifest.
+        with atomic_write(directory / MANIFEST) as manifest, atomic_write(directory / IMAGES) as images, \
+                atomic_write(directory / DESCRIPTORS) as descriptors:
+            np.save(descriptors, rows)
+            images.write(_image_lines(self.paths))
+            manifest.write(json.dumps(meta, indent=2).encode())
+            for f in (descriptors, images, manifest):
+                f.flush()  # a full disk fails here, before anything is replaced
 
     @classmethod
     def load(cls, directory: Path) -> "ImageIndex":
