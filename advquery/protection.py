@@ -198,6 +198,7 @@ class ProtectionRecord:
     keypoints_injected: int | None = None  # and the output's without a close original one
     error: str | None = None
     map: str | None = None  # the budget map file (--save-map)
+    note: str | None = None  # why a photo was skipped, when not because its output exists
 
     def to_json(self) -> dict:
         """JSON-safe dict (an infinite PSNR, for an unchanged photo, becomes null)."""

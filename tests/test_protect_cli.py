@@ -13,6 +13,7 @@ from PIL import ExifTags, Image
 
 from advquery.cli.main import main
 from advquery.io import read_photo
+from advquery.outputs import RECORDS
 from advquery.protection import STRENGTHS
 from helpers import blob_scene, exif_with_gps
 
@@ -38,7 +39,9 @@ def _hashes(folder: Path) -> dict[str, str]:
 
 
 def _files(folder: Path) -> set[str]:
-    return {str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()}
+    """Every file below ``folder`` but the records of which input made each output (.advquery/outputs/*.json)."""
+    return {str(p.relative_to(folder)) for p in folder.rglob("*")
+            if p.is_file() and not (p.parent == folder / RECORDS and p.suffix == ".json")}
 
 
 def _smooth(h: int, w: int, seed: int = 0) -> np.ndarray:
@@ -330,7 +333,8 @@ def test_noise_method_matches_the_target_ssim(tmp_path):
 
 @pytest.mark.parametrize("options, message", [
     (["--method", "pire", "--target-ssim", "0.95"], "--target-ssim applies to the noise method only, not to pire"),
-    (["--method", "noise", "--target-ssim", "1.5"], "--target-ssim must be in (0, 1), got 1.5"),
+    (["--method", "noise", "--target-ssim", "1.5"],
+     "argument --target-ssim: expected a number in (0, 1), got '1.5' (see advquery protect --help)"),
     (["--method", "rmd", "--steps", "3"], "--eps and --steps apply to ssim-pire, pire, masked-pire, cv-pire, sd-pire only, not to rmd"),
     (["--method", "cv-pire", "--robust"], "--robust applies to ssim-pire, pire, masked-pire only, not to cv-pire"),
     (["--method", "pire", "--ssim-weight", "10"], "--ssim-weight applies to ssim-pire only, not to pire"),
@@ -360,3 +364,123 @@ def test_save_map_refused_for_a_method_without_budget(tmp_path):
                             "--save-map", "--size", "96"])
     assert code == 2 and len(stderr.strip().splitlines()) == 1 and "--save-map" in stderr
     assert not (tmp_path / "out").exists()
+
+
+# ------------------------------------------------------------------------------ reruns, reports, output folder
+
+
+QUICK = [*FAST, "--strength", "low"]  # no random edits: steady and quick
+
+
+def _error_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith("advquery: error:")]
+
+
+def test_output_folder_inside_the_input_folder_is_not_taken_as_input(tmp_path):
+    """protect photos -o photos/protected --recursive, twice: the rerun resumes, it does not protect its
+    own outputs into photos/protected/protected."""
+    photos = tmp_path / "photos"
+    (photos / "sub").mkdir(parents=True)
+    Image.fromarray(_smooth(48, 64, seed=1)).save(photos / "x.png")
+    Image.fromarray(_smooth(48, 64, seed=2)).save(photos / "sub" / "y.png")
+    out = photos / "protected"
+    for _ in range(2):
+        code, _, stderr = _run(["protect", str(photos), "-o", str(out), "--recursive", *QUICK])
+        assert code == 0 and not _error_lines(stderr), stderr
+    assert "protected 0, skipped 2 existing" in stderr
+    assert _files(out) == {"x.png", "sub/y.png"}
+
+
+def test_report_that_cannot_be_opened_is_refused_before_any_work(tmp_path):
+    Image.fromarray(_smooth(48, 64)).save(tmp_path / "x.png")
+    (tmp_path / "report.jsonl").mkdir()
+    code, _, stderr = _run(["protect", str(tmp_path / "x.png"), "-o", str(tmp_path / "out"),
+                            "--report", str(tmp_path / "report.jsonl"), *QUICK])
+    assert code == 2 and stderr.strip() == f"advquery: error: --report {tmp_path / 'report.jsonl'}: is a folder, not a file"
+    assert not (tmp_path / "out").exists()
+
+
+def test_report_write_error_is_one_line_and_the_batch_goes_on(tmp_path):
+    """/dev/full: every write fails with 'No space left on device', as on a full disk."""
+    for i in range(2):
+        Image.fromarray(_smooth(48, 64, seed=i)).save(tmp_path / f"x{i}.png")
+    code, stdout, stderr = _run(["protect", str(tmp_path / "x0.png"), str(tmp_path / "x1.png"), "-o",
+                                 str(tmp_path / "out"), "--report", "/dev/full", *QUICK])
+    assert code == 1 and "Traceback" not in stderr
+    assert _error_lines(stderr) == ["advquery: error: --report /dev/full: cannot write (No space left on device); "
+                                    "the report stops here"]
+    assert _files(tmp_path / "out") == {"x0.png", "x1.png"} and "protected 2, skipped 0" in stderr
+    assert "x0.png" in stdout and "x1.png" in stdout  # the summary is kept
+
+
+def test_report_lines_record_input_and_settings(tmp_path):
+    Image.fromarray(_smooth(48, 64)).save(tmp_path / "x.png")
+    report = tmp_path / "r.jsonl"
+    code, _, stderr = _run(["protect", str(tmp_path / "x.png"), "-o", str(tmp_path / "out"), "--report", str(report),
+                            *QUICK])
+    assert code == 0, stderr
+    line = _strict_json(report.read_text())
+    assert line["input"] == str(tmp_path / "x.png") and line["output"] == str(tmp_path / "out" / "x.png")
+    assert line["settings"] == {"model": "efficientnet-lite0-gem", "method": "ssim-pire", "strength": "low", "eps": None,
+                                "ssim_weight": None, "steps": 3, "robust": False, "target_ssim": None, "size": 96,
+                                "format": None, "quality": 95, "keep_metadata": False, "seed": 0, "save_map": False}
+
+
+def test_existing_output_of_another_input_is_not_taken_for_this_ones(tmp_path):
+    """b.png made out/b.png; b.bmp, another photo, must not be 'skipped' because out/b.png exists, nor must
+    b.png once it was edited."""
+    out = tmp_path / "out"
+    Image.fromarray(_smooth(48, 64, seed=1)).save(tmp_path / "b.png")
+    code, _, stderr = _run(["protect", str(tmp_path / "b.png"), "-o", str(out), *QUICK])
+    assert code == 0, stderr
+    made = _hashes(out)
+    Image.fromarray(_smooth(48, 64, seed=2)).save(tmp_path / "b.bmp")
+    code, _, stderr = _run(["protect", str(tmp_path / "b.bmp"), "-o", str(out), *QUICK])
+    assert code == 1 and _error_lines(stderr) == [
+        f"advquery: error: {tmp_path / 'b.bmp'}: output {out / 'b.png'} exists, made from {tmp_path / 'b.png'}; "
+        "use --overwrite to replace it, or another -o folder"]
+    Image.fromarray(_smooth(48, 64, seed=3)).save(tmp_path / "b.png")  # the photo was edited since
+    code, _, stderr = _run(["protect", str(tmp_path / "b.png"), "-o", str(out), *QUICK])
+    assert code == 1 and "made from an earlier version of this file" in stderr
+    assert _hashes(out) == made
+    code, _, stderr = _run(["protect", str(tmp_path / "b.png"), "-o", str(out), "--overwrite", *QUICK])
+    assert code == 0 and "protected 1" in stderr
+    code, _, stderr = _run(["protect", str(tmp_path / "b.png"), "-o", str(out), *QUICK])
+    assert code == 0 and "skipped 1 existing" in stderr  # made from the photo as it is now
+
+
+def test_outputs_stay_inside_the_output_folder(tmp_path, monkeypatch):
+    (tmp_path / "work" / "a").mkdir(parents=True)
+    (tmp_path / "victim").mkdir()
+    Image.fromarray(_smooth(48, 64)).save(tmp_path / "victim" / "x.png")
+    victim = _hashes(tmp_path / "victim")
+    monkeypatch.chdir(tmp_path / "work")
+    code, _, stderr = _run(["protect", "*/../../victim/*.png", "-o", "out", *QUICK])
+    assert code == 0, stderr
+    assert _files(tmp_path / "work" / "out") == {"victim/x.png"} and _hashes(tmp_path / "victim") == victim
+    # A symbolic link inside OUTDIR that leads out of it is not followed.
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (tmp_path / "work" / "out2").mkdir()
+    (tmp_path / "work" / "out2" / "victim").symlink_to(elsewhere)
+    code, _, stderr = _run(["protect", "*/../../victim/*.png", "-o", "out2", *QUICK])
+    assert code == 1 and len(_error_lines(stderr)) == 1 and "would lie outside out2" in stderr
+    assert list(elsewhere.iterdir()) == []
+
+
+def test_output_folder_that_is_a_file_is_refused_before_any_work(tmp_path):
+    Image.fromarray(_smooth(48, 64)).save(tmp_path / "x.png")
+    (tmp_path / "out").write_text("a file")
+    code, _, stderr = _run(["protect", str(tmp_path / "x.png"), "-o", str(tmp_path / "out"), *QUICK])
+    assert code == 2 and stderr.strip() == f"advquery: error: -o {tmp_path / 'out'}: this is a file, not a folder"
+    code, _, stderr = _run(["protect", str(tmp_path / "x.png"), "-o", str(tmp_path / "out" / "sub"), *QUICK])
+    assert code == 2 and stderr.strip() == (f"advquery: error: -o {tmp_path / 'out' / 'sub'}: {tmp_path / 'out'} "
+                                            "is a file, not a folder")
+
+
+def test_same_output_hint_does_not_suggest_format_when_it_was_given(tmp_path):
+    Image.fromarray(_smooth(48, 64, seed=1)).save(tmp_path / "x.png")
+    Image.fromarray(_smooth(48, 64, seed=2)).save(tmp_path / "x.tif")
+    code, _, stderr = _run(["protect", str(tmp_path), "-o", str(tmp_path / "out"), "--format", "png", *QUICK])
+    assert code == 1
+    assert [line.rsplit(";", 1)[1] for line in _error_lines(stderr)] == [" rename one"]

@@ -1,16 +1,18 @@
 """``advquery protect``: photos that look the same but that retrieval can no longer match."""
 import argparse
-import json
 import sys
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from ..io import DEFAULT_MAX_PIXELS, ImageError, read_photo
+from ..io import (DEFAULT_MAX_PIXELS, ImageError, claim, is_inside, printable, read_photo, real_path,
+                  remove_stale_temporaries)
 from ..models import load_model
+from ..outputs import OutputRecords
 from ..protection import DEFAULT_NOISE_SSIM, DEFAULT_STRENGTH, GRADIENT_METHODS, MASK_GAIN, METHODS, STRENGTHS, \
     ProtectionRecord, check_method_options, map_path, output_format, output_path, protect_photo
-from .common import CommandError, add_model_options, collect_or_fail, positive_int, user_errors
+from .common import CommandError, JsonLines, add_model_options, check_output_file, check_output_folder, collect_or_fail, \
+    error, interrupt_exit_code, number, positive_int, seed_number, user_errors
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -36,25 +38,26 @@ def register(commands: argparse._SubParsersAction) -> None:
                         "descriptor similarity with --model at --size")
     p.add_argument("--strength", choices=tuple(STRENGTHS), default=DEFAULT_STRENGTH,
                    help=f"budget preset (default: {DEFAULT_STRENGTH}); {presets}")
-    p.add_argument("--eps", type=float, metavar="LEVELS",
+    p.add_argument("--eps", type=number(float, 0, 255, low_open=True), metavar="LEVELS",
                    help="override the budget in grey levels (masked-pire: flat-region budget; pire, ssim-pire: "
                         "L-infinity bound; cv-pire/sd-pire: multiplier m)")
-    p.add_argument("--ssim-weight", type=float, metavar="W",
+    p.add_argument("--ssim-weight", type=number(float), metavar="W",
                    help="ssim-pire only: override the preset's price on SSIM (more: higher SSIM, less effect; "
                         "0 is pire)")
     p.add_argument("--robust", action="store_true",
                    help="ssim-pire/pire/masked-pire: optimise through random JPEG, downscaling and crops even where the "
                         "preset does not (low; medium and high always do)")
     p.add_argument("--steps", type=positive_int, help="override the maximum number of optimisation steps")
-    p.add_argument("--target-ssim", type=float, metavar="S",
+    p.add_argument("--target-ssim", type=number(float, 0, 1, low_open=True, high_open=True), metavar="S",
                    help=f"noise only: SSIM the noise is matched to, in (0, 1) (default: {DEFAULT_NOISE_SSIM})")
     p.add_argument("--format", choices=("png", "jpg"), help="output format (default: JPEG stays JPEG, others PNG)")
-    p.add_argument("--quality", type=int, default=95, help="JPEG quality (default: 95)")
+    p.add_argument("--quality", type=number(int, 1, 100), default=95, help="JPEG quality (default: 95)")
     p.add_argument("--recursive", action="store_true", help="descend into sub-folders")
     p.add_argument("--keep-metadata", action="store_true",
                    help="keep EXIF (GPS still removed) and the colour profile; default drops all metadata")
-    p.add_argument("--seed", type=int, help="random seed (reproducible output)")
-    p.add_argument("--report", type=Path, metavar="FILE.jsonl", help="write one JSON line per photo")
+    p.add_argument("--seed", type=seed_number, help="random seed (reproducible output)")
+    p.add_argument("--report", type=Path, metavar="FILE.jsonl",
+                   help="append one JSON line per photo: status, quality, effect, and the settings that made it")
     p.add_argument("--save-map", action="store_true",
                    help="also write each protected photo's budget map, where the method may change it (white: "
                         "the most), as an 8-bit greyscale PNG at the working resolution to OUTDIR/maps/<relative "
@@ -63,7 +66,9 @@ def register(commands: argparse._SubParsersAction) -> None:
                         "SSIM-masking gain, cv-pire and sd-pire their colour-variance or standard-deviation map, "
                         "the constant bound of pire and ssim-pire is all white. Refused for the methods without a budget (keypoints, "
                         "noise)")
-    p.add_argument("--overwrite", action="store_true", help="replace existing outputs (default: skip them)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace existing outputs (default: skip those made from the same input, so that an interrupted "
+                        "or concurrent batch resumes; refuse those made from another input)")
     p.add_argument("--max-pixels", type=positive_int, default=DEFAULT_MAX_PIXELS,
                    help=f"refuse larger images (decompression bombs; default: {DEFAULT_MAX_PIXELS})")
     add_model_options(p)
@@ -79,23 +84,21 @@ def summary_table(records: list[ProtectionRecord]) -> str:
             lines.append(f"{name:<32} {r.ssim:6.4f} {r.psnr:6.2f} {r.linf:5.0f} {r.mean_abs_change:5.2f} "
                          f"{r.similarity:6.3f} {'-' if r.steps is None else r.steps:>5} {r.seconds:6.1f}")
         else:
-            lines.append(f"{name:<32} {r.status}: {r.error or r.output}")
-    return "\n".join(lines)
+            lines.append(f"{name:<32} {r.status}: {r.error or r.note or r.output}")
+    return "\n".join(printable(line) for line in lines)
 
 
 OPTION_FLAGS = {"target_ssim": "--target-ssim", "ssim_weight": "--ssim-weight", "robust": "--robust",
                 "eps_levels": "--eps", "steps": "--steps"}
+# What makes an output what it is: recorded in the report and beside the outputs (with the model's name).
+SETTINGS = ("method", "strength", "eps", "ssim_weight", "steps", "robust", "target_ssim", "size", "format", "quality",
+            "keep_metadata", "seed", "save_map")
+BUSY = "another advquery process is protecting it"
 
 
 @user_errors
 def run_protect(args: argparse.Namespace) -> int:
     args.method = args.method or STRENGTHS[args.strength].method
-    if not 1 <= args.quality <= 100:
-        raise CommandError(f"--quality must be in 1..100, got {args.quality}")
-    if args.eps is not None and not 0 < args.eps <= 255:
-        raise CommandError(f"--eps must be in (0, 255] grey levels, got {args.eps}")
-    if args.target_ssim is not None and not 0 < args.target_ssim < 1:
-        raise CommandError(f"--target-ssim must be in (0, 1), got {args.target_ssim}")
     try:
         check_method_options(args.method, target_ssim=args.target_ssim, ssim_weight=args.ssim_weight,
                              robust=args.robust, eps_levels=args.eps, steps=args.steps, names=OPTION_FLAGS)
@@ -104,58 +107,92 @@ def run_protect(args: argparse.Namespace) -> int:
     if args.save_map and args.method not in GRADIENT_METHODS:
         raise CommandError(f"--save-map: method {args.method} has no per-pixel budget to map; "
                            f"it applies to {', '.join(GRADIENT_METHODS)}")
-    files, problems = collect_or_fail(args.inputs, args.recursive, "photos to protect")
+    check_output_folder(args.output, "-o")
+    files, problems = collect_or_fail(args.inputs, args.recursive, "photos to protect", exclude=(args.output,))
+    if args.report:
+        check_output_file(args.report, "--report")
+    if args.output.is_dir():
+        remove_stale_temporaries(args.output)  # what a killed earlier run left
     model = load_model(args.model, device=args.device)
+    settings = {"model": model.name, **{name: getattr(args, name) for name in SETTINGS}}
+    report = JsonLines(args.report, "--report") if args.report else None
     records: list[ProtectionRecord] = []
-    input_paths = {f.path.resolve() for f in files}  # no output may replace any of them
+    input_paths = {real_path(f.path) for f in files}  # no output may replace any of them
     claimed: dict[Path, Path] = {}  # output -> the input it belongs to in this run
-    report = open(args.report, "a") if args.report else None
+    made_by = OutputRecords(args.output)
+    interrupted = None
     try:
         for f in tqdm(files, desc="protecting", unit="photo", disable=None):
-            record = _protect_one(f, args, model, input_paths, claimed)
+            record = _protect_one(f, args, model, input_paths, claimed, made_by, settings)
             records.append(record)
             if record.status == "failed":
-                tqdm.write(f"advquery: error: {record.error}", file=sys.stderr)
+                tqdm.write(f"advquery: error: {printable(record.error)}", file=sys.stderr)
             if report:
-                report.write(json.dumps(record.to_json()) + "\n")
-                report.flush()
+                report.write({**record.to_json(), "settings": settings})
+    except KeyboardInterrupt as exc:  # SIGINT or SIGTERM: what is done stays done, the summary is kept
+        interrupted = exc
     finally:
         if report:
             report.close()
     print(summary_table(records))
     failed = [r for r in records if r.status == "failed"] + problems
     done = sum(r.status == "protected" for r in records)
-    skipped = sum(r.status == "skipped" for r in records)
-    print(f"protected {done}, skipped {skipped} existing (use --overwrite), failed {len(failed)}", file=sys.stderr)
-    return 1 if failed else 0
+    skipped = sum(r.status == "skipped" and r.note is None for r in records)
+    busy = sum(r.note == BUSY for r in records)
+    print(f"protected {done}, skipped {skipped} existing (use --overwrite), failed {len(failed)}"
+          + (f", left {busy} to another advquery process" if busy else ""), file=sys.stderr)
+    if interrupted is not None:
+        error(f"interrupted after {len(records)} of {len(files)} photos; the same command resumes the batch")
+        return interrupt_exit_code(interrupted)
+    return 1 if failed or (report and report.failed) else 0
 
 
-def _protect_one(f, args: argparse.Namespace, model, input_paths: set[Path],
-                 claimed: dict[Path, Path]) -> ProtectionRecord:
+def _protect_one(f, args: argparse.Namespace, model, input_paths: set[Path], claimed: dict[Path, Path],
+                 made_by: OutputRecords, settings: dict) -> ProtectionRecord:
+    target = None
     try:
         photo = read_photo(f.path, max_pixels=args.max_pixels)
         fmt = output_format(photo, args.format)
         target = output_path(args.output, f.relative, fmt)
-        if target.resolve() in input_paths:
-            which = "the input" if target.resolve() == f.path.resolve() else f"the input {target}"
+        if real_path(target) in input_paths:
+            which = "the input" if real_path(target) == real_path(f.path) else f"the input {target}"
             return ProtectionRecord(str(f.path), status="failed",
                                     error=f"{f.path}: output would overwrite {which}; choose another -o folder")
-        owner = claimed.setdefault(target.resolve(), f.path)
+        owner = claimed.setdefault(real_path(target), f.path)
         if owner != f.path:
+            hint = "rename one" if args.format else "rename one or use --format"
             return ProtectionRecord(str(f.path), status="failed",
-                                    error=f"{f.path}: same output {target} as {owner}; rename one or use --format")
+                                    error=f"{f.path}: same output {target} as {owner}; {hint}")
         map_target = map_path(args.output, f.relative) if args.save_map else None
-        if map_target and (map_target.resolve() in input_paths
-                           or claimed.setdefault(map_target.resolve(), f.path) != f.path):
+        if map_target and (real_path(map_target) in input_paths
+                           or claimed.setdefault(real_path(map_target), f.path) != f.path):
             return ProtectionRecord(str(f.path), status="failed", error=f"{f.path}: its budget map {map_target} "
                                     "would replace an input or another output; choose another -o folder")
-        if target.exists() and not args.overwrite:
-            return ProtectionRecord(str(f.path), output=str(target), status="skipped")
-        return protect_photo(photo, target, model, fmt, args.quality, args.keep_metadata, map_target,
-                             method=args.method, strength=args.strength, eps_levels=args.eps, steps=args.steps,
-                             size=args.size, seed=args.seed, target_ssim=args.target_ssim, robust=args.robust,
-                             ssim_weight=args.ssim_weight)
+        if not all(is_inside(t, args.output) for t in (target, map_target) if t is not None):
+            return ProtectionRecord(str(f.path), status="failed", error=f"{f.path}: output {target} would lie outside "
+                                    f"{args.output} (through a symbolic link); choose another -o folder")
+        with claim(target) as ours:  # concurrent runs on the same folder split the photos
+            if not ours:
+                return ProtectionRecord(str(f.path), output=str(target), status="skipped", note=BUSY)
+            if target.exists() and not args.overwrite:
+                other = made_by.other_source(target, f.path)
+                if other:
+                    return ProtectionRecord(str(f.path), status="failed", error=f"{f.path}: output {target} exists, made "
+                                            f"from {other}; use --overwrite to replace it, or another -o folder")
+                return ProtectionRecord(str(f.path), output=str(target), status="skipped")
+            record = protect_photo(photo, target, model, fmt, args.quality, args.keep_metadata, map_target,
+                                   method=args.method, strength=args.strength, eps_levels=args.eps, steps=args.steps,
+                                   size=args.size, seed=args.seed, target_ssim=args.target_ssim, robust=args.robust,
+                                   ssim_weight=args.ssim_weight)
+            try:
+                made_by.write(target, f.path, settings)
+            except BaseException:  # an output without its record could later be taken for another input's
+                target.unlink(missing_ok=True)
+                raise
+            return record
     except ImageError as exc:
         return ProtectionRecord(str(f.path), status="failed", error=str(exc))
     except OSError as exc:
-        return ProtectionRecord(str(f.path), status="failed", error=f"{f.path}: cannot write output ({exc.strerror})")
+        where = target or exc.filename or args.output
+        return ProtectionRecord(str(f.path), status="failed",
+                                error=f"{f.path}: cannot write {where} ({exc.strerror or exc})")
