@@ -118,6 +118,8 @@ class PerturbationAttack:
         snapshot_every: keep, every this many steps k, the perturbation a run with ``steps=k`` would
             return (the best so far) in :attr:`snapshots` as ``(k, v)``; :meth:`render` makes each an
             image. One optimisation then gives the result after 10, 20, ... steps (None: keep none).
+        on_step: called after every optimiser step with ``(steps done, steps)``, e.g. for a progress bar;
+            early stopping may end the run before ``steps``. An exception it raises ends the call.
 
     Shape:
         input (N, 3, H, W) float in [0, 1] on the 8-bit grid; output the same shape, on the 8-bit grid.
@@ -128,7 +130,7 @@ class PerturbationAttack:
                  codec: Callable[[torch.Tensor], torch.Tensor] | None = None, random_start: bool = True,
                  seed: int | None = None, target_similarity: float | None = None, patience: int | None = None,
                  edits: RandomEdits | None = None, coarseness: int = 1, ssim_weight: float = 0.0,
-                 snapshot_every: int | None = None):
+                 snapshot_every: int | None = None, on_step: Callable[[int, int], None] | None = None):
         _check(isinstance(steps, int) and not isinstance(steps, bool) and steps >= 1, f"steps must be a positive integer, got {steps!r}")
         _check(lr > 0, f"lr must be positive, got {lr}")
         _check(isinstance(size, int) and size >= 32, f"size must be an integer >= 32, got {size!r}")
@@ -147,6 +149,7 @@ class PerturbationAttack:
                f"coarseness must be a positive integer, got {coarseness!r}")
         _check(ssim_weight >= 0, f"ssim_weight must be >= 0, got {ssim_weight}")
         self.snapshot_every, self.coarseness, self.ssim_weight = snapshot_every, coarseness, ssim_weight
+        self.on_step = on_step
         self.snapshots: list[tuple[int, torch.Tensor]] = []  # (steps, working-resolution v) of the last call
         self.stats = AttackStats([], [])
         self.perturbation: torch.Tensor | None = None  # best working-resolution perturbation of the last call
@@ -275,6 +278,8 @@ class PerturbationAttack:
             with torch.no_grad():  # project onto the bound and onto valid pixels
                 v.copy_(torch.maximum(torch.minimum(v, bound), -bound))
                 v.copy_((x_work + v).clamp(0, 1) - x_work)
+            if self.on_step is not None:
+                self.on_step(step + 1, self.steps)
         self.perturbation = best_v
         self.original_descriptor = target[:, 0]
         with torch.no_grad():
