@@ -125,8 +125,8 @@ def check_method_options(method: str, target_ssim: float | None = None, ssim_wei
 def make_attack(model: DescriptorModel, method: str | None = None, strength: str = DEFAULT_STRENGTH,
                 eps_levels: float | None = None, steps: int | None = None, size: int = DEFAULT_SIZE,
                 seed: int | None = None, target_ssim: float | None = None, jpeg_quality: int | None = None,
-                robust: bool = False, coarseness: int | None = None,
-                ssim_weight: float | None = None,
+                robust: bool = False, coarseness: int | None = None, ssim_weight: float | None = None,
+                precision: str = "auto",
                 on_step: Callable[[int, int], None] | None = None) -> PerturbationAttack | KeypointAttack | GaussianNoise:
     """The attack a preset stands for, with optional overrides; ``method`` None: the preset's own.
 
@@ -148,6 +148,7 @@ def make_attack(model: DescriptorModel, method: str | None = None, strength: str
     ``target_ssim`` to ``noise`` only; the model-free methods ignore ``jpeg_quality``. ``robust`` adds
     the random edits (:class:`RandomEdits` defaults) to a ``pire``/``masked-pire`` preset that has none
     (``low``). ``coarseness`` overrides the preset's perturbation grid (:func:`preset_coarseness`).
+    ``precision`` is that of the gradient methods' network passes (:mod:`advquery.models.precision`).
     The gradient methods call ``on_step(steps done, step limit)`` after every step (progress); the
     model-free methods, which have no steps, never do.
     """
@@ -169,7 +170,8 @@ def make_attack(model: DescriptorModel, method: str | None = None, strength: str
         coarseness = preset_coarseness(preset, size) if method in PRESET_METHODS else 1
     # ssim-pire stops on patience alone: its objective already weighs effect against SSIM
     common = dict(size=size, seed=seed, target_similarity=None if method == "ssim-pire" else preset.target_similarity,
-                  patience=preset.patience, codec=codec, coarseness=coarseness, on_step=on_step)
+                  patience=preset.patience, codec=codec, coarseness=coarseness, precision=precision,
+                  on_step=on_step)
     if method in PRESET_METHODS:
         eps = preset.budget_levels(method) if eps_levels is None else eps_levels
         options = dict(eps=eps / 255, steps=preset.steps if steps is None else steps, edits=edits, **common)
@@ -241,7 +243,7 @@ def protect_photo(photo: Photo, target: Path, model: DescriptorModel, fmt: str, 
     """Protect a decoded photo into the file ``target`` and measure the decoded output against the original.
 
     ``attack_options`` go to :func:`make_attack` (method, strength, eps_levels, steps, size, seed,
-    target_ssim, robust, ssim_weight, on_step); a JPEG output passes its quality, so the attack optimises that JPEG. The alpha channel is kept unchanged (PNG); metadata is dropped unless ``keep_metadata``.
+    target_ssim, robust, ssim_weight, precision, on_step); a JPEG output passes its quality, so the attack optimises that JPEG. The alpha channel is kept unchanged (PNG); metadata is dropped unless ``keep_metadata``.
     The descriptor similarity is measured with ``model`` at the working size for every method, the
     keypoint changes (keypoint methods) on the decoded output too.
     With ``map_target``, the budget map (:func:`budget_image`) is written there as a greyscale PNG.

@@ -7,9 +7,12 @@ only say what the bound is (:meth:`PerturbationAttack.bound`); this class owns t
 random start, Adam, projection onto the bound and onto [0, 1], 8-bit saving, early stopping
 and keeping the best perturbation seen.
 
-The perturbation lives at the working resolution the retrieval system sees (long side
-``size``) and is upsampled to the photo's own resolution, so a 4000 x 3000 photo costs a
-1024 px attack; the output keeps the original resolution.
+The optimisation runs on the working grid, the photo as the retrieval system sees it (long side
+``size``, never finer than the photo): the perturbation, the 8-bit rounding, a codec in the loop and
+the SSIM price all live there, so that a step costs the network passes and little else, whatever the
+photo's resolution. Only the result is upsampled to the photo's own resolution, so a 4000 x 3000 photo
+costs a 1024 px attack; the output keeps the original resolution. The network passes run in reduced
+precision where the hardware computes it natively (``precision``, :mod:`advquery.models.precision`).
 
 :class:`ImageAttack` is the base of the model-free attacks (keypoint removal and injection,
 Gaussian noise), which modify each photo as an 8-bit array.
@@ -25,6 +28,7 @@ import torch.nn.functional as F
 from ..extraction import DEFAULT_SIZE, cosine_similarity, describe, resize_long_side
 from ..io import to_tensor, to_uint8
 from ..models import DescriptorModel
+from ..models.precision import autocast, autocast_dtype, check_precision
 from ..perceptual import ssim_cost_weights
 from ..transforms import quantise, straight_through
 from .robust import RandomEdits
@@ -38,6 +42,11 @@ class AttackStats:
 
     steps: list[int]
     similarity: list[float]
+
+
+def _round_levels(delta: torch.Tensor) -> torch.Tensor:
+    """A change rounded to whole grey levels."""
+    return torch.round(delta * 255) / 255
 
 
 def _check(condition: bool, message: str) -> None:
@@ -118,6 +127,9 @@ class PerturbationAttack:
         snapshot_every: keep, every this many steps k, the perturbation a run with ``steps=k`` would
             return (the best so far) in :attr:`snapshots` as ``(k, v)``; :meth:`render` makes each an
             image. One optimisation then gives the result after 10, 20, ... steps (None: keep none).
+        precision: ``auto`` (default: bfloat16 network passes on a CPU that computes bfloat16 natively,
+            bfloat16 or float16 on CUDA, else float32), ``float32``, ``bfloat16`` or ``float16`` (CUDA).
+            The perturbation, its projection, the objective and the reported similarity stay float32.
         on_step: called after every optimiser step with ``(steps done, steps)``, e.g. for a progress bar;
             early stopping may end the run before ``steps``. An exception it raises ends the call.
 
@@ -130,7 +142,8 @@ class PerturbationAttack:
                  codec: Callable[[torch.Tensor], torch.Tensor] | None = None, random_start: bool = True,
                  seed: int | None = None, target_similarity: float | None = None, patience: int | None = None,
                  edits: RandomEdits | None = None, coarseness: int = 1, ssim_weight: float = 0.0,
-                 snapshot_every: int | None = None, on_step: Callable[[int, int], None] | None = None):
+                 snapshot_every: int | None = None, precision: str = "auto",
+                 on_step: Callable[[int, int], None] | None = None):
         _check(isinstance(steps, int) and not isinstance(steps, bool) and steps >= 1, f"steps must be a positive integer, got {steps!r}")
         _check(lr > 0, f"lr must be positive, got {lr}")
         _check(isinstance(size, int) and size >= 32, f"size must be an integer >= 32, got {size!r}")
@@ -149,6 +162,8 @@ class PerturbationAttack:
                f"coarseness must be a positive integer, got {coarseness!r}")
         _check(ssim_weight >= 0, f"ssim_weight must be >= 0, got {ssim_weight}")
         self.snapshot_every, self.coarseness, self.ssim_weight = snapshot_every, coarseness, ssim_weight
+        check_precision(precision)
+        self.precision = precision
         self.on_step = on_step
         self.snapshots: list[tuple[int, torch.Tensor]] = []  # (steps, working-resolution v) of the last call
         self.stats = AttackStats([], [])
@@ -159,18 +174,23 @@ class PerturbationAttack:
         """Per-pixel bound on |v|, broadcastable to ``x`` (the photo at perturbation resolution)."""
         raise NotImplementedError
 
-    def _working_bound(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``x`` at the working resolution and the bound there, expanded to its shape."""
+    def _working_grid(self, x: torch.Tensor) -> torch.Tensor:
+        """The photo on the working grid: downscaled to the working size if larger, else as it is."""
+        return resize_long_side(x, self.size).clamp(0, 1) if max(x.shape[-2:]) > self.size else x  # antialias overshoot
+
+    def _perturbation_bound(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``x`` on the perturbation's grid (the working grid, ``coarseness`` times coarser) and the bound
+        there, expanded to its shape."""
         shape = self._perturbation_size(x)
-        x_work = x if shape == tuple(x.shape[-2:]) else \
+        x_pert = x if shape == tuple(x.shape[-2:]) else \
             F.interpolate(x, size=shape, mode="bilinear", align_corners=False, antialias=True).clamp(0, 1)  # rounding
-        return x_work, self.bound(x_work).expand_as(x_work)
+        return x_pert, self.bound(x_pert).expand_as(x_pert)
 
     def budget(self, x: torch.Tensor) -> torch.Tensor:
         """(N, 1, h, w) bound on |v| at the working resolution (largest over the channels), without
         running the attack: where and how much the attack may change ``x`` (N, 3, H, W) in [0, 1]."""
         with torch.no_grad():
-            return self._working_bound(x)[1].amax(dim=1, keepdim=True)
+            return self._perturbation_bound(self._working_grid(x))[1].amax(dim=1, keepdim=True)
 
     def describe(self, x: torch.Tensor) -> torch.Tensor:
         """Descriptor of full-resolution images as the retrieval system computes it."""
@@ -200,14 +220,23 @@ class PerturbationAttack:
             return v
         return F.interpolate(v, size=shape, mode="bilinear", align_corners=False)
 
-    def _compose(self, x: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The perturbed pixels (8-bit, straight-through, in ``quantised`` mode, else continuous) and the
-        image the optimisation sees: those pixels after the codec, if any."""
-        pixels = (x + self._upsample(v, x.shape[-2:])).clamp(0, 1)
+    def _compose(self, x: torch.Tensor, v: torch.Tensor, photo_grid: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """The perturbed pixels of the working-grid photo ``x`` and the image the optimisation sees: those
+        pixels after the codec, if any.
+
+        In ``quantised`` mode the change is rounded to whole grey levels (straight-through): the saved
+        8-bit photo is ``x + round(v)`` for a photo on the 8-bit grid, and when the photo is larger than
+        the working grid, the rounding of the smooth upsampled ``v`` survives its downscale as the same
+        steps. The codec acts on the saved file at the photo's resolution; it is applied here only when
+        the working grid is the photo's own (``photo_grid``), since the retrieval system's downscale
+        averages a high-quality codec's loss out.
+        """
+        delta = self._upsample(v, x.shape[-2:])
         if self.saving != "quantised":
+            pixels = (x + delta).clamp(0, 1)
             return pixels, pixels
-        pixels = straight_through(pixels, quantise)
-        return pixels, pixels if self.codec is None else straight_through(pixels, self.codec)
+        pixels = (x + straight_through(delta, _round_levels)).clamp(0, 1)
+        return pixels, pixels if self.codec is None or not photo_grid else straight_through(pixels, self.codec)
 
     def render(self, x: torch.Tensor, v: torch.Tensor, saving: str | None = None) -> torch.Tensor:
         """The 8-bit image a saving mode makes of ``x`` and a working-resolution perturbation ``v``
@@ -236,13 +265,16 @@ class PerturbationAttack:
             generator.seed()  # nondeterministic, without touching the global RNG
         else:
             generator.manual_seed(self.seed)
+        amp = autocast_dtype(self.precision, x.device)
         with torch.no_grad():
             target = self.describe(x)[:, None]
-            x_work, bound = self._working_bound(x)
-            cost = ssim_cost_weights(x) * 255 ** 2 if self.ssim_weight else None  # per squared [0, 1] unit
-        v = (torch.rand(x_work.shape, generator=generator, device=x.device) * 2 - 1) * bound \
-            if self.random_start else torch.zeros_like(x_work)
-        v = (x_work + v).clamp(0, 1) - x_work
+            x_grid = self._working_grid(x)
+            photo_grid = x_grid.shape == x.shape
+            x_pert, bound = self._perturbation_bound(x_grid)
+            cost = ssim_cost_weights(x_grid) * 255 ** 2 if self.ssim_weight else None  # per squared [0, 1] unit
+        v = (torch.rand(x_pert.shape, generator=generator, device=x.device) * 2 - 1) * bound \
+            if self.random_start else torch.zeros_like(x_pert)
+        v = (x_pert + v).clamp(0, 1) - x_pert
         v.requires_grad_(True)
         optimiser = torch.optim.Adam([v], lr=self.lr)
         best_objective = torch.full((n,), -math.inf, device=x.device)
@@ -253,12 +285,14 @@ class PerturbationAttack:
         done = torch.zeros(n, dtype=torch.bool, device=x.device)
         steps_used = torch.full((n,), self.steps, dtype=torch.long, device=x.device)
         for step in range(self.steps):
-            pixels, adv = self._compose(x, v)
-            distance = (self.views(adv, generator) - target).pow(2).sum(dim=2).mean(dim=1)
+            pixels, adv = self._compose(x_grid, v, photo_grid)
+            with autocast(amp, x.device):
+                views = self.views(adv, generator)
+            distance = (views - target).pow(2).sum(dim=2).mean(dim=1)
             # The SSIM cost of the perturbation, before the codec: the codec's own loss is there with or
             # without it, and a straight-through codec cannot be steered to lose less.
             objective = distance if cost is None else \
-                distance - self.ssim_weight * ((pixels - x).pow(2) * cost).mean(dim=(1, 2, 3))
+                distance - self.ssim_weight * ((pixels - x_grid).pow(2) * cost).mean(dim=(1, 2, 3))
             with torch.no_grad():  # bookkeeping for the image v currently represents
                 improved = objective > best_objective
                 best_objective = torch.where(improved, objective, best_objective)
@@ -277,7 +311,7 @@ class PerturbationAttack:
             optimiser.step()
             with torch.no_grad():  # project onto the bound and onto valid pixels
                 v.copy_(torch.maximum(torch.minimum(v, bound), -bound))
-                v.copy_((x_work + v).clamp(0, 1) - x_work)
+                v.copy_((x_pert + v).clamp(0, 1) - x_pert)
             if self.on_step is not None:
                 self.on_step(step + 1, self.steps)
         self.perturbation = best_v

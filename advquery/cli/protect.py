@@ -6,8 +6,9 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from ..io import DEFAULT_MAX_PIXELS, ImageError, read_photo
-from ..models import load_model
+from ..extraction import prefetch
+from ..io import DEFAULT_MAX_PIXELS, ImageError, Photo, read_photo
+from ..models import PRECISIONS, autocast_dtype, load_model, resolve_device
 from ..protection import DEFAULT_NOISE_SSIM, DEFAULT_STRENGTH, GRADIENT_METHODS, MASK_GAIN, METHODS, STRENGTHS, \
     ProtectionRecord, check_method_options, map_path, output_format, output_path, protect_photo
 from .common import CommandError, add_model_options, collect_or_fail, positive_int, user_errors
@@ -63,6 +64,10 @@ def register(commands: argparse._SubParsersAction) -> None:
                         "SSIM-masking gain, cv-pire and sd-pire their colour-variance or standard-deviation map, "
                         "the constant bound of pire and ssim-pire is all white. Refused for the methods without a budget (keypoints, "
                         "noise)")
+    p.add_argument("--precision", choices=PRECISIONS,
+                   help="gradient methods: precision of the network passes: auto (default: bfloat16 on a CPU that computes it natively, "
+                        "bfloat16 or float16 on CUDA, else float32), float32, bfloat16, float16 (CUDA); the "
+                        "perturbation and every reported figure stay float32")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs (default: skip them)")
     p.add_argument("--max-pixels", type=positive_int, default=DEFAULT_MAX_PIXELS,
                    help=f"refuse larger images (decompression bombs; default: {DEFAULT_MAX_PIXELS})")
@@ -101,6 +106,13 @@ def run_protect(args: argparse.Namespace) -> int:
                              robust=args.robust, eps_levels=args.eps, steps=args.steps, names=OPTION_FLAGS)
     except ValueError as exc:
         raise CommandError(str(exc)) from None
+    if args.precision is not None:
+        if args.method not in GRADIENT_METHODS:
+            raise CommandError(f"--precision applies to {', '.join(GRADIENT_METHODS)} only, not to {args.method}")
+        try:
+            autocast_dtype(args.precision, resolve_device(args.device))
+        except ValueError as exc:
+            raise CommandError(f"--precision: {exc}") from None
     if args.save_map and args.method not in GRADIENT_METHODS:
         raise CommandError(f"--save-map: method {args.method} has no per-pixel budget to map; "
                            f"it applies to {', '.join(GRADIENT_METHODS)}")
@@ -111,8 +123,10 @@ def run_protect(args: argparse.Namespace) -> int:
     claimed: dict[Path, Path] = {}  # output -> the input it belongs to in this run
     report = open(args.report, "a") if args.report else None
     try:
-        for f in tqdm(files, desc="protecting", unit="photo", disable=None):
-            record = _protect_one(f, args, model, input_paths, claimed)
+        # The next photo is decoded in the background while the current one is attacked.
+        decoded = prefetch(lambda f: (f, _read(f, args.max_pixels)), files, depth=1)
+        for f, photo in tqdm(decoded, total=len(files), desc="protecting", unit="photo", disable=None):
+            record = _protect_one(f, photo, args, model, input_paths, claimed)
             records.append(record)
             if record.status == "failed":
                 tqdm.write(f"advquery: error: {record.error}", file=sys.stderr)
@@ -130,10 +144,19 @@ def run_protect(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def _protect_one(f, args: argparse.Namespace, model, input_paths: set[Path],
+def _read(f, max_pixels: int) -> Photo | ImageError:
+    """The decoded photo, or the error that says why it cannot be read."""
+    try:
+        return read_photo(f.path, max_pixels=max_pixels)
+    except ImageError as exc:
+        return exc
+
+
+def _protect_one(f, photo: Photo | ImageError, args: argparse.Namespace, model, input_paths: set[Path],
                  claimed: dict[Path, Path]) -> ProtectionRecord:
     try:
-        photo = read_photo(f.path, max_pixels=args.max_pixels)
+        if isinstance(photo, ImageError):
+            raise photo
         fmt = output_format(photo, args.format)
         target = output_path(args.output, f.relative, fmt)
         if target.resolve() in input_paths:
@@ -154,7 +177,7 @@ def _protect_one(f, args: argparse.Namespace, model, input_paths: set[Path],
         return protect_photo(photo, target, model, fmt, args.quality, args.keep_metadata, map_target,
                              method=args.method, strength=args.strength, eps_levels=args.eps, steps=args.steps,
                              size=args.size, seed=args.seed, target_ssim=args.target_ssim, robust=args.robust,
-                             ssim_weight=args.ssim_weight)
+                             ssim_weight=args.ssim_weight, precision=args.precision or "auto")
     except ImageError as exc:
         return ProtectionRecord(str(f.path), status="failed", error=str(exc))
     except OSError as exc:

@@ -6,13 +6,15 @@ from torch import nn
 import torch.nn.functional as F
 
 from .pooling import GeM, Whitening, l2n
+from .precision import float32_context
 
 
 class DescriptorModel(nn.Module):
     """Maps RGB images in [0, 1] to L2-normalised global descriptors.
 
     Mean/std normalisation happens here, never in the caller, so attacks and quality budgets
-    work in plain pixel space.
+    work in plain pixel space. Under ``torch.autocast`` only the trunk runs in reduced precision:
+    pooling, whitening and the descriptor are float32.
 
     Args:
         features: trunk mapping normalised (N, 3, H, W) to non-negative (N, C, h, w) activations.
@@ -48,9 +50,10 @@ class DescriptorModel(nn.Module):
         return self.features(((x - self.mean) / self.std).contiguous(memory_format=torch.channels_last))
 
     def pool_map(self, fmap: torch.Tensor) -> torch.Tensor:
-        """Descriptor of a feature map (or a region of one), before learned whitening."""
-        v = l2n(self.pool(fmap))
-        return v if self.whiten is None else l2n(self.whiten(v))
+        """Descriptor of a feature map (or a region of one), before learned whitening; float32."""
+        with float32_context(fmap.device):
+            v = l2n(self.pool(fmap.float()))
+            return v if self.whiten is None else l2n(self.whiten(v))
 
     def single_scale(self, x: torch.Tensor) -> torch.Tensor:
         """Descriptor of (N, 3, H, W) images at their given resolution, before learned whitening."""
@@ -72,5 +75,6 @@ class DescriptorModel(nn.Module):
                 v = l2n(vs.mean(0))
         key = "ss" if len(scales) == 1 else "ms"
         if key in self.learned_whitening:
-            v = self.learned_whitening[key](v)
+            with float32_context(v.device):
+                v = self.learned_whitening[key](v)
         return v
