@@ -155,6 +155,7 @@ def test_api_refuses_non_images_oversized_files_and_bombs(server, tmp_path):
         not_image = post("notes.jpg", b"plain text, not a photo")
         assert not_image.status_code == 422
         assert not_image.json()["photos"] == ["notes.jpg: not an image file, or an unsupported image format"]
+        assert post("..", b"text").json()["photos"] == ["photo-1: not an image file, or an unsupported image format"]
         oversized = post("huge.jpg", b"\xff" * 1_500_000)
         assert oversized.status_code == 413
         assert oversized.json()["photos"] == ["huge.jpg: file too large (more than 1 MB, the limit of this page)"]

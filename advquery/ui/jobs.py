@@ -125,6 +125,11 @@ def photo_entry(job: Job, task: PhotoTask, now: float, typical: float | None,
     return entry, eta
 
 
+def _refused(task: PhotoTask, reason: str) -> PhotoTask:
+    task.state, task.error = "failed", f"{task.name}: {reason}"
+    return task
+
+
 def _store(stream: BinaryIO, target: Path, max_bytes: int) -> bool:
     """Copy ``stream`` to ``target`` (created private); False, and nothing kept, when it exceeds ``max_bytes``."""
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -188,29 +193,35 @@ class JobQueue:
             raise ValueError(f"unknown strength {strength!r}; available: {', '.join(STRENGTHS)}")
         job = Job(uuid.uuid4().hex, self.folder / uuid.uuid4().hex, strength, keep_metadata, [])
         taken: set[str] = set()
-        too_large = 0
-        for index, (raw_name, stream) in enumerate(files):
-            name = _unique(Path(raw_name or "").name or f"photo-{index + 1}", taken)
-            task = PhotoTask(index, name, job.folder / "in" / str(index) / name)
-            if not _store(stream, task.source, self.max_bytes):
-                too_large += 1
-                task.state, task.source = "failed", None
-                task.error = f"{name}: file too large (more than {self.max_bytes / 1e6:g} MB, the limit of this page)"
-            else:
-                try:
-                    read_photo(task.source, max_pixels=self.max_pixels)
-                except ImageError as exc:
-                    task.state, task.error = "failed", f"{name}: {exc.reason}"
-            job.photos.append(task)
+        received = [self._receive(job.folder, index, name, stream, taken) for index, (name, stream) in enumerate(files)]
+        job.photos = [task for task, _ in received]
         if all(p.state == "failed" for p in job.photos):
             shutil.rmtree(job.folder, ignore_errors=True)
             raise NoPhotoError([p.error for p in job.photos] or ["no file uploaded"],
-                               too_large=bool(job.photos) and too_large == len(job.photos))
+                               too_large=bool(received) and all(large for _, large in received))
         with self._lock:
             self._jobs[job.id] = job
             self._order.append(job)
         self._pending.put(job)
         return job
+
+    def _receive(self, folder: Path, index: int, raw_name: str | None, stream: BinaryIO,
+                 taken: set[str]) -> tuple[PhotoTask, bool]:
+        """One upload stored and checked: its task (failed, with the reason, if unusable) and whether it was
+        too large."""
+        name = Path(raw_name or "").name
+        task = PhotoTask(index, _unique(name if name.strip(".") else f"photo-{index + 1}", taken), None)
+        task.source = folder / "in" / str(index) / task.name
+        try:
+            if not _store(stream, task.source, self.max_bytes):
+                limit = f"more than {self.max_bytes / 1e6:g} MB, the limit of this page"
+                return _refused(task, f"file too large ({limit})"), True
+            read_photo(task.source, max_pixels=self.max_pixels)
+        except ImageError as exc:
+            return _refused(task, exc.reason), False
+        except OSError as exc:
+            return _refused(task, f"cannot store the upload ({exc.strerror or exc})"), False
+        return task, False
 
     def get(self, job_id: str) -> Job | None:
         return self._jobs.get(job_id)
@@ -233,7 +244,8 @@ class JobQueue:
                     "zip": f"/api/jobs/{job.id}/zip" if any(p.state == "done" for p in job.photos) else None}
 
     def _typical_seconds(self, job: Job) -> float | None:
-        """Seconds a photo of this job's strength takes: the mean of those finished, else the running one's projection."""
+        """Seconds a photo of this job's strength takes: the mean of those finished, else the running one's
+        projection."""
         finished = self._seconds[job.strength]
         if finished:
             return sum(finished) / len(finished)
