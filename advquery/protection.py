@@ -19,7 +19,7 @@ from .attacks.keypoints import METHODS as KEYPOINT_METHODS
 from .extraction import DEFAULT_SIZE, cosine_similarity, describe
 from .io import Photo, read_photo, suffix_for_format, to_tensor, to_uint8, write_grey_atomic, write_photo_atomic
 from .models import DescriptorModel, ModelEnsemble, load_model
-from .quality import quality_report
+from .quality import flat_changed, quality_report
 from .transforms import jpeg_round_trip
 
 PRESET_METHODS = ("ssim-pire", "pire", "masked-pire")  # budget, steps, random edits, partner model and grid from the preset
@@ -196,6 +196,8 @@ class ProtectionRecord:
     linf: float | None = None
     mean_abs_change: float | None = None
     ciede2000: float | None = None
+    flat_changed: float | None = None  # share of flat pixels changed by more than 1 level (quality.flat_changed)
+    flat_changed_resave: float | None = None  # the same for a plain re-save of the original in the output format
     similarity: float | None = None
     steps: int | None = None  # None for the methods without optimisation steps
     seconds: float | None = None
@@ -267,7 +269,9 @@ def protect_photo(photo: Photo, target: Path, model: DescriptorModel, fmt: str, 
             reference = describe(model, x, size)
         similarity = cosine_similarity(model, to_tensor(decoded), reference, size)[0]
     keypoints = attack.compare(photo.rgb, decoded) if isinstance(attack, KeypointAttack) else {}
+    resaved = to_uint8(jpeg_round_trip(x, quality)) if fmt == "JPEG" else photo.rgb  # what the format alone does
     return ProtectionRecord(input=str(photo.path), output=str(target), **quality_report(photo.rgb, decoded),
+                            flat_changed_resave=flat_changed(photo.rgb, resaved),
                             similarity=similarity, steps=steps, seconds=time.perf_counter() - start,
                             keypoints_before=keypoints.get("before"), keypoints_removed=keypoints.get("removed"),
                             keypoints_injected=keypoints.get("injected"),
