@@ -18,10 +18,11 @@ import math
 
 import torch
 
-from .quality import SSIM_K2, SSIM_SIGMA
+from .quality import FLAT_WINDOW, SSIM_K2, SSIM_SIGMA
 from .transforms import gaussian_blur
 
-__all__ = ["color_variance_map", "delta_e_cie94", "delta_e_ciede2000", "rgb_to_lab", "ssim_cost_weights", "std_map"]
+__all__ = ["color_variance_map", "delta_e_cie94", "delta_e_ciede2000", "flat_gain", "rgb_to_lab", "ssim_cost_weights",
+           "std_map"]
 
 METRICS = ("ciede2000", "cie94")
 D65_WHITE = (0.95047, 1.0, 1.08883)  # CIE XYZ of D65, 2 degree observer (skimage's value)
@@ -484,3 +485,37 @@ def ssim_cost_weights(image: torch.Tensor) -> torch.Tensor:
     _check_image(image, 3)
     x = image.to(_work_dtype(image))
     return gaussian_blur(1 / (2 * _ssim_window_variance(x) + _SSIM_C2), SSIM_SIGMA).to(image.dtype)
+
+
+def flat_gain(image: torch.Tensor, threshold: float = 2.0) -> torch.Tensor:
+    """Per-pixel gain in [0, 1] that leaves flat regions alone: 0 where the standard deviation of BT.709 luminance
+    in the 7 x 7 window (:func:`advquery.quality.flat_pixels`'s window) is at most ``threshold`` grey levels,
+    rising linearly to 1 at twice that. A change multiplied by it never touches sky or a plain wall, where the
+    eye sees a pattern that SSIM hides.
+
+    Args:
+        image: ``(N, 3, H, W)`` float sRGB in [0, 1].
+        threshold: grey levels (> 0).
+
+    Returns:
+        ``(N, 1, H, W)`` gains, the input's dtype and device.
+
+    >>> flat = torch.full((1, 3, 9, 9), 0.5)
+    >>> float(flat_gain(flat).max())
+    0.0
+    """
+    _check_image(image, 3)
+    if not threshold > 0:
+        raise ValueError(f"threshold must be positive grey levels, got {threshold}")
+    x = image.to(_work_dtype(image)) * 255
+    y = (BT709[0] * x[:, 0] + BT709[1] * x[:, 1] + BT709[2] * x[:, 2])[:, None]
+    r = FLAT_WINDOW // 2
+    pad = (r, r, r, r) if min(y.shape[-2:]) > r else None
+
+    def box(t):
+        t = torch.nn.functional.pad(t, pad, mode="reflect") if pad else t
+        return torch.nn.functional.avg_pool2d(t, FLAT_WINDOW, stride=1, padding=0 if pad else r,
+                                              count_include_pad=False)
+    mean = box(y)
+    std = (box(y * y) - mean * mean).clamp_min(0).sqrt()
+    return ((std - threshold) / threshold).clamp(0, 1).to(image.dtype)

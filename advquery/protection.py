@@ -6,6 +6,7 @@ quality and effect on the file as written.
 """
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from functools import lru_cache, partial
 from pathlib import Path
@@ -18,7 +19,7 @@ from .attacks.keypoints import METHODS as KEYPOINT_METHODS
 from .extraction import DEFAULT_SIZE, cosine_similarity, describe
 from .io import Photo, read_photo, suffix_for_format, to_tensor, to_uint8, write_grey_atomic, write_photo_atomic
 from .models import DescriptorModel, ModelEnsemble, load_model
-from .quality import quality_report
+from .quality import flat_changed, quality_report
 from .transforms import jpeg_round_trip
 
 PRESET_METHODS = ("ssim-pire", "pire", "masked-pire")  # budget, steps, random edits, partner model and grid from the preset
@@ -124,8 +125,9 @@ def check_method_options(method: str, target_ssim: float | None = None, ssim_wei
 def make_attack(model: DescriptorModel, method: str | None = None, strength: str = DEFAULT_STRENGTH,
                 eps_levels: float | None = None, steps: int | None = None, size: int = DEFAULT_SIZE,
                 seed: int | None = None, target_ssim: float | None = None, jpeg_quality: int | None = None,
-                robust: bool = False, coarseness: int | None = None,
-                ssim_weight: float | None = None) -> PerturbationAttack | KeypointAttack | GaussianNoise:
+                robust: bool = False, coarseness: int | None = None, ssim_weight: float | None = None,
+                precision: str = "auto",
+                on_step: Callable[[int, int], None] | None = None) -> PerturbationAttack | KeypointAttack | GaussianNoise:
     """The attack a preset stands for, with optional overrides; ``method`` None: the preset's own.
 
     A gradient attack optimises the 8-bit image it will be saved as: with ``jpeg_quality`` (the output
@@ -146,6 +148,9 @@ def make_attack(model: DescriptorModel, method: str | None = None, strength: str
     ``target_ssim`` to ``noise`` only; the model-free methods ignore ``jpeg_quality``. ``robust`` adds
     the random edits (:class:`RandomEdits` defaults) to a ``pire``/``masked-pire`` preset that has none
     (``low``). ``coarseness`` overrides the preset's perturbation grid (:func:`preset_coarseness`).
+    ``precision`` is that of the gradient methods' network passes (:mod:`advquery.models.precision`).
+    The gradient methods call ``on_step(steps done, step limit)`` after every step (progress); the
+    model-free methods, which have no steps, never do.
     """
     if strength not in STRENGTHS:
         raise ValueError(f"unknown strength {strength!r}; available: {', '.join(STRENGTHS)}")
@@ -165,7 +170,8 @@ def make_attack(model: DescriptorModel, method: str | None = None, strength: str
         coarseness = preset_coarseness(preset, size) if method in PRESET_METHODS else 1
     # ssim-pire stops on patience alone: its objective already weighs effect against SSIM
     common = dict(size=size, seed=seed, target_similarity=None if method == "ssim-pire" else preset.target_similarity,
-                  patience=preset.patience, codec=codec, coarseness=coarseness)
+                  patience=preset.patience, codec=codec, coarseness=coarseness, precision=precision,
+                  on_step=on_step)
     if method in PRESET_METHODS:
         eps = preset.budget_levels(method) if eps_levels is None else eps_levels
         options = dict(eps=eps / 255, steps=preset.steps if steps is None else steps, edits=edits, **common)
@@ -190,6 +196,8 @@ class ProtectionRecord:
     linf: float | None = None
     mean_abs_change: float | None = None
     ciede2000: float | None = None
+    flat_changed: float | None = None  # share of flat pixels changed by more than 1 level (quality.flat_changed)
+    flat_changed_resave: float | None = None  # the same for a plain re-save of the original in the output format
     similarity: float | None = None
     steps: int | None = None  # None for the methods without optimisation steps
     seconds: float | None = None
@@ -238,7 +246,7 @@ def protect_photo(photo: Photo, target: Path, model: DescriptorModel, fmt: str, 
     """Protect a decoded photo into the file ``target`` and measure the decoded output against the original.
 
     ``attack_options`` go to :func:`make_attack` (method, strength, eps_levels, steps, size, seed,
-    target_ssim, robust, ssim_weight); a JPEG output passes its quality, so the attack optimises that JPEG. The alpha channel is kept unchanged (PNG); metadata is dropped unless ``keep_metadata``.
+    target_ssim, robust, ssim_weight, precision, on_step); a JPEG output passes its quality, so the attack optimises that JPEG. The alpha channel is kept unchanged (PNG); metadata is dropped unless ``keep_metadata``.
     The descriptor similarity is measured with ``model`` at the working size for every method, the
     keypoint changes (keypoint methods) on the decoded output too.
     With ``map_target``, the budget map (:func:`budget_image`) is written there as a greyscale PNG.
@@ -262,7 +270,9 @@ def protect_photo(photo: Photo, target: Path, model: DescriptorModel, fmt: str, 
             reference = describe(model, x, size)
         similarity = cosine_similarity(model, to_tensor(decoded), reference, size)[0]
     keypoints = attack.compare(photo.rgb, decoded) if isinstance(attack, KeypointAttack) else {}
+    resaved = to_uint8(jpeg_round_trip(x, quality)) if fmt == "JPEG" else photo.rgb  # what the format alone does
     return ProtectionRecord(input=str(photo.path), output=str(target), **quality_report(photo.rgb, decoded),
+                            flat_changed_resave=flat_changed(photo.rgb, resaved),
                             similarity=similarity, steps=steps, seconds=time.perf_counter() - start,
                             keypoints_before=keypoints.get("before"), keypoints_removed=keypoints.get("removed"),
                             keypoints_injected=keypoints.get("injected"),

@@ -14,7 +14,8 @@ import numpy as np
 from scipy import ndimage
 from skimage.color import deltaE_ciede2000, rgb2lab
 
-__all__ = ["linf", "mean_abs_change", "mean_ciede2000", "psnr", "quality_report", "ssim"]
+__all__ = ["amplified_difference", "flat_changed", "flat_pixels", "linf", "mean_abs_change", "mean_ciede2000", "psnr",
+           "quality_report", "ssim"]
 
 DATA_RANGE = 255.0
 SSIM_SIGMA = 1.5
@@ -22,6 +23,8 @@ SSIM_TRUNCATE = 3.5  # as skimage: an 11 x 11 window for sigma 1.5
 SSIM_RADIUS = int(SSIM_TRUNCATE * SSIM_SIGMA + 0.5)  # 5; also the border skimage crops
 SSIM_K1, SSIM_K2 = 0.01, 0.03
 _BAND_PIXELS = 1 << 20  # pixels per band (per channel) in ssim and mean_ciede2000
+FLAT_WINDOW, FLAT_STD, FLAT_CHANGE = 7, 2.0, 1  # flat: 7 x 7 luminance std below 2 levels; changed: by more than 1
+_BT709 = (0.2126, 0.7152, 0.0722)
 
 
 def _check_pair(a: np.ndarray, b: np.ndarray) -> None:
@@ -127,13 +130,38 @@ def mean_ciede2000(a: np.ndarray, b: np.ndarray) -> float:
     return float(total / (h * w))
 
 
+def flat_pixels(a: np.ndarray) -> np.ndarray:
+    """(H, W) bool: the flat pixels of an (H, W, 3) uint8 photo, where the standard deviation of its BT.709
+    luminance in the 7 x 7 window around them is below 2 grey levels (sky, walls: where SSIM hides a pattern
+    that the eye sees)."""
+    _check_pair(a, a)
+    y = a.astype(np.float64) @ np.asarray(_BT709)
+    mean = ndimage.uniform_filter(y, FLAT_WINDOW, mode="reflect")
+    var = ndimage.uniform_filter(y * y, FLAT_WINDOW, mode="reflect") - mean * mean
+    return var < FLAT_STD ** 2
+
+
+def flat_changed(a: np.ndarray, b: np.ndarray) -> float:
+    """Share of ``a``'s flat pixels (:func:`flat_pixels`) that ``b`` changes by more than 1 grey level in some
+    channel, in [0, 1]; 0 when ``a`` has no flat pixel.
+
+    >>> a = np.full((16, 16, 3), 100, np.uint8); b = a.copy(); b[:4] += 2
+    >>> flat_changed(a, b)
+    0.25
+    """
+    _check_pair(a, b)
+    flat = flat_pixels(a)
+    if not flat.any():
+        return 0.0
+    return float((_abs_diff(a, b).max(axis=2) > FLAT_CHANGE)[flat].mean())
+
 
 def quality_report(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
     """All measures of ``b`` (modified) against ``a`` (original).
 
     Returns:
         ``{'ssim', 'psnr' (dB, inf if identical), 'linf' (grey levels), 'mean_abs_change'
-        (grey levels), 'ciede2000' (mean dE00)}`` as Python floats.
+        (grey levels), 'ciede2000' (mean dE00), 'flat_changed' (:func:`flat_changed`)}`` as Python floats.
     """
     return {
         "ssim": ssim(a, b),
@@ -141,4 +169,24 @@ def quality_report(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
         "linf": linf(a, b),
         "mean_abs_change": mean_abs_change(a, b),
         "ciede2000": mean_ciede2000(a, b),
+        "flat_changed": flat_changed(a, b),
     }
+
+
+def amplified_difference(a: np.ndarray, b: np.ndarray, gain: float) -> np.ndarray:
+    """The change from ``a`` to ``b`` made visible: ``128 + gain * (b - a)`` per channel, clipped to 0-255.
+
+    Unchanged pixels are mid grey; brighter means the channel went up, darker down, and the
+    distance from grey is the change times ``gain`` (a change of 3 grey levels at gain 10 moves a
+    pixel 30 levels away from grey), so a person sees where and how much a photo was changed.
+
+    >>> a = np.full((1, 2, 3), 100, np.uint8)
+    >>> b = a.copy(); b[0, 1] = (103, 97, 100)
+    >>> amplified_difference(a, b, 10)[0].tolist()
+    [[128, 128, 128], [158, 98, 128]]
+    """
+    _check_pair(a, b)
+    if not gain > 0:
+        raise ValueError(f"expected a positive gain, got {gain}")
+    change = np.subtract(b, a, dtype=np.float32) * gain + 128
+    return np.clip(np.round(change), 0, 255).astype(np.uint8)

@@ -1,18 +1,30 @@
 """Image transformations a shared photo meets, on (N, 3, H, W) tensors in [0, 1].
 
-Platforms re-compress, resize and crop photos; robustness experiments apply the same edits to
-query files (``advquery eval --transform``) and robust attacks optimise through them.
-A transformation is written as a spec, steps separated by commas and applied in order::
+Platforms re-compress, resize and crop photos, people flip, rotate and filter them; robustness
+experiments apply the same edits to query files (``advquery eval --transform``, the tracker suite of
+:mod:`advquery.trackers`) and robust attacks optimise through them. A transformation is written as a
+spec, steps separated by commas and applied in order::
 
     jpeg:75              JPEG re-compression at quality 75 (PIL; 4:2:0 below quality 90)
-    resize:0.5           resize both sides by a factor (50 % also written resize:50%)
+    webp:80              WebP re-compression at quality 80 (PIL)
+    resize:0.5           resize both sides by a factor (50 % also written resize:50%; above 1 upscales)
     crop:0.8             central crop keeping 80 % of the width and of the height
+    crop-tl:0.8          the same crop anchored at a corner: crop-tl, crop-tr, crop-bl, crop-br
+    aspect:1             the largest central crop of aspect width / height = 1 (4:5 is aspect:0.8)
+    flip                 horizontal mirror image
+    rotate:3             rotation by 3 degrees (counter-clockwise; negative: clockwise), cropped to the
+                         largest centred rectangle of the photo's aspect that holds no border
     blur:1.5             Gaussian blur, sigma in pixels
+    unsharp:1            unsharp mask: x + 1 * (x - blur(x, sigma 1))
+    brightness:1.2       pixel values times 1.2 (PIL ImageEnhance.Brightness)
+    contrast:1.2         distances from the mean grey times 1.2 (PIL ImageEnhance.Contrast)
+    saturation:1.3       distances from each pixel's grey times 1.3 (PIL ImageEnhance.Color)
+    gamma:0.8            pixel values to the power 0.8
     jpeg:75,resize:0.5   JPEG first, then half size
 
-``resize`` and ``blur`` are differentiable; ``jpeg`` is not, but :func:`straight_through`
-makes any transformation usable inside an attack: the forward pass sees the real
-transformed image, the backward pass treats the transformation as the identity.
+Every step but ``jpeg`` and ``webp`` is differentiable; :func:`straight_through` makes any
+transformation usable inside an attack: the forward pass sees the real transformed image, the
+backward pass treats the transformation as the identity.
 """
 import io as _io
 import math
@@ -65,28 +77,132 @@ def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     return F.conv2d(F.pad(x, (0, 0, pad, pad), mode="reflect"), kernel.transpose(-1, -2), groups=x.shape[1])
 
 
+def webp_round_trip(x: torch.Tensor, quality: int = 80) -> torch.Tensor:
+    """Encode each image as WebP (PIL, lossy) and decode it again."""
+    out = []
+    for img in x.detach():
+        arr = (img.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+        buf = _io.BytesIO()
+        Image.fromarray(arr).save(buf, "WEBP", quality=int(quality))
+        buf.seek(0)
+        out.append(torch.from_numpy(np.asarray(Image.open(buf).convert("RGB")).copy()).permute(2, 0, 1))
+    return torch.stack(out).to(x.device, x.dtype) / 255
+
+
+# Rec.601 luma, as PIL's "L" conversion that ImageEnhance.Contrast and ImageEnhance.Color use.
+_REC601 = (0.299, 0.587, 0.114)
+
+
+def _luma(x: torch.Tensor) -> torch.Tensor:
+    return _REC601[0] * x[:, 0:1] + _REC601[1] * x[:, 1:2] + _REC601[2] * x[:, 2:3]
+
+
+def _rotation_crop_scale(h: int, w: int, degrees: float) -> float:
+    """Largest s such that the centred s*w x s*h rectangle fits inside the w x h photo rotated by ``degrees``."""
+    c, s = abs(math.cos(math.radians(degrees))), abs(math.sin(math.radians(degrees)))
+    return min(w / (w * c + h * s), h / (w * s + h * c))
+
+
+def _rotate(x: torch.Tensor, degrees: float) -> torch.Tensor:
+    """Bilinear rotation about the centre, sampled only on the border-free centred crop."""
+    h, w = x.shape[-2:]
+    nh, nw = _rotated_shape((h, w), degrees)
+    t = math.radians(degrees)
+    ys = torch.arange(nh, device=x.device, dtype=x.dtype) + 0.5 - nh / 2  # output pixel centres, from the centre
+    xs = torch.arange(nw, device=x.device, dtype=x.dtype) + 0.5 - nw / 2
+    yy, xx = torch.meshgrid(ys, xs, indexing="ij")
+    # output point p' = R p (R rotates counter-clockwise as seen with y pointing down): sample p = R^-1 p'
+    src_x = math.cos(t) * xx - math.sin(t) * yy
+    src_y = math.sin(t) * xx + math.cos(t) * yy
+    grid = torch.stack([src_x * 2 / w, src_y * 2 / h], dim=-1)[None].expand(x.shape[0], -1, -1, -1)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def _rotated_shape(shape: tuple[int, int], degrees: float) -> tuple[int, int]:
+    h, w = shape
+    scale = _rotation_crop_scale(h, w, degrees)
+    return max(1, math.floor(h * scale)), max(1, math.floor(w * scale))
+
+
+def _crop_window(kind: str, value: float, shape: tuple[int, int]) -> tuple[int, int, int, int]:
+    """(top, left, height, width) of a crop step on an image of ``shape``."""
+    h, w = shape
+    if kind == "aspect":
+        nh, nw = (h, max(1, round(h * value))) if w / h > value else (max(1, round(w / value)), w)
+    else:
+        nh, nw = max(1, round(h * value)), max(1, round(w * value))
+    anchor = kind.partition("-")[2]  # "", or tl / tr / bl / br
+    top = 0 if anchor.startswith("t") else h - nh if anchor.startswith("b") else (h - nh) // 2
+    left = 0 if anchor.endswith("l") else w - nw if anchor.endswith("r") else (w - nw) // 2
+    return top, left, nh, nw
+
+
+def _clip_box(box: Box, top: float, left: float, h: int, w: int) -> Box | None:
+    """``box`` in the coordinates of the window at (top, left), clipped to its h x w (None: outside)."""
+    x1, y1, x2, y2 = box
+    x1, y1 = max(0, x1 - left), max(0, y1 - top)
+    x2, y2 = min(w, x2 - left), min(h, y2 - top)
+    return (x1, y1, x2, y2) if x2 - x1 >= 1 and y2 - y1 >= 1 else None
+
+
+CROPS = ("crop", "crop-tl", "crop-tr", "crop-bl", "crop-br", "aspect")
+# kind: (value range, integer value?, takes a value?)
+KINDS = {"jpeg": ((1, 100), True, True), "webp": ((1, 100), True, True), "resize": ((0.01, 10), False, True),
+         **{k: ((0.01, 1), False, True) for k in CROPS[:-1]}, "aspect": ((0.1, 10), False, True),
+         "flip": ((1, 1), True, False), "rotate": ((-45, 45), False, True), "blur": ((0.01, 50), False, True),
+         "unsharp": ((0.01, 5), False, True), "brightness": ((0.01, 10), False, True),
+         "contrast": ((0.01, 10), False, True), "saturation": ((0, 10), False, True),
+         "gamma": ((0.1, 10), False, True)}
+
+
 @dataclass(frozen=True)
 class Transform:
-    """One step of a transformation spec: ``kind`` (jpeg, resize, crop, blur) and its value."""
+    """One step of a transformation spec: ``kind`` (see the module docstring) and its value (1 for ``flip``)."""
 
     kind: str
-    value: float
+    value: float = 1.0
+
+    def __str__(self) -> str:
+        return self.kind if not KINDS[self.kind][2] else f"{self.kind}:{self.value:g}"
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if self.kind == "jpeg":
-            return jpeg_round_trip(x, int(self.value))
-        if self.kind == "blur":
-            return gaussian_blur(x, self.value)
-        h, w = self.shape(tuple(x.shape[-2:]))
-        if self.kind == "resize":
-            return F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False, antialias=self.value < 1)
-        top, left = (x.shape[-2] - h) // 2, (x.shape[-1] - w) // 2
+        k, v = self.kind, self.value
+        if k == "jpeg":
+            return jpeg_round_trip(x, int(v))
+        if k == "webp":
+            return webp_round_trip(x, int(v))
+        if k == "blur":
+            return gaussian_blur(x, v)
+        if k == "flip":
+            return x.flip(-1)
+        if k == "rotate":
+            return _rotate(x, v)
+        if k == "unsharp":
+            return (x + v * (x - gaussian_blur(x, 1.0))).clamp(0, 1)
+        if k == "brightness":
+            return (x * v).clamp(0, 1)
+        if k == "contrast":
+            mean = _luma(x).mean(dim=(-3, -2, -1), keepdim=True)
+            return (mean + v * (x - mean)).clamp(0, 1)
+        if k == "saturation":
+            grey = _luma(x)
+            return (grey + v * (x - grey)).clamp(0, 1)
+        if k == "gamma":
+            return x.clamp_min(1e-6).pow(v)
+        if k == "resize":
+            h, w = self.shape(tuple(x.shape[-2:]))
+            return F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False, antialias=v < 1)
+        top, left, h, w = _crop_window(k, v, tuple(x.shape[-2:]))
         return x[..., top:top + h, left:left + w]
 
     def shape(self, shape: tuple[int, int]) -> tuple[int, int]:
         """Image (H, W) after this step."""
-        if self.kind in ("resize", "crop"):
+        if self.kind == "resize":
             return tuple(max(1, round(s * self.value)) for s in shape)
+        if self.kind in CROPS:
+            return _crop_window(self.kind, self.value, shape)[2:]
+        if self.kind == "rotate":
+            return _rotated_shape(shape, self.value)
         return shape
 
     def map_box(self, box: Box, shape: tuple[int, int]) -> Box | None:
@@ -96,15 +212,20 @@ class Transform:
         x1, y1, x2, y2 = box
         if self.kind == "resize":
             return x1 * nw / w, y1 * nh / h, x2 * nw / w, y2 * nh / h
-        if self.kind == "crop":
-            top, left = (h - nh) // 2, (w - nw) // 2
-            x1, y1 = max(0, x1 - left), max(0, y1 - top)
-            x2, y2 = min(nw, x2 - left), min(nh, y2 - top)
-            return (x1, y1, x2, y2) if x2 - x1 >= 1 and y2 - y1 >= 1 else None
+        if self.kind == "flip":
+            return w - x2, y1, w - x1, y2
+        if self.kind in CROPS:
+            top, left, ch, cw = _crop_window(self.kind, self.value, shape)
+            return _clip_box(box, top, left, ch, cw)
+        if self.kind == "rotate":  # the rotated corners' bounding rectangle, in the border-free crop
+            t = math.radians(self.value)
+            xs, ys = [], []
+            for px, py in ((x1, y1), (x2, y1), (x1, y2), (x2, y2)):
+                dx, dy = px - w / 2, py - h / 2
+                xs.append(math.cos(t) * dx + math.sin(t) * dy + nw / 2)
+                ys.append(-math.sin(t) * dx + math.cos(t) * dy + nh / 2)
+            return _clip_box((min(xs), min(ys), max(xs), max(ys)), 0, 0, nh, nw)
         return box
-
-
-LIMITS = {"jpeg": (1, 100), "resize": (0.01, 10), "crop": (0.01, 1), "blur": (0.01, 50)}
 
 
 @dataclass(frozen=True)
@@ -114,7 +235,7 @@ class TransformChain:
     steps: tuple[Transform, ...]
 
     def __str__(self) -> str:
-        return ",".join(f"{s.kind}:{s.value:g}" for s in self.steps) or "none"
+        return ",".join(map(str, self.steps)) or "none"
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """The transformed images; every intermediate result is saved as 8-bit, as files are."""
@@ -140,23 +261,27 @@ class TransformChain:
 
 
 def parse_transform(spec: str) -> TransformChain:
-    """Parse a spec such as ``jpeg:75,resize:0.5`` (ValueError naming the bad part)."""
+    """Parse a spec such as ``jpeg:75,resize:0.5`` or ``flip,crop:0.9`` (ValueError naming the bad part)."""
     steps = []
     for part in filter(None, (p.strip() for p in spec.split(","))):
-        kind, _, text = part.partition(":")
+        kind, colon, text = part.partition(":")
         kind = kind.strip().lower()
-        if kind not in LIMITS:
-            raise ValueError(f"unknown transformation {kind!r} in {spec!r}; use {', '.join(LIMITS)}")
+        if kind not in KINDS:
+            raise ValueError(f"unknown transformation {kind!r} in {spec!r}; use {', '.join(KINDS)}")
+        (lo, hi), integer, takes_value = KINDS[kind]
+        if not takes_value:
+            if colon:
+                raise ValueError(f"{part!r} in {spec!r}: {kind} takes no value")
+            steps.append(Transform(kind))
+            continue
         try:
             value = float(text[:-1]) / 100 if text.endswith("%") else float(text)
         except ValueError:
             raise ValueError(f"{part!r} in {spec!r}: expected {kind}:NUMBER") from None
-        lo, hi = LIMITS[kind]
-        if not lo <= value <= hi or (kind == "jpeg" and value != int(value)):
-            raise ValueError(f"{part!r} in {spec!r}: {kind} must be {'an integer ' if kind == 'jpeg' else ''}"
+        if not lo <= value <= hi or (integer and value != int(value)):
+            raise ValueError(f"{part!r} in {spec!r}: {kind} must be {'an integer ' if integer else ''}"
                              f"in [{lo:g}, {hi:g}]")
         steps.append(Transform(kind, value))
     if not steps:
         raise ValueError(f"empty transformation spec {spec!r}")
     return TransformChain(tuple(steps))
-

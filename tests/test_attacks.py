@@ -366,3 +366,15 @@ def test_ensemble_attack_moves_every_member(model):
         assert _cosine(member, x, x_adv) < 0.99
     with pytest.raises(ValueError, match="at least two models"):
         ModelEnsemble([model])
+
+
+def test_on_step_reports_every_step_and_can_end_the_call(model, photo):
+    calls = []
+    PIRE(model, eps=EPS, steps=3, size=SIZE, seed=0, on_step=lambda done, limit: calls.append((done, limit)))(photo)
+    assert calls == [(1, 3), (2, 3), (3, 3)]
+
+    def stop(done, limit):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        PIRE(model, eps=EPS, steps=3, size=SIZE, seed=0, on_step=stop)(photo)

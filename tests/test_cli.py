@@ -144,6 +144,9 @@ def test_index_of_names_with_newlines_and_line_separators_is_searchable(ukbench_
     (["eval", "--dataset", "ukbench-mini", "--size", "0"], "--size"),
     (["demo", "-k", "0"], "-k"),
     (["demo", "--size", "12"], "--size"),
+    (["ui", "--size", "8"], "--size"),
+    (["ui", "--port", "70000"], "--port"),
+    (["ui", "--max-upload-mb", "0"], "--max-upload-mb"),
 ])
 def test_every_numeric_option_is_checked_up_front_with_one_rule(tmp_path, monkeypatch, argv, option):
     monkeypatch.chdir(tmp_path)  # nothing to read there: a check after any work would fail differently

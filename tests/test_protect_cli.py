@@ -423,7 +423,7 @@ def test_report_lines_record_input_and_settings(tmp_path):
     assert line["input"] == str(tmp_path / "x.png") and line["output"] == str(tmp_path / "out" / "x.png")
     assert line["settings"] == {"model": "efficientnet-lite0-gem", "method": "ssim-pire", "strength": "low", "eps": None,
                                 "ssim_weight": None, "steps": 3, "robust": False, "target_ssim": None, "size": 96,
-                                "format": None, "quality": 95, "keep_metadata": False, "seed": 0, "save_map": False}
+                                "precision": None, "format": None, "quality": 95, "keep_metadata": False, "seed": 0, "save_map": False}
 
 
 def test_existing_output_of_another_input_is_not_taken_for_this_ones(tmp_path):

@@ -7,7 +7,8 @@ from PIL import Image
 from skimage.metrics import structural_similarity
 
 from advquery import quality
-from advquery.quality import linf, mean_abs_change, mean_ciede2000, psnr, quality_report, ssim
+from advquery.quality import (flat_changed, flat_pixels, linf, mean_abs_change, mean_ciede2000, psnr, quality_report,
+                              ssim)
 
 
 def _skimage_ssim(a, b):
@@ -105,7 +106,7 @@ def test_quality_report_keys_and_types():
     a = _synthetic(40, 33)
     b = _noisy(a, 3, 5)
     report = quality_report(a, b)
-    assert list(report) == ["ssim", "psnr", "linf", "mean_abs_change", "ciede2000"]
+    assert list(report) == ["ssim", "psnr", "linf", "mean_abs_change", "ciede2000", "flat_changed"]
     assert all(type(v) is float for v in report.values())
     assert report["ssim"] == ssim(a, b) and report["ciede2000"] == mean_ciede2000(a, b)
 
@@ -123,3 +124,17 @@ def test_wrong_dtype_or_layout():
         ssim(a, a.astype(np.float64))
     with pytest.raises(ValueError, match=r"expected a as a \(H, W, 3\) uint8 array, got \(20, 20\) uint8"):
         psnr(a[..., 0], a[..., 0])
+
+
+def test_flat_changed_counts_changes_in_flat_regions_only():
+    a = np.full((40, 40, 3), 120, np.uint8)
+    a[:, 20:] = (np.arange(20 * 40 * 3).reshape(40, 20, 3) * 37 % 200).astype(np.uint8)  # right half: texture
+    flat = flat_pixels(a)
+    assert flat[:, :14].all() and not flat[:, 24:].any()  # the 7 x 7 window sees the texture 3 pixels away
+    b = a.copy()
+    b[:, 20:] = 255 - b[:, 20:]  # any change in texture does not count
+    assert flat_changed(a, b) == 0
+    b[:10, :10] += 2  # 2 levels on a quarter of the flat rows' first half
+    assert flat_changed(a, b) == pytest.approx(100 / flat.sum())
+    b[:10, :10] -= 1  # 1 level does not count
+    assert flat_changed(a, b) == 0

@@ -26,7 +26,9 @@ def test_parse_spec_in_order_with_percentages():
 
 @pytest.mark.parametrize("spec, message", [
     ("", "empty transformation spec"),
-    ("rotate:90", "unknown transformation 'rotate'"),
+    ("spin:90", "unknown transformation 'spin'"),
+    ("rotate:90", "rotate must be in"),
+    ("flip:1", "flip takes no value"),
     ("jpeg:high", "expected jpeg:NUMBER"),
     ("jpeg:75.5", "jpeg must be an integer in"),
     ("jpeg:0", "jpeg must be an integer in"),
@@ -122,3 +124,83 @@ def test_apply_edits_a_decoded_photo_and_its_box_together():
     assert box == (10, 4, 50, 40)  # shifted by the crop (15, 10), clipped to its 30 x 20, then doubled
     same, none = parse_transform("jpeg:95").apply(rgb)
     assert none is None and same.shape == rgb.shape and np.abs(same.astype(int) - rgb).mean() > 0
+
+
+def _rgb(h: int = 40, w: int = 60):
+    import numpy as np
+    yy, xx = np.mgrid[0:h, 0:w]
+    return np.stack([xx * 4, yy * 6, (xx + yy) * 2 + 30], axis=2).clip(0, 255).astype(np.uint8)
+
+
+def test_flip_mirrors_the_photo_and_its_box():
+    x = _image(40, 60)
+    torch.testing.assert_close(parse_transform("flip")(x), x.flip(-1), atol=0, rtol=0)
+    assert parse_transform("flip").map_box((10, 5, 20, 15), (40, 60)) == (40, 5, 50, 15)
+    assert str(parse_transform("flip,jpeg:80")) == "flip,jpeg:80"
+
+
+@pytest.mark.parametrize("kind, window", [("crop-tl", (0, 0)), ("crop-tr", (0, 12)), ("crop-bl", (8, 0)),
+                                          ("crop-br", (8, 12))])
+def test_corner_crops_keep_their_corner(kind, window):
+    x = _image(40, 60)
+    top, left = window
+    out = parse_transform(f"{kind}:0.8")(x)
+    torch.testing.assert_close(out, x[..., top:top + 32, left:left + 48], atol=0, rtol=0)
+    assert parse_transform(f"{kind}:0.8").map_box((20, 12, 30, 22), (40, 60)) == (20 - left, 12 - top, 30 - left,
+                                                                                  22 - top)
+
+
+@pytest.mark.parametrize("aspect, shape", [(1, (40, 40)), (0.8, (40, 32)), (16 / 9, (34, 60))])
+def test_aspect_crops_are_the_largest_central_window(aspect, shape):
+    assert tuple(parse_transform(f"aspect:{aspect}")(_image(40, 60)).shape[-2:]) == shape
+
+
+def test_rotation_crops_its_borders_and_moves_the_box_with_the_content():
+    import numpy as np
+    rgb = np.zeros((90, 120, 3), np.uint8)
+    rgb[10:20, 80:95] = 255  # a white patch right of the centre, near the top
+    chain = parse_transform("rotate:10")
+    out, box = chain.apply(rgb, (80, 10, 95, 20))
+    h, w = out.shape[:2]
+    assert (h, w) == chain.steps[0].shape((90, 120)) and h < 90 and w < 120
+    ys, xs = np.nonzero(out[..., 0] > 128)
+    cy, cx = ys.mean(), xs.mean()
+    x1, y1, x2, y2 = box
+    assert x1 <= cx <= x2 and y1 <= cy <= y2
+    # counter-clockwise: a point right of the centre and above it moves left (and up, less); the crop shifts both
+    assert cx - w / 2 < 87.5 - 60
+    flat = torch.full((1, 3, 30, 40), 128 / 255)
+    rotated = parse_transform("rotate:-3")(flat)
+    torch.testing.assert_close(rotated, torch.full_like(rotated, 128 / 255))  # no border sampled
+
+
+@pytest.mark.parametrize("spec, enhance", [("brightness:1.2", "Brightness"), ("contrast:1.3", "Contrast"),
+                                           ("saturation:1.4", "Color")])
+def test_colour_filters_match_pil_image_enhance(spec, enhance):
+    import numpy as np
+    from PIL import Image, ImageEnhance
+    rgb = _rgb()
+    ours, _ = parse_transform(spec).apply(rgb)
+    factor = float(spec.split(":")[1])
+    pil = np.asarray(getattr(ImageEnhance, enhance)(Image.fromarray(rgb)).enhance(factor))
+    assert np.abs(ours.astype(int) - pil).max() <= 2  # PIL rounds grey and mean to integers first
+
+
+def test_gamma_unsharp_and_webp():
+    x = _image(40, 60)
+    torch.testing.assert_close(parse_transform("gamma:0.5")(x), quantise(x.clamp_min(1e-6).sqrt()), atol=1e-6, rtol=0)
+    smooth = gaussian_blur(x, 2.0)
+    sharp = parse_transform("unsharp:1")(smooth)
+    assert float(sharp.diff(dim=-1).abs().mean()) > float(smooth.diff(dim=-1).abs().mean())
+    flat = torch.full((1, 3, 16, 16), 0.4)
+    torch.testing.assert_close(parse_transform("unsharp:1")(flat), quantise(flat))
+    err = float((parse_transform("webp:80")(x) - x).abs().mean())
+    assert err > 0
+
+
+def test_every_step_but_the_codecs_is_differentiable():
+    for spec in ("flip", "rotate:3", "aspect:1", "crop-br:0.8", "unsharp:1", "brightness:1.1", "contrast:1.2",
+                 "saturation:1.3", "gamma:0.8"):
+        x = _image().requires_grad_(True)
+        parse_transform(spec).steps[0](x).sum().backward()
+        assert x.grad is not None and float(x.grad.abs().sum()) > 0, spec

@@ -7,9 +7,14 @@ only say what the bound is (:meth:`PerturbationAttack.bound`); this class owns t
 random start, Adam, projection onto the bound and onto [0, 1], 8-bit saving, early stopping
 and keeping the best perturbation seen.
 
-The perturbation lives at the working resolution the retrieval system sees (long side
-``size``) and is upsampled to the photo's own resolution, so a 4000 x 3000 photo costs a
-1024 px attack; the output keeps the original resolution.
+The perturbation lives at the working resolution the retrieval system sees (long side ``size``, never
+finer than the photo) and is upsampled to the photo's own resolution, so a 4000 x 3000 photo costs a
+1024 px attack; the output keeps the original resolution. The optimisation runs on the working grid
+too (the photo downscaled to the working size; the rounding of the change and the SSIM price there), so
+that a step costs the network passes and little else, unless a codec is in the loop: a real JPEG
+changes a fine perturbation differently at the photo's resolution than at the working one
+(``bench/results/working_grid.md``), so then the steps see the photo's own pixels (``grid``). The network passes run in reduced
+precision where the hardware computes it natively (``precision``, :mod:`advquery.models.precision`).
 
 :class:`ImageAttack` is the base of the model-free attacks (keypoint removal and injection,
 Gaussian noise), which modify each photo as an 8-bit array.
@@ -24,12 +29,16 @@ import torch.nn.functional as F
 
 from ..extraction import DEFAULT_SIZE, MIN_SIZE, cosine_similarity, describe, resize_long_side
 from ..io import to_tensor, to_uint8
-from ..models import DescriptorModel
-from ..perceptual import ssim_cost_weights
+from ..models import DescriptorModel, ModelEnsemble
+from ..models.descriptor import POOLINGS
+from ..models.precision import autocast, autocast_dtype, check_precision
+from ..perceptual import flat_gain, ssim_cost_weights
 from ..transforms import quantise, straight_through
 from .robust import RandomEdits
+from .views import TrackerViews
 
 SAVING_MODES = ("quantised", "refined", "x10")
+GRIDS = ("auto", "working", "photo")
 
 
 @dataclass
@@ -38,6 +47,11 @@ class AttackStats:
 
     steps: list[int]
     similarity: list[float]
+
+
+def _round_levels(delta: torch.Tensor) -> torch.Tensor:
+    """A change rounded to whole grey levels."""
+    return torch.round(delta * 255) / 255
 
 
 def _check(condition: bool, message: str) -> None:
@@ -94,6 +108,9 @@ class PerturbationAttack:
             would erase are enlarged to one grey level. ``x10``: the paper's original ``x + 10 v``.
         codec: optional function applied (straight-through) after quantisation in every step, e.g.
             a real JPEG round trip, so the attack optimises the decoded file it will be saved as.
+        grid: where the steps compose the perturbed photo: ``working`` (the photo at the working size),
+            ``photo`` (its own pixels, exact for rounding and codec, costlier for large photos) or ``auto``
+            (default: ``photo`` when a codec is in the loop, else ``working``).
         random_start: start from ``U(-1, 1) * bound`` instead of zero.
         seed: seed of the random start (None: nondeterministic).
         target_similarity: stop an image once its descriptor cosine similarity to the original
@@ -118,6 +135,11 @@ class PerturbationAttack:
         snapshot_every: keep, every this many steps k, the perturbation a run with ``steps=k`` would
             return (the best so far) in :attr:`snapshots` as ``(k, v)``; :meth:`render` makes each an
             image. One optimisation then gives the result after 10, 20, ... steps (None: keep none).
+        precision: ``auto`` (default: bfloat16 network passes on a CPU that computes bfloat16 natively,
+            bfloat16 or float16 on CUDA, else float32), ``float32``, ``bfloat16`` or ``float16`` (CUDA).
+            The perturbation, its projection, the objective and the reported similarity stay float32.
+        on_step: called after every optimiser step with ``(steps done, steps)``, e.g. for a progress bar;
+            early stopping may end the run before ``steps``. An exception it raises ends the call.
 
     Shape:
         input (N, 3, H, W) float in [0, 1] on the 8-bit grid; output the same shape, on the 8-bit grid.
@@ -128,7 +150,10 @@ class PerturbationAttack:
                  codec: Callable[[torch.Tensor], torch.Tensor] | None = None, random_start: bool = True,
                  seed: int | None = None, target_similarity: float | None = None, patience: int | None = None,
                  edits: RandomEdits | None = None, coarseness: int = 1, ssim_weight: float = 0.0,
-                 snapshot_every: int | None = None):
+                 snapshot_every: int | None = None, precision: str = "auto",
+                 on_step: Callable[[int, int], None] | None = None, tracker_views: TrackerViews | None = None,
+                 poolings: Sequence[str] = ("gem",), whole_view: bool = True, spare_flat: float | None = None,
+                 grid: str = "auto"):
         _check(isinstance(steps, int) and not isinstance(steps, bool) and steps >= 1, f"steps must be a positive integer, got {steps!r}")
         _check(lr > 0, f"lr must be positive, got {lr}")
         _check(isinstance(size, int) and size >= MIN_SIZE, f"size must be an integer >= {MIN_SIZE}, got {size!r}")
@@ -147,6 +172,16 @@ class PerturbationAttack:
                f"coarseness must be a positive integer, got {coarseness!r}")
         _check(ssim_weight >= 0, f"ssim_weight must be >= 0, got {ssim_weight}")
         self.snapshot_every, self.coarseness, self.ssim_weight = snapshot_every, coarseness, ssim_weight
+        check_precision(precision)
+        self.precision = precision
+        self.on_step = on_step
+        _check(tracker_views is None or edits is None, "give edits or tracker_views, not both")
+        _check(set(poolings) <= set(POOLINGS) and len(poolings) > 0, f"poolings must be among {tuple(POOLINGS)}")
+        self.tracker_views, self.poolings, self.whole_view = tracker_views, tuple(poolings), whole_view
+        _check(spare_flat is None or spare_flat > 0, f"spare_flat must be positive grey levels or None, got {spare_flat}")
+        self.spare_flat = spare_flat
+        _check(grid in GRIDS, f"grid must be one of {GRIDS}, got {grid!r}")
+        self.grid = grid
         self.snapshots: list[tuple[int, torch.Tensor]] = []  # (steps, working-resolution v) of the last call
         self.stats = AttackStats([], [])
         self.perturbation: torch.Tensor | None = None  # best working-resolution perturbation of the last call
@@ -156,18 +191,23 @@ class PerturbationAttack:
         """Per-pixel bound on |v|, broadcastable to ``x`` (the photo at perturbation resolution)."""
         raise NotImplementedError
 
-    def _working_bound(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``x`` at the working resolution and the bound there, expanded to its shape."""
+    def _working_grid(self, x: torch.Tensor) -> torch.Tensor:
+        """The photo on the working grid: downscaled to the working size if larger, else as it is."""
+        return resize_long_side(x, self.size).clamp(0, 1) if max(x.shape[-2:]) > self.size else x  # antialias overshoot
+
+    def _perturbation_bound(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``x`` on the perturbation's grid (the working grid, ``coarseness`` times coarser) and the bound
+        there, expanded to its shape."""
         shape = self._perturbation_size(x)
-        x_work = x if shape == tuple(x.shape[-2:]) else \
+        x_pert = x if shape == tuple(x.shape[-2:]) else \
             F.interpolate(x, size=shape, mode="bilinear", align_corners=False, antialias=True).clamp(0, 1)  # rounding
-        return x_work, self.bound(x_work).expand_as(x_work)
+        return x_pert, self.bound(x_pert).expand_as(x_pert)
 
     def budget(self, x: torch.Tensor) -> torch.Tensor:
         """(N, 1, h, w) bound on |v| at the working resolution (largest over the channels), without
         running the attack: where and how much the attack may change ``x`` (N, 3, H, W) in [0, 1]."""
         with torch.no_grad():
-            return self._working_bound(x)[1].amax(dim=1, keepdim=True)
+            return self._perturbation_bound(self._working_grid(x))[1].amax(dim=1, keepdim=True)
 
     def describe(self, x: torch.Tensor) -> torch.Tensor:
         """Descriptor of full-resolution images as the retrieval system computes it."""
@@ -181,6 +221,32 @@ class PerturbationAttack:
         copies = self.edits.sample(work, generator) if self.edits else []
         return torch.stack([self.model(work, scales=self.scales)]
                            + [describe(self.model, c, self.size, self.scales, box=b) for c, b in copies], dim=1)
+
+    def _members(self) -> list[DescriptorModel]:
+        return list(self.model.members) if isinstance(self.model, ModelEnsemble) else [self.model]
+
+    def _pooled(self, model: DescriptorModel, x: torch.Tensor) -> list[torch.Tensor]:
+        fmap = model.feature_map(x)
+        return [model.pool_map(fmap, p) for p in self.poolings]
+
+    def view_distance(self, adv: torch.Tensor, x: torch.Tensor, generator: torch.Generator,
+                      target: torch.Tensor) -> torch.Tensor:
+        """(N,) mean squared descriptor distance, over the drawn tracker views and the poolings, between each view
+        of ``adv`` and the same view of the original ``x`` (both on the working grid); with ``whole_view``, also
+        the whole photo at the working size against ``target``, the original's descriptor."""
+        members = self._members()
+        views = self.tracker_views.sample(generator, len(members))
+        total = torch.zeros(adv.shape[0], device=adv.device)
+        for view in views:
+            model = members[view.model]
+            with torch.no_grad():
+                reference = self._pooled(model, view(x))
+            moved = self._pooled(model, view(adv))
+            total = total + sum((a - b).pow(2).sum(dim=1) for a, b in zip(moved, reference)) / len(self.poolings)
+        if self.whole_view:
+            whole = members[0](resize_long_side(adv, self.size), scales=self.scales)
+            total = total + (whole - target).pow(2).sum(dim=1)
+        return total / (len(views) + self.whole_view)
 
     def similarity_to_original(self, images: torch.Tensor) -> list[float]:
         """Descriptor cosine similarity of ``images`` (e.g. the decoded output files) to the last call's input."""
@@ -197,13 +263,22 @@ class PerturbationAttack:
             return v
         return F.interpolate(v, size=shape, mode="bilinear", align_corners=False)
 
-    def _compose(self, x: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The perturbed pixels (8-bit, straight-through, in ``quantised`` mode, else continuous) and the
-        image the optimisation sees: those pixels after the codec, if any."""
-        pixels = (x + self._upsample(v, x.shape[-2:])).clamp(0, 1)
+    def _compose(self, x: torch.Tensor, v: torch.Tensor,
+                 gain: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The perturbed pixels of the photo ``x`` (on the grid the steps use) and the image the optimisation
+        sees: those pixels after the codec, if any.
+
+        In ``quantised`` mode the change (times ``gain``) is rounded to whole grey levels (straight-through): the
+        saved 8-bit photo is ``x + round(v)`` for a photo on the 8-bit grid, and when the photo is larger than
+        the working grid, the rounding of the smooth upsampled ``v`` survives its downscale as the same steps.
+        """
+        delta = self._upsample(v, x.shape[-2:])
+        if gain is not None:
+            delta = delta * gain
         if self.saving != "quantised":
+            pixels = (x + delta).clamp(0, 1)
             return pixels, pixels
-        pixels = straight_through(pixels, quantise)
+        pixels = (x + straight_through(delta, _round_levels)).clamp(0, 1)
         return pixels, pixels if self.codec is None else straight_through(pixels, self.codec)
 
     def render(self, x: torch.Tensor, v: torch.Tensor, saving: str | None = None) -> torch.Tensor:
@@ -212,6 +287,9 @@ class PerturbationAttack:
         saving = saving or self.saving
         _check(saving in SAVING_MODES, f"saving must be one of {SAVING_MODES}, got {saving!r}")
         delta = self._upsample(v, x.shape[-2:])
+        gain = self._gain(x)
+        if gain is not None:
+            delta = delta * gain
         if saving == "x10":
             delta = 10 * delta
         elif saving == "refined":
@@ -219,6 +297,10 @@ class PerturbationAttack:
             small = (delta != 0) & (delta.abs() < 0.5 / 255)
             delta = torch.where(small, torch.sign(delta) / 255, delta)
         return quantise(x + delta)
+
+    def _gain(self, x: torch.Tensor) -> torch.Tensor | None:
+        """(N, 1, H, W) factor of the change at each pixel of ``x``: 0 in flat regions with ``spare_flat``."""
+        return None if self.spare_flat is None else flat_gain(x, self.spare_flat)
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         return self.forward(images)
@@ -233,13 +315,18 @@ class PerturbationAttack:
             generator.seed()  # nondeterministic, without touching the global RNG
         else:
             generator.manual_seed(self.seed)
+        amp = autocast_dtype(self.precision, x.device)
         with torch.no_grad():
             target = self.describe(x)[:, None]
-            x_work, bound = self._working_bound(x)
-            cost = ssim_cost_weights(x) * 255 ** 2 if self.ssim_weight else None  # per squared [0, 1] unit
-        v = (torch.rand(x_work.shape, generator=generator, device=x.device) * 2 - 1) * bound \
-            if self.random_start else torch.zeros_like(x_work)
-        v = (x_work + v).clamp(0, 1) - x_work
+            whole_target = None if self.tracker_views is None else describe(self._members()[0], x, self.size, self.scales)
+            on_photo = self.grid == "photo" or (self.grid == "auto" and self.codec is not None)
+            x_grid = x if on_photo else self._working_grid(x)
+            gain = self._gain(x_grid)
+            x_pert, bound = self._perturbation_bound(x_grid)
+            cost = ssim_cost_weights(x_grid) * 255 ** 2 if self.ssim_weight else None  # per squared [0, 1] unit
+        v = (torch.rand(x_pert.shape, generator=generator, device=x.device) * 2 - 1) * bound \
+            if self.random_start else torch.zeros_like(x_pert)
+        v = (x_pert + v).clamp(0, 1) - x_pert
         v.requires_grad_(True)
         optimiser = torch.optim.Adam([v], lr=self.lr)
         best_objective = torch.full((n,), -math.inf, device=x.device)
@@ -250,12 +337,16 @@ class PerturbationAttack:
         done = torch.zeros(n, dtype=torch.bool, device=x.device)
         steps_used = torch.full((n,), self.steps, dtype=torch.long, device=x.device)
         for step in range(self.steps):
-            pixels, adv = self._compose(x, v)
-            distance = (self.views(adv, generator) - target).pow(2).sum(dim=2).mean(dim=1)
+            pixels, adv = self._compose(x_grid, v, gain)
+            with autocast(amp, x.device):
+                if self.tracker_views is None:
+                    distance = (self.views(adv, generator) - target).pow(2).sum(dim=2).mean(dim=1)
+                else:
+                    distance = self.view_distance(adv, x_grid, generator, whole_target)
             # The SSIM cost of the perturbation, before the codec: the codec's own loss is there with or
             # without it, and a straight-through codec cannot be steered to lose less.
             objective = distance if cost is None else \
-                distance - self.ssim_weight * ((pixels - x).pow(2) * cost).mean(dim=(1, 2, 3))
+                distance - self.ssim_weight * ((pixels - x_grid).pow(2) * cost).mean(dim=(1, 2, 3))
             with torch.no_grad():  # bookkeeping for the image v currently represents
                 improved = objective > best_objective
                 best_objective = torch.where(improved, objective, best_objective)
@@ -274,7 +365,9 @@ class PerturbationAttack:
             optimiser.step()
             with torch.no_grad():  # project onto the bound and onto valid pixels
                 v.copy_(torch.maximum(torch.minimum(v, bound), -bound))
-                v.copy_((x_work + v).clamp(0, 1) - x_work)
+                v.copy_((x_pert + v).clamp(0, 1) - x_pert)
+            if self.on_step is not None:
+                self.on_step(step + 1, self.steps)
         self.perturbation = best_v
         self.original_descriptor = target[:, 0]
         with torch.no_grad():

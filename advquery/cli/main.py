@@ -3,7 +3,7 @@ import argparse
 import sys
 
 from .. import __version__
-from . import demo, eval as eval_cmd, index, protect, search, verify
+from . import demo, eval as eval_cmd, index, protect, search, ui, verify
 from .common import CommandError, OneLineParser, command_environment, error
 
 
@@ -12,7 +12,7 @@ def build_parser() -> argparse.ArgumentParser:
                            "retrieval: protect photos from retrieval, measure retrieval robustness.")
     parser.add_argument("--version", action="version", version=f"advquery {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (protect, verify, demo, index, search, eval_cmd):
+    for module in (protect, verify, demo, index, search, eval_cmd, ui):
         module.register(commands)
     return parser
 

@@ -5,9 +5,10 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from ..io import (DEFAULT_MAX_PIXELS, ImageError, claim, is_inside, printable, read_photo, real_path,
+from ..extraction import prefetch
+from ..io import (DEFAULT_MAX_PIXELS, ImageError, Photo, claim, is_inside, printable, read_photo, real_path,
                   remove_stale_temporaries)
-from ..models import load_model
+from ..models import PRECISIONS, autocast_dtype, load_model, resolve_device
 from ..outputs import OutputRecords
 from ..protection import DEFAULT_NOISE_SSIM, DEFAULT_STRENGTH, GRADIENT_METHODS, MASK_GAIN, METHODS, STRENGTHS, \
     ProtectionRecord, check_method_options, map_path, output_format, output_path, protect_photo
@@ -66,6 +67,10 @@ def register(commands: argparse._SubParsersAction) -> None:
                         "SSIM-masking gain, cv-pire and sd-pire their colour-variance or standard-deviation map, "
                         "the constant bound of pire and ssim-pire is all white. Refused for the methods without a budget (keypoints, "
                         "noise)")
+    p.add_argument("--precision", choices=PRECISIONS,
+                   help="gradient methods: precision of the network passes: auto (default: bfloat16 on a CPU that computes it natively, "
+                        "bfloat16 or float16 on CUDA, else float32), float32, bfloat16, float16 (CUDA); the "
+                        "perturbation and every reported figure stay float32")
     p.add_argument("--overwrite", action="store_true",
                    help="replace existing outputs (default: skip those made from the same input, so that an interrupted "
                         "or concurrent batch resumes; refuse those made from another input)")
@@ -91,8 +96,8 @@ def summary_table(records: list[ProtectionRecord]) -> str:
 OPTION_FLAGS = {"target_ssim": "--target-ssim", "ssim_weight": "--ssim-weight", "robust": "--robust",
                 "eps_levels": "--eps", "steps": "--steps"}
 # What makes an output what it is: recorded in the report and beside the outputs (with the model's name).
-SETTINGS = ("method", "strength", "eps", "ssim_weight", "steps", "robust", "target_ssim", "size", "format", "quality",
-            "keep_metadata", "seed", "save_map")
+SETTINGS = ("method", "strength", "eps", "ssim_weight", "steps", "robust", "target_ssim", "size", "precision", "format",
+            "quality", "keep_metadata", "seed", "save_map")
 BUSY = "another advquery process is protecting it"
 
 
@@ -104,6 +109,13 @@ def run_protect(args: argparse.Namespace) -> int:
                              robust=args.robust, eps_levels=args.eps, steps=args.steps, names=OPTION_FLAGS)
     except ValueError as exc:
         raise CommandError(str(exc)) from None
+    if args.precision is not None:
+        if args.method not in GRADIENT_METHODS:
+            raise CommandError(f"--precision applies to {', '.join(GRADIENT_METHODS)} only, not to {args.method}")
+        try:
+            autocast_dtype(args.precision, resolve_device(args.device))
+        except ValueError as exc:
+            raise CommandError(f"--precision: {exc}") from None
     if args.save_map and args.method not in GRADIENT_METHODS:
         raise CommandError(f"--save-map: method {args.method} has no per-pixel budget to map; "
                            f"it applies to {', '.join(GRADIENT_METHODS)}")
@@ -122,8 +134,10 @@ def run_protect(args: argparse.Namespace) -> int:
     made_by = OutputRecords(args.output)
     interrupted = None
     try:
-        for f in tqdm(files, desc="protecting", unit="photo", disable=None):
-            record = _protect_one(f, args, model, input_paths, claimed, made_by, settings)
+        # The next photo is decoded in the background while the current one is attacked.
+        decoded = prefetch(lambda f: (f, _read(f, args.max_pixels)), files, depth=1)
+        for f, photo in tqdm(decoded, total=len(files), desc="protecting", unit="photo", disable=None):
+            record = _protect_one(f, photo, args, model, input_paths, claimed, made_by, settings)
             records.append(record)
             if record.status == "failed":
                 tqdm.write(f"advquery: error: {printable(record.error)}", file=sys.stderr)
@@ -147,11 +161,20 @@ def run_protect(args: argparse.Namespace) -> int:
     return 1 if failed or (report and report.failed) else 0
 
 
-def _protect_one(f, args: argparse.Namespace, model, input_paths: set[Path], claimed: dict[Path, Path],
-                 made_by: OutputRecords, settings: dict) -> ProtectionRecord:
+def _read(f, max_pixels: int) -> Photo | ImageError:
+    """The decoded photo, or the error that says why it cannot be read."""
+    try:
+        return read_photo(f.path, max_pixels=max_pixels)
+    except ImageError as exc:
+        return exc
+
+
+def _protect_one(f, photo: Photo | ImageError, args: argparse.Namespace, model, input_paths: set[Path],
+                 claimed: dict[Path, Path], made_by: OutputRecords, settings: dict) -> ProtectionRecord:
     target = None
     try:
-        photo = read_photo(f.path, max_pixels=args.max_pixels)
+        if isinstance(photo, ImageError):
+            raise photo
         fmt = output_format(photo, args.format)
         target = output_path(args.output, f.relative, fmt)
         if real_path(target) in input_paths:
@@ -183,7 +206,7 @@ def _protect_one(f, args: argparse.Namespace, model, input_paths: set[Path], cla
             record = protect_photo(photo, target, model, fmt, args.quality, args.keep_metadata, map_target,
                                    method=args.method, strength=args.strength, eps_levels=args.eps, steps=args.steps,
                                    size=args.size, seed=args.seed, target_ssim=args.target_ssim, robust=args.robust,
-                                   ssim_weight=args.ssim_weight)
+                                   ssim_weight=args.ssim_weight, precision=args.precision or "auto")
             try:
                 made_by.write(target, f.path, settings)
             except BaseException:  # an output without its record could later be taken for another input's

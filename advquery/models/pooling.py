@@ -1,4 +1,9 @@
-"""Global pooling and descriptor post-processing: GeM, L2 normalisation, whitening."""
+"""Global pooling and descriptor post-processing: GeM, MAC, SPoC, R-MAC, L2 normalisation, whitening.
+
+The pooling functions map a (N, C, H, W) feature map to (N, C), before L2 normalisation.
+"""
+import math
+
 import torch
 from torch import nn
 import torch.nn.functional as F
@@ -12,6 +17,48 @@ def l2n(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
 def gem(x: torch.Tensor, p: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     """Generalised mean over H, W of a (N, C, H, W) map: (mean(clamp(x, eps)^p))^(1/p) -> (N, C)."""
     return x.clamp(min=eps).pow(p).mean(dim=(-2, -1)).pow(1.0 / p)
+
+
+def mac(x: torch.Tensor) -> torch.Tensor:
+    """Maximum activation of convolutions: the largest value of each channel."""
+    return x.amax(dim=(-2, -1))
+
+
+def spoc(x: torch.Tensor) -> torch.Tensor:
+    """Sum-pooled convolutional features (average pooling; equal after L2 normalisation)."""
+    return x.mean(dim=(-2, -1))
+
+
+def rmac_regions(h: int, w: int, levels: int = 3) -> list[tuple[int, int, int, int]]:
+    """(top, left, side, side) of the square R-MAC regions of an h x w map (Tolias, Sicre and Jegou, ICLR 2016),
+    as cirtorch lays them out: ``levels`` scales of regions with side 2 min(h, w) / (l + 1), overlapping by
+    about 40 %, spread evenly, plus extra regions along the long side."""
+    side = min(w, h)
+    steps = torch.tensor([2, 3, 4, 5, 6, 7], dtype=torch.float64)
+    b = (max(h, w) - side) / (steps - 1)
+    extra = int(torch.argmin(torch.abs((side ** 2 - side * b) / side ** 2 - 0.4))) + 1  # regions along the long side
+    wd, hd = (extra, 0) if h < w else (0, extra) if h > w else (0, 0)
+    regions = []
+    for level in range(1, levels + 1):
+        wl = math.floor(2 * side / (level + 1))
+        if wl == 0:
+            continue
+        wl2 = math.floor(wl / 2 - 1)
+
+        def centres(n_extra: int, length: int) -> list[int]:
+            step = 0 if level + n_extra == 1 else (length - wl) / (level + n_extra - 1)
+            return [int(math.floor(wl2 + i * step) - wl2) for i in range(level + n_extra)]
+
+        regions += [(top, left, wl, wl) for top in centres(hd, h) for left in centres(wd, w)]
+    return regions
+
+
+def rmac(x: torch.Tensor, levels: int = 3, eps: float = 1e-6) -> torch.Tensor:
+    """Regional MAC: the sum of the L2-normalised MAC of the whole map and of each R-MAC region."""
+    v = l2n(mac(x), eps)
+    for top, left, hh, ww in rmac_regions(x.shape[-2], x.shape[-1], levels):
+        v = v + l2n(mac(x[..., top:top + hh, left:left + ww]), eps)
+    return v
 
 
 class GeM(nn.Module):

@@ -1,0 +1,112 @@
+"""Views of a photo that a tracker may take, drawn afresh in every attack step (expectation over transformation).
+
+A tracker flips, rotates, crops (any position and aspect, down to a selection of the landmark), filters and
+re-compresses a photo, then describes it at its own working size with its own model and pooling. A protection
+that pushes the descriptors of such views away from those of the same views of the original photo holds for
+the whole family, not only for the one pixel grid it was computed on.
+"""
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ..transforms import Transform, straight_through
+
+
+@dataclass(frozen=True)
+class View:
+    """One drawn view: a differentiable function of a (N, 3, H, W) photo on the working grid.
+
+    ``box``: (top, left, height, width) fractions of the (flipped, rotated) photo; ``size``: the long side the
+    whole photo gets at the tracker's working size (the crop is scaled by the same factor, as a bounding-box
+    query is) or, with ``crop_file``, the long side of the crop itself (a cropped file described whole).
+    """
+
+    flip: bool
+    angle: float
+    box: tuple[float, float, float, float]
+    crop_file: bool
+    size: int
+    colour: tuple[float, float, float]  # brightness, contrast, saturation factors
+    jpeg: int | None
+    model: int  # which member of the attacked models describes this view
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.flip:
+            x = x.flip(-1)
+        if self.angle:
+            x = Transform("rotate", self.angle)(x)
+        h, w = x.shape[-2:]
+        top, left, fh, fw = self.box
+        ch, cw = max(8, round(h * fh)), max(8, round(w * fw))
+        y0, x0 = round((h - ch) * top), round((w - cw) * left)
+        crop = x[..., y0:y0 + ch, x0:x0 + cw]
+        for kind, factor in zip(("brightness", "contrast", "saturation"), self.colour):
+            if factor != 1:
+                crop = Transform(kind, factor)(crop)
+        if self.jpeg is not None:
+            crop = straight_through(crop, Transform("jpeg", self.jpeg))
+        long_side = self.size if self.crop_file else self.size * max(ch, cw) / max(h, w)
+        scale = long_side / max(ch, cw)
+        shape = (max(16, round(ch * scale)), max(16, round(cw * scale)))
+        return F.interpolate(crop, size=shape, mode="bilinear", align_corners=False, antialias=scale < 1)
+
+
+@dataclass(frozen=True)
+class TrackerViews:
+    """How views are drawn.
+
+    Args:
+        count: views per step, each one network pass (forward and backward) plus a forward pass for the
+            same view of the original.
+        sizes: range of the tracker's working size (long side of the whole photo, pixels).
+        crop: range of the kept fraction of each side (drawn independently: any aspect), at any position.
+        crop_file: probability that the crop is a cropped file described whole (else a selection described at
+            the photo's scale).
+        flip: probability of a horizontal flip.
+        rotate: largest rotation, degrees (drawn uniformly in +-rotate).
+        colour: largest relative change of brightness, contrast and saturation.
+        jpeg: range of JPEG quality and the probability of a re-compression (None: never).
+    """
+
+    count: int = 2
+    sizes: tuple[int, int] = (448, 1024)
+    crop: tuple[float, float] = (0.3, 1.0)
+    crop_file: float = 0.5
+    flip: float = 0.5
+    rotate: float = 3.0
+    colour: float = 0.15
+    jpeg: tuple[int, int] | None = (70, 95)
+    jpeg_probability: float = 0.3
+
+    def __post_init__(self):
+        if not (isinstance(self.count, int) and self.count >= 1):
+            raise ValueError(f"count must be a positive integer, got {self.count!r}")
+        if not 32 <= self.sizes[0] <= self.sizes[1]:
+            raise ValueError(f"sizes must be a range 32 <= low <= high, got {self.sizes}")
+        if not 0 < self.crop[0] <= self.crop[1] <= 1:
+            raise ValueError(f"crop must be a range 0 < low <= high <= 1, got {self.crop}")
+        for name in ("crop_file", "flip", "jpeg_probability"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"{name} must be a probability in [0, 1], got {getattr(self, name)}")
+        if not 0 <= self.rotate <= 45 or not 0 <= self.colour < 1:
+            raise ValueError(f"rotate must be in [0, 45] degrees and colour in [0, 1), got {self.rotate}, {self.colour}")
+        if self.jpeg is not None and not 1 <= self.jpeg[0] <= self.jpeg[1] <= 100:
+            raise ValueError(f"jpeg must be a quality range 1 <= low <= high <= 100, got {self.jpeg}")
+
+    def sample(self, generator: torch.Generator, models: int = 1) -> list[View]:
+        """``count`` views, their models drawn among ``models`` members."""
+        views = []
+        for _ in range(self.count):
+            u = torch.rand(13, generator=generator, device=generator.device).tolist()
+            lo, hi = self.crop
+            colour = tuple(1 + self.colour * (2 * c - 1) for c in u[7:10])
+            views.append(View(
+                flip=u[0] < self.flip, angle=self.rotate * (2 * u[1] - 1),
+                box=(u[2], u[3], lo + (hi - lo) * u[4], lo + (hi - lo) * u[5]), crop_file=u[6] < self.crop_file,
+                size=round(self.sizes[0] + (self.sizes[1] - self.sizes[0]) * u[10]), colour=colour,
+                jpeg=None if self.jpeg is None or u[11] >= self.jpeg_probability else
+                round(self.jpeg[0] + (self.jpeg[1] - self.jpeg[0]) * u[11] / self.jpeg_probability),
+                model=min(models - 1, math.floor(u[12] * models))))
+        return views

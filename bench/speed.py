@@ -1,0 +1,188 @@
+"""Speed of protection: seconds per photo, network passes, overhead beside them, float32 against bfloat16.
+
+Two parts, one results file (``bench/results/speed.json`` / ``.md``):
+
+- ``time`` (run alone on the machine: it takes ``/work``-wide nothing, but two heavy jobs at once make
+  every figure wrong): each preset protects the same ``--photos`` validation query photos (1024 px,
+  JPEG q95 output, as ``advquery protect`` does) with ``advquery.protection.protect_photo`` in every
+  precision, in one run. Every network pass the protection makes is recorded (model, input shape, with
+  or without backward), then replayed bare (random input of that shape, same precision, forward and,
+  where the protection differentiated it, backward): protect time / bare time is the overhead ratio.
+- ``effect``: the whole validation split (the first 20 standard queries) protected with each preset in
+  every precision; mAP Medium of the whole-image queries (Lite0 GeM at 1024) from the written files,
+  so float32 and bfloat16 are compared at the same effect. Resumable (files kept in ``bench/.work``).
+
+Run: ``python bench/speed.py [--parts time,effect] [--photos 3] [--threads 2]``.
+"""
+import argparse
+import json
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from common import CACHE, DATA_ROOT, RESULTS, WORK, markdown_table, write_results
+
+from advquery.evaluation.datasets import load_dataset
+from advquery.evaluation.runner import evaluate
+from advquery.io import read_photo
+from advquery.models import DescriptorModel, load_model
+from advquery.models.precision import autocast, autocast_dtype
+from advquery.protection import STRENGTHS, attack_model, protect_photo
+
+VALIDATION = 20  # the first 20 standard roxford5k-mini queries
+SIZE = 1024
+
+
+class PassRecorder:
+    """Records every trunk pass of the descriptor models in use: (model, input shape, differentiated)."""
+
+    def __init__(self):
+        self.passes: list[tuple[str, tuple[int, ...], bool]] = []
+        self._handles = []
+
+    def watch(self, model: DescriptorModel) -> None:
+        self._handles.append(model.features.register_forward_pre_hook(
+            lambda _, inputs: self.passes.append((model.name, tuple(inputs[0].shape), torch.is_grad_enabled()))))
+
+    def close(self) -> None:
+        for h in self._handles:
+            h.remove()
+
+
+def bare_seconds(models: dict[str, DescriptorModel], passes, dtype) -> float:
+    """Seconds of the recorded passes alone: the trunk on a random input of each shape, in ``dtype``,
+    with a backward pass where the protection made one."""
+    generator = torch.Generator().manual_seed(0)
+    total = 0.0
+    for name, shape, backward in passes:
+        features = models[name].features
+        x = torch.rand(shape, generator=generator).contiguous(memory_format=torch.channels_last)
+        start = time.perf_counter()
+        with torch.set_grad_enabled(backward):
+            x.requires_grad_(backward)
+            with autocast(dtype, x.device):
+                out = features(x)
+            if backward:
+                out.float().sum().backward()
+        total += time.perf_counter() - start
+    return total
+
+
+def all_models() -> dict[str, DescriptorModel]:
+    return {name: load_model(name) for name in
+            ("efficientnet-lite0-gem", "efficientnet-lite1-gem", "efficientnet-lite2-gem")}
+
+
+def timing(args, photos: list[Path], models: dict) -> dict:
+    out = {}
+    for preset in args.presets:
+        for precision in args.precisions:
+            dtype = autocast_dtype(precision, torch.device("cpu"))
+            recorder = PassRecorder()
+            for m in {*models.values(), *attack_model(models["efficientnet-lite0-gem"], True).members}:
+                recorder.watch(m)  # the partner of `high` is loaded here, not while timing
+            warm_up = WORK / "speed" / "time" / "warm-up.jpg"  # first passes of each shape set the kernels up
+            protect_photo(read_photo(photos[0]), warm_up, models["efficientnet-lite0-gem"], "JPEG", 95,
+                          strength=preset, size=SIZE, seed=0, steps=2, precision=precision)
+            rows = []
+            for photo in photos:
+                recorder.passes.clear()
+                target = WORK / "speed" / "time" / f"{preset}-{precision}" / f"{photo.stem}.jpg"
+                record = protect_photo(read_photo(photo), target, models["efficientnet-lite0-gem"], "JPEG", 95,
+                                       strength=preset, size=SIZE, seed=0, precision=precision)
+                passes = list(recorder.passes)
+                bare = bare_seconds(models, passes, dtype)
+                rows.append({"photo": photo.stem, "seconds": record.seconds, "steps": record.steps,
+                             "passes": sum(b for *_, b in passes), "forward_only": sum(not b for *_, b in passes),
+                             "bare_seconds": bare, "ssim": record.ssim, "similarity": record.similarity})
+                print(preset, precision, rows[-1], flush=True)
+            recorder.close()
+            out[f"{preset} {precision}"] = rows
+    return out
+
+
+def effect(args, model) -> dict:
+    full = load_dataset("roxford5k-mini", DATA_ROOT)
+    val = replace(full, queries=full.queries[:VALIDATION], query_boxes=full.query_boxes[:VALIDATION],
+                  gnd=full.gnd[:VALIDATION])
+    base = evaluate(val, model, SIZE, queries="wi", protocols=("medium",), cache_dir=CACHE, progress=False)
+    out = {"original": {"wi_medium": float(base.results["medium"].map)}}
+    for preset in args.presets:
+        for precision in args.precisions:
+            folder = WORK / "speed" / "effect" / f"{preset}-{precision}"
+            stats = []
+            for photo in val.queries:
+                target, stats_file = folder / f"{photo.stem}.jpg", folder / f"{photo.stem}.json"
+                if not stats_file.is_file():
+                    record = protect_photo(read_photo(photo), target, model, "JPEG", 95, strength=preset, size=SIZE,
+                                           seed=0, precision=precision)
+                    stats_file.write_text(json.dumps(record.to_json()))
+                stats.append(json.loads(stats_file.read_text()))
+            r = evaluate(val, model, SIZE, queries="wi", protocols=("medium",), query_dir=folder, cache_dir=CACHE,
+                         progress=False)
+            out[f"{preset} {precision}"] = {"wi_medium": float(r.results["medium"].map),
+                                            "ssim": float(np.mean([s["ssim"] for s in stats])),
+                                            "seconds": float(np.mean([s["seconds"] for s in stats]))}
+            print(preset, precision, out[f"{preset} {precision}"], flush=True)
+    return out
+
+
+def render(results: dict) -> str:
+    lines = [f"Presets at working size {SIZE} px on 1024 px roxford5k-mini query photos (validation split), JPEG q95 "
+             f"output, {results['threads']} threads, nothing else running. Seconds: `protect_photo` end to end "
+             "(attack, writing, measuring the written file). Passes: trunk passes with a backward pass (views x "
+             "steps); bare: those passes and the forward-only ones (describing the original and the written "
+             "file) replayed alone on random inputs of the same shapes.", ""]
+    if "time" in results:
+        rows = []
+        for key, recs in results["time"].items():
+            preset, precision = key.split()
+            secs = float(np.mean([r["seconds"] for r in recs]))
+            bare = float(np.mean([r["bare_seconds"] for r in recs]))
+            fp32 = results["time"].get(f"{preset} float32")
+            speedup = float(np.mean([r["seconds"] for r in fp32])) / secs if fp32 else None
+            rows.append([preset, precision, round(secs, 1), round(float(np.mean([r["passes"] for r in recs])), 1),
+                         round(float(np.mean([r["steps"] for r in recs])), 1), round(bare, 1), round(secs / bare, 3),
+                         "" if speedup is None else round(speedup, 2)])
+        lines += [f"**Time** ({len(next(iter(results['time'].values())))} photos: "
+                  f"{', '.join(r['photo'] for r in next(iter(results['time'].values())))})", "",
+                  markdown_table(["preset", "precision", "s/photo", "passes/photo", "steps", "bare s", "protect / bare",
+                                  "speed-up vs float32"], rows), ""]
+    if "effect" in results:
+        e = results["effect"]
+        rows = [[k, round(100 * v["wi_medium"], 2), round(v.get("ssim", 1), 4), round(v.get("seconds", 0), 1)]
+                for k, v in e.items()]
+        lines += ["**Effect** (validation split: first 20 standard queries, 19 with positives; WI mAP Medium of "
+                  "the protected queries, Lite0 GeM at 1024; seconds per photo on a machine that may have been "
+                  "shared)", "", markdown_table(["preset / precision", "WI mAP Medium %", "SSIM", "s/photo"], rows), ""]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--parts", default="time,effect")
+    parser.add_argument("--photos", type=int, default=3, help="validation photos timed")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--presets", nargs="+", default=list(STRENGTHS))
+    parser.add_argument("--precisions", nargs="+", default=["float32", "bfloat16"])
+    parser.add_argument("--name", default="speed")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    path = RESULTS / f"{args.name}.json"
+    results = json.loads(path.read_text()) if path.is_file() else {}
+    results.pop("machine", None)
+    results["threads"] = args.threads
+    parts = set(args.parts.split(","))
+    models = all_models()
+    if "time" in parts:
+        full = load_dataset("roxford5k-mini", DATA_ROOT)
+        results["time"] = timing(args, full.queries[:args.photos], models)
+    if "effect" in parts:
+        results["effect"] = effect(args, models["efficientnet-lite0-gem"])
+    write_results(args.name, results, render(results))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,341 @@
+"""The tracker suite: how much retrieval each tracker of ``advquery.trackers`` gets back from protected photos.
+
+The query photos of one split of roxford5k-mini (``validation``: the first 20 standard queries, used for every
+choice; ``test``: the other 38, used only to report; queries without positives are not scored) are protected
+with each preset as ``advquery protect`` does (working size 1024, JPEG q95 output). Each tracker edits the
+query file (``advquery.trackers.EDITS``) and describes it with its system (``SYSTEMS``; database unedited),
+whole-image (WI) and bounding-box (BB, the box follows the edit) queries alike. A cell's figure is the mAP
+Medium of the protected queries as % of the original queries' mAP in the same cell. Per preset: SSIM, seconds
+per photo, the median, 90th percentile and worst neural cell, the hand-crafted rows (SIFT-HE, CEDD, GIST on the
+quick edits), a heat map (PNG). With ``--calibrate`` (validation split) the per-query pairs (similarity of
+original and protected descriptors under a tracker, share of AP kept) are written and the verdict thresholds of
+``advquery verify --trackers`` fitted on them (``advquery/data/tracker_calibration.json``).
+
+Resumable: protected photos, database and query descriptors are kept in ``bench/.work`` and ``bench/.cache``.
+``--quick`` runs the quick subset of systems and edits (``QUICK_SYSTEMS`` x ``QUICK_EDITS``).
+
+Run: ``python bench/trackers.py --split test [--presets low medium high] [--quick] [--calibrate]``.
+"""
+import argparse
+import hashlib
+import json
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from common import CACHE, DATA_ROOT, RESULTS, WORK, markdown_table, write_results
+
+from advquery.evaluation.datasets import load_dataset
+from advquery.evaluation.metrics import compute_map
+from advquery.evaluation.runner import evaluate
+from advquery.io import read_photo
+from advquery.models import load_model
+from advquery.protection import STRENGTHS, protect_photo
+from advquery.systems import GlobalSystem, SiftHESystem, file_key
+from advquery.trackers import (EDITS, HANDCRAFTED, QUICK_EDITS, QUICK_SYSTEMS, SYSTEMS, SuiteDescriber, System,
+                               share_summary)
+
+SPLITS = {"validation": (0, 20), "test": (20, 58)}
+SIZE = 1024  # protect's default working size
+KINDS = ("wi", "bb")
+HANDCRAFTED_SIZE = 1024
+CALIBRATION_SHARES = {"blocked": 0.25, "found": 0.75}  # verdict bounds on the share of the original AP kept
+PACKAGE_CALIBRATION = Path(__file__).parents[1] / "advquery" / "data" / "tracker_calibration.json"
+
+
+def split_dataset(split: str, limit: int | None):
+    """roxford5k-mini restricted to the split's queries (optionally the first ``limit``), and the positions of
+    those with positives (the scored ones)."""
+    full = load_dataset("roxford5k-mini", DATA_ROOT)
+    lo, hi = SPLITS[split]
+    hi = min(hi, lo + limit) if limit else hi
+    ds = replace(full, queries=full.queries[lo:hi], query_boxes=full.query_boxes[lo:hi], gnd=full.gnd[lo:hi])
+    scored = [i for i, g in enumerate(ds.ground_truth("medium")) if g["ok"]]
+    return ds, scored
+
+
+def setting_folder(preset: str) -> Path:
+    """Where a preset's protected photos are kept: named by the preset and a digest of its definition, so a
+    changed preset never reuses the files of the old one."""
+    digest = hashlib.sha256(repr(STRENGTHS[preset]).encode()).hexdigest()[:8]
+    return WORK / "trackers" / f"{preset}-{digest}"
+
+
+def protect_set(preset: str, photos: list[Path], model) -> tuple[Path, list[dict]]:
+    folder = setting_folder(preset)
+    records = []
+    for photo in photos:
+        target, stats = folder / f"{photo.stem}.jpg", folder / f"{photo.stem}.json"
+        if not (stats.is_file() and target.is_file()):
+            record = protect_photo(read_photo(photo), target, model, "JPEG", 95, strength=preset, size=SIZE, seed=0)
+            stats.write_text(json.dumps(record.to_json()))
+        records.append(json.loads(stats.read_text()))
+        print(f"{preset} {photo.stem}: SSIM {records[-1]['ssim']:.4f}, {records[-1]['seconds']:.1f} s", flush=True)
+    return folder, records
+
+
+def _load_npz(path: Path) -> dict[str, np.ndarray]:
+    if not path.is_file():
+        return {}
+    with np.load(path) as f:
+        return {k: f[k] for k in f}
+
+
+def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez(tmp, **arrays)
+    tmp.replace(path)
+
+
+def _whiten(describer: SuiteDescriber, s: System, rows: np.ndarray) -> np.ndarray:
+    with torch.no_grad():
+        return describer.whitening[s](torch.from_numpy(rows)).numpy()
+
+
+def database(describer: SuiteDescriber, images: list[Path]) -> dict[System, np.ndarray]:
+    """(n_db, D) descriptors of the unedited database under each system; the whitened systems' whitening is
+    learned here, on their base system's rows, as a tracker learns it on its collection."""
+    path = CACHE / "trackers" / f"{file_key(images, {'v': 1})}.npz"
+    known = _load_npz(path)
+    todo = [s for s in describer.systems if not s.whitened and s.name not in known]
+    if todo:
+        rows = {s: [] for s in todo}
+        start = time.perf_counter()
+        for i, image in enumerate(images):
+            for s, v in describer.describe(read_photo(image).rgb, systems=todo).items():
+                rows[s].append(v)
+            if i % 100 == 0:
+                print(f"database {i}/{len(images)}, {time.perf_counter() - start:.0f} s", flush=True)
+        known.update({s.name: np.stack(r) for s, r in rows.items()})
+        _save_npz(path, known)
+    db = {s: known[s.name] for s in describer.systems if not s.whitened}
+    describer.fit_whitening(db)
+    db.update({s: _whiten(describer, s, db[s.base]) for s in describer.systems if s.whitened})
+    return db
+
+
+def query_descriptors(describer: SuiteDescriber, label: str, files: list[Path], boxes, edits):
+    """``{(edit spec, kind): {system: (n_q, D)}}`` of the query files under every edit, WI and BB; kept per
+    (set ``label``, query, edit) in bench/.work so that runs resume and later runs reuse them."""
+    systems = describer.systems
+    out = {(e.spec, k): {s: [] for s in systems} for e in edits for k in KINDS}
+    base = [s for s in systems if not s.whitened]
+    for f, box in zip(files, boxes):
+        photo = None
+        for e in edits:
+            digest = hashlib.sha1(e.spec.encode()).hexdigest()[:10]
+            path = WORK / "trackers" / "descriptors" / label / f.stem / f"{digest}.npz"
+            known = _load_npz(path)
+            missing = [s for s in base if any(f"{k}|{s.name}" not in known for k in KINDS)]
+            if missing:
+                photo = read_photo(f).rgb if photo is None else photo
+                rgb, moved = e.apply(photo, box)
+                for kind, b in (("wi", None), ("bb", moved)):
+                    known.update({f"{kind}|{s.name}": v for s, v in describer.describe(rgb, b, systems=missing).items()})
+                _save_npz(path, known)
+            for k in KINDS:
+                for s in systems:
+                    v = known[f"{k}|{s.base.name}"]
+                    out[e.spec, k][s].append(_whiten(describer, s, v[None])[0] if s.whitened else v)
+        print(f"{label} {f.stem}: described", flush=True)
+    return {key: {s: np.stack(v) for s, v in per.items()} for key, per in out.items()}
+
+
+def cell_aps(db: np.ndarray, queries: np.ndarray, gnd) -> np.ndarray:
+    """Per-query AP (Medium) of ``queries`` (n_q, D) ranked against ``db`` (n_db, D) by inner product."""
+    ranks = np.argsort(-(db @ queries.T), axis=0, kind="stable")
+    return compute_map(ranks, gnd).aps
+
+
+def handcrafted_rows(ds, scored, folders: dict[str, Path | None], edits) -> dict:
+    """mAP Medium over the scored queries for SIFT-HE, CEDD and GIST: ``{label: {kind: {system: {edit: map}}}}``."""
+    systems = {"sift-he": SiftHESystem(HANDCRAFTED_SIZE), "cedd": GlobalSystem("cedd", HANDCRAFTED_SIZE),
+               "gist": GlobalSystem("gist", HANDCRAFTED_SIZE)}
+    out = {}
+    for label, folder in folders.items():
+        for kind in KINDS:
+            for name, system in systems.items():
+                for e in edits:
+                    r = evaluate(ds, system, HANDCRAFTED_SIZE, queries=kind, protocols=("medium",), query_dir=folder,
+                                 cache_dir=CACHE, progress=False, transform=e.chain)
+                    value = float(np.nanmean(r.results["medium"].aps[scored]))
+                    out.setdefault(label, {}).setdefault(kind, {}).setdefault(name, {})[e.spec] = value
+                print(f"{label} {kind} {name}: done", flush=True)
+    return out
+
+
+def fit_calibration(points: list[dict], systems) -> dict:
+    """Verdict thresholds per system from (similarity, share of AP kept) pairs: the share predicted by an
+    isotonic (non-decreasing) fit of share on similarity, and the similarities where it crosses the bounds."""
+    thresholds = {}
+    for s in systems:
+        pts = sorted((p["similarity"], min(p["share"], 1.5)) for p in points if p["system"] == s.name)
+        if len(pts) < 10:
+            continue
+        sims, fitted = _isotonic([p[0] for p in pts], [p[1] for p in pts])
+        def crossing(bound):
+            above = [x for x, y in zip(sims, fitted) if y >= bound]
+            return float(above[0]) if above else float(sims[-1])
+        blocked = [x for x, y in zip(sims, fitted) if y <= CALIBRATION_SHARES["blocked"]]
+        thresholds[s.name] = (float(blocked[-1]) if blocked else float(sims[0]) - 1e-6,
+                              crossing(CALIBRATION_SHARES["found"]))
+    return thresholds
+
+
+def _isotonic(x: list[float], y: list[float]) -> tuple[list[float], list[float]]:
+    """Pool-adjacent-violators fit of y (ordered by x) to a non-decreasing sequence."""
+    blocks = []  # [mean, weight]
+    for v in y:
+        blocks.append([v, 1])
+        while len(blocks) > 1 and blocks[-2][0] > blocks[-1][0]:
+            m2, w2 = blocks.pop()
+            m1, w1 = blocks.pop()
+            blocks.append([(m1 * w1 + m2 * w2) / (w1 + w2), w1 + w2])
+    fitted = [m for m, w in blocks for _ in range(w)]
+    return x, fitted
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--split", choices=tuple(SPLITS), default="validation")
+    parser.add_argument("--presets", nargs="+", default=list(STRENGTHS))
+    parser.add_argument("--quick", action="store_true", help="the quick subset of systems and edits")
+    parser.add_argument("--limit", type=int, help="only the split's first N queries (smoke runs)")
+    parser.add_argument("--no-handcrafted", action="store_true")
+    parser.add_argument("--calibrate", action="store_true", help="fit the verify thresholds (validation split only)")
+    parser.add_argument("--name")
+    args = parser.parse_args()
+    if args.calibrate and args.split != "validation":
+        parser.error("--calibrate tunes a choice: validation split only")
+    name = args.name or f"trackers_{args.split}" + ("_quick" if args.quick else "") + (f"_limit{args.limit}" if args.limit else "")
+    systems, edits = (QUICK_SYSTEMS, QUICK_EDITS) if args.quick else (SYSTEMS, EDITS)
+    ds, scored = split_dataset(args.split, args.limit)
+    gnd = ds.ground_truth("medium")
+    describer = SuiteDescriber(systems)
+    model = describer.models.get("efficientnet-lite0-gem") or load_model("efficientnet-lite0-gem")
+    sets = {"original": (None, [])}
+    for preset in args.presets:
+        sets[preset] = protect_set(preset, ds.queries, model)
+    db = database(describer, ds.images)
+    descriptors = {}
+    for label, (folder, _) in sets.items():
+        files = [folder / f"{q.stem}.jpg" if folder else q for q in ds.queries]
+        descriptors[label] = query_descriptors(describer, folder.name if folder else label, files, ds.query_boxes,
+                                               edits)
+    maps, aps = {}, {}
+    for label, per in descriptors.items():
+        for (spec, kind), by_system in per.items():
+            for s, q in by_system.items():
+                a = cell_aps(db[s], q, gnd)
+                aps[label, kind, s.name, spec] = a
+                maps.setdefault(label, {}).setdefault(kind, {}).setdefault(s.name, {})[spec] = float(np.nanmean(a[scored]))
+    results = {"split": args.split, "quick": args.quick, "size": SIZE, "queries": [q.stem for q in ds.queries],
+               "scored": len(scored), "systems": [s.name for s in systems], "edits": [e.spec for e in edits],
+               "map": maps, "sets": {}}
+    for label, (folder, records) in sets.items():
+        if folder is None:
+            continue
+        results["sets"][label] = {"preset": repr(STRENGTHS[label]), "folder": str(folder),
+                                  "ssim": float(np.mean([r["ssim"] for r in records])),
+                                  "psnr": float(np.mean([r["psnr"] for r in records])),
+                                  "seconds": float(np.mean([r["seconds"] for r in records])),
+                                  "summary": {kind: share_summary(maps[label][kind][s][e] / maps["original"][kind][s][e]
+                                                                  for s in results["systems"] for e in results["edits"])
+                                              for kind in KINDS}}
+    if not args.no_handcrafted:
+        folders = {label: folder for label, (folder, _) in sets.items()}
+        results["handcrafted"] = handcrafted_rows(ds, scored, folders, [e for e in edits if e in QUICK_EDITS])
+    if args.calibrate:
+        points = []
+        for label in results["sets"]:
+            for s in systems:
+                for e in edits:
+                    o, p = descriptors["original"][e.spec, "wi"][s], descriptors[label][e.spec, "wi"][s]
+                    ao, ap = aps["original", "wi", s.name, e.spec], aps[label, "wi", s.name, e.spec]
+                    for i in scored:
+                        if ao[i] > 0:
+                            points.append({"set": label, "system": s.name, "edit": e.spec, "query": ds.queries[i].stem,
+                                           "similarity": float(o[i] @ p[i]), "share": float(ap[i] / ao[i])})
+        thresholds = fit_calibration(points, [s for s in systems if not s.whitened])
+        (RESULTS / f"{name}_calibration_points.json").write_text(json.dumps(points))
+        PACKAGE_CALIBRATION.parent.mkdir(exist_ok=True)
+        PACKAGE_CALIBRATION.write_text(json.dumps({
+            "thresholds": thresholds, "shares": CALIBRATION_SHARES,
+            "source": f"bench/trackers.py --calibrate on the {args.split} split, {len(points)} (query, tracker, preset) "
+                      f"pairs: bench/results/{name}_calibration_points.json"}, indent=1))
+        results["calibration"] = {"thresholds": thresholds, "points": len(points)}
+    write_results(name, results, render(results))
+    heat_maps(results, name)
+
+
+def shares(results: dict, label: str, kind: str) -> dict[str, dict[str, float]]:
+    """{system: {edit: % of the original mAP}} of a set, neural and hand-crafted rows."""
+    maps = results["map"]
+    rows = {s: {e: 100 * maps[label][kind][s][e] / maps["original"][kind][s][e] for e in results["edits"]}
+            for s in results["systems"]}
+    for s, per in results.get("handcrafted", {}).get(label, {}).get(kind, {}).items():
+        orig = results["handcrafted"]["original"][kind][s]
+        rows[s] = {e: 100 * v / orig[e] for e, v in per.items()}
+    return rows
+
+
+def render(results: dict) -> str:
+    lines = [f"Split **{results['split']}** ({len(results['queries'])} roxford5k-mini standard queries, "
+             f"{results['scored']} with positives scored), protected at {results['size']} px as `advquery protect` "
+             "does (JPEG q95 output). Each cell: mAP Medium of the protected queries as % of the original queries' "
+             "under the same tracker (system + edit of the query file); database unedited. Seconds per photo on a "
+             "machine other jobs may have shared (see `speed.md` for timed figures).", ""]
+    rows = []
+    for label, info in results["sets"].items():
+        wi, bb = info["summary"]["wi"], info["summary"]["bb"]
+        rows.append([label, round(info["ssim"], 4), round(info["seconds"], 1), *(round(100 * wi[k], 1) for k in
+                     ("median", "p90", "worst")), *(round(100 * bb[k], 1) for k in ("median", "p90", "worst"))])
+    lines += [markdown_table(["preset", "SSIM", "s/photo", "WI median %", "WI p90 %", "WI worst %", "BB median %",
+                              "BB p90 %", "BB worst %"], rows), ""]
+    orig = results["map"]["original"]
+    lines += ["**Original mAP Medium (%) per cell** (the denominators; WI / BB)", "",
+              markdown_table(["system", *results["edits"]],
+                             [[s, *(f"{100 * orig['wi'][s][e]:.1f} / {100 * orig['bb'][s][e]:.1f}"
+                                    for e in results["edits"])] for s in results["systems"]]), ""]
+    for label in results["sets"]:
+        for kind in KINDS:
+            table = shares(results, label, kind)
+            lines += [f"**{label}, {kind.upper()} queries: % of the original mAP**", "",
+                      markdown_table(["system", *results["edits"]],
+                                     [[s, *(f"{per[e]:.0f}" if e in per else "" for e in results["edits"])]
+                                      for s, per in table.items()]), ""]
+    if "calibration" in results:
+        lines += [f"**Verify calibration** ({results['calibration']['points']} pairs): similarity thresholds "
+                  f"(blocked at or below, still found at or above)", "",
+                  markdown_table(["system", "blocked", "still found"],
+                                 [[s, round(a, 3), round(b, 3)] for s, (a, b) in results["calibration"]["thresholds"].items()]),
+                  ""]
+    return "\n".join(lines)
+
+
+def heat_maps(results: dict, name: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    for label in results["sets"]:
+        fig, axes = plt.subplots(1, 2, figsize=(22, 11), constrained_layout=True)
+        for ax, kind in zip(axes, KINDS):
+            table = shares(results, label, kind)
+            grid = np.array([[per.get(e, np.nan) for e in results["edits"]] for per in table.values()])
+            im = ax.imshow(grid, vmin=0, vmax=100, cmap="RdYlGn_r", aspect="auto")
+            ax.set_xticks(range(len(results["edits"])), results["edits"], rotation=90, fontsize=7)
+            ax.set_yticks(range(len(table)), list(table), fontsize=7)
+            for (i, j), v in np.ndenumerate(grid):
+                if not np.isnan(v):
+                    ax.text(j, i, f"{v:.0f}", ha="center", va="center", fontsize=5)
+            ax.set_title(f"{label}: {kind.upper()} queries, % of the original mAP ({results['split']} split)")
+        fig.colorbar(im, ax=axes, shrink=0.6)
+        fig.savefig(RESULTS / f"{name}_{label}.png", dpi=80)
+        plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()

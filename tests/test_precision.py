@@ -1,0 +1,88 @@
+"""Reduced-precision network passes: which dtype each setting picks, float32 descriptors under autocast,
+and the attack and ``protect --precision`` with the real model on a real photo."""
+from contextlib import redirect_stderr, redirect_stdout
+from io import StringIO
+
+import pytest
+import torch
+
+from advquery import PIRE, load_model
+from advquery.cli.main import main
+from advquery.io import read_photo, to_tensor
+from advquery.models.precision import autocast, autocast_dtype, native_bfloat16
+
+CPU = torch.device("cpu")
+SIZE = 96
+
+
+@pytest.fixture(scope="module")
+def model():
+    return load_model("efficientnet-lite0-gem", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def photo(ukbench_dir):
+    return to_tensor(read_photo(ukbench_dir / "ukbench00000.jpg").rgb)
+
+
+def test_precision_settings_pick_their_dtype():
+    assert autocast_dtype("float32", CPU) is None
+    assert autocast_dtype("bfloat16", CPU) is torch.bfloat16
+    assert autocast_dtype("auto", CPU) is (torch.bfloat16 if native_bfloat16(CPU) else None)
+    with pytest.raises(ValueError, match="float16 needs a CUDA device"):
+        autocast_dtype("float16", CPU)
+    with pytest.raises(ValueError, match="precision must be one of auto, float32, bfloat16, float16, got 'half'"):
+        autocast_dtype("half", CPU)
+
+
+def test_descriptor_stays_float32_and_close_under_bfloat16(model, photo):
+    x = torch.nn.functional.interpolate(photo, size=(96, 128), mode="bilinear", antialias=True)
+    with torch.no_grad():
+        exact = model(x)
+        with autocast(torch.bfloat16, CPU):
+            reduced = model(x)
+    assert reduced.dtype == torch.float32
+    assert torch.allclose(reduced.norm(dim=1), torch.ones(1), atol=1e-5)
+    cosine = float((exact * reduced).sum())
+    assert 0.98 < cosine < 1  # reduced precision, not the float32 computation again
+
+
+def test_bfloat16_attack_stays_in_bound_and_moves_the_descriptor(model, photo):
+    results = {}
+    for precision in ("float32", "bfloat16"):
+        attack = PIRE(model, eps=2 / 255, steps=4, size=SIZE, seed=0, precision=precision)
+        x_adv = attack(photo)
+        assert x_adv.dtype == torch.float32 and float((x_adv - photo).abs().max()) <= 2 / 255 + 1e-6
+        results[precision] = x_adv, attack.stats.similarity[0]
+    assert not torch.equal(results["float32"][0], results["bfloat16"][0])  # the passes did run in bfloat16
+    assert results["bfloat16"][1] < 0.95 and abs(results["bfloat16"][1] - results["float32"][1]) < 0.1
+
+
+def test_attack_checks_its_precision(model):
+    with pytest.raises(ValueError, match="precision must be one of"):
+        PIRE(model, precision="fp8")
+
+
+def _run(argv):
+    out, err = StringIO(), StringIO()
+    with redirect_stdout(out), redirect_stderr(err):
+        code = main(argv)
+    return code, err.getvalue()
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--precision", "float16", "--device", "cpu"], "--precision: precision float16 needs a CUDA device, got cpu; use bfloat16 or float32"),
+    (["--precision", "bfloat16", "--method", "noise"], "--precision applies to ssim-pire, pire, masked-pire, cv-pire, "
+                                                       "sd-pire only, not to noise"),
+])
+def test_protect_refuses_a_precision_it_cannot_use(tmp_path, ukbench_dir, extra, message):
+    code, err = _run(["protect", str(ukbench_dir / "ukbench00000.jpg"), "-o", str(tmp_path / "out"), *extra])
+    assert code == 2 and err.strip() == f"advquery: error: {message}"
+    assert not (tmp_path / "out").exists()
+
+
+def test_protect_with_float32_and_bfloat16_passes(tmp_path, ukbench_dir):
+    for precision in ("float32", "bfloat16"):
+        code, _ = _run(["protect", str(ukbench_dir / "ukbench00000.jpg"), "-o", str(tmp_path / precision),
+                        "--size", "64", "--steps", "2", "--seed", "0", "--precision", precision])
+        assert code == 0 and read_photo(tmp_path / precision / "ukbench00000.jpg").rgb.shape == (480, 640, 3)

@@ -1,0 +1,85 @@
+"""The tracker suite: its definitions, the poolings, the many-systems describer against the single-system path,
+and the users' check (``check_protection``, ``verify --trackers``) on real photos."""
+import numpy as np
+import pytest
+import torch
+
+from advquery.extraction import describe
+from advquery.io import read_photo, to_tensor
+from advquery.models import load_model
+from advquery.models.pooling import l2n, mac, rmac, rmac_regions, spoc
+from advquery.trackers import (EDITS, SYSTEMS, VERIFY_FULL, SuiteDescriber, System, edit, learn_pca_whitening,
+                               share_summary, system)
+
+LITE0 = "efficientnet-lite0-gem"
+
+
+def test_suite_definitions_are_complete_and_unique():
+    assert len(SYSTEMS) == 24 and len({s.name for s in SYSTEMS}) == 24
+    assert len(EDITS) == 31 and len({e.spec for e in EDITS}) == 31
+    assert all(e.chain is not None for e in EDITS if e.spec != "none")
+    assert not any(t.system.whitened for t in VERIFY_FULL) and len(VERIFY_FULL) == 21 * 31
+    assert system("lite2 rmac 1024") == System("efficientnet-lite2-gem", pooling="rmac")
+    with pytest.raises(ValueError, match="unknown system 'lite9 gem 1024'"):
+        system("lite9 gem 1024")
+    with pytest.raises(ValueError, match="unknown edit 'jpeg:10'"):
+        edit("jpeg:10")
+
+
+def test_rmac_regions_of_a_square_map_are_the_classic_fourteen():
+    regions = rmac_regions(10, 10, 3)
+    assert len(regions) == 1 + 4 + 9
+    assert regions[0] == (0, 0, 10, 10) and (4, 4, 6, 6) in regions and (5, 5, 5, 5) in regions
+    assert all(t + s <= 10 and left + s <= 10 for t, left, s, _ in regions)
+    wide = rmac_regions(12, 32, 3)
+    assert all(t + s <= 12 and left + s <= 32 for t, left, s, _ in wide)
+    assert len({left for _, left, s, _ in wide if s == 12}) > 1  # extra regions along the long side
+
+
+def test_poolings_against_direct_computations():
+    x = torch.rand(2, 5, 6, 8, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(mac(x), x.flatten(2).max(dim=2).values)
+    torch.testing.assert_close(spoc(x), x.flatten(2).mean(dim=2))
+    expected = l2n(mac(x)) + sum(l2n(mac(x[..., t:t + h, left:left + w])) for t, left, h, w in rmac_regions(6, 8))
+    torch.testing.assert_close(rmac(x), expected)
+
+
+@pytest.fixture(scope="module")
+def photos(data_root):
+    jpg = data_root / "roxford5k-mini" / "jpg"
+    return {name: read_photo(jpg / f"{name}.jpg").rgb for name in ("all_souls_000013", "ashmolean_000058")}
+
+
+@pytest.fixture(scope="module")
+def small_describer():
+    systems = [System(LITE0, 128), System(LITE0, 128, "rmac"), System(LITE0, 128, "mac"),
+               System(LITE0, 128, whitened=True)]
+    return SuiteDescriber(systems, device="cpu")
+
+
+def test_describer_equals_the_single_system_path(small_describer, photos):
+    rgb = photos["all_souls_000013"]
+    model = small_describer.models[LITE0]
+    box = (100, 200, 600, 700)
+    with torch.no_grad():
+        for b in (None, box):
+            ours = small_describer.describe(rgb, b, systems=small_describer.systems[:3])
+            reference = describe(model, to_tensor(rgb), 128, box=b)[0].numpy()
+            np.testing.assert_allclose(ours[System(LITE0, 128)], reference, atol=1e-5)
+            assert abs(float(np.linalg.norm(ours[System(LITE0, 128, "rmac")])) - 1) < 1e-5
+    with pytest.raises(ValueError, match="no whitening learned"):
+        small_describer.describe(rgb)
+
+
+def test_pca_whitening_decorrelates_what_it_was_learned_on():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(400, 16)) @ rng.normal(size=(16, 16))
+    w = learn_pca_whitening(x, dim=8)
+    with torch.no_grad():
+        projected = torch.nn.functional.linear(torch.from_numpy(x).float() - w.m, w.P).numpy()
+    np.testing.assert_allclose(np.cov(projected, rowvar=False), np.eye(8), atol=1e-3)
+
+
+def test_share_summary():
+    assert share_summary([0.1, 0.2, 0.3, float("nan"), 0.9]) == {"median": 0.25, "p90": pytest.approx(0.72),
+                                                                 "worst": 0.9}

@@ -1,0 +1,227 @@
+"""``advquery ui``: the page in a real browser (Debian's chromium, offline), the JSON API, upload limits and
+privacy, on a server started as a subprocess with a tiny working size and two steps."""
+import io
+import stat
+import time
+import zipfile
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from PIL import ExifTags, Image
+
+import ui_browser
+from advquery.io import read_photo, write_photo_atomic
+from advquery.protection import STRENGTHS
+from advquery.ui.jobs import CheckRow, Job, PhotoTask, photo_entry
+from advquery.ui.page import check_html, status_html, strength_line
+from advquery.ui.server import host_warning
+from helpers import exif_with_gps
+
+MAX_PIXELS = 1_000_000
+SERVER_OPTIONS = ("--size", "64", "--steps", "2", "--max-upload-mb", "1", "--max-pixels", str(MAX_PIXELS))
+PHOTOS = ("ukbench00000", "ukbench00004")
+
+
+def bound(strength: str) -> float:
+    """The largest change, in grey levels, a preset allows on a lossless output."""
+    preset = STRENGTHS[strength]
+    return preset.budget_levels(preset.method)
+
+
+@pytest.fixture(scope="module")
+def server(data_root, tmp_path_factory):
+    with ui_browser.ui_server(tmp_path_factory.mktemp("ui-server"), *SERVER_OPTIONS) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def uploads(ukbench_dir, tmp_path_factory) -> dict[str, Path]:
+    """Two real photos as PNG (a lossless output keeps the preset's bound exactly) and a broken file."""
+    folder = tmp_path_factory.mktemp("ui-uploads")
+    files = {f"{n}.png": write_photo_atomic(folder / f"{n}.png", read_photo(ukbench_dir / f"{n}.jpg").rgb)
+             for n in PHOTOS}
+    (folder / "broken.jpg").write_text("this is not a photo\n")
+    return files | {"broken.jpg": folder / "broken.jpg"}
+
+
+def wait_until_done(client: httpx.Client, job_id: str, timeout: float = 180) -> dict:
+    return ui_browser.wait_for(lambda: (job := client.get(f"/api/jobs/{job_id}").json())["state"] == "done" and job,
+                               timeout, f"job {job_id}")
+
+
+def check_zip(content: bytes, originals: dict[str, Path], strength: str) -> None:
+    """The zip holds one file per original, under its name, each a photo changed within the preset's bound."""
+    with zipfile.ZipFile(io.BytesIO(content)) as archive:
+        assert sorted(archive.namelist()) == sorted(originals)
+        for name, original in originals.items():
+            protected = np.array(Image.open(io.BytesIO(archive.read(name))).convert("RGB"), dtype=int)
+            change = np.abs(protected - read_photo(original).rgb.astype(int))
+            assert 1 <= change.max() <= bound(strength), name
+
+
+# ------------------------------------------------------------------------------ the page in a browser
+
+
+def test_page_protects_photos_in_an_offline_browser(server, uploads, tmp_path):
+    missing = ui_browser.chromium_missing()
+    if missing:
+        print(f"skipped: {missing}")
+        pytest.skip(missing)
+    from selenium.webdriver.common.by import By
+
+    strength = "low"
+    with ui_browser.chromium(tmp_path) as driver:
+        ui_browser.protect_in_page(driver, server.url, list(uploads.values()), strength)
+        done = driver.find_elements(By.CSS_SELECTOR, "#job-status tr.photo.done")
+        failed = driver.find_elements(By.CSS_SELECTOR, "#job-status tr.photo.failed")
+        assert sorted(row.text.split()[0] for row in done) == sorted(n for n in uploads if n.endswith(".png"))
+        assert [row.text for row in failed] == ["broken.jpg: not an image file, or an unsupported image format"]
+
+        previous = None  # the first photo is shown as soon as it is done
+        for name, path in uploads.items():
+            if name == "broken.jpg":
+                continue
+            height, width = read_photo(path).rgb.shape[:2]
+            driver.find_element(By.XPATH, f"//*[@id='photo-choice']//label[normalize-space()='{name}']").click()
+            before, after = ui_browser.slider_images(driver, previous)
+            previous = before["src"]
+            assert before["src"] != after["src"] and after["src"].endswith(name)
+            assert (before["width"], before["height"]) == (after["width"], after["height"]) == (width, height)
+            x10 = ui_browser.shown_image(driver, "#difference img")
+            driver.find_element(By.XPATH, "//*[@id='gain']//label[normalize-space()='x30']").click()
+            x30 = ui_browser.shown_image(driver, "#difference img", previous=x10["src"])
+            driver.find_element(By.XPATH, "//*[@id='gain']//label[normalize-space()='x10']").click()
+            ui_browser.shown_image(driver, "#difference img", previous=x30["src"])
+            assert "x10" in x10["src"] and "x30" in x30["src"]
+            assert (x10["width"], x10["height"]) == (x30["width"], x30["height"]) == (width, height)
+            report = ui_browser.wait_for(lambda: name in (t := driver.find_element(By.ID, "report").text) and t, 30,
+                                         "the report")
+            for words in ("SSIM", "PSNR", "Largest change", "Descriptor similarity", "Does the protection work?"):
+                assert words in report
+
+        driver.find_element(By.ID, "download-all").click()
+        zipped = ui_browser.wait_for(lambda: list((tmp_path / "downloads").glob("*.zip")), 60, "the zip download")
+        check_zip(zipped[0].read_bytes(), {n: p for n, p in uploads.items() if n != "broken.jpg"}, strength)
+        shot = ui_browser.full_page_screenshot(driver, tmp_path / "finished-page.png")
+        assert Image.open(shot).size[0] > 0
+        foreign = ui_browser.foreign_urls(ui_browser.requested_urls(driver), server.url)
+    assert foreign == [], "the page fetched something from the internet"
+    assert server.outside_contacts() == [], "the server contacted another computer"
+
+
+# ------------------------------------------------------------------------------ the API
+
+
+def test_api_protects_queues_and_serves_downloads(server, uploads, ukbench_dir, tmp_path):
+    jpeg = tmp_path / "holiday.jpg"
+    Image.open(ukbench_dir / "ukbench00020.jpg").save(jpeg, quality=95, exif=exif_with_gps(1))
+    photos = {"holiday.jpg": jpeg, "ukbench00000.png": uploads["ukbench00000.png"]}
+    with httpx.Client(base_url=server.url, timeout=60) as client:
+        files = [("files", (name, path.read_bytes())) for name, path in photos.items()]
+        first = client.post("/api/protect", files=files, data={"strength": "medium", "keep_metadata": "true"})
+        second = client.post("/api/protect", files=files[1:], data={"strength": "low"})
+        assert first.status_code == second.status_code == 202
+        assert second.json()["state"] == "queued" and second.json()["jobs_ahead"] == 1  # one job at a time
+        job = wait_until_done(client, first.json()["id"])
+        assert [p["state"] for p in job["photos"]] == ["done", "done"]
+        for photo in job["photos"]:
+            report = photo["report"]
+            assert 0.5 < report["ssim"] < 1 and report["largest_change"] >= 1 and -1 <= report["similarity"] < 1
+            assert photo["checks"] and all(-1 <= c["similarity"] <= 1 and c["tracker"] for c in photo["checks"])
+        download = client.get(job["photos"][0]["download"])
+        assert download.status_code == 200
+        assert 'filename="holiday.jpg"' in download.headers["content-disposition"]
+        exif = Image.open(io.BytesIO(download.content)).getexif()
+        assert exif[ExifTags.Base.Make] == "TestCam" and ExifTags.IFD.GPSInfo not in exif  # kept, but never GPS
+        zipped = client.get(job["zip"])
+        assert zipped.status_code == 200
+        with zipfile.ZipFile(io.BytesIO(zipped.content)) as archive:
+            assert sorted(archive.namelist()) == sorted(photos)
+        check_zip(client.get(wait_until_done(client, second.json()["id"])["zip"]).content,
+                  {"ukbench00000.png": uploads["ukbench00000.png"]}, "low")
+        assert client.get("/api/jobs/no-such-job").status_code == 404
+        assert client.get(f"/api/jobs/{job['id']}/photos/7").status_code == 404
+
+
+def test_api_refuses_non_images_oversized_files_and_bombs(server, tmp_path):
+    bomb = io.BytesIO()
+    Image.new("RGB", (1250, 1000), "white").save(bomb, format="PNG")  # few bytes, more pixels than the limit
+    with httpx.Client(base_url=server.url, timeout=60) as client:
+        def post(name: str, content: bytes, **data) -> httpx.Response:
+            return client.post("/api/protect", files=[("files", (name, content))], data=data)
+
+        not_image = post("notes.jpg", b"plain text, not a photo")
+        assert not_image.status_code == 422
+        assert not_image.json()["photos"] == ["notes.jpg: not an image file, or an unsupported image format"]
+        assert post("..", b"text").json()["photos"] == ["photo-1: not an image file, or an unsupported image format"]
+        oversized = post("huge.jpg", b"\xff" * 1_500_000)
+        assert oversized.status_code == 413
+        assert oversized.json()["photos"] == ["huge.jpg: file too large (more than 1 MB, the limit of this page)"]
+        bombed = post("bomb.png", bomb.getvalue())
+        assert bombed.status_code == 422
+        assert "decompression bomb" in bombed.json()["photos"][0] and str(MAX_PIXELS) in bombed.json()["photos"][0]
+        unknown = post("x.png", bomb.getvalue(), strength="extreme")
+        assert unknown.status_code == 422 and "unknown strength 'extreme'" in unknown.json()["error"]
+
+
+def test_stopping_the_server_deletes_its_private_folder(server):
+    assert stat.S_IMODE(server.folder.stat().st_mode) == 0o700
+    assert server.stop() == 0
+    assert not server.folder.exists()
+    assert "uploads and results deleted" in server.log.read_text()
+    assert server.outside_contacts() == []
+
+
+# ------------------------------------------------------------------------------ what the page shows
+
+
+def _job(states: list[str], state: str = "running") -> Job:
+    return Job("j", Path("."), "medium", False, [PhotoTask(i, f"p{i}.jpg", None, s) for i, s in enumerate(states)],
+               state)
+
+
+def test_each_photo_gets_an_eta_from_the_running_photo_and_the_typical_time():
+    job = _job(["running", "waiting", "failed", "waiting"])
+    job.photos[0].started, job.photos[0].steps_done, job.photos[0].step_limit = 100.0, 2, 10
+    eta, entries = 0.0, []
+    for task in job.photos:
+        entry, eta = photo_entry(job, task, 104.0, 30.0, eta)
+        entries.append(entry)
+    assert entries[0]["progress"] == pytest.approx(0.2) and entries[0]["eta_seconds"] == pytest.approx(16)
+    assert [e["eta_seconds"] for e in entries[1:]] == [pytest.approx(46), None, pytest.approx(76)]
+    queued = _job(["waiting"], state="queued")
+    assert photo_entry(queued, queued.photos[0], 0.0, 30.0, 0.0)[0]["eta_seconds"] is None  # waits for jobs ahead
+
+
+def test_status_says_the_job_is_queued_and_escapes_file_names():
+    job = {"state": "queued", "jobs_ahead": 2, "zip": None, "done": 0,
+           "photos": [{"name": "<b>a</b>.jpg", "state": "waiting", "eta_seconds": None, "progress": 0.0,
+                       "download": None, "error": None},
+                      {"name": "x.jpg", "state": "failed", "error": "x.jpg: empty file (0 bytes)"}]}
+    html = status_html(job)
+    assert "Waiting for 2 jobs ahead of yours" in html and "one job at a time" in html
+    assert "&lt;b&gt;a&lt;/b&gt;.jpg" in html and "<b>a" not in html
+    assert '<tr class="photo failed"><td colspan="4">x.jpg: empty file (0 bytes)</td></tr>' in html
+
+
+def test_the_check_is_in_plain_words():
+    rows = [CheckRow("Lite0", 0.31, "blocked"), CheckRow("SIFT", 0.8, "still found"), CheckRow("Lite1", 0.5, None)]
+    html = check_html([{"tracker": r.tracker, "similarity": r.similarity, "verdict": r.verdict} for r in rows])
+    assert "Lite0: blocked: it no longer matches this photo" in html
+    assert "SIFT: still found: it matches this photo to the original" in html
+    assert "Lite1: descriptor similarity 0.500" in html and "no verdict yet" in html
+
+
+def test_strength_lines_state_each_presets_purpose_and_cost():
+    for name, preset in STRENGTHS.items():
+        line = strength_line(name, preset)
+        assert preset.description in line and f"up to {preset.steps} optimisation steps" in line
+        assert f"at most {bound(name):g} grey levels" in line
+        assert ("two models" in line) == preset.partner
+
+
+def test_only_a_local_host_goes_without_warning():
+    assert [host_warning(h) for h in ("127.0.0.1", "localhost", "::1")] == [None, None, None]
+    assert "reachable from other computers" in host_warning("0.0.0.0")

@@ -1,0 +1,97 @@
+"""Tracker views drawn in the attack loop, the flat-region gain and the grid the steps use, with the real model."""
+import pytest
+import torch
+
+from advquery import PIRE, load_model
+from advquery.attacks.views import TrackerViews, View
+from advquery.io import read_photo, to_tensor
+from advquery.models import ModelEnsemble
+from advquery.perceptual import flat_gain
+from advquery.transforms import quantise
+
+SIZE = 96
+
+
+@pytest.fixture(scope="module")
+def model():
+    return load_model("efficientnet-lite0-gem", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def photo(ukbench_dir):
+    return to_tensor(read_photo(ukbench_dir / "ukbench00000.jpg").rgb)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"count": 0}, "count must be a positive integer"),
+    ({"sizes": (16, 64)}, "sizes must be a range 32 <= low <= high"),
+    ({"crop": (0.5, 1.2)}, "crop must be a range 0 < low <= high <= 1"),
+    ({"flip": 2}, "flip must be a probability"),
+    ({"rotate": 90}, "rotate must be in"),
+    ({"jpeg": (0, 90)}, "jpeg must be a quality range"),
+])
+def test_tracker_views_check_their_parameters(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        TrackerViews(**kwargs)
+
+
+def test_views_are_drawn_reproducibly_within_their_ranges():
+    views = TrackerViews(count=200, sizes=(64, 128), crop=(0.4, 0.9), rotate=5)
+    drawn = views.sample(torch.Generator().manual_seed(3), models=3)
+    assert drawn == views.sample(torch.Generator().manual_seed(3), models=3)
+    assert len(drawn) == 200 and {v.model for v in drawn} == {0, 1, 2}
+    assert all(64 <= v.size <= 128 and abs(v.angle) <= 5 and 0.4 <= v.box[2] <= 0.9 for v in drawn)
+    assert 50 < sum(v.flip for v in drawn) < 150 and any(v.jpeg for v in drawn) and not all(v.jpeg for v in drawn)
+
+
+def test_a_view_crops_at_the_photo_scale_or_describes_the_cropped_file_whole():
+    x = torch.rand(1, 3, 60, 80)
+    selection = View(False, 0.0, (0.5, 0.5, 0.5, 0.5), False, 160, (1, 1, 1), None, 0)
+    assert tuple(selection(x).shape[-2:]) == (60, 80)  # a 30 x 40 box at the scale that makes the photo 160 px
+    cropped_file = View(False, 0.0, (0.5, 0.5, 0.5, 0.5), True, 160, (1, 1, 1), None, 0)
+    assert tuple(cropped_file(x).shape[-2:]) == (120, 160)
+    whole = View(True, 0.0, (0, 0, 1, 1), True, 80, (1, 1, 1), None, 0)
+    torch.testing.assert_close(whole(x), x.flip(-1))
+
+
+def test_view_distance_is_zero_for_the_original_and_grows_with_a_change(model, photo):
+    both = ModelEnsemble([model, load_model("efficientnet-lite1-gem", device="cpu")])
+    attack = PIRE(both, eps=4 / 255, steps=2, size=SIZE, seed=0, poolings=("gem", "mac", "rmac"),
+                  tracker_views=TrackerViews(count=3, sizes=(64, 96)))
+    x = torch.nn.functional.interpolate(photo, size=(72, 96), mode="bilinear", antialias=True).clamp(0, 1)
+    target = model(x)
+    zero = attack.view_distance(x, x, torch.Generator().manual_seed(0), target)
+    noisy = quantise(x + torch.rand(x.shape, generator=torch.Generator().manual_seed(1)) * 0.1)
+    moved = attack.view_distance(noisy, x, torch.Generator().manual_seed(0), target)
+    assert float(zero) == pytest.approx(0, abs=1e-6) and float(moved) > 1e-3
+
+
+def test_attack_with_tracker_views_moves_the_descriptor_within_its_bound(model, photo):
+    attack = PIRE(model, eps=3 / 255, steps=4, size=SIZE, seed=0, tracker_views=TrackerViews(count=2, sizes=(64, 96)))
+    x_adv = attack(photo)
+    assert float((x_adv - photo).abs().max()) <= 3 / 255 + 1e-6
+    assert attack.stats.similarity[0] < 0.99
+    with pytest.raises(ValueError, match="give edits or tracker_views, not both"):
+        from advquery.attacks import RandomEdits
+        PIRE(model, edits=RandomEdits(), tracker_views=TrackerViews())
+
+
+def test_spare_flat_leaves_flat_regions_untouched(model):
+    torch.manual_seed(0)
+    x = torch.full((1, 3, 72, 96), 0.5)
+    x[..., 48:] = quantise(torch.rand(1, 3, 72, 48))  # right half textured
+    x = quantise(x)
+    gain = flat_gain(x)
+    assert float(gain[..., :40].max()) == 0 and float(gain[..., 56:].min()) == 1
+    attack = PIRE(model, eps=4 / 255, steps=3, size=SIZE, seed=0, spare_flat=2.0)
+    x_adv = attack(x)
+    assert torch.equal(x_adv[..., :40], x[..., :40])
+    assert float((x_adv[..., 56:] - x[..., 56:]).abs().max()) > 0
+
+
+def test_grid_of_the_steps(model, photo):
+    for grid in ("working", "photo"):
+        out = PIRE(model, eps=2 / 255, steps=2, size=SIZE, seed=0, grid=grid)(photo)
+        assert out.shape == photo.shape and float((out - photo).abs().max()) <= 2 / 255 + 1e-6
+    with pytest.raises(ValueError, match="grid must be one of"):
+        PIRE(model, grid="fine")
