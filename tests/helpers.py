@@ -1,11 +1,31 @@
 """Small builders shared by several test modules."""
+import os
+import re
+from contextlib import redirect_stderr, redirect_stdout
+from io import StringIO
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import ExifTags, Image
 
+from advquery.cli.main import main
 from advquery.io import read_photo, write_photo_atomic
+
+LEFTOVER = re.compile(r"\.advquery-(\d+-[^.]+\.tmp|claim)$")  # temporaries and claims of advquery
+
+
+def run_cli(argv: list[str]) -> tuple[int, str, str]:
+    """Exit code, stdout and stderr of one ``advquery`` command run in this process."""
+    out, err = StringIO(), StringIO()
+    with redirect_stdout(out), redirect_stderr(err):
+        code = main(argv)
+    return code, out.getvalue(), err.getvalue()
+
+
+def leftovers(folder: Path) -> list[str]:
+    """The temporary and claim files of advquery below ``folder``."""
+    return [os.path.join(r, n) for r, _, names in os.walk(folder) for n in names if LEFTOVER.search(n)]
 
 
 def exif_with_gps(orientation: int) -> Image.Exif:

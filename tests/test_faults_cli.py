@@ -11,14 +11,11 @@ import hashlib
 import json
 import os
 import pickle
-import re
 import shutil
 import stat
 import subprocess
 import sys
 import zlib
-from contextlib import redirect_stderr, redirect_stdout
-from io import StringIO
 from pathlib import Path
 
 import numpy as np
@@ -26,19 +23,11 @@ import pytest
 import torch
 from PIL import ExifTags, Image
 
-from advquery.cli.main import main
 from advquery.io import printable, read_photo
 from advquery.retrieval import DESCRIPTORS, IMAGES, MANIFEST, ImageIndex
+from helpers import LEFTOVER, leftovers, run_cli
 
 FAST = ["--size", "64", "--steps", "2", "--seed", "0", "--strength", "low"]  # low: no random edits, steady speed
-LEFTOVER = re.compile(r"\.advquery-(\d+-[^.]+\.tmp|claim)$")  # temporaries and claims of advquery
-
-
-def _run(argv: list[str]) -> tuple[int, str, str]:
-    out, err = StringIO(), StringIO()
-    with redirect_stdout(out), redirect_stderr(err):
-        code = main(argv)
-    return code, out.getvalue(), err.getvalue()
 
 
 def _snapshot(folder: Path) -> dict[str, str]:
@@ -56,10 +45,6 @@ def _snapshot(folder: Path) -> dict[str, str]:
             elif not stat.S_ISDIR(mode):
                 found[str(p.relative_to(folder))] = "special"
     return found
-
-
-def _leftovers(folder: Path) -> list[str]:
-    return [os.path.join(r, n) for r, _, names in os.walk(folder) for n in names if LEFTOVER.search(n)]
 
 
 def _naming(stderr: str, path: Path | str) -> list[str]:
@@ -151,7 +136,7 @@ def photo_batch(ukbench_dir, tmp_path_factory):
     before = _snapshot(inp)
     out = root / "out"
     # A folder lists image extensions only (GIF is none), so the animated GIF is given as a file too.
-    code, stdout, stderr = _run(["protect", str(inp), str(inp / "anim.gif"), "-o", str(out), "--recursive",
+    code, stdout, stderr = run_cli(["protect", str(inp), str(inp / "anim.gif"), "-o", str(out), "--recursive",
                                  "--report", str(root / "report.jsonl"), *FAST])
     return {"root": root, "in": inp, "out": out, "code": code, "stdout": stdout, "stderr": stderr,
             "before": before, "after": _snapshot(inp), "report": root / "report.jsonl"}
@@ -175,7 +160,7 @@ def test_unusual_photo_is_protected_without_a_word(photo_batch, name):
 
 def test_batch_leaves_inputs_as_they_were_and_nothing_stray(photo_batch):
     assert photo_batch["after"] == photo_batch["before"]
-    assert _leftovers(photo_batch["root"]) == []
+    assert leftovers(photo_batch["root"]) == []
     outputs = {str(p.relative_to(photo_batch["out"])) for p in photo_batch["out"].rglob("*")
                if p.is_file() and ".advquery" not in p.parts}
     assert len(outputs) == len(ACCEPTED)  # one output per accepted photo, none for the bad ones
@@ -195,7 +180,7 @@ def index_dir(ukbench_dir, tmp_path_factory):
     (root / "photos").mkdir()
     for i in (0, 1, 4):
         shutil.copy(ukbench_dir / f"ukbench{i:05d}.jpg", root / "photos" / f"{i}.jpg")
-    code, _, stderr = _run(["index", "build", str(root / "photos"), "-o", str(root / "idx"), "--size", "64"])
+    code, _, stderr = run_cli(["index", "build", str(root / "photos"), "-o", str(root / "idx"), "--size", "64"])
     assert code == 0, stderr
     return root / "idx"
 
@@ -294,7 +279,7 @@ def _cases():
             (inp / "set" / f"g{i // 2}").mkdir(parents=True, exist_ok=True)
             shutil.copy(fx["ukbench"] / f"ukbench{i:05d}.jpg", inp / "set" / f"g{i // 2}" / f"{i}.jpg")
         argv = ["eval", "--dataset", str(inp / "set"), "--cache", str(work / "cache"), "--size", "64"]
-        assert _run(argv)[0] == 0
+        assert run_cli(argv)[0] == 0
         (entry,) = (work / "cache" / "descriptors").iterdir()
         np.save(entry, np.load(entry)[:, :7])  # of the wrong shape
         return argv, entry, 0, "damaged descriptor cache (rows of 7 float32, the system describes 1280 float32)"
@@ -345,14 +330,14 @@ def test_fault_gets_one_line_naming_the_file(case, tmp_path, ukbench_dir, index_
     work.mkdir()
     argv, named, expected_code, reason = CASES[case](inp, work, {"ukbench": ukbench_dir, "index": index_dir})
     before, work_before = _snapshot(inp), _snapshot(work)
-    code, _, stderr = _run(argv)
+    code, _, stderr = run_cli(argv)
     assert code == expected_code, stderr
     assert "Traceback" not in stderr
     prefix = "advquery: error: " if expected_code else "advquery: warning: "
     lines = [line for line in stderr.splitlines() if line.startswith(("advquery: error", "advquery: warning"))]
     assert len(lines) == 1 and lines[0].startswith(prefix) and _naming(lines[0], named) and reason in lines[0], stderr
     assert _snapshot(inp) == before
-    assert _leftovers(tmp_path) == []
+    assert leftovers(tmp_path) == []
     if expected_code == 2:  # refused before any work: nothing written
         assert _snapshot(work) == work_before
 
@@ -438,7 +423,7 @@ def test_permission_faults_get_one_line_naming_the_file(tmp_path, ukbench_dir):
         lines = [line for line in stderr.splitlines() if line.startswith("advquery: error")]
         assert result["code"] == code and "Traceback" not in stderr, (name, stderr)
         assert len(lines) == 1 and _naming(lines[0], named) and reason in lines[0], (name, stderr)
-    assert after == before and _leftovers(tmp_path) == []
+    assert after == before and leftovers(tmp_path) == []
     assert read_photo(tmp_path / "out1" / "good.jpg").size == (96, 72)  # the readable photo was still protected
 
 

@@ -6,7 +6,6 @@ Afterwards every output must be complete and valid, made once, with no temporary
 and every report line about a protected photo must describe the file on disk.
 """
 import json
-import os
 import random
 import re
 import signal
@@ -20,9 +19,9 @@ import pytest
 from advquery.io import read_photo, write_photo_atomic
 from advquery.outputs import RECORDS
 from advquery.quality import quality_report
+from helpers import leftovers
 
 N_PHOTOS = 8
-LEFTOVER = re.compile(r"\.advquery-(\d+-[^.]+\.tmp|claim)$")
 
 
 @pytest.fixture()
@@ -37,16 +36,12 @@ def photos(ukbench_dir, tmp_path) -> Path:
 
 def _protect(photos: Path, out: Path, report: Path) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "advquery.cli.main", "protect", str(photos), "-o", str(out),
-                             "--report", str(report), "--size", "64", "--steps", "3", "--seed", "0", "--strength", "low"],
+                             "--report", str(report), "--size", "32", "--steps", "3", "--seed", "0", "--strength", "low"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def _outputs(out: Path) -> set[str]:
     return {p.name for p in out.glob("*.jpg")} if out.is_dir() else set()
-
-
-def _leftovers(folder: Path) -> list[str]:
-    return [os.path.join(r, n) for r, _, names in os.walk(folder) for n in names if LEFTOVER.search(n)]
 
 
 def _check_outputs_and_report(photos: Path, out: Path, report: Path) -> list[dict]:
@@ -80,7 +75,7 @@ def test_batch_killed_at_random_points_then_rerun_ends_complete(photos, tmp_path
         if process.returncode != 0:  # the signal came before the batch was done
             assert process.returncode == (-9 if sig == signal.SIGKILL else 128 + sig), (kills, stderr)
         if sig != signal.SIGKILL:  # handled: it cleaned up and said so
-            assert _leftovers(tmp_path) == [], kills
+            assert leftovers(tmp_path) == [], kills
             assert process.returncode == 0 or "interrupted after" in stderr, (kills, stderr)
         _check_outputs_and_report(photos, out, report)
     # What a killed process can leave (its PID no longer runs), planted for certain:
@@ -93,7 +88,7 @@ def test_batch_killed_at_random_points_then_rerun_ends_complete(photos, tmp_path
     assert process.returncode == 0, (kills, stderr)
     assert _outputs(out) == {f"p{i}.jpg" for i in range(N_PHOTOS)}  # one output per photo, none extra
     assert sorted(p.name for p in out.iterdir()) == [RECORDS.parts[0], *sorted(_outputs(out))]
-    assert _leftovers(tmp_path) == []
+    assert leftovers(tmp_path) == []
     lines = _check_outputs_and_report(photos, out, report)
     protected = [Path(line["input"]).name for line in lines if line["status"] == "protected"]
     assert len(protected) == len(set(protected)), (kills, protected)  # none protected twice
@@ -114,4 +109,4 @@ def test_two_batches_on_the_same_folder_protect_each_photo_once(photos, tmp_path
     assert all(sorted(s) == ["protected", "skipped"] for s in by_photo.values()), by_photo  # protected once
     done = [int(re.search(r"protected (\d+),", stderr).group(1)) for _, stderr in results]
     assert sum(done) == N_PHOTOS, [stderr for _, stderr in results]
-    assert _outputs(out) == {f"p{i}.jpg" for i in range(N_PHOTOS)} and _leftovers(tmp_path) == []
+    assert _outputs(out) == {f"p{i}.jpg" for i in range(N_PHOTOS)} and leftovers(tmp_path) == []
