@@ -87,11 +87,3 @@ def test_spare_flat_leaves_flat_regions_untouched(model):
     x_adv = attack(x)
     assert torch.equal(x_adv[..., :40], x[..., :40])
     assert float((x_adv[..., 56:] - x[..., 56:]).abs().max()) > 0
-
-
-def test_grid_of_the_steps(model, photo):
-    for grid in ("working", "photo"):
-        out = PIRE(model, eps=2 / 255, steps=2, size=SIZE, seed=0, grid=grid)(photo)
-        assert out.shape == photo.shape and float((out - photo).abs().max()) <= 2 / 255 + 1e-6
-    with pytest.raises(ValueError, match="grid must be one of"):
-        PIRE(model, grid="fine")

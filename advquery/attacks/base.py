@@ -9,12 +9,12 @@ and keeping the best perturbation seen.
 
 The perturbation lives at the working resolution the retrieval system sees (long side ``size``, never
 finer than the photo) and is upsampled to the photo's own resolution, so a 4000 x 3000 photo costs a
-1024 px attack; the output keeps the original resolution. The optimisation runs on the working grid
-too (the photo downscaled to the working size; the rounding of the change and the SSIM price there), so
-that a step costs the network passes and little else, unless a codec is in the loop: a real JPEG
-changes a fine perturbation differently at the photo's resolution than at the working one
-(``bench/results/working_grid.md``), so then the steps see the photo's own pixels (``grid``). The network passes run in reduced
-precision where the hardware computes it natively (``precision``, :mod:`advquery.models.precision`).
+1024 px attack; the output keeps the original resolution. The steps compose the perturbed photo at its
+own resolution, as it is saved: the upsampling, the 8-bit rounding and a codec at the photo's size, then
+the retrieval system's downscale, act on the perturbation together (composing on the working grid
+instead left several times more of the effect, ``bench/results/working_grid.md``). The network passes
+run in reduced precision where the hardware computes it natively (``precision``,
+:mod:`advquery.models.precision`).
 
 :class:`ImageAttack` is the base of the model-free attacks (keypoint removal and injection,
 Gaussian noise), which modify each photo as an 8-bit array.
@@ -38,7 +38,6 @@ from .robust import RandomEdits
 from .views import TrackerViews
 
 SAVING_MODES = ("quantised", "refined", "x10")
-GRIDS = ("auto", "working", "photo")
 
 
 @dataclass
@@ -108,9 +107,6 @@ class PerturbationAttack:
             would erase are enlarged to one grey level. ``x10``: the paper's original ``x + 10 v``.
         codec: optional function applied (straight-through) after quantisation in every step, e.g.
             a real JPEG round trip, so the attack optimises the decoded file it will be saved as.
-        grid: where the steps compose the perturbed photo: ``working`` (the photo at the working size),
-            ``photo`` (its own pixels, exact for rounding and codec, costlier for large photos) or ``auto``
-            (default: ``photo`` when a codec is in the loop, else ``working``).
         random_start: start from ``U(-1, 1) * bound`` instead of zero.
         seed: seed of the random start (None: nondeterministic).
         target_similarity: stop an image once its descriptor cosine similarity to the original
@@ -152,8 +148,7 @@ class PerturbationAttack:
                  edits: RandomEdits | None = None, coarseness: int = 1, ssim_weight: float = 0.0,
                  snapshot_every: int | None = None, precision: str = "auto",
                  on_step: Callable[[int, int], None] | None = None, tracker_views: TrackerViews | None = None,
-                 poolings: Sequence[str] = ("gem",), whole_view: bool = True, spare_flat: float | None = None,
-                 grid: str = "auto"):
+                 poolings: Sequence[str] = ("gem",), whole_view: bool = True, spare_flat: float | None = None):
         _check(isinstance(steps, int) and not isinstance(steps, bool) and steps >= 1, f"steps must be a positive integer, got {steps!r}")
         _check(lr > 0, f"lr must be positive, got {lr}")
         _check(isinstance(size, int) and size >= MIN_SIZE, f"size must be an integer >= {MIN_SIZE}, got {size!r}")
@@ -180,8 +175,6 @@ class PerturbationAttack:
         self.tracker_views, self.poolings, self.whole_view = tracker_views, tuple(poolings), whole_view
         _check(spare_flat is None or spare_flat > 0, f"spare_flat must be positive grey levels or None, got {spare_flat}")
         self.spare_flat = spare_flat
-        _check(grid in GRIDS, f"grid must be one of {GRIDS}, got {grid!r}")
-        self.grid = grid
         self.snapshots: list[tuple[int, torch.Tensor]] = []  # (steps, working-resolution v) of the last call
         self.stats = AttackStats([], [])
         self.perturbation: torch.Tensor | None = None  # best working-resolution perturbation of the last call
@@ -191,12 +184,8 @@ class PerturbationAttack:
         """Per-pixel bound on |v|, broadcastable to ``x`` (the photo at perturbation resolution)."""
         raise NotImplementedError
 
-    def _working_grid(self, x: torch.Tensor) -> torch.Tensor:
-        """The photo on the working grid: downscaled to the working size if larger, else as it is."""
-        return resize_long_side(x, self.size).clamp(0, 1) if max(x.shape[-2:]) > self.size else x  # antialias overshoot
-
     def _perturbation_bound(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``x`` on the perturbation's grid (the working grid, ``coarseness`` times coarser) and the bound
+        """``x`` on the perturbation's grid (the working resolution, ``coarseness`` times coarser) and the bound
         there, expanded to its shape."""
         shape = self._perturbation_size(x)
         x_pert = x if shape == tuple(x.shape[-2:]) else \
@@ -207,7 +196,7 @@ class PerturbationAttack:
         """(N, 1, h, w) bound on |v| at the working resolution (largest over the channels), without
         running the attack: where and how much the attack may change ``x`` (N, 3, H, W) in [0, 1]."""
         with torch.no_grad():
-            return self._perturbation_bound(self._working_grid(x))[1].amax(dim=1, keepdim=True)
+            return self._perturbation_bound(x)[1].amax(dim=1, keepdim=True)
 
     def describe(self, x: torch.Tensor) -> torch.Tensor:
         """Descriptor of full-resolution images as the retrieval system computes it."""
@@ -232,7 +221,7 @@ class PerturbationAttack:
     def view_distance(self, adv: torch.Tensor, x: torch.Tensor, generator: torch.Generator,
                       target: torch.Tensor) -> torch.Tensor:
         """(N,) mean squared descriptor distance, over the drawn tracker views and the poolings, between each view
-        of ``adv`` and the same view of the original ``x`` (both on the working grid); with ``whole_view``, also
+        of ``adv`` and the same view of the original ``x``; with ``whole_view``, also
         the whole photo at the working size against ``target``, the original's descriptor."""
         members = self._members()
         views = self.tracker_views.sample(generator, len(members))
@@ -265,12 +254,11 @@ class PerturbationAttack:
 
     def _compose(self, x: torch.Tensor, v: torch.Tensor,
                  gain: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """The perturbed pixels of the photo ``x`` (on the grid the steps use) and the image the optimisation
+        """The perturbed pixels of the photo ``x`` and the image the optimisation
         sees: those pixels after the codec, if any.
 
         In ``quantised`` mode the change (times ``gain``) is rounded to whole grey levels (straight-through): the
-        saved 8-bit photo is ``x + round(v)`` for a photo on the 8-bit grid, and when the photo is larger than
-        the working grid, the rounding of the smooth upsampled ``v`` survives its downscale as the same steps.
+        saved 8-bit photo is ``x + round(v)`` for a photo on the 8-bit grid.
         """
         delta = self._upsample(v, x.shape[-2:])
         if gain is not None:
@@ -319,11 +307,9 @@ class PerturbationAttack:
         with torch.no_grad():
             target = self.describe(x)[:, None]
             whole_target = None if self.tracker_views is None else describe(self._members()[0], x, self.size, self.scales)
-            on_photo = self.grid == "photo" or (self.grid == "auto" and self.codec is not None)
-            x_grid = x if on_photo else self._working_grid(x)
-            gain = self._gain(x_grid)
-            x_pert, bound = self._perturbation_bound(x_grid)
-            cost = ssim_cost_weights(x_grid) * 255 ** 2 if self.ssim_weight else None  # per squared [0, 1] unit
+            gain = self._gain(x)
+            x_pert, bound = self._perturbation_bound(x)
+            cost = ssim_cost_weights(x) * 255 ** 2 if self.ssim_weight else None  # per squared [0, 1] unit
         v = (torch.rand(x_pert.shape, generator=generator, device=x.device) * 2 - 1) * bound \
             if self.random_start else torch.zeros_like(x_pert)
         v = (x_pert + v).clamp(0, 1) - x_pert
@@ -337,16 +323,16 @@ class PerturbationAttack:
         done = torch.zeros(n, dtype=torch.bool, device=x.device)
         steps_used = torch.full((n,), self.steps, dtype=torch.long, device=x.device)
         for step in range(self.steps):
-            pixels, adv = self._compose(x_grid, v, gain)
+            pixels, adv = self._compose(x, v, gain)
             with autocast(amp, x.device):
                 if self.tracker_views is None:
                     distance = (self.views(adv, generator) - target).pow(2).sum(dim=2).mean(dim=1)
                 else:
-                    distance = self.view_distance(adv, x_grid, generator, whole_target)
+                    distance = self.view_distance(adv, x, generator, whole_target)
             # The SSIM cost of the perturbation, before the codec: the codec's own loss is there with or
             # without it, and a straight-through codec cannot be steered to lose less.
             objective = distance if cost is None else \
-                distance - self.ssim_weight * ((pixels - x_grid).pow(2) * cost).mean(dim=(1, 2, 3))
+                distance - self.ssim_weight * ((pixels - x).pow(2) * cost).mean(dim=(1, 2, 3))
             with torch.no_grad():  # bookkeeping for the image v currently represents
                 improved = objective > best_objective
                 best_objective = torch.where(improved, objective, best_objective)
