@@ -5,11 +5,13 @@ import os
 import platform
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from advquery.evaluation.datasets import load_dataset
 from advquery.evaluation.runner import evaluate
 from advquery.io import read_photo, to_tensor, to_uint8, write_photo_atomic
 from advquery.quality import quality_report
@@ -20,6 +22,9 @@ CACHE = Path(__file__).parent / ".cache"  # database descriptors
 WORK = Path(__file__).parent / ".work"  # protected queries, kept so that an interrupted run resumes
 DATA_ROOT = Path(os.environ.get("ADVQUERY_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 CVPIRE_PUBLISHED = DATA_ROOT / "peer-adversarial" / "cv-pire-oxford"  # 55 roxford5k-mini queries, same names
+# roxford5k-mini's standard queries: every choice is tuned on the validation split, figures are reported on the test
+# split (query positions; queries without positives are not scored, so never used).
+SPLITS = {"validation": (0, 20), "test": (20, 58)}
 QUALITY_KEYS = ("ssim", "psnr", "linf", "mean_abs_change")
 # PIRE paper budget: eps = 10/255 in mean/std-normalised space is ~2.3 grey levels in pixel space.
 PAPER_EPS_LEVELS = 10 * 0.226
@@ -37,6 +42,15 @@ def machine() -> str:
         pass
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
     return f"{cpu}, {os.cpu_count()} cores, {device}, torch {torch.__version__}, {torch.get_num_threads()} threads"
+
+
+def split_dataset(split: str, limit: int | None = None):
+    """roxford5k-mini restricted to the split's queries that have positives, optionally the first ``limit``."""
+    full = load_dataset("roxford5k-mini", DATA_ROOT)
+    lo, hi = SPLITS[split]
+    keep = [i for i in range(lo, hi) if full.ground_truth("medium")[i]["ok"]][:limit]
+    return replace(full, queries=[full.queries[i] for i in keep], query_boxes=[full.query_boxes[i] for i in keep],
+                   gnd=[full.gnd[i] for i in keep])
 
 
 def markdown_table(header: list[str], rows: list[list]) -> str:

@@ -8,7 +8,7 @@ Two parts, one results file (``bench/results/speed.json`` / ``.md``):
   precision, in one run. Every network pass the protection makes is recorded (model, input shape, with
   or without backward), then replayed bare (random input of that shape, same precision, forward and,
   where the protection differentiated it, backward): protect time / bare time is the overhead ratio.
-- ``effect``: the whole validation split (the first 20 standard queries) protected with each preset in
+- ``effect``: the validation split's scored queries (``--effect-limit``: the first N) protected with each preset in
   every precision; mAP Medium of the whole-image queries (Lite0 GeM at 1024) from the written files,
   so float32 and bfloat16 are compared at the same effect. Resumable (files kept in ``bench/.work``).
 
@@ -17,21 +17,18 @@ Run: ``python bench/speed.py [--parts time,effect] [--photos 3] [--threads 2]``.
 import argparse
 import json
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
-from common import CACHE, DATA_ROOT, RESULTS, WORK, markdown_table, write_results
+from common import CACHE, RESULTS, WORK, markdown_table, split_dataset, write_results
 
-from advquery.evaluation.datasets import load_dataset
 from advquery.evaluation.runner import evaluate
 from advquery.io import read_photo
 from advquery.models import DescriptorModel, load_model
 from advquery.models.precision import autocast, autocast_dtype
 from advquery.protection import STRENGTHS, attack_model, protect_photo
 
-VALIDATION = 20  # the first 20 standard roxford5k-mini queries
 SIZE = 1024
 
 
@@ -104,11 +101,9 @@ def timing(args, photos: list[Path], models: dict) -> dict:
 
 
 def effect(args, model) -> dict:
-    full = load_dataset("roxford5k-mini", DATA_ROOT)
-    val = replace(full, queries=full.queries[:VALIDATION], query_boxes=full.query_boxes[:VALIDATION],
-                  gnd=full.gnd[:VALIDATION])
+    val = split_dataset("validation", args.effect_limit)
     base = evaluate(val, model, SIZE, queries="wi", protocols=("medium",), cache_dir=CACHE, progress=False)
-    out = {"original": {"wi_medium": float(base.results["medium"].map)}}
+    out = {"queries": [q.stem for q in val.queries], "original": {"wi_medium": float(base.results["medium"].map)}}
     for preset in args.presets:
         for precision in args.precisions:
             folder = WORK / "speed" / "effect" / f"{preset}-{precision}"
@@ -151,12 +146,13 @@ def render(results: dict) -> str:
                   markdown_table(["preset", "precision", "s/photo", "passes/photo", "steps", "bare s", "protect / bare",
                                   "speed-up vs float32"], rows), ""]
     if "effect" in results:
-        e = results["effect"]
+        e = dict(results["effect"])
+        queries = e.pop("queries")
         rows = [[k, round(100 * v["wi_medium"], 2), round(v.get("ssim", 1), 4), round(v.get("seconds", 0), 1)]
                 for k, v in e.items()]
-        lines += ["**Effect** (validation split: first 20 standard queries, 19 with positives; WI mAP Medium of "
-                  "the protected queries, Lite0 GeM at 1024; seconds per photo on a machine that may have been "
-                  "shared)", "", markdown_table(["preset / precision", "WI mAP Medium %", "SSIM", "s/photo"], rows), ""]
+        lines += [f"**Effect** (validation split: its first {len(queries)} standard queries with positives; WI mAP "
+                  "Medium of the protected queries, Lite0 GeM at 1024; seconds per photo on a machine that may have "
+                  "been shared)", "", markdown_table(["preset / precision", "WI mAP Medium %", "SSIM", "s/photo"], rows), ""]
     return "\n".join(lines)
 
 
@@ -164,6 +160,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--parts", default="time,effect")
     parser.add_argument("--photos", type=int, default=3, help="validation photos timed")
+    parser.add_argument("--effect-limit", type=int, help="only the validation split's first N scored queries")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--presets", nargs="+", default=list(STRENGTHS))
     parser.add_argument("--precisions", nargs="+", default=["float32", "bfloat16"])
@@ -177,8 +174,7 @@ def main() -> None:
     parts = set(args.parts.split(","))
     models = all_models()
     if "time" in parts:
-        full = load_dataset("roxford5k-mini", DATA_ROOT)
-        results["time"] = timing(args, full.queries[:args.photos], models)
+        results["time"] = timing(args, split_dataset("validation", args.photos).queries, models)
     if "effect" in parts:
         results["effect"] = effect(args, models["efficientnet-lite0-gem"])
     write_results(args.name, results, render(results))

@@ -20,40 +20,26 @@ import argparse
 import hashlib
 import json
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
-from common import CACHE, DATA_ROOT, RESULTS, WORK, markdown_table, write_results
+from common import CACHE, RESULTS, SPLITS, WORK, markdown_table, split_dataset, write_results
 
-from advquery.evaluation.datasets import load_dataset
 from advquery.evaluation.metrics import compute_map
 from advquery.evaluation.runner import evaluate
 from advquery.io import read_photo
 from advquery.models import load_model
 from advquery.protection import STRENGTHS, protect_photo
 from advquery.systems import GlobalSystem, SiftHESystem, file_key
-from advquery.trackers import (EDITS, HANDCRAFTED, QUICK_EDITS, QUICK_SYSTEMS, SYSTEMS, SuiteDescriber, System,
-                               share_summary)
+from advquery.trackers import (EDITS, POOLED, QUICK_EDITS, QUICK_SYSTEMS, SYSTEMS, SuiteDescriber,
+                               System, share_summary)
 
-SPLITS = {"validation": (0, 20), "test": (20, 58)}
 SIZE = 1024  # protect's default working size
 KINDS = ("wi", "bb")
 HANDCRAFTED_SIZE = 1024
 CALIBRATION_SHARES = {"blocked": 0.25, "found": 0.75}  # verdict bounds on the share of the original AP kept
 PACKAGE_CALIBRATION = Path(__file__).parents[1] / "advquery" / "data" / "tracker_calibration.json"
-
-
-def split_dataset(split: str, limit: int | None):
-    """roxford5k-mini restricted to the split's queries (optionally the first ``limit``), and the positions of
-    those with positives (the scored ones)."""
-    full = load_dataset("roxford5k-mini", DATA_ROOT)
-    lo, hi = SPLITS[split]
-    hi = min(hi, lo + limit) if limit else hi
-    ds = replace(full, queries=full.queries[lo:hi], query_boxes=full.query_boxes[lo:hi], gnd=full.gnd[lo:hi])
-    scored = [i for i, g in enumerate(ds.ground_truth("medium")) if g["ok"]]
-    return ds, scored
 
 
 def setting_folder(preset: str) -> Path:
@@ -150,7 +136,7 @@ def cell_aps(db: np.ndarray, queries: np.ndarray, gnd) -> np.ndarray:
     return compute_map(ranks, gnd).aps
 
 
-def handcrafted_rows(ds, scored, folders: dict[str, Path | None], edits) -> dict:
+def handcrafted_rows(ds, folders: dict[str, Path | None], edits) -> dict:
     """mAP Medium over the scored queries for SIFT-HE, CEDD and GIST: ``{label: {kind: {system: {edit: map}}}}``."""
     systems = {"sift-he": SiftHESystem(HANDCRAFTED_SIZE), "cedd": GlobalSystem("cedd", HANDCRAFTED_SIZE),
                "gist": GlobalSystem("gist", HANDCRAFTED_SIZE)}
@@ -161,7 +147,7 @@ def handcrafted_rows(ds, scored, folders: dict[str, Path | None], edits) -> dict
                 for e in edits:
                     r = evaluate(ds, system, HANDCRAFTED_SIZE, queries=kind, protocols=("medium",), query_dir=folder,
                                  cache_dir=CACHE, progress=False, transform=e.chain)
-                    value = float(np.nanmean(r.results["medium"].aps[scored]))
+                    value = float(r.results["medium"].map)
                     out.setdefault(label, {}).setdefault(kind, {}).setdefault(name, {})[e.spec] = value
                 print(f"{label} {kind} {name}: done", flush=True)
     return out
@@ -171,8 +157,8 @@ def fit_calibration(points: list[dict], systems) -> dict:
     """Verdict thresholds per system from (similarity, share of AP kept) pairs: the share predicted by an
     isotonic (non-decreasing) fit of share on similarity, and the similarities where it crosses the bounds."""
     thresholds = {}
-    for s in systems:
-        pts = sorted((p["similarity"], min(p["share"], 1.5)) for p in points if p["system"] == s.name)
+    for name in [s.name for s in systems] + [POOLED]:
+        pts = sorted((p["similarity"], min(p["share"], 1.5)) for p in points if name in (p["system"], POOLED))
         if len(pts) < 10:
             continue
         sims, fitted = _isotonic([p[0] for p in pts], [p[1] for p in pts])
@@ -180,7 +166,7 @@ def fit_calibration(points: list[dict], systems) -> dict:
             above = [x for x, y in zip(sims, fitted) if y >= bound]
             return float(above[0]) if above else float(sims[-1])
         blocked = [x for x, y in zip(sims, fitted) if y <= CALIBRATION_SHARES["blocked"]]
-        thresholds[s.name] = (float(blocked[-1]) if blocked else float(sims[0]) - 1e-6,
+        thresholds[name] = (float(blocked[-1]) if blocked else float(sims[0]) - 1e-6,
                               crossing(CALIBRATION_SHARES["found"]))
     return thresholds
 
@@ -212,7 +198,7 @@ def main() -> None:
         parser.error("--calibrate tunes a choice: validation split only")
     name = args.name or f"trackers_{args.split}" + ("_quick" if args.quick else "") + (f"_limit{args.limit}" if args.limit else "")
     systems, edits = (QUICK_SYSTEMS, QUICK_EDITS) if args.quick else (SYSTEMS, EDITS)
-    ds, scored = split_dataset(args.split, args.limit)
+    ds = split_dataset(args.split, args.limit)
     gnd = ds.ground_truth("medium")
     describer = SuiteDescriber(systems)
     model = describer.models.get("efficientnet-lite0-gem") or load_model("efficientnet-lite0-gem")
@@ -231,10 +217,9 @@ def main() -> None:
             for s, q in by_system.items():
                 a = cell_aps(db[s], q, gnd)
                 aps[label, kind, s.name, spec] = a
-                maps.setdefault(label, {}).setdefault(kind, {}).setdefault(s.name, {})[spec] = float(np.nanmean(a[scored]))
+                maps.setdefault(label, {}).setdefault(kind, {}).setdefault(s.name, {})[spec] = float(np.mean(a))
     results = {"split": args.split, "quick": args.quick, "size": SIZE, "queries": [q.stem for q in ds.queries],
-               "scored": len(scored), "systems": [s.name for s in systems], "edits": [e.spec for e in edits],
-               "map": maps, "sets": {}}
+               "systems": [s.name for s in systems], "edits": [e.spec for e in edits], "map": maps, "sets": {}}
     for label, (folder, records) in sets.items():
         if folder is None:
             continue
@@ -247,7 +232,7 @@ def main() -> None:
                                               for kind in KINDS}}
     if not args.no_handcrafted:
         folders = {label: folder for label, (folder, _) in sets.items()}
-        results["handcrafted"] = handcrafted_rows(ds, scored, folders, [e for e in edits if e in QUICK_EDITS])
+        results["handcrafted"] = handcrafted_rows(ds, folders, [e for e in edits if e in QUICK_EDITS])
     if args.calibrate:
         points = []
         for label in results["sets"]:
@@ -255,7 +240,7 @@ def main() -> None:
                 for e in edits:
                     o, p = descriptors["original"][e.spec, "wi"][s], descriptors[label][e.spec, "wi"][s]
                     ao, ap = aps["original", "wi", s.name, e.spec], aps[label, "wi", s.name, e.spec]
-                    for i in scored:
+                    for i in range(len(ds.queries)):
                         if ao[i] > 0:
                             points.append({"set": label, "system": s.name, "edit": e.spec, "query": ds.queries[i].stem,
                                            "similarity": float(o[i] @ p[i]), "share": float(ap[i] / ao[i])})
@@ -283,8 +268,8 @@ def shares(results: dict, label: str, kind: str) -> dict[str, dict[str, float]]:
 
 
 def render(results: dict) -> str:
-    lines = [f"Split **{results['split']}** ({len(results['queries'])} roxford5k-mini standard queries, "
-             f"{results['scored']} with positives scored), protected at {results['size']} px as `advquery protect` "
+    lines = [f"Split **{results['split']}** (its {len(results['queries'])} roxford5k-mini standard queries with "
+             f"positives), protected at {results['size']} px as `advquery protect` "
              "does (JPEG q95 output). Each cell: mAP Medium of the protected queries as % of the original queries' "
              "under the same tracker (system + edit of the query file); database unedited. Seconds per photo on a "
              "machine other jobs may have shared (see `speed.md` for timed figures).", ""]
@@ -330,7 +315,7 @@ def heat_maps(results: dict, name: str) -> None:
             ax.set_yticks(range(len(table)), list(table), fontsize=7)
             for (i, j), v in np.ndenumerate(grid):
                 if not np.isnan(v):
-                    ax.text(j, i, f"{v:.0f}", ha="center", va="center", fontsize=5)
+                    ax.text(j, i, f"{v:.0f}", ha="center", va="center", fontsize=7)
             ax.set_title(f"{label}: {kind.upper()} queries, % of the original mAP ({results['split']} split)")
         fig.colorbar(im, ax=axes, shrink=0.6)
         fig.savefig(RESULTS / f"{name}_{label}.png", dpi=80)
