@@ -47,7 +47,7 @@ def _as_tensor(x, name: str) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------- colour space
-# torch.where is slow on CPU (about 3 ms per million elements, 20x a multiplication), so the
+# torch.where is slow on CPU (many times the cost of a multiplication), so the
 # branches below are blended with 0/1 masks from sign(); each branch is evaluated on clamped
 # inputs so the unused one is finite, and ``a * 1 + b * 0`` is exactly ``a``.
 
@@ -107,7 +107,7 @@ def _hue_2pi(b: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
 
 def _pow7(x: torch.Tensor) -> torch.Tensor:
     x2 = x * x
-    return (x2 * x2).mul_(x2).mul_(x)  # x ** 7 costs 10 multiplications' time in torch
+    return (x2 * x2).mul_(x2).mul_(x)  # a general x ** 7 costs more than these multiplications in torch
 
 
 def _ciede2000_sq(L1, a1, b1, c1, L2, a2, b2, c2, kL=1.0, kC=1.0, kH=1.0):
@@ -152,7 +152,7 @@ def _ciede2000_sq(L1, a1, b1, c1, L2, a2, b2, c2, kL=1.0, kC=1.0, kH=1.0):
     t7p = _pow7(cbar_p.mul_(1 / 25))
     rc = t7p.div_(t7p + 1).sqrt_().mul_(2)  # eq. 17
     # eq. 16, as 2 dtheta; exp(-z^2) is clamped at exp(-80) (< 2e-35): far below rounding, and
-    # torch's exp is 6x slower on arguments that underflow float32
+    # torch's exp is much slower on arguments that underflow float32
     z2 = hbar.mul_(180 / math.pi / 25).sub_(275 / 25).pow_(2)
     two_dtheta = z2.clamp_(max=80).neg_().exp_().mul_(2 * math.radians(30))
     rt = two_dtheta.sin_().mul_(rc).neg_()  # eq. 21
@@ -472,8 +472,8 @@ def ssim_cost_weights(image: torch.Tensor) -> torch.Tensor:
     the window at ``q`` drops by ``sum_p g(q - p) d_p^2 / (2 s_q^2 + C2)`` (``g`` the Gaussian window,
     ``s_q`` the photo's window standard deviation), so pixel ``p`` costs ``w_p = (g * 1 / (2 s^2 + C2))_p``
     per squared grey level. A cheap, quadratic stand-in for SSIM in an attack's objective: it
-    overestimates the cost of changes with a local mean (about 1.3x for a perturbation upsampled 2x)
-    and leaves out the luminance term.
+    overestimates the cost of changes with a local mean (smooth, e.g. upsampled, perturbations) and
+    leaves out the luminance term.
 
     Args:
         image: ``(N, 3, H, W)`` float sRGB in [0, 1], the original photo.

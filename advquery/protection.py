@@ -40,11 +40,14 @@ class Strength:
     which stops on ``patience`` alone (its objective already weighs effect against SSIM);
     ``target_similarity`` the descriptor similarity at which the other methods stop; ``edits`` the
     random edits drawn in every step; ``partner`` a second built-in model attacked together with the
-    chosen one (transfer to models the photo was not protected against); ``grid`` the largest long side, in pixels, of the grid the perturbation lives on
-    (None: the working resolution); ``method`` the method ``protect`` runs unless told otherwise, the
-    one measured best for this preset. At a 1024 px working size a 512 px grid gave the 3-level
-    ``medium`` a higher SSIM (0.973 against 0.956) and more effect (2 % of the original mAP left
-    against 8 %, JPEG q95 output); for the 1-level ``low`` with PNG output it left 24 % against 3 %.
+    chosen one (transfer to models the photo was not protected against); ``grid`` the largest long side, in
+    pixels, of the grid the perturbation lives on (None: the working resolution); ``method`` the method
+    ``protect`` runs unless told otherwise, the one measured best for this preset.
+
+    Why ``medium`` and ``high`` keep a coarser grid and ``low`` does not: a smoother pattern costs less SSIM at
+    the same bound and survives JPEG better, but a 1-level pattern loses too much of its effect on it
+    (``bench/results/protect_pire_1024_limit10.md`` and ``protect_pire_1024_limit10_coarse.md``; the figures
+    are in docs/benchmarks.md, the reasoning in docs/methods.md).
     """
 
     eps_levels: float
@@ -65,11 +68,12 @@ class Strength:
 
 
 STRENGTHS = {
-    # low and high run ssim-pire: its quality-effect curve lies right of pire's, masked-pire's, CV-PIRE's
-    # and SD-PIRE's (20 queries, 512 px: WI mAP 1.8 % at SSIM 0.9939, pire 1.7 % at 0.9919), and at high it
-    # transfers better (Lite2 keeps 40 % / 36 % of BB / WI mAP against 47 % / 47 %, SSIM 0.952 against 0.954).
-    # medium runs pire: at 1024 px, protect's default size, ssim-pire's medium left more (WI 5.3 % against
-    # 2.2 %) at a lower SSIM (0.966 against 0.973); at 512 px the two were on a par.
+    # low and high run ssim-pire: its quality-effect curve lies right of pire's, masked-pire's, CV-PIRE's and
+    # SD-PIRE's (bench/results/perceptual_methods_limit20_operating_point.md), and at high it transfers better
+    # to a model it never saw (robustness_512_ssim_pire.md against robustness_512.md). medium runs pire: at
+    # 1024 px, protect's default size, ssim-pire's medium left more of the retrieval at a lower SSIM
+    # (protect_pire_1024_limit10_ssim_pire.md against protect_pire_1024_limit10_coarse.md); at 512 px the two
+    # were on a par. The measured figures: docs/benchmarks.md.
     "low": Strength(1, 3, 300, 30, 0.4, 5, None, False, None, "ssim-pire",
                     "near-invisible (ssim-pire: within 3 grey levels, SSIM priced at 300; pire: 1 level); "
                     "blocks the protecting model"),
@@ -132,8 +136,8 @@ def make_attack(model: DescriptorModel, method: str | None = None, strength: str
 
     A gradient attack optimises the 8-bit image it will be saved as: with ``jpeg_quality`` (the output
     is a JPEG of that quality) and no random edits, the decoded JPEG, through a straight-through real
-    JPEG in every step (at full resolution JPEG quantises a plain 8-bit perturbation away: 1024 px,
-    ``low``, 71 % of the original mAP left against 16 %). With random edits (``medium``, ``high``,
+    JPEG in every step (at full resolution JPEG quantises a plain 8-bit perturbation away: compare ``low``
+    and ``low+jpeg`` in ``bench/results/protect_pire_1024_limit10.md``). With random edits (``medium``, ``high``,
     ``robust``) the edits, JPEG among them, bring robustness to re-compression instead.
 
     For ``ssim-pire``, ``masked-pire`` and ``pire`` the preset sets budget, steps, edits, partner model and

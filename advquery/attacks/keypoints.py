@@ -12,8 +12,8 @@ has the scale ``sigma = size / 2`` pixels; its difference-of-Gaussians value is
 ``D = (G(k sigma) - G(sigma)) * I`` at (x, y), ``k = 2^(1/3)``, in grey levels, and SIFT keeps it
 only if ``|D| >= contrast_threshold * 255 / 3`` (3.4 levels at OpenCV's default 0.04) and it is a
 local extremum. D is computed here as SIFT computes it (blur applied on top of the 0.5 pixels SIFT
-assumes the photo already has, at the resolution of the scale's octave); it agrees with OpenCV's
-``response`` within about 5 %. Keypoints are grouped into scale bins 1/6 octave wide.
+assumes the photo already has, at the resolution of the scale's octave); it agrees closely with
+OpenCV's ``response``. Keypoints are grouped into scale bins 1/6 octave wide.
 
 Since ``D = <w, I>`` is linear in the image, with ``w`` the DoG kernel at the keypoint, the patch of
 least L2 norm that moves D to a goal value is ``(goal - D) w / ||w||^2``: a DoG-shaped blob, added

@@ -13,7 +13,7 @@ class PIRE(PerturbationAttack):
     Args:
         model: descriptor model.
         eps: L-infinity budget in [0, 1] pixel units (e.g. ``2 / 255`` for two grey levels).
-        steps, lr, ...: see :class:`~advquery.attacks.base.PerturbationAttack`; ``lr`` defaults to ``eps`` (measured best of eps/4 and eps at 30 steps).
+        steps, lr, ...: see :class:`~advquery.attacks.base.PerturbationAttack`; ``lr`` defaults to ``eps`` (chosen over eps/4 at 30 steps).
 
     Example:
         >>> import torch
@@ -40,9 +40,8 @@ class SSIMPIRE(PIRE):
 
     The bound ``eps`` only caps the change; within it, the SSIM term leaves pixels alone where a
     change would cost more SSIM (flat regions, whose window variance is small) than it moves the
-    descriptor, and spends the bound in texture. On roxford5k-mini (20 queries, 512 px, 40 steps,
-    JPEG q95 output) eps 3 levels and weight 300 left 1.8 % WI mAP at SSIM 0.9939, PIRE at 1 level
-    1.7 % at 0.9919 (``bench/results/perceptual_methods_limit20_operating_point.md``).
+    descriptor, and spends the bound in texture. Its quality-effect curve against PIRE's and the thesis
+    methods' is in ``bench/results/perceptual_methods_limit20_operating_point.md`` (docs/benchmarks.md).
 
     Args:
         model: descriptor model.

@@ -162,5 +162,5 @@ def load_model(name_or_path: str | Path = DEFAULT_MODEL, device: str | torch.dev
         raise ModelError(f"unknown model {str(name_or_path)!r}: not a file; available models: "
                          f"{', '.join(BUILTIN_MODELS)} or the path of a cirtorch checkpoint (.pth)")
     fold_batchnorm(model).eval().requires_grad_(False)
-    # channels_last: measured 1.6x faster inference and 1.3x faster backward on CPU at 1024 px.
+    # channels_last: the faster memory layout for these convolutions on CPU, forward and backward.
     return model.to(resolve_device(device), memory_format=torch.channels_last)

@@ -1,9 +1,8 @@
 """Fold frozen BatchNorm layers into the convolutions before them.
 
 In eval mode a BatchNorm is a fixed per-channel affine map, so ``bn(conv(x))`` equals one
-convolution with rescaled weights and a bias. Folding removes a quarter of the backward cost
-of an attack step on CPU (measured on EfficientNet-Lite0) and changes no output beyond
-float rounding.
+convolution with rescaled weights and a bias. Folding takes the BatchNorm layers out of every
+forward and backward pass of an attack step and changes no output beyond float rounding.
 """
 import torch
 from torch import nn
