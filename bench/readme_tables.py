@@ -1,11 +1,52 @@
-"""Render the README's benchmark tables from the committed JSON results (run after the benchmarks)."""
+"""Write docs/benchmarks.md and the README's "How well does it protect?" table from the JSON files in
+bench/results/ (run after the benchmarks; ``make bench`` does).
+
+docs/benchmarks.md holds every results table, each with the command that reproduces it, its machine line and
+whether it was measured on today's roxford5k-mini database (made uniform on 2026-12-01: until then an image's
+resolution told positives from distractors, ../shared/data/README.md). The README gets one compact table, from
+the tracker benchmark on the test split when it exists, else on the validation (tuning) split, labelled so.
+
+Run: ``python bench/readme_tables.py``.
+"""
 import json
+import re
+import subprocess
+from datetime import datetime, timezone
 from pathlib import Path
 
 from common import RESULTS, markdown_table
 
-README = Path(__file__).parents[1] / "README.md"
-START, END = "<!-- bench:start -->", "<!-- bench:end -->"
+ROOT = Path(__file__).parents[1]
+README = ROOT / "README.md"
+BENCHMARKS = ROOT / "docs" / "benchmarks.md"
+START, END = "<!-- bench:protection:start -->", "<!-- bench:protection:end -->"
+UNIFORM_DATABASE = "2026-12-01"  # the day roxford5k-mini's database became uniform (768 px, JPEG 85 for all)
+# The README table: the tracker benchmark's quick suite, the test split preferred (figures are reported there).
+PROTECTION_SOURCES = ("trackers_test_quick_limit12", "trackers_validation_quick_limit8")
+HELD_OUT = "lite2 gem 1024"  # never attacked by any preset (low and medium aim at Lite0, high at Lite0 and Lite1)
+
+
+def measured_on(name: str) -> str:
+    """The day ``bench/results/NAME.json`` was measured: the JSON's own ``measured`` field when it has one, else
+    the date of the last commit that changed it, else (not committed yet) the file's modification day."""
+    path = RESULTS / f"{name}.json"
+    stored = json.loads(path.read_text()).get("measured")
+    if stored:
+        return str(stored)[:10]
+    try:
+        day = subprocess.run(["git", "log", "-1", "--format=%cs", "--", str(path)], cwd=ROOT, capture_output=True,
+                             text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        day = ""
+    return day or datetime.fromtimestamp(path.stat().st_mtime, timezone.utc).strftime("%Y-%m-%d")
+
+
+def comparability(day: str) -> str:
+    if day < UNIFORM_DATABASE:
+        return f"no: measured {day}, before the database was made uniform; rerun before quoting"
+    if day == UNIFORM_DATABASE:
+        return f"unknown: measured {day}, the day the database changed; rerun before quoting"
+    return f"yes: measured {day}, on the uniform database"
 
 
 def baseline() -> str:
@@ -21,86 +62,223 @@ def baseline() -> str:
                      m("roxford5k-mini-ext", "wi", "medium"), m("roxford5k-mini-ext", "wi", "hard"),
                      m("ukbench-mini", "wi", "medium"), round(any_r["images_per_s"], 2)])
     rnd = cell[next(iter(cell))[0], next(iter(cell))[1], "roxford5k-mini", "bb", "medium"]["random_map"]
-    return (f"Machine: {data['machine']}. mAP in %; random-ranking mAP (roxford5k-mini Medium): {100 * rnd:.2f}. "
-            "Throughput: images/s of a single thread while other jobs ran (indicative only).\n\n"
+    return (f"Machine: {data['machine']}\n\nmAP in %; random-ranking mAP (roxford5k-mini Medium): {100 * rnd:.2f}. "
+            "Throughput: images/s of a single thread while other jobs ran (indicative only). Full table: "
+            "`bench/results/baseline_retrieval.md`.\n\n"
             + markdown_table(["model", "size", "BB Medium", "BB Hard", "WI Medium", "WI Hard", "ext WI Medium",
                               "ext WI Hard", "ukbench mAP", "images/s"], rows))
 
 
-def result_markdown(name: str) -> str:
-    """A result's markdown as written by the benchmark, machine line first."""
-    return (RESULTS / f"{name}.md").read_text().strip()
-
-
-SECTIONS = [  # (result name, heading: the command that produced it, note)
-    ("protect_pire_512_ssim_pire", "`ssim-pire`, the method of `low` and `high` (`python bench/protect_pire.py --size 512 "
-     "--settings ssim-pire:low --name protect_pire_512_ssim_pire`)",
-     "Same photos and protocol as the `pire` table below. One thread while two other benchmarks shared the two "
-     "cores, so its seconds per photo are about twice what it costs alone."),
-    ("protect_pire_1024_limit10_ssim_pire", "`ssim-pire` at 1024 px, 10 + 10 queries (`python bench/protect_pire.py "
-     "--size 1024 --limit 10 --settings ssim-pire:low+jpeg ssim-pire:medium --name protect_pire_1024_limit10_ssim_pire`)",
+# (result name, title, the command that reproduces it, note); every other result in bench/results/ follows them.
+SECTIONS = [
+    ("baseline_retrieval", "Baseline retrieval of the embedded models", "python bench/baseline_retrieval.py", ""),
+    ("protect_pire_512_ssim_pire", "`ssim-pire`, the method of `low` and `high`, at 512 px",
+     "python bench/protect_pire.py --size 512 --settings ssim-pire:low --name protect_pire_512_ssim_pire",
+     "Same photos and protocol as the `pire` table at 512 px. One thread while two other benchmarks shared the "
+     "two cores, so its seconds per photo are about twice what it costs alone."),
+    ("protect_pire_1024_limit10_ssim_pire", "`ssim-pire` at 1024 px, 10 + 10 queries",
+     "python bench/protect_pire.py --size 1024 --limit 10 --settings ssim-pire:low+jpeg ssim-pire:medium "
+     "--name protect_pire_1024_limit10_ssim_pire",
      "What `advquery protect --method ssim-pire` does at its default size for a JPEG q95 output (`low` runs "
      "ssim-pire anyway, `medium` runs pire unless told). One thread beside other benchmarks."),
-    ("robustness_512_ssim_pire", "Robustness of the `ssim-pire` presets (`python bench/robustness.py --size 512 "
-     "--limit 10 --method ssim-pire --name robustness_512_ssim_pire --transfer-limit 0`)",
+    ("robustness_512_ssim_pire", "Robustness of the `ssim-pire` presets at 512 px",
+     "python bench/robustness.py --size 512 --limit 10 --method ssim-pire --name robustness_512_ssim_pire "
+     "--transfer-limit 0",
      "`medium` and `high` reuse the protected files of their tuning runs (same attack, same seed); seconds per "
      "photo on one thread shared with other benchmarks."),
-    ("protect_pire_512", "PIRE protection, the `pire` presets (`python bench/protect_pire.py --size 512 --settings low medium paper-T30`)",
+    ("protect_pire_512", "PIRE protection, the `pire` presets, at 512 px",
+     "python bench/protect_pire.py --size 512 --settings low medium paper-T30",
      "Each preset's one optimisation is saved in all three modes. Seconds per photo: `low` and `medium` on one "
      "thread while another benchmark used the second core; `paper-T30` on two threads (its files were reused)."),
-    ("protect_pire_512_limit5", "Every preset and the paper's T = 200 and 500, first 5 + 5 queries "
-     "(`python bench/protect_pire.py --size 512 --limit 5 --settings high paper-T200,500 low medium paper-T30`)",
+    ("protect_pire_512_limit5", "Every preset and the paper's T = 200 and 500, first 5 + 5 queries",
+     "python bench/protect_pire.py --size 512 --limit 5 --settings high paper-T200,500 low medium paper-T30",
      "T = 200 is a snapshot of the T = 500 run (same optimisation), its seconds 200/500 of that run's. One thread "
      "beside another benchmark; `low`, `medium` and `paper-T30` are the same files as in the table above."),
-    ("protect_pire_1024_limit10", "PIRE protection at 1024 px, 10 + 10 queries "
-     "(`python bench/protect_pire.py --size 1024 --limit 10 --settings low low+jpeg low+coarse2 low+jpeg+coarse2 "
-     "medium+coarse1`)",
+    ("protect_pire_1024_limit10", "PIRE protection at 1024 px, 10 + 10 queries",
+     "python bench/protect_pire.py --size 1024 --limit 10 --settings low low+jpeg low+coarse2 low+jpeg+coarse2 "
+     "medium+coarse1",
      "`+jpeg`: optimised through the JPEG q95 it is saved as (what `protect` does for JPEG output with `low`); "
      "`+coarseN`: the perturbation on a grid N times coarser than the working resolution (`coarseness=N`); "
      "`medium+coarse1` is the `medium` preset before it moved to a 512 px grid (today's `medium` at 1024 px is "
      "`medium+coarse2`, next table). These rows were written before presets were saved in all three modes (a "
-     "rerun adds `refined` and `x10` rows). Seconds per photo: `low` and `low+jpeg` on one thread shared with another benchmark, the others on "
-     "two threads."),
-    ("protect_pire_1024_limit10_coarse", "Today's `medium` at 1024 px: its 512 px grid, 10 + 10 queries "
-     "(`python bench/protect_pire.py --size 1024 --limit 10 --settings medium+coarse2 "
-     "--name protect_pire_1024_limit10_coarse`)",
+     "rerun adds `refined` and `x10` rows). Seconds per photo: `low` and `low+jpeg` on one thread shared with "
+     "another benchmark, the others on two threads."),
+    ("protect_pire_1024_limit10_coarse", "Today's `medium` at 1024 px: its 512 px grid, 10 + 10 queries",
+     "python bench/protect_pire.py --size 1024 --limit 10 --settings medium+coarse2 "
+     "--name protect_pire_1024_limit10_coarse",
      "Compare with the `medium+coarse1` rows of the table above (same photos). One thread beside another "
      "benchmark."),
-    ("protect_pire_1024_limit10_steps60", "`low` through the JPEG with 60 steps at 1024 px, 10 + 10 queries "
-     "(`python bench/protect_pire.py --size 1024 --limit 10 --settings low+jpeg+steps60 "
-     "--name protect_pire_1024_limit10_steps60`)",
-     "What `advquery protect --strength low --steps 60` does for a JPEG q95 output at 1024 px. Two threads."),
-    ("robustness_512", "Robustness of the `pire` presets (`python bench/robustness.py --size 512 --limit 10 "
-     "--transfer-limit 10 --presets low medium high`)",
+    ("protect_pire_1024_limit10_steps60", "`low` through the JPEG with 60 steps at 1024 px, 10 + 10 queries",
+     "python bench/protect_pire.py --size 1024 --limit 10 --settings low+jpeg+steps60 "
+     "--name protect_pire_1024_limit10_steps60",
+     "What `advquery protect --method pire --strength low --steps 60` does for a JPEG q95 output at 1024 px. "
+     "Two threads."),
+    ("robustness_512", "Robustness of the `pire` presets at 512 px",
+     "python bench/robustness.py --size 512 --limit 10 --transfer-limit 10 --presets low medium high",
      "Seconds per photo come from runs on one or two threads, partly shared with other benchmarks: indicative "
      "only (the machine line names the threads of one of those runs)."),
-    ("robustness_1024", "Robustness of today's `medium` at 1024 px (`python bench/robustness.py --size 1024 --limit 10 "
-     "--presets medium --parts edits`)",
+    ("robustness_512_high4levels", "`pire`'s `high` tuning: 4 grey levels",
+     "`python bench/robustness.py --size 512 --limit 10 --transfer-limit 10 --presets low medium high` with "
+     "`high` set to 4 grey levels (before commit 0a37c14); the file is that run's `robustness_512.md`",
+     "A tuning record: docs/methods.md cites it for the choice of 4.5 levels."),
+    ("robustness_512_high5levels", "`pire`'s `high` tuning: 5 grey levels",
+     "the same command with `high` set to 5 grey levels",
+     "A tuning record: docs/methods.md cites it for the choice of 4.5 levels."),
+    ("robustness_1024", "Robustness of today's `medium` at 1024 px",
+     "python bench/robustness.py --size 1024 --limit 10 --presets medium --parts edits",
      "At 1024 px a 50 % downscale halves what the tracker sees (at 512 px `resize:0.25` does)."),
-    ("other_systems", "Other CBIR systems: PIRE paper Tables 6-8 (`python bench/other_systems.py`)", ""),
-    ("perceptual_methods_limit6", "Perceptual methods, first 6 queries, T = 40 (`python bench/perceptual_methods.py "
-     "--limit 6 --steps 40 --name perceptual_methods_limit6`)",
+    ("other_systems", "Other CBIR systems: PIRE paper Tables 6-8", "python bench/other_systems.py", ""),
+    ("perceptual_methods_limit6", "Perceptual methods, first 6 queries, T = 40",
+     "python bench/perceptual_methods.py --limit 6 --steps 40 --name perceptual_methods_limit6",
      "A small run of the thesis comparison: the full one (58 queries, T = 100, all parts) needs about 16 hours "
      "on this CPU. The thesis-setting rows run T = 40 steps without early stopping, the `protect` rows exactly "
      "what `advquery protect` runs for a JPEG q95 output. Plots: `bench/results/perceptual_methods_limit6_*.png`."),
-    ("perceptual_methods_limit20_operating_point", "Perceptual methods at the operating point (SSIM about 0.99), "
-     "first 20 queries (`python bench/perceptual_methods.py --limit 20 --steps 40 --parts curves --curve-budgets "
+    ("perceptual_methods_limit20_operating_point",
+     "Perceptual methods at the operating point (SSIM about 0.99), first 20 queries",
+     "python bench/perceptual_methods.py --limit 20 --steps 40 --parts curves --curve-budgets "
      "ssim-pire=60,150,300,600,1200 pire=1,2 cv-pire=20,10 sd-pire=20,10 masked-pire=0.5 "
-     "--name perceptual_methods_limit20_operating_point`)",
-     "The first 6 photos' files are those of the 6-query run (same settings)."),
-    ("perceptual_map_speed", "Colour-variance map speed (`python bench/perceptual_map_speed.py`)", ""),
+     "--name perceptual_methods_limit20_operating_point",
+     "The first 6 photos' files are those of the 6-query run (same settings). Plot: "
+     "`bench/results/perceptual_methods_limit20_operating_point_quality_effect.png`."),
+    ("perceptual_map_speed", "Colour-variance map speed", "python bench/perceptual_map_speed.py", ""),
+    ("working_grid", "Where the steps compose the perturbed photo: working grid or the photo's own resolution",
+     "not reproducible: `bench/working_grid.py` and the attacks' `grid` option were removed after this run "
+     "(measured at commit 02e5275)",
+     "The reason the steps compose the perturbed photo at its own resolution. Measured at commit 02e5275 "
+     "(2026-12-02 00:41 UTC), after the database change by date; the file itself does not record which "
+     "roxford5k-mini database it saw."),
 ]
 
 
+def tracker_command(name: str, data: dict) -> str:
+    """The command that wrote a tracker benchmark's results, read back from what they hold."""
+    limit = re.search(r"_limit(\d+)", name)
+    parts = ["python bench/trackers.py", f"--split {data['split']}"] + ["--quick"] * bool(data.get("quick")) \
+        + [f"--limit {limit.group(1)}"] * bool(limit) + ["--no-handcrafted"] * ("handcrafted" not in data) \
+        + ["--calibrate"] * ("calibration" in data)
+    default = f"trackers_{data['split']}" + "_quick" * bool(data.get("quick")) + (limit.group(0) if limit else "")
+    return " ".join(parts + ([f"--name {name}"] if name != default else []))
+
+
+def other_section(name: str, data: dict) -> tuple[str, str, str]:
+    """Title, command and note of a result without an entry in SECTIONS (those being produced now)."""
+    if name.startswith("trackers_"):
+        return (f"The tracker suite, {data['split']} split" + (", quick suite" if data.get("quick") else ""),
+                tracker_command(name, data),
+                "Heat maps: `bench/results/" + name + "_<preset>.png`."
+                + (" Calibration pairs of `advquery verify --trackers`: `bench/results/" + name
+                   + "_calibration_points.json`." if "calibration" in data else ""))
+    if isinstance(data.get("command"), str):
+        return name.replace("_", " "), data["command"], ""
+    scripts = sorted((p.stem for p in Path(__file__).parent.glob("*.py") if name.startswith(p.stem)), key=len)
+    command = f"python bench/{scripts[-1]}.py (its options are not recorded in the results file)" if scripts \
+        else "not recorded in the results file"
+    return name.replace("_", " "), command, ""
+
+
+def results_names() -> list[str]:
+    """Every result with a markdown table: SECTIONS' order first, then the others by name."""
+    present = {p.stem for p in RESULTS.glob("*.md")} & {p.stem for p in RESULTS.glob("*.json")}
+    known = [name for name, *_ in SECTIONS if name in present]
+    return known + sorted(present - set(known))
+
+
+def section(name: str) -> tuple[str, str]:
+    """(day measured, markdown section) of one result."""
+    data = json.loads((RESULTS / f"{name}.json").read_text())
+    entry = next((s for s in SECTIONS if s[0] == name), None)
+    title, command, note = entry[1:] if entry else other_section(name, data)
+    day = measured_on(name)
+    body = baseline() if name == "baseline_retrieval" else (RESULTS / f"{name}.md").read_text().strip()
+    reproduce = f"`{command}`" if command.startswith("python ") else command
+    if "(its options" in command:
+        reproduce = f"`{command.split(' (')[0]}` ({command.split(' (', 1)[1]}"
+    lines = [f"### {title}", "", f"- File: `bench/results/{name}.md` (`.json`)", f"- Reproduce: {reproduce}",
+             f"- Comparable with today's database: {comparability(day)}"]
+    return day, "\n".join(lines + ([f"- Note: {note}"] if note else []) + ["", body, ""])
+
+
+def protection_table() -> str:
+    """The README's table: each preset against the quick tracker suite, with the split and machine stated."""
+    source = next((n for n in PROTECTION_SOURCES if (RESULTS / f"{n}.json").is_file()), None)
+    if source is None:
+        return ("The tracker benchmark's results are not there yet (`python bench/trackers.py --split test --quick "
+                "--limit 12` writes them); the earlier measurements are in [docs/benchmarks.md](docs/benchmarks.md).")
+    data = json.loads((RESULTS / f"{source}.json").read_text())
+    return render_protection(data, source)
+
+
+def render_protection(data: dict, source: str) -> str:
+    maps, rows = data["map"], []
+    for preset, info in data["sets"].items():
+        method = re.search(r"method='([^']+)'", info.get("preset", ""))
+        wi, bb = info["summary"]["wi"], info["summary"]["bb"]
+        held = maps[preset]["wi"][HELD_OUT]["none"] / maps["original"]["wi"][HELD_OUT]["none"]
+        rows.append([f"`{preset}`", method.group(1) if method else "", f"{info['ssim']:.3f}",
+                     f"{info['seconds']:.0f}", f"{100 * wi['median']:.0f}", f"{100 * wi['worst']:.0f}",
+                     f"{100 * bb['median']:.0f}", f"{100 * held:.0f}"])
+    split = data["split"]
+    n_queries = len(data["queries"])
+    which = ("the **test** split (queries never used for a choice)" if split == "test" else
+             f"the **{split}** split, the one every choice was tuned on, so these figures flatter the presets; "
+             "the test-split figures are pending")
+    cells = f"{len(data['systems'])} systems x {len(data['edits'])} edits"
+    return "\n".join([
+        markdown_table(["preset", "method", "SSIM", "s/photo", "WI median %", "WI worst %", "BB median %",
+                        f"unseen model: {HELD_OUT.split()[0].capitalize()} WI %"], rows), "",
+        f"Percentages: retrieval (mAP Medium) a tracker still gets from the protected photo, as % of what it gets "
+        f"from the original (0 % = blocked, 100 % = no protection). Measured on {which}: {n_queries} "
+        f"roxford5k-mini queries, protected as `advquery protect` does (1024 px, JPEG q95 output), against the "
+        f"quick tracker suite ({cells}: other models, working sizes and poolings; crops, flips, rotations, "
+        f"re-compression); median and worst cell over the suite for whole-image (WI) queries, median for "
+        f"bounding-box (BB) queries, the selection of the landmark a tracker would cut out. Unseen model: "
+        f"{HELD_OUT}, whole photo unedited, a model no preset is computed against. Seconds per photo on "
+        f"{data['machine']}, shared with other jobs. Source: `bench/results/{source}.md`; every table: "
+        f"[docs/benchmarks.md](docs/benchmarks.md)."])
+
+
+def benchmarks_page() -> str:
+    sections = [section(name) for name in results_names()]
+    index = markdown_table(["results", "measured", "comparable with today's database"],
+                           [[f"[`{name}`](#{anchor(body)})", day, comparability(day).split(":")[0]]
+                            for name, (day, body) in zip(results_names(), sections)])
+    after = [body for day, body in sections if day > UNIFORM_DATABASE]
+    before = [body for day, body in sections if day <= UNIFORM_DATABASE]
+    return "\n".join([
+        "# Benchmarks", "",
+        "<!-- Generated by `python bench/readme_tables.py` from bench/results/*.json: edit the script, not this "
+        "file. -->", "",
+        "Every results table, each with the command that reproduces it (run from the repository root) and the "
+        "machine that measured it. `make bench` reruns the benchmarks and then `bench/readme_tables.py`, which "
+        "writes this page and the README's table; protected photos are kept in `bench/.work` and database "
+        "descriptors in `bench/.cache`, so interrupted runs resume. Data: `../shared/data` (or `$ADVQUERY_DATA`). "
+        "What the results mean and which decisions they led to: [methods.md](methods.md).", "",
+        f"**Figures measured before {UNIFORM_DATABASE} are not comparable with later ones.** On that day the "
+        "roxford5k-mini database was made uniform (every database image 768 px, JPEG quality 85). Before, the 156 "
+        "positives were 1024 px originals and the 840 distractors 768 px re-encodes, so an image's resolution and "
+        "compression told positives from distractors: original mAPs were inflated, and a protection's effect "
+        "under re-compression and downscaling read much stronger than it is (`../shared/data/README.md`). Those "
+        "results stay below as the record of what was decided on them, each marked; rerun one before quoting it.",
+        "", "Whether a file was measured before: the `measured` field of its JSON where it has one, else the day "
+        "of the last commit that changed it, else (not committed yet) the file's day.", "",
+        index, "",
+        "## Measured on today's database", "",
+        *(after or ["None yet.", ""]),
+        f"## Measured before {UNIFORM_DATABASE} (not comparable)", "",
+        *before]).rstrip() + "\n"
+
+
+def anchor(body: str) -> str:
+    """GitHub's anchor of a section's heading."""
+    heading = body.splitlines()[0].lstrip("# ").lower()
+    return re.sub(r"[^\w\- ]", "", heading).replace(" ", "-")
+
+
 def main() -> None:
+    BENCHMARKS.write_text(benchmarks_page())
     text = README.read_text()
-    body = (f"### Baseline retrieval (`python bench/baseline_retrieval.py`, full table in "
-            f"`bench/results/baseline_retrieval.md`)\n\n{baseline()}\n")
-    for name, heading, note in SECTIONS:
-        if (RESULTS / f"{name}.json").is_file():
-            body += f"\n### {heading}\n\n" + (f"{note}\n\n" if note else "") + f"{result_markdown(name)}\n"
     head, rest = text.split(START)
-    README.write_text(f"{head}{START}\n{body}{END}{rest.split(END)[1]}")
+    README.write_text(f"{head}{START}\n{protection_table()}\n{END}{rest.split(END)[1]}")
 
 
 if __name__ == "__main__":
