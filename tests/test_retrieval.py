@@ -1,4 +1,4 @@
-"""Exact search against a brute-force numpy ranking, and the on-disk index format."""
+"""Exact search against a brute-force numpy ranking, and the on-disk index format (flat and IVF-PQ)."""
 import json
 import os
 from dataclasses import replace
@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from advquery.retrieval import DESCRIPTORS, IMAGES, MANIFEST, ImageIndex, IndexFileError, Manifest, rank
+from advquery.retrieval import ANN_FILE, DESCRIPTORS, IMAGES, IVFPQ, MANIFEST, ImageIndex, IndexFileError, Manifest, rank
 
 
 def _unit_rows(rng: np.random.Generator, n: int, d: int) -> np.ndarray:
@@ -162,3 +162,52 @@ def test_any_file_name_round_trips(index, tmp_path):
     paths = [Path("/photos") / n for n in names]
     ImageIndex(index.descriptors, paths, index.manifest).save(tmp_path)
     assert ImageIndex.load(tmp_path).paths == paths
+
+
+# ------------------------------------------------------------------------------- IVF-PQ index files
+
+
+@pytest.fixture(scope="module")
+def ivfpq_index() -> ImageIndex:
+    """An IVF-PQ index of 300 seeded rows (the fewest its product quantizer trains on)."""
+    desc = _unit_rows(np.random.default_rng(3), 300, 16)
+    ivf = IVFPQ(16, 300, nlist=4)
+    manifest = Manifest(model="efficientnet-lite0-gem", size=512, scales=(1.0,), dim=16, count=300,
+                        index=ivf.settings())
+    return ImageIndex(desc, [Path(f"/photos/{i}.jpg") for i in range(300)], manifest, ivf.build(desc))
+
+
+def test_flat_index_files_are_as_before_ivfpq(index, tmp_path):
+    index.save(tmp_path)
+    meta = json.loads((tmp_path / MANIFEST).read_text())
+    assert set(meta) == {"model", "size", "scales", "dim", "count", "version", "features", "settings", "digest"}
+    assert json.loads(json.dumps(index.manifest.to_json())) == {k: v for k, v in meta.items() if k != "digest"}
+    with pytest.raises(ValueError, match="apply to an IVF-PQ index; this one is flat"):
+        index.search(index.descriptors[:1], k=2, nprobe=2)
+
+
+def test_an_index_replaced_by_another_type_leaves_no_stray_file(index, ivfpq_index, tmp_path):
+    ivfpq_index.save(tmp_path)
+    assert (tmp_path / ANN_FILE).is_file() and ImageIndex.load(tmp_path).ann is not None
+    index.save(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([DESCRIPTORS, IMAGES, MANIFEST])
+    assert ImageIndex.load(tmp_path).ann is None
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda d: (d / ANN_FILE).unlink(), f"{ANN_FILE} cannot be read (No such file or directory)"),
+    (lambda d: (d / ANN_FILE).write_bytes((d / ANN_FILE).read_bytes()[:1000]),
+     f"{IMAGES}, {DESCRIPTORS} and {ANN_FILE} do not match the digest"),
+    (lambda d: (d / ANN_FILE).write_bytes(b""), f"and {ANN_FILE} do not match the digest"),
+    (lambda d: _edit_manifest(d, index={**json.loads((d / MANIFEST).read_text())["index"], "nlist": 8}),
+     "do not match the digest"),
+    (lambda d: _edit_manifest(d, index={"type": "hnsw"}), "manifest.json: unknown index type 'hnsw'"),
+    (lambda d: _edit_manifest(d, index="ivfpq"), "'index' must be an object, found 'ivfpq'"),
+])
+def test_damaged_ivfpq_index_is_refused_with_what_is_wrong(ivfpq_index, tmp_path, damage, message):
+    ivfpq_index.save(tmp_path)
+    damage(tmp_path)
+    with pytest.raises(IndexFileError) as info:
+        ImageIndex.load(tmp_path)
+    assert str(info.value).startswith(f"{tmp_path}: damaged index: ") and message in str(info.value), str(info.value)
+    assert "\n" not in str(info.value)
