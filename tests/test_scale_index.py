@@ -1,5 +1,5 @@
 """Indexes that scale: IVF-PQ search against exact search on seeded data, shards merged into one index,
-``index build --index-type ivfpq`` and ``search --nprobe/--rerank`` on real photos."""
+``index build --index-type ivfpq`` and ``search --nprobe/--rerank`` on real photos, and ``eval --distractors``."""
 import json
 from pathlib import Path
 
@@ -7,8 +7,12 @@ import faiss
 import numpy as np
 import pytest
 
+from advquery.evaluation.datasets import DatasetError, load_dataset, load_distractors
+from advquery.evaluation.runner import EvaluationError, evaluate
+from advquery.models import load_model
 from advquery.retrieval import (ANN_FILE, IVFPQ, ImageIndex, Manifest, fill_shard, merge_shards, rank,
                                 search_ivfpq)
+from advquery.systems import NeuralSystem
 from helpers import run_cli
 
 N, D, K = 3000, 64, 10
@@ -176,3 +180,83 @@ def test_impossible_index_options_get_one_line(case, photo_index, flat_index, uk
     code, stdout, stderr = run_cli(argv)
     assert code == 2 and stdout == "" and stderr.count("\n") == 1 and reason in stderr, stderr
     assert not Path(out).exists()  # refused before anything was written
+
+
+# ----------------------------------------------------------------------------------------- distractors
+
+
+@pytest.fixture(scope="module")
+def with_distractors(data_root, tmp_path_factory):
+    """ukbench-mini evaluated plain and with 20 Oxford photos (listed relative to the data root) added."""
+    work = tmp_path_factory.mktemp("distractors")
+    listing = work / "distractors.txt"
+    names = sorted((data_root / "roxford5k-mini" / "jpg").glob("*.jpg"))[:20]
+    listing.write_text("".join(f"roxford5k-mini/jpg/{p.name}\n" for p in names) + "\n")
+    dataset = load_dataset("ukbench-mini", data_root)
+    system = NeuralSystem(load_model("efficientnet-lite0-gem", device="cpu"), 64)
+    plain = evaluate(dataset, system, cache_dir=work / "cache", progress=False)
+    distractors = load_distractors(listing, data_root)
+    added = evaluate(dataset, system, cache_dir=work / "cache", progress=False, distractors=distractors)
+    again = evaluate(dataset, system, cache_dir=work / "cache", progress=False, distractors=distractors)
+    return {"plain": plain, "added": added, "again": again, "listing": listing, "names": names, "work": work,
+            "dataset": dataset, "system": system}
+
+
+def test_distractors_grow_the_database_and_cost_map(with_distractors, data_root):
+    plain, added = with_distractors["plain"], with_distractors["added"]
+    n_db = len(with_distractors["dataset"].images)
+    assert plain.ranks.shape[0] == n_db and added.ranks.shape[0] == n_db + 20 and added.distractors == 20
+    assert added.results["medium"].map <= plain.results["medium"].map
+    assert added.random["medium"] < plain.random["medium"]  # a random ranking suffers from the larger database
+    assert set(added.ranks[:, 0]) == set(range(n_db + 20))  # every distractor is ranked
+    assert "distractors" in added.seconds and added.summary()["distractors"] == 20
+    assert load_distractors(with_distractors["listing"], data_root) == [p for p in with_distractors["names"]]
+
+
+def test_distractor_descriptors_are_cached_like_the_database(with_distractors):
+    again = with_distractors["again"]
+    assert "distractors" not in again.seconds and "database" not in again.seconds  # both from the cache
+    np.testing.assert_array_equal(again.ranks, with_distractors["added"].ranks)
+    assert len(list((with_distractors["work"] / "cache" / "descriptors").glob("*.npy"))) == 2  # database, distractors
+
+
+def test_a_database_image_is_not_a_distractor(with_distractors):
+    dataset = with_distractors["dataset"]
+    with pytest.raises(EvaluationError, match="1 distractor\\(s\\) are images of ukbench-mini's database"):
+        evaluate(dataset, with_distractors["system"], cache_dir=False, progress=False,
+                 distractors=[dataset.images[3]])
+
+
+def test_eval_distractors_on_the_command_line(with_distractors, data_root):
+    code, out, err = run_cli(["eval", "--dataset", "ukbench-mini", "--data-root", str(data_root), "--size", "64",
+                              "--cache", str(with_distractors["work"] / "cache"),
+                              "--distractors", str(with_distractors["listing"])])
+    assert code == 0, err
+    assert "20 distractors added" in out
+    assert f"{100 * with_distractors['added'].results['medium'].map:6.2f}" in out
+
+
+@pytest.mark.parametrize("case", ["missing", "unreadable", "empty", "absent list"])
+def test_bad_distractors_get_one_line_naming_the_file(case, data_root, tmp_path):
+    listing = tmp_path / "list.txt"
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not a JPEG")
+    lines, reason, named = {
+        "missing": ("roxford5k-mini/jpg/no_such_photo.jpg\n", "1 of the 1 listed distractors are missing", listing),
+        "unreadable": (f"{broken}\n", "1 image(s) could not be read", broken),
+        "empty": ("\n\n", "the distractor list holds no image path", listing),
+        "absent list": (None, "cannot read the distractor list (No such file or directory)", listing),
+    }[case]
+    if lines is not None:
+        listing.write_text(lines)
+    code, stdout, stderr = run_cli(["eval", "--dataset", "ukbench-mini", "--data-root", str(data_root), "--size", "32",
+                                    "--no-cache", "--distractors", str(listing)])
+    assert code == 2 and stderr.count("\n") == 1 and reason in stderr and str(named) in stderr, stderr
+    assert "Traceback" not in stderr
+
+
+def test_relative_distractors_need_a_data_root(tmp_path):
+    listing = tmp_path / "list.txt"
+    listing.write_text("jpg/a.jpg\n")
+    with pytest.raises(DatasetError, match="1 distractor paths are relative"):
+        load_distractors(listing)

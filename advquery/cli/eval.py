@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..evaluation.datasets import DATASET_NAMES, load_dataset
+from ..evaluation.datasets import DATASET_NAMES, load_dataset, load_distractors
 from ..evaluation.runner import evaluate
 from ..io import atomic_write
 from ..transforms import parse_transform
@@ -26,6 +26,10 @@ def register(commands: argparse._SubParsersAction) -> None:
     ev.add_argument("--query-dir", type=Path, help="take each query from this folder by file name stem")
     ev.add_argument("--db-dir", type=Path,
                     help="take database images from this folder by file name stem (e.g. leaked protected photos)")
+    ev.add_argument("--distractors", type=Path, metavar="FILE",
+                    help="add the images of this list to the database (revisitop1m.txt format: one path per line, "
+                         "relative to --data-root or absolute), described and cached like the database: "
+                         "e.g. ROxford+1M and RParis+1M")
     ev.add_argument("--transform", metavar="SPEC",
                     help="edit each query before retrieval, steps in order: jpeg:Q, resize:F, crop:F (central, "
                          "fraction of each side), blur:SIGMA; e.g. jpeg:75,resize:0.5")
@@ -45,7 +49,8 @@ def format_report(report) -> str:
              f"{report.queries.upper()} queries"
              + (f", transform {report.transform}" if report.transform != "none" else "")
              + (f", {report.replaced_database_images} database images replaced"
-                if report.replaced_database_images else ""),
+                if report.replaced_database_images else "")
+             + (f", {report.distractors} distractors added" if report.distractors else ""),
              f"{'protocol':<9} {'mAP':>6} {'mP@1':>6} {'mP@5':>6} {'mP@10':>6} {'random':>7} {'queries':>8}"]
     for name, r in report.results.items():
         mp = r.mp_at_k
@@ -65,9 +70,10 @@ def run_eval(args: argparse.Namespace) -> int:
         if path:
             check_output_file(path, flag)  # before the evaluation, not after it
     dataset = load_dataset(args.dataset, args.data_root)
+    distractors = load_distractors(args.distractors, args.data_root) if args.distractors else ()
     report = evaluate(dataset, system_from_args(args), queries=args.queries, protocols=args.protocol,
                       query_dir=args.query_dir, cache_dir=False if args.no_cache else args.cache, transform=transform,
-                      db_dir=args.db_dir)
+                      db_dir=args.db_dir, distractors=distractors)
     print(format_report(report))
     if args.json:
         with atomic_write(args.json) as f:

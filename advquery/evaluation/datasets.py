@@ -193,6 +193,36 @@ def load_dataset(name: str | Path, data_root: str | Path | None = None) -> Retri
                        "or a directory with one sub-folder of images per group (DIR/<group>/<images>)")
 
 
+def load_distractors(path: str | Path, data_root: str | Path | None = None) -> list[Path]:
+    """The images of a distractor list in the revisitop1m.txt format: one image path per line, relative to
+    ``data_root`` (or absolute); blank lines are ignored. They are added to a dataset's database by
+    :func:`~advquery.evaluation.runner.evaluate` (e.g. ROxford+1M and RParis+1M, as published).
+
+    Raises:
+        DatasetError: ``"PATH: what is wrong"`` for a list that cannot be read, holds no path, has relative
+            paths without ``data_root``, or names files that are missing (counted, the first few named).
+    """
+    path = Path(path)
+    try:
+        names = [line for line in path.read_text().splitlines() if line.strip()]
+    except OSError as exc:
+        raise DatasetError(f"{path}: cannot read the distractor list ({exc.strerror or exc})") from None
+    except ValueError as exc:  # not text
+        raise DatasetError(f"{path}: not a text list of image paths ({exc})") from None
+    if not names:
+        raise DatasetError(f"{path}: the distractor list holds no image path (expected one per line)")
+    relative = [n for n in names if not Path(n).is_absolute()]
+    if relative and data_root is None:
+        raise DatasetError(f"{path}: {len(relative)} distractor paths are relative (e.g. {relative[0]!r}) and no "
+                           "data root was given to find them under")
+    images = [Path(n) if Path(n).is_absolute() else Path(data_root) / n for n in names]
+    missing = [str(p) for p in images if not p.is_file()]
+    if missing:
+        raise DatasetError(f"{path}: {len(missing)} of the {len(images)} listed distractors are missing, "
+                           f"e.g. {missing[:3]}")
+    return images
+
+
 def _list_images(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
 

@@ -58,13 +58,15 @@ class EvaluationReport:
     replaced_database_images: int = 0
     features: str = "neural"
     settings: dict = field(default_factory=dict)
+    distractors: int = 0
 
     def summary(self) -> dict:
         """JSON-ready summary with per-query AP (null for queries without positives)."""
         return {
             "dataset": self.dataset, "model": self.model, "size": self.size, "scales": list(self.scales),
             "queries": self.queries, "transform": self.transform,
-            "replaced_database_images": self.replaced_database_images, "seconds": self.seconds,
+            "replaced_database_images": self.replaced_database_images, "distractors": self.distractors,
+            "seconds": self.seconds,
             "features": self.features, "settings": self.settings,
             "protocols": {p: {"map": r.map, "mp_at_k": {str(k): v for k, v in r.mp_at_k.items()},
                               "n_evaluated": r.n_evaluated, "n_skipped": r.n_skipped, "random_map": self.random[p],
@@ -86,34 +88,40 @@ def _extract_all(system: RetrievalSystem, paths, boxes=None, desc="extracting", 
     return result.descriptors
 
 
-def database_cache_path(dataset: RetrievalDataset, system: RetrievalSystem,
-                        cache_dir: Path | None | bool = None) -> Path | None:
-    """Where the database descriptors are cached (None when ``cache_dir`` is False).
+def descriptor_cache_path(paths: Sequence[Path], system: RetrievalSystem,
+                          cache_dir: Path | None | bool = None) -> Path | None:
+    """Where the descriptors of the files ``paths`` are cached (None when ``cache_dir`` is False).
 
-    The key covers the files, not the dataset name, so datasets sharing a database share its cache.
+    The key covers the files, not a dataset name, so datasets sharing a database (or a distractor list)
+    share its cache.
     """
     root = _cache_root(cache_dir)
     if root is None:
         return None
-    return root / "descriptors" / f"{file_key(dataset.images, {'v': CACHE_VERSION, **system.settings()})}.npy"
+    return root / "descriptors" / f"{file_key(paths, {'v': CACHE_VERSION, **system.settings()})}.npy"
 
 
-def database_descriptors(dataset: RetrievalDataset, system: RetrievalSystem, cache_dir: Path | None | bool = None,
-                         progress: bool | None = None, timings: dict | None = None) -> np.ndarray:
-    """(n_db, D) descriptors of the database, from the cache when the same files were described before.
+def database_cache_path(dataset: RetrievalDataset, system: RetrievalSystem,
+                        cache_dir: Path | None | bool = None) -> Path | None:
+    """Where the database descriptors are cached (None when ``cache_dir`` is False)."""
+    return descriptor_cache_path(dataset.images, system, cache_dir)
+
+
+def cached_descriptors(paths: Sequence[Path], system: RetrievalSystem, cache_dir: Path | None | bool = None,
+                       progress: bool | None = None, desc: str = "extracting") -> tuple[np.ndarray, float | None]:
+    """(rows, seconds) of the files ``paths`` (EvaluationError when one cannot be read): from the cache when the
+    same files were described before (seconds None), else described and cached.
 
     ``cache_dir=None`` uses :func:`default_cache_dir`; pass ``False`` to disable caching. A cache entry
-    that fails its check is described again (:class:`CacheWarning`); when the database is described,
-    ``timings['database']`` gets its seconds.
+    that fails its check is described again (:class:`CacheWarning`); a cache that cannot be written warns.
     """
-    path = database_cache_path(dataset, system, cache_dir)
-    cached = _cached_rows(path, dataset, system) if path is not None and path.is_file() else None
+    path = descriptor_cache_path(paths, system, cache_dir)
+    cached = _cached_rows(path, paths, system) if path is not None and path.is_file() else None
     if cached is not None:
-        return cached
+        return cached, None
     start = time.perf_counter()
-    descriptors = _extract_all(system, dataset.images, desc=f"{dataset.name} database", progress=progress)
-    if timings is not None:
-        timings["database"] = time.perf_counter() - start
+    descriptors = _extract_all(system, paths, desc=desc, progress=progress)
+    seconds = time.perf_counter() - start
     if path is not None:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -122,30 +130,39 @@ def database_descriptors(dataset: RetrievalDataset, system: RetrievalSystem, cac
                 np.save(f, descriptors)
         except OSError as exc:
             warnings.warn(f"{path}: cannot write the descriptor cache ({exc.strerror or exc}); "
-                          "the database is not cached", CacheWarning, stacklevel=2)
-    return descriptors
+                          "the descriptors are not cached", CacheWarning, stacklevel=3)
+    return descriptors, seconds
 
 
-def _cached_rows(path: Path, dataset: RetrievalDataset, system: RetrievalSystem) -> np.ndarray | None:
+def database_descriptors(dataset: RetrievalDataset, system: RetrievalSystem, cache_dir: Path | None | bool = None,
+                         progress: bool | None = None, timings: dict | None = None) -> np.ndarray:
+    """(n_db, D) descriptors of the database by :func:`cached_descriptors`; when the database is described,
+    ``timings['database']`` gets its seconds."""
+    rows, seconds = cached_descriptors(dataset.images, system, cache_dir, progress, f"{dataset.name} database")
+    if seconds is not None and timings is not None:
+        timings["database"] = seconds
+    return rows
+
+
+def _cached_rows(path: Path, paths: Sequence[Path], system: RetrievalSystem) -> np.ndarray | None:
     """The cached rows at ``path`` when they pass the check, else None (with a :class:`CacheWarning`)."""
     problem = None
     try:
         rows = np.load(path, allow_pickle=False)
     except (OSError, ValueError, EOFError) as exc:
         rows, problem = None, f"unreadable: {str(exc) or 'empty file'}"
-    problem = problem or check_rows(rows, len(dataset.images)) or _first_row_problem(rows, dataset, system)
+    problem = problem or check_rows(rows, len(paths)) or _first_row_problem(rows, paths, system)
     if problem is None:
         return rows
-    warnings.warn(f"{path}: damaged descriptor cache ({problem}); describing the database again", CacheWarning,
-                  stacklevel=3)
+    warnings.warn(f"{path}: damaged descriptor cache ({problem}); describing the images again", CacheWarning,
+                  stacklevel=4)
     return None
 
 
-def _first_row_problem(rows: np.ndarray, dataset: RetrievalDataset, system: RetrievalSystem) -> str | None:
-    """Whether the first cached row is the system's description of the first database image (within 1 %
-    for float descriptors, which differ slightly between devices): a cache of another shape, dtype or
-    model fails here."""
-    fresh = system.describe(dataset.images[:1], progress=False)
+def _first_row_problem(rows: np.ndarray, paths: Sequence[Path], system: RetrievalSystem) -> str | None:
+    """Whether the first cached row is the system's description of the first file (within 1 % for float
+    descriptors, which differ slightly between devices): a cache of another shape, dtype or model fails here."""
+    fresh = system.describe(paths[:1], progress=False)
     if fresh.failures:
         return f"cannot check it: {fresh.failures[0]}"
     row = fresh.descriptors[0]
@@ -155,7 +172,7 @@ def _first_row_problem(rows: np.ndarray, dataset: RetrievalDataset, system: Retr
         same = np.linalg.norm(rows[0].astype(np.float64) - row) <= 0.01 * max(np.linalg.norm(row), 1e-12)
     else:
         same = np.array_equal(rows[0], row)
-    return None if same else f"its first row is not the description of {dataset.images[0]}"
+    return None if same else f"its first row is not the description of {paths[0]}"
 
 
 def replacement_files(names: Sequence[Path], directory: Path | None) -> list[Path]:
@@ -173,7 +190,7 @@ def evaluate(dataset: RetrievalDataset, model: DescriptorModel | RetrievalSystem
              scales: Sequence[float] = (1.0,), queries: str = "bb", protocols: Sequence[str] | None = None,
              query_dir: Path | None = None, cache_dir: Path | None | bool = None, progress: bool | None = None,
              random_trials: int = 20, transform: TransformChain | None = None,
-             db_dir: Path | None = None) -> EvaluationReport:
+             db_dir: Path | None = None, distractors: Sequence[Path] = ()) -> EvaluationReport:
     """mAP and mP@k of ``model`` on ``dataset`` for each protocol (default: all the dataset supports).
 
     Args:
@@ -186,10 +203,18 @@ def evaluate(dataset: RetrievalDataset, model: DescriptorModel | RetrievalSystem
         transform: applied to every query file before description (its box follows the transformation).
         db_dir: take database images from this folder by file stem (e.g. protected photos leaked into
             the collection); only the replaced images are described again, never from the cache.
+        distractors: image files added to the database after the dataset's own (e.g. the revisitop 1M
+            distractors, :func:`~advquery.evaluation.datasets.load_distractors`), described and cached like
+            the database, in a cache entry of their own (shared by every dataset they are added to); none may
+            be one of the dataset's images. The ranking covers them; the ground truth is unchanged.
     """
     if queries not in ("bb", "wi"):
         raise ValueError(f"queries must be 'bb' or 'wi', got {queries!r}")
     protocols = tuple(protocols or dataset.protocols)
+    own = {p.resolve() for p in dataset.images} if distractors else set()
+    also = [p for p in distractors if Path(p).resolve() in own]
+    if also:  # before any image is described
+        raise EvaluationError(f"{len(also)} distractor(s) are images of {dataset.name}'s database, e.g. {also[0]}")
     if all(b is None for b in dataset.query_boxes):
         queries = "wi"  # nothing to crop: report what was done
     system = model if isinstance(model, RetrievalSystem) else NeuralSystem(model, size, scales)
@@ -203,6 +228,11 @@ def evaluate(dataset: RetrievalDataset, model: DescriptorModel | RetrievalSystem
         db[replaced] = _extract_all(system, [db_files[i] for i in replaced],
                                     desc=f"{dataset.name} replaced database images", progress=progress)
         timings["replaced_database_images"] = time.perf_counter() - start
+    if distractors:
+        extra, seconds = cached_descriptors(list(distractors), system, cache_dir, progress,
+                                            f"{len(distractors)} distractors")
+        if seconds is not None:
+            timings["distractors"] = seconds
     query_files = replacement_files(dataset.queries, query_dir)
     boxes = dataset.query_boxes if queries == "bb" else [None] * len(query_files)
     start = time.perf_counter()
@@ -217,12 +247,14 @@ def evaluate(dataset: RetrievalDataset, model: DescriptorModel | RetrievalSystem
         q[todo] = _extract_all(system, [query_files[i] for i in todo], boxes=[boxes[i] for i in todo],
                                desc=f"{dataset.name} queries", progress=progress, transform=transform)
     timings["queries"] = time.perf_counter() - start
+    if distractors:
+        db = np.concatenate([db, extra])
     ranks = system.rank(db, q)[1].T.astype(np.int64)  # (n_db, n_queries)
     results, floors = {}, {}
     for p in protocols:
         gnd = dataset.ground_truth(p)
         results[p] = compute_map(ranks, gnd)
-        floors[p] = random_map(gnd, len(dataset.images), trials=random_trials)
+        floors[p] = random_map(gnd, len(db), trials=random_trials)
     return EvaluationReport(dataset.name, system.name, system.size, tuple(system.scales), queries, query_files,
                             results, floors, ranks, timings, str(transform) if transform else "none", len(replaced),
-                            system.features, system.settings())
+                            system.features, system.settings(), len(distractors))
