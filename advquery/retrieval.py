@@ -231,7 +231,7 @@ def search_ivfpq(ann: faiss.Index, database: np.ndarray, queries: np.ndarray, k:
     if rerank:
         for q, found in enumerate(ids):
             valid = found >= 0
-            scores[q, valid] = database[found[valid]].astype(np.float32) @ queries[q]
+            scores[q, valid] = database[found[valid]].astype(np.float32, copy=False) @ queries[q]
         order = np.argsort(-scores, axis=1, kind="stable")
         scores, ids = np.take_along_axis(scores, order, axis=1), np.take_along_axis(ids, order, axis=1)
     return scores[:, :k], ids[:, :k]

@@ -211,3 +211,18 @@ def test_damaged_ivfpq_index_is_refused_with_what_is_wrong(ivfpq_index, tmp_path
         ImageIndex.load(tmp_path)
     assert str(info.value).startswith(f"{tmp_path}: damaged index: ") and message in str(info.value), str(info.value)
     assert "\n" not in str(info.value)
+
+
+def test_a_failed_ivfpq_save_leaves_the_index_it_replaces(index, ivfpq_index, tmp_path, monkeypatch):
+    index.save(tmp_path)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+
+    def full_disk(*_args, **_kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(np, "save", full_disk)  # fails after the IVF-PQ file was written beside its target
+    with pytest.raises(OSError, match="No space left"):
+        ivfpq_index.save(tmp_path)
+    monkeypatch.undo()
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # no IVF-PQ file, no temporary
+    assert ImageIndex.load(tmp_path).ann is None
