@@ -9,7 +9,7 @@ $(PY):
 
 $(VENV)/.installed: $(PY) pyproject.toml
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e ".[test,bench,ui]"
+	$(PIP) install -q -e ".[test,bench,ui,cluster]"
 	touch $@
 
 .PHONY: install demo test bench

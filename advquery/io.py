@@ -34,7 +34,7 @@ from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 __all__ = [
     "DEFAULT_MAX_PIXELS", "IMAGE_EXTENSIONS", "ImageError", "InputFile", "Photo", "atomic_write", "claim",
-    "collect_inputs", "format_for_suffix", "is_inside", "printable", "read_photo", "real_path", "remove_stale_temporaries",
+    "collect_inputs", "format_for_suffix", "image_format", "is_inside", "printable", "read_photo", "real_path", "remove_stale_temporaries",
     "suffix_for_format", "to_tensor", "to_uint8", "write_grey_atomic", "write_photo_atomic",
 ]
 
@@ -273,13 +273,32 @@ def read_photo(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIX
             raise ImageError(path, "not enough memory to decode the image") from None
         except _DECODE_ERRORS as exc:
             raise ImageError(path, f"truncated or corrupt image data ({exc})") from None
-        fmt = _FORMAT_ALIASES.get(img.format or "", img.format or "unknown")
+        fmt = _format_name(img)
         icc = img.info.get("icc_profile")
         if not (isinstance(icc, bytes) and icc[16:20] == b"RGB "):
             icc = None
         upright, exif = _upright(img)
         rgb, alpha = _to_arrays(upright, path)
     return Photo(path=path, rgb=rgb, alpha=alpha, format=fmt, exif=exif, icc_profile=icc)
+
+
+def _format_name(img: Image.Image) -> str:
+    return _FORMAT_ALIASES.get(img.format or "", img.format or "unknown")
+
+
+def image_format(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIXELS, min_side: int = 32) -> str:
+    """The format :func:`read_photo` would give ``path``'s photo, from the header alone: a batch plans
+    every photo's output name before any photo is decoded (a cluster's workers decode them).
+
+    Raises:
+        ImageError: as :func:`read_photo` for a file that the header shows it cannot read (not an image,
+            too large or small, animated); damaged pixel data shows only when the photo is read.
+    """
+    path = Path(path)
+    _check_file(path)
+    with _open(path, max_pixels) as img:
+        _check_header(img, path, max_pixels, min_side)
+        return _format_name(img)
 
 
 # ----------------------------------------------------------------------------- inputs

@@ -217,11 +217,12 @@ class ProtectionRecord:
         return {k: (None if isinstance(v, float) and math.isinf(v) else v) for k, v in asdict(self).items()}
 
 
-def output_format(photo: Photo, requested: str | None) -> str:
-    """PIL format to save in: the requested one, else JPEG for JPEG inputs and PNG (lossless) for the rest."""
+def output_format(photo: Photo | str, requested: str | None) -> str:
+    """PIL format to save in: the requested one, else JPEG for JPEG inputs and PNG (lossless) for the rest
+    (``photo``: the photo, or its format from :func:`~advquery.io.image_format`)."""
     if requested:
         return {"jpg": "JPEG", "jpeg": "JPEG", "png": "PNG"}[requested.lower()]
-    return "JPEG" if photo.format == "JPEG" else "PNG"
+    return "JPEG" if (photo if isinstance(photo, str) else photo.format) == "JPEG" else "PNG"
 
 
 def output_path(outdir: Path, relative: Path, fmt: str) -> Path:

@@ -1,13 +1,18 @@
 """``advquery protect``: photos that look the same but that retrieval can no longer match."""
 import argparse
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from ..cluster import (ClusterError, add_cluster_options, in_shard, map_on_ray, ray_session, ray_target, task_gpus,
+                       torch_threads, worker_device, worker_model)
 from ..extraction import prefetch
-from ..io import (DEFAULT_MAX_PIXELS, ImageError, Photo, claim, is_inside, printable, read_photo, real_path,
-                  remove_stale_temporaries)
+from ..io import (DEFAULT_MAX_PIXELS, ImageError, InputFile, Photo, claim, image_format, is_inside, printable,
+                  read_photo, real_path, remove_stale_temporaries)
 from ..models import PRECISIONS, autocast_dtype, load_model, resolve_device
 from ..outputs import OutputRecords
 from ..protection import DEFAULT_NOISE_SSIM, DEFAULT_STRENGTH, GRADIENT_METHODS, MASK_GAIN, METHODS, STRENGTHS, \
@@ -77,6 +82,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--max-pixels", type=positive_int, default=DEFAULT_MAX_PIXELS,
                    help=f"refuse larger images (decompression bombs; default: {DEFAULT_MAX_PIXELS})")
     add_model_options(p)
+    add_cluster_options(p, positive_int, "protect the photos")
     p.set_defaults(run=run_protect)
 
 
@@ -105,9 +111,10 @@ BUSY = "another advquery process is protecting it"
 def run_protect(args: argparse.Namespace) -> int:
     args.method = args.method or STRENGTHS[args.strength].method
     try:
+        ray = ray_target(args)
         check_method_options(args.method, target_ssim=args.target_ssim, ssim_weight=args.ssim_weight,
                              robust=args.robust, eps_levels=args.eps, steps=args.steps, names=OPTION_FLAGS)
-    except ValueError as exc:
+    except (ClusterError, ValueError) as exc:
         raise CommandError(str(exc)) from None
     if args.precision is not None:
         if args.method not in GRADIENT_METHODS:
@@ -125,29 +132,28 @@ def run_protect(args: argparse.Namespace) -> int:
         check_output_file(args.report, "--report")
     if args.output.is_dir():
         remove_stale_temporaries(args.output)  # what a killed earlier run left
-    model = load_model(args.model, device=args.device)
-    settings = {"model": model.name, **{name: getattr(args, name) for name in SETTINGS}}
+    plan = in_shard(_plan(files, args), args.shard, lambda entry: entry.input if isinstance(entry, ProtectionRecord)
+                    else str(entry.file.path))
     report = JsonLines(args.report, "--report") if args.report else None
     records: list[ProtectionRecord] = []
-    input_paths = {real_path(f.path) for f in files}  # no output may replace any of them
-    claimed: dict[Path, Path] = {}  # output -> the input it belongs to in this run
-    made_by = OutputRecords(args.output)
     interrupted = None
     try:
-        # The next photo is decoded in the background while the current one is attacked.
-        decoded = prefetch(lambda f: (f, _read(f, args.max_pixels)), files, depth=1)
-        for f, photo in tqdm(decoded, total=len(files), desc="protecting", unit="photo", disable=None):
-            record = _protect_one(f, photo, args, model, input_paths, claimed, made_by, settings)
-            records.append(record)
-            if record.status == "failed":
-                tqdm.write(f"advquery: error: {printable(record.error)}", file=sys.stderr)
-            if report:
-                report.write({**record.to_json(), "settings": settings})
+        with _protected(plan, args, ray) as (made, settings):
+            for record in tqdm(made, total=len(plan), desc="protecting", unit="photo", disable=None):
+                records.append(record)
+                if record.status == "failed":
+                    tqdm.write(f"advquery: error: {printable(record.error)}", file=sys.stderr)
+                if report:
+                    report.write({**record.to_json(), "settings": settings})
     except KeyboardInterrupt as exc:  # SIGINT or SIGTERM: what is done stays done, the summary is kept
         interrupted = exc
+    except ClusterError as exc:
+        raise CommandError(str(exc)) from None
     finally:
         if report:
             report.close()
+        if ray and args.output.is_dir():
+            remove_stale_temporaries(args.output)  # what workers killed meanwhile left (Ray ran their photos again)
     print(summary_table(records))
     failed = [r for r in records if r.status == "failed"] + problems
     done = sum(r.status == "protected" for r in records)
@@ -156,9 +162,92 @@ def run_protect(args: argparse.Namespace) -> int:
     print(f"protected {done}, skipped {skipped} existing (use --overwrite), failed {len(failed)}"
           + (f", left {busy} to another advquery process" if busy else ""), file=sys.stderr)
     if interrupted is not None:
-        error(f"interrupted after {len(records)} of {len(files)} photos; the same command resumes the batch")
+        error(f"interrupted after {len(records)} of {len(plan)} photos; the same command resumes the batch")
         return interrupt_exit_code(interrupted)
     return 1 if failed or (report and report.failed) else 0
+
+
+@dataclass(frozen=True)
+class Job:
+    """One photo to protect and the files it writes."""
+
+    file: InputFile
+    target: Path
+    fmt: str
+    map_target: Path | None
+
+
+def _plan(files: list[InputFile], args: argparse.Namespace) -> list[Job | ProtectionRecord]:
+    """Each input's job, or the failure that keeps it from having one: decided for the whole batch before any
+    photo is protected, in input order (of two inputs with the same output the first keeps it), from the
+    headers alone, so that Ray workers and shards divide work that no longer depends on the others'."""
+    input_paths = {real_path(f.path) for f in files}  # no output may replace any of them
+    claimed: dict[Path, Path] = {}  # output -> the input it belongs to in this batch
+    return [_plan_one(f, args, input_paths, claimed) for f in files]
+
+
+def _plan_one(f: InputFile, args: argparse.Namespace, input_paths: set[Path],
+              claimed: dict[Path, Path]) -> Job | ProtectionRecord:
+    try:
+        fmt = output_format(image_format(f.path, args.max_pixels), args.format)
+    except ImageError as exc:
+        return ProtectionRecord(str(f.path), status="failed", error=str(exc))
+    target = output_path(args.output, f.relative, fmt)
+    if real_path(target) in input_paths:
+        which = "the input" if real_path(target) == real_path(f.path) else f"the input {target}"
+        return ProtectionRecord(str(f.path), status="failed",
+                                error=f"{f.path}: output would overwrite {which}; choose another -o folder")
+    owner = claimed.setdefault(real_path(target), f.path)
+    if owner != f.path:
+        hint = "rename one" if args.format else "rename one or use --format"
+        return ProtectionRecord(str(f.path), status="failed",
+                                error=f"{f.path}: same output {target} as {owner}; {hint}")
+    map_target = map_path(args.output, f.relative) if args.save_map else None
+    if map_target and (real_path(map_target) in input_paths
+                       or claimed.setdefault(real_path(map_target), f.path) != f.path):
+        return ProtectionRecord(str(f.path), status="failed", error=f"{f.path}: its budget map {map_target} "
+                                "would replace an input or another output; choose another -o folder")
+    if not all(is_inside(t, args.output) for t in (target, map_target) if t is not None):
+        return ProtectionRecord(str(f.path), status="failed", error=f"{f.path}: output {target} would lie outside "
+                                f"{args.output} (through a symbolic link); choose another -o folder")
+    return Job(f, target, fmt, map_target)
+
+
+@contextmanager
+def _protected(plan: list[Job | ProtectionRecord], args: argparse.Namespace, ray: tuple[str, int | None] | None
+               ) -> Iterator[tuple[Iterator[ProtectionRecord], dict]]:
+    """The record of each planned photo, in plan order, made in this process or by Ray tasks (``ray``: where,
+    from :func:`ray_target`), and the settings recorded with them. Both paths run :func:`_protect_one` per
+    photo; a planned failure is its own record."""
+    jobs = [job for job in plan if isinstance(job, Job)]
+    if ray:
+        with ray_session(*ray):
+            model_name = load_model(args.model, device="cpu").name  # the name the workers' model records
+            settings = {"model": model_name, **{name: getattr(args, name) for name in SETTINGS}}
+            made = map_on_ray(_protect_task, jobs, args, settings, threads=args.threads or 1, gpus=task_gpus(args.device),
+                              failed=lambda job, why: ProtectionRecord(str(job.file.path), status="failed",
+                                                                       error=f"{job.file.path}: {why}"))
+            yield _in_plan_order(plan, made), settings
+        return
+    with torch_threads(args.threads):
+        model = load_model(args.model, device=args.device)
+        settings = {"model": model.name, **{name: getattr(args, name) for name in SETTINGS}}
+        # The next photo is decoded in the background while the current one is attacked.
+        decoded = prefetch(lambda job: (job, _read(job.file, args.max_pixels)), jobs, depth=1)
+        made = (_protect_one(job, photo, args, model, settings) for job, photo in decoded)
+        yield _in_plan_order(plan, made), settings
+
+
+def _in_plan_order(plan: list[Job | ProtectionRecord], made: Iterator[ProtectionRecord]) -> Iterator[ProtectionRecord]:
+    """The planned failures and the records ``made`` for the jobs, merged back into plan order."""
+    for entry in plan:
+        yield next(made) if isinstance(entry, Job) else entry
+
+
+def _protect_task(job: Job, args: argparse.Namespace, settings: dict) -> ProtectionRecord:
+    """A Ray task: one photo, read and protected on the worker with the worker's model."""
+    return _protect_one(job, _read(job.file, args.max_pixels), args,
+                        worker_model(args.model, worker_device(args.device)), settings)
 
 
 def _read(f, max_pixels: int) -> Photo | ImageError:
@@ -169,41 +258,26 @@ def _read(f, max_pixels: int) -> Photo | ImageError:
         return exc
 
 
-def _protect_one(f, photo: Photo | ImageError, args: argparse.Namespace, model, input_paths: set[Path],
-                 claimed: dict[Path, Path], made_by: OutputRecords, settings: dict) -> ProtectionRecord:
-    target = None
+def _protect_one(job: Job, photo: Photo | ImageError, args: argparse.Namespace, model,
+                 settings: dict) -> ProtectionRecord:
+    """Protect one planned photo unless another process is at it or its output exists (made from this input:
+    skipped; from another: refused), and record which input made the output; the serial path and each Ray
+    task alike."""
+    f, target = job.file, job.target
     try:
         if isinstance(photo, ImageError):
             raise photo
-        fmt = output_format(photo, args.format)
-        target = output_path(args.output, f.relative, fmt)
-        if real_path(target) in input_paths:
-            which = "the input" if real_path(target) == real_path(f.path) else f"the input {target}"
-            return ProtectionRecord(str(f.path), status="failed",
-                                    error=f"{f.path}: output would overwrite {which}; choose another -o folder")
-        owner = claimed.setdefault(real_path(target), f.path)
-        if owner != f.path:
-            hint = "rename one" if args.format else "rename one or use --format"
-            return ProtectionRecord(str(f.path), status="failed",
-                                    error=f"{f.path}: same output {target} as {owner}; {hint}")
-        map_target = map_path(args.output, f.relative) if args.save_map else None
-        if map_target and (real_path(map_target) in input_paths
-                           or claimed.setdefault(real_path(map_target), f.path) != f.path):
-            return ProtectionRecord(str(f.path), status="failed", error=f"{f.path}: its budget map {map_target} "
-                                    "would replace an input or another output; choose another -o folder")
-        if not all(is_inside(t, args.output) for t in (target, map_target) if t is not None):
-            return ProtectionRecord(str(f.path), status="failed", error=f"{f.path}: output {target} would lie outside "
-                                    f"{args.output} (through a symbolic link); choose another -o folder")
         with claim(target) as ours:  # concurrent runs on the same folder split the photos
             if not ours:
                 return ProtectionRecord(str(f.path), output=str(target), status="skipped", note=BUSY)
+            made_by = OutputRecords(args.output)
             if target.exists() and not args.overwrite:
                 other = made_by.other_source(target, f.path)
                 if other:
                     return ProtectionRecord(str(f.path), status="failed", error=f"{f.path}: output {target} exists, made "
                                             f"from {other}; use --overwrite to replace it, or another -o folder")
                 return ProtectionRecord(str(f.path), output=str(target), status="skipped")
-            record = protect_photo(photo, target, model, fmt, args.quality, args.keep_metadata, map_target,
+            record = protect_photo(photo, target, model, job.fmt, args.quality, args.keep_metadata, job.map_target,
                                    method=args.method, strength=args.strength, eps_levels=args.eps, steps=args.steps,
                                    size=args.size, seed=args.seed, target_ssim=args.target_ssim, robust=args.robust,
                                    ssim_weight=args.ssim_weight, precision=args.precision or "auto")
@@ -216,6 +290,5 @@ def _protect_one(f, photo: Photo | ImageError, args: argparse.Namespace, model, 
     except ImageError as exc:
         return ProtectionRecord(str(f.path), status="failed", error=str(exc))
     except OSError as exc:
-        where = target or exc.filename or args.output
         return ProtectionRecord(str(f.path), status="failed",
-                                error=f"{f.path}: cannot write {where} ({exc.strerror or exc})")
+                                error=f"{f.path}: cannot write {target} ({exc.strerror or exc})")
