@@ -18,6 +18,7 @@ Run: ``python bench/scale.py [--n 1000000] [--nlist N] [--pq M] [--nprobe 8 32] 
 bench/results/scale_N.{json,md,png}. Database descriptors are cached in bench/.cache.
 """
 import argparse
+import sys
 import time
 
 import faiss
@@ -67,6 +68,7 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=1000, help="results per query, the depth mAP is scored at (default: 1000)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
+    began = time.perf_counter()
     if args.n < 1 or args.k < 100 or args.rerank < 0 or min(args.nprobe) < 1:
         parser.error("need --n >= 1, --k >= 100, --rerank >= 0 and every --nprobe >= 1")
 
@@ -126,7 +128,8 @@ def main() -> None:
                 "ivfpq": ivf.settings(), "train_s": train_s, "faiss": faiss.__version__,
                 "faiss_threads": faiss.omp_get_max_threads(), "map_medium_without_distractors": plain,
                 "distractor_model": "Gaussian with the mean and covariance of the real database descriptors, "
-                                    "L2-normalised (synthetic, not photos)"}
+                                    "L2-normalised (synthetic, not photos)",
+                "command": " ".join(["python bench/scale.py", *sys.argv[1:]]), "wall_s": time.perf_counter() - began}
     plot(records, settings, name)
     header = ["method", "distractors", "memory (MB)", "build (s)", "ms/query", "recall@10", "recall@100",
               "mAP Medium (%)", "ranking scored"]
@@ -139,6 +142,7 @@ def main() -> None:
             f"{DEFAULT_MODEL} at {args.size} px, {dim} dimensions. IVF-PQ: {ivf.nlist} lists, {ivf.pq} bytes per row, "
             f"trained on {ivf.train_size:,} rows in {train_s:.0f} s. mAP Medium without distractors: "
             f"{100 * plain:.2f} %. faiss {faiss.__version__}, {faiss.omp_get_max_threads()} threads. "
+            f"The whole run took {settings['wall_s'] / 60:.1f} minutes: `{settings['command']}`. "
             f"Plot: bench/results/{name}.png.\n\n{table}")
     write_results(name, {"settings": settings, "records": records}, text)
 

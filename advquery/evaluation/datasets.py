@@ -218,7 +218,7 @@ def load_distractors(path: str | Path, data_root: str | Path | None = None) -> l
     images = [Path(n) if Path(n).is_absolute() else Path(data_root) / n for n in names]
     missing = [str(p) for p in images if not p.is_file()]
     if missing:
-        raise DatasetError(f"{path}: {len(missing)} of the {len(images)} listed distractors are missing, "
+        raise DatasetError(f"{path}: {len(missing)} of the {len(images)} listed distractors are missing or not files, "
                            f"e.g. {missing[:3]}")
     return images
 
