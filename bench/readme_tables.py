@@ -168,14 +168,15 @@ def other_section(name: str, data: dict) -> tuple[str, str, str]:
                 "Heat maps: `bench/results/" + name + "_<preset>.png`."
                 + (" Calibration pairs of `advquery verify --trackers`: `bench/results/" + name
                    + "_calibration_points.json`." if "calibration" in data else ""))
+    recorded = data.get("command") or data.get("settings", {}).get("command")  # scripts that record their command
     scale = re.fullmatch(r"scale_(\d+)", name)
     if scale:
         return (f"Search at scale: exact against IVF-PQ with {int(scale.group(1)):,} synthetic distractor descriptors",
-                f"python bench/scale.py --n {scale.group(1)}",
-                "The IVF-PQ settings (lists, bytes per row, nprobe, re-ranking) are those the table states; "
-                f"plot: `bench/results/{name}.png`.")
-    if isinstance(data.get("command"), str):
-        return name.replace("_", " "), data["command"], ""
+                recorded or f"python bench/scale.py --n {scale.group(1)}",
+                ("" if recorded else "The IVF-PQ settings (lists, bytes per row, nprobe, re-ranking) are those the "
+                 "table states; ") + f"plot: `bench/results/{name}.png`.")
+    if isinstance(recorded, str):
+        return name.replace("_", " "), recorded, ""
     scripts = sorted((p.stem for p in Path(__file__).parent.glob("*.py") if name.startswith(p.stem)), key=len)
     command = f"python bench/{scripts[-1]}.py (its options are not recorded in the results file)" if scripts \
         else "not recorded in the results file"
