@@ -83,10 +83,11 @@ def shard_spec(text: str) -> tuple[int, int]:
     return int(found.group(1)), int(found.group(2))
 
 
-def add_cluster_options(parser: argparse.ArgumentParser, positive_int: Callable[[str], int], what: str) -> None:
-    """--ray [ADDRESS], --threads and --shard for a batch command that does ``what`` per file."""
+def add_cluster_options(parser: argparse.ArgumentParser, positive_int: Callable[[str], int], what: str,
+                        shard: bool = True) -> None:
+    """--ray [ADDRESS], --workers, --threads and (``shard``) --shard for a batch command that does ``what``."""
     parser.add_argument("--ray", nargs="?", const="local", type=ray_address, metavar="ADDRESS",
-                        help=f"{what} on Ray workers, one task per file ({INSTALL_HINT}): without ADDRESS on a new "
+                        help=f"{what} in Ray tasks ({INSTALL_HINT}): without ADDRESS on a new "
                              "local Ray instance using every CPU here; auto: the cluster this machine belongs to; "
                              "ray://HOST:PORT or HOST:PORT: that cluster. Inputs and outputs must lie on storage every "
                              "node sees at the same path; on a cluster with GPUs each task reserves one and runs on it")
@@ -98,6 +99,8 @@ def add_cluster_options(parser: argparse.ArgumentParser, positive_int: Callable[
                         help="torch threads per process: serially (default: torch's choice for this machine) or per "
                              "Ray task, which reserves N CPUs (default 1). Outputs depend on it in their last bits: the "
                              "same seed and N give byte-identical files on both paths")
+    if not shard:
+        return
     parser.add_argument("--shard", type=shard_spec, metavar="I/N",
                         help="only shard I of N of the sorted inputs (for Slurm arrays or Kubernetes indexed jobs "
                              "sharing one output folder); the N shards together are the whole job")

@@ -26,6 +26,7 @@ from helpers import leftovers, run_cli
 
 N_PHOTOS = 4
 QUICK = ["--size", "64", "--steps", "2", "--seed", "0", "--strength", "low", "--threads", "1"]
+INDEX_QUICK = ["--size", "64", "--threads", "1"]
 BROKEN = "broken.png"
 TASK_TITLE = b"ray::_run_task"  # the process title of a Ray worker while it runs a photo
 
@@ -169,6 +170,40 @@ def test_stopped_batch_resumes_from_what_is_written(photos, serial, two_nodes, t
     assert {Path(name).name for name, line in again.items() if line["status"] == "skipped"} == done
     assert all(json.loads(line)["status"] == "protected" for line in first
                if json.loads(line)["input"] != str(photos / BROKEN))
+
+
+@pytest.fixture(scope="module")
+def serial_index(photos, tmp_path_factory) -> dict[str, bytes]:
+    """The files of the index the serial path builds of the photos."""
+    out = tmp_path_factory.mktemp("serial_index") / "index"
+    code, _, stderr = run_cli(["index", "build", str(photos), "-o", str(out), *INDEX_QUICK])
+    assert code == 1 and "skipped 1" in stderr, stderr
+    return _contents(out)
+
+
+def _index(photos: Path, out: Path, *options: str) -> tuple[int, str]:
+    process = subprocess.run([sys.executable, "-m", "advquery.cli.main", "index", "build", str(photos), "-o", str(out),
+                              *INDEX_QUICK, *options], capture_output=True, text=True, timeout=300)
+    assert "Traceback" not in process.stderr, process.stderr
+    return process.returncode, process.stderr
+
+
+@pytest.mark.parametrize("where", ["local", "two nodes"])
+def test_index_built_on_ray_is_the_serial_paths(photos, serial_index, two_nodes, tmp_path, where):
+    out = tmp_path / "index"
+    code, stderr = _index(photos, out, *(["--workers", "2"] if where == "local" else ["--ray", two_nodes.address]))
+    assert code == 1, stderr
+    assert [line for line in stderr.splitlines() if "error" in line] == \
+        [f"advquery: error: skipped {photos / BROKEN}: not an image file, or an unsupported image format"]
+    assert _contents(out) == serial_index and set(serial_index) == {"descriptors.npy", "images.jsonl", "manifest.json"}
+
+
+def test_index_of_sift_he_on_ray_needs_a_vocabulary(tmp_path):
+    code, _, stderr = run_cli(["index", "build", str(tmp_path), "-o", str(tmp_path / "index"), "--features", "sift-he",
+                               "--ray"])
+    assert code == 2 and stderr.splitlines() == [
+        "advquery: error: --features sift-he on Ray needs --vocab FILE: the vocabulary is trained in one process "
+        "(an index built without --ray keeps its own as vocabulary.npz)"]
 
 
 def test_shards_together_are_the_whole_batch(photos, serial, tmp_path):

@@ -1,18 +1,29 @@
 """``advquery index build``: describe a photo collection and save a searchable index."""
 import argparse
 import sys
+from contextlib import nullcontext
+from functools import lru_cache
 from pathlib import Path
 
+import numpy as np
 import torch
+from tqdm.auto import tqdm
 
-from ..extraction import MIN_SIZE, describe
+from ..cluster import (ClusterError, add_cluster_options, map_on_ray, ray_session, ray_target, task_gpus, torch_threads,
+                       worker_device)
+from ..extraction import MIN_SIZE, Extraction, describe
 from ..io import real_path
 from ..retrieval import INDEX_TYPES, IVFPQ, ImageIndex, Manifest
-from ..systems import NeuralSystem, SiftHESystem
+from ..systems import NeuralSystem, RetrievalSystem, SiftHESystem
 from .common import (CommandError, add_features_options, add_model_options, check_output_folder, collect_or_fail, error,
                      positive_int, system_from_args, user_errors)
 
 VOCABULARY_FILE = "vocabulary.npz"  # a SIFT-HE index keeps its vocabulary beside the manifest
+# Images per Ray task: enough that a task's own cost is small beside describing them, few enough that every
+# worker gets several tasks of a small collection.
+CHUNK = 16
+# The options system_from_args builds a system from: a worker builds its own from them (and its device).
+SYSTEM_OPTIONS = ("features", "model", "size", "multiscale", "batch_size", "vocab", "vocab_size")
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -35,6 +46,7 @@ def register(commands: argparse._SubParsersAction) -> None:
                             "dimension (default: dimension / 16)")
     add_model_options(build)
     add_features_options(build)
+    add_cluster_options(build, positive_int, "describe the images", shard=False)
     build.set_defaults(run=build_index)
 
 
@@ -61,13 +73,26 @@ def build_index(args: argparse.Namespace) -> int:
     if args.index_type == "ivfpq" and args.features != "neural":
         raise CommandError(f"--index-type ivfpq applies to --features neural only (inner product of L2-normalised "
                            f"descriptors); {args.features} indexes are flat")
+    try:
+        ray = ray_target(args)
+    except ClusterError as exc:
+        raise CommandError(str(exc)) from None
+    if ray and args.features == "sift-he" and not args.vocab:
+        raise CommandError("--features sift-he on Ray needs --vocab FILE: the vocabulary is trained in one process "
+                           "(an index built without --ray keeps its own as vocabulary.npz)")
     files, problems = collect_or_fail(args.images, args.recursive, "images to index")
+    with torch_threads(args.threads), ray_session(*ray) if ray else nullcontext():
+        return _build(args, files, problems, ray)
+
+
+def _build(args: argparse.Namespace, files, problems: list[str], ray: tuple[str, int | None] | None) -> int:
+    """Describe the images (in this process, or in Ray tasks of :data:`CHUNK` images each) and save the index."""
     system = system_from_args(args)
     paths = [real_path(f.path) for f in files]
     if args.index_type == "ivfpq":
         _ivfpq(args, _descriptor_dim(system), len(paths))  # before describing every image
     system.fit(paths)  # SIFT-HE without --vocab: a vocabulary trained on the images indexed
-    result = system.describe(paths, desc="indexing")
+    result = _describe_on_ray(paths, args) if ray else system.describe(paths, desc="indexing")
     for line in result.failures:
         error(f"skipped {line}")
     if not result.paths:
@@ -81,6 +106,8 @@ def build_index(args: argparse.Namespace) -> int:
     ann = ivf = None
     if args.index_type == "ivfpq":  # over the images described (some may have been skipped)
         ivf = _ivfpq(args, result.descriptors.shape[1], len(result.paths))
+        # Built here on either path: copies of the trained index filled by workers and merged (retrieval.merge_shards)
+        # encode some rows differently from one process adding them all, and the index must not depend on --ray.
         ann = ivf.build(result.descriptors)
     manifest = Manifest(model=system.name, size=system.size, scales=tuple(system.scales),
                         dim=result.descriptors.shape[1], count=len(result.paths), features=system.features,
@@ -91,3 +118,28 @@ def build_index(args: argparse.Namespace) -> int:
           + (f" (IVF-PQ: {ivf.nlist} lists, {ivf.pq} bytes per image, trained on {ivf.train_size})" if ivf else "")
           + (f"; skipped {skipped}" if skipped else ""), file=sys.stderr)
     return 1 if skipped else 0
+
+
+def _describe_on_ray(paths: list[Path], args: argparse.Namespace) -> Extraction:
+    """What ``system.describe(paths)`` gives, from Ray tasks of :data:`CHUNK` images each; a chunk whose task
+    cannot finish is one failure line per image."""
+    chunks = [paths[i:i + CHUNK] for i in range(0, len(paths), CHUNK)]
+    parts = map_on_ray(_describe_task, chunks, args, threads=args.threads or 1, gpus=task_gpus(args.device),
+                       failed=lambda chunk, why: Extraction(np.zeros((0, 0), np.float32), [],
+                                                            [f"{path}: {why}" for path in chunk]))
+    parts = list(tqdm(parts, total=len(chunks), desc="indexing", unit="chunk", disable=None))
+    rows = [part.descriptors for part in parts if part.paths]
+    return Extraction(np.concatenate(rows) if rows else np.zeros((0, 0), np.float32),
+                      [path for part in parts for path in part.paths], [line for part in parts for line in part.failures])
+
+
+def _describe_task(paths: list[Path], args: argparse.Namespace) -> Extraction:
+    """A Ray task: the descriptors of some images, by the system of the worker, built once per worker."""
+    options = tuple((name, getattr(args, name)) for name in SYSTEM_OPTIONS)
+    return _worker_system(options + (("device", worker_device(args.device)),)).describe(paths, progress=False)
+
+
+@lru_cache(maxsize=1)
+def _worker_system(options: tuple) -> RetrievalSystem:
+    return system_from_args(argparse.Namespace(**dict(options)))
+
