@@ -199,9 +199,12 @@ def _shard_problem(first: faiss.Index, other: faiss.Index) -> str | None:
 
 def merge_shards(shards: Sequence[faiss.Index]) -> faiss.Index:
     """One IVF-PQ index holding the rows of ``shards`` in order, row j of shard i under id (rows of the shards
-    before it) + j: the same index, byte for byte, as one process adding all rows in that order. Every shard is
-    a copy of the same trained index filled with its own rows as ids 0..n-1 (:func:`fill_shard`); ValueError
-    (naming the shard) otherwise. The first shard is copied; faiss moves the others' lists, leaving them empty."""
+    before it) + j, as one process adding all rows in that order holds them: the shards share the trained
+    quantizers, so each row gets the list and code the single add gives it, up to float rounding (faiss's
+    distance kernels vary with batch size and threads, so a row on the border of two lists or codes may fall on
+    the other side elsewhere; the tests find the same bytes). Every shard is a copy of the same trained index
+    filled with its own rows as ids 0..n-1 (:func:`fill_shard`); ValueError (naming the shard) otherwise. The
+    first shard is copied; faiss moves the others' lists, leaving them empty. Shards pickle (e.g. from workers)."""
     if not shards:
         raise ValueError("no shards to merge")
     merged = faiss.clone_index(shards[0])
