@@ -27,6 +27,8 @@ import logging
 import os
 import re
 import signal
+import socket
+import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -43,6 +45,7 @@ R = TypeVar("R")
 INSTALL_HINT = "pip install 'advquery[cluster]'"
 RETRIES = 3  # a task whose worker dies (killed, out of memory, node lost) runs again up to this often
 CANCEL_GRACE_S = 10.0  # how long interrupted tasks get to remove their temporary files
+CONNECT_TIMEOUT_S = 10.0  # how long a cluster's address may take to answer
 _ADDRESS = re.compile(r"^(auto|local|ray://\S+|[\w.-]+:\d{1,5}|\[[0-9a-fA-F:.]+\]:\d{1,5})$")
 
 
@@ -150,7 +153,7 @@ def task_gpus(requested: str | None) -> int:
     return int(requested.startswith("cuda") if requested else ray.cluster_resources().get("GPU", 0) > 0)
 
 
-def worker_device(requested: str | None) -> str | None:
+def worker_device(requested: str | None) -> str:
     """The torch device of a Ray task: the one asked for, else the GPU Ray assigned it, else the CPU. Ray
     leaves every GPU of a node visible to a task that reserved none, so the default cannot be torch's."""
     import ray
@@ -168,26 +171,49 @@ def ray_session(address: str, cpus: int | None = None) -> Iterator[None]:
     left running.
 
     Ray replaces the SIGTERM handler when it starts; the command's own (SIGTERM as an interrupt, which keeps
-    the summary) is put back. Ray's logs and the workers' output stay out of the command's output."""
+    the summary) is put back. A waiting Ray turns the interrupt that handler raises into a plain
+    KeyboardInterrupt, so the handler raises it again when the block ends with one after a SIGTERM (the exit
+    code then tells SIGTERM from SIGINT). Ray's logs and the workers' output stay out of the command's output."""
     import ray
 
     if ray.is_initialized():
         yield
         return
+    _check_reachable(address)
     handler = signal.getsignal(signal.SIGTERM)
+    ours = callable(handler) and threading.current_thread() is threading.main_thread()
     local = dict(include_dashboard=False, num_cpus=cpus) if address == "local" else {}
     try:
         ray.init(address=address, log_to_driver=False, logging_level=logging.ERROR, **local)
     except Exception as exc:  # Ray raises ConnectionError, RuntimeError, ValueError, ... for an unusable address
+        if ours:
+            signal.signal(signal.SIGTERM, handler)
         raise ClusterError(f"--ray {address}: cannot {'start' if address == 'local' else 'reach'} Ray "
                            f"({_line(exc) or type(exc).__name__})") from None
-    finally:
-        if handler is not None:
-            signal.signal(signal.SIGTERM, handler)
+    received: list[int] = []
+    if ours:
+        signal.signal(signal.SIGTERM, lambda signum, frame: (received.append(signum), handler(signum, frame)))
     try:
         yield
+    except KeyboardInterrupt:
+        if received:
+            handler(received[-1], None)
+        raise
     finally:
+        if ours:
+            signal.signal(signal.SIGTERM, handler)
         ray.shutdown()
+
+
+def _check_reachable(address: str) -> None:
+    """Refuse a cluster address nothing answers at: Ray would keep trying to reach it for minutes."""
+    found = re.fullmatch(r"(?:ray://)?\[?([^\[\]]+?)\]?:(\d+)", address)
+    if not found:  # local, auto: Ray finds (or starts) the cluster itself and says at once when it cannot
+        return
+    try:
+        socket.create_connection((found.group(1), int(found.group(2))), timeout=CONNECT_TIMEOUT_S).close()
+    except OSError as exc:
+        raise ClusterError(f"--ray {address}: cannot reach Ray ({exc.strerror or exc or 'timed out'})") from None
 
 
 def _line(exc: BaseException, words: int = 40) -> str:
@@ -233,13 +259,18 @@ def map_on_ray(fn: Callable[..., R], items: Iterable[T], *shared, threads: int, 
         except RayError as exc:  # the worker or its node died every time, or the task was cancelled
             return failed(item, f"{type(exc).__name__} after {RETRIES + 1} tries ({_line(exc)})")
 
+    def first() -> R:  # the oldest task's result; it leaves ``pending`` only once it has one
+        result = one(*pending[0])
+        pending.popleft()
+        return result
+
     try:
         for item in todo:
             pending.append((item, task.remote(fn, cwd, item, shared_ref)))
             if len(pending) >= window:
-                yield one(*pending.popleft())
+                yield first()
         while pending:
-            yield one(*pending.popleft())
+            yield first()
     except KeyboardInterrupt:
         refs = [ref for _, ref in pending]
         ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0) if refs else ([], [])

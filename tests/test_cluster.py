@@ -1,12 +1,13 @@
-"""``advquery protect`` on Ray and in shards: the same files, reports and resume rule as the serial path.
+"""``advquery protect`` and ``index build`` on Ray, protect in shards: the same files, reports and resume rule as
+the serial path.
 
 Real UKBench photos (at a quarter of their size) and a broken file, a tiny working size, real Ray: a local
 instance the command starts itself, and a simulated two-node cluster (``ray.cluster_utils.Cluster``, one CPU
 per node) that the command reaches by its address. Commands on Ray run as separate processes, as a user
 runs them, so that their workers can be killed and the command itself stopped. Outputs are compared byte
-for byte with those of the serial path at the same seed and thread count.
+for byte with those of the serial path at the same seed and thread count. Where Ray cannot start, the tests that
+need it are skipped (the cluster fixture says why).
 """
-import hashlib
 import importlib.util
 import json
 import os
@@ -107,7 +108,7 @@ def _check_like_serial(serial: dict, photos: Path, out: Path, code: int, stderr:
     assert leftovers(out) == []
 
 
-def test_local_ray_instance_protects_like_the_serial_path(photos, serial, tmp_path):
+def test_local_ray_instance_protects_like_the_serial_path(photos, serial, two_nodes, tmp_path):  # Ray starts here
     out = tmp_path / "out"
     code, stderr = _finish(_protect(photos, out, "--workers", "2"))
     _check_like_serial(serial, photos, out, code, stderr)
@@ -245,6 +246,12 @@ def test_bad_cluster_options_are_one_line_before_any_work(tmp_path, options, mes
 def test_where_a_batch_runs(options, where):
     args = build_parser().parse_args(["protect", "x.jpg", "-o", "out", *options])
     assert ray_target(args) == where
+
+
+def test_address_where_no_ray_answers_is_one_line(photos, tmp_path):
+    code, _, stderr = run_cli(["protect", str(photos), "-o", str(tmp_path / "out"), *QUICK, "--ray", "127.0.0.1:1"])
+    assert code == 2 and stderr.splitlines() == ["advquery: error: --ray 127.0.0.1:1: cannot reach Ray (Connection refused)"]
+    assert not (tmp_path / "out").exists()
 
 
 def test_ray_option_without_ray_says_how_to_get_it(tmp_path, monkeypatch):

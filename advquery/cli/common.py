@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from functools import wraps
 from pathlib import Path
 
+from ..cluster import ClusterError
 from ..evaluation.datasets import DatasetError
 from ..evaluation.runner import EvaluationError
 from ..extraction import DEFAULT_SIZE, MIN_SIZE, MULTISCALE
@@ -24,7 +25,8 @@ from ..retrieval import ImageIndex, IndexFileError
 from ..systems import FEATURES, GlobalSystem, NeuralSystem, RetrievalSystem, SiftHESystem
 
 # Errors whose message already says what is wrong and where: shown as one line, no traceback.
-USER_ERRORS = (ModelError, DeviceError, DatasetError, EvaluationError, ImageError, IndexFileError, VocabularyError)
+USER_ERRORS = (ModelError, DeviceError, DatasetError, EvaluationError, ImageError, IndexFileError, VocabularyError,
+               ClusterError)
 
 
 class CommandError(Exception):

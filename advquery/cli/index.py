@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..cluster import (ClusterError, add_cluster_options, map_on_ray, ray_session, ray_target, task_gpus, torch_threads,
+from ..cluster import (add_cluster_options, map_on_ray, ray_session, ray_target, task_gpus, torch_threads,
                        worker_device)
 from ..extraction import MIN_SIZE, Extraction, describe
 from ..io import real_path
@@ -73,10 +73,7 @@ def build_index(args: argparse.Namespace) -> int:
     if args.index_type == "ivfpq" and args.features != "neural":
         raise CommandError(f"--index-type ivfpq applies to --features neural only (inner product of L2-normalised "
                            f"descriptors); {args.features} indexes are flat")
-    try:
-        ray = ray_target(args)
-    except ClusterError as exc:
-        raise CommandError(str(exc)) from None
+    ray = ray_target(args)
     if ray and args.features == "sift-he" and not args.vocab:
         raise CommandError("--features sift-he on Ray needs --vocab FILE: the vocabulary is trained in one process "
                            "(an index built without --ray keeps its own as vocabulary.npz)")

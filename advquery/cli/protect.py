@@ -8,7 +8,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from ..cluster import (ClusterError, add_cluster_options, in_shard, map_on_ray, ray_session, ray_target, task_gpus,
+from ..cluster import (add_cluster_options, in_shard, map_on_ray, ray_session, ray_target, task_gpus,
                        torch_threads, worker_device, worker_model)
 from ..extraction import prefetch
 from ..io import (DEFAULT_MAX_PIXELS, ImageError, InputFile, Photo, claim, image_format, is_inside, printable,
@@ -110,11 +110,11 @@ BUSY = "another advquery process is protecting it"
 @user_errors
 def run_protect(args: argparse.Namespace) -> int:
     args.method = args.method or STRENGTHS[args.strength].method
+    ray = ray_target(args)
     try:
-        ray = ray_target(args)
         check_method_options(args.method, target_ssim=args.target_ssim, ssim_weight=args.ssim_weight,
                              robust=args.robust, eps_levels=args.eps, steps=args.steps, names=OPTION_FLAGS)
-    except (ClusterError, ValueError) as exc:
+    except ValueError as exc:
         raise CommandError(str(exc)) from None
     if args.precision is not None:
         if args.method not in GRADIENT_METHODS:
@@ -147,8 +147,6 @@ def run_protect(args: argparse.Namespace) -> int:
                     report.write({**record.to_json(), "settings": settings})
     except KeyboardInterrupt as exc:  # SIGINT or SIGTERM: what is done stays done, the summary is kept
         interrupted = exc
-    except ClusterError as exc:
-        raise CommandError(str(exc)) from None
     finally:
         if report:
             report.close()
@@ -277,14 +275,17 @@ def _protect_one(job: Job, photo: Photo | ImageError, args: argparse.Namespace, 
                     return ProtectionRecord(str(f.path), status="failed", error=f"{f.path}: output {target} exists, made "
                                             f"from {other}; use --overwrite to replace it, or another -o folder")
                 return ProtectionRecord(str(f.path), output=str(target), status="skipped")
-            record = protect_photo(photo, target, model, job.fmt, args.quality, args.keep_metadata, job.map_target,
-                                   method=args.method, strength=args.strength, eps_levels=args.eps, steps=args.steps,
-                                   size=args.size, seed=args.seed, target_ssim=args.target_ssim, robust=args.robust,
-                                   ssim_weight=args.ssim_weight, precision=args.precision or "auto")
+            before = _identity(target)
             try:
+                record = protect_photo(photo, target, model, job.fmt, args.quality, args.keep_metadata,
+                                       job.map_target, method=args.method, strength=args.strength, eps_levels=args.eps,
+                                       steps=args.steps, size=args.size, seed=args.seed, target_ssim=args.target_ssim,
+                                       robust=args.robust, ssim_weight=args.ssim_weight,
+                                       precision=args.precision or "auto")
                 made_by.write(target, f.path, settings)
-            except BaseException:  # an output without its record could later be taken for another input's
-                target.unlink(missing_ok=True)
+            except BaseException:  # written but not recorded (an interrupt while the output is measured, a full
+                if _identity(target) != before:  # disk): it could later be taken for another input's
+                    target.unlink(missing_ok=True)
                 raise
             return record
     except ImageError as exc:
@@ -292,3 +293,12 @@ def _protect_one(job: Job, photo: Photo | ImageError, args: argparse.Namespace, 
     except OSError as exc:
         return ProtectionRecord(str(f.path), status="failed",
                                 error=f"{f.path}: cannot write {target} ({exc.strerror or exc})")
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    """Which file ``path`` is now (an atomic write makes a new one), or None where there is none."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return st.st_ino, st.st_mtime_ns
