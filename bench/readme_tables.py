@@ -23,6 +23,7 @@ START, END = "<!-- bench:protection:start -->", "<!-- bench:protection:end -->"
 UNIFORM_DATABASE = "2026-12-01"  # the day roxford5k-mini's database became uniform (768 px, JPEG 85 for all)
 # The README table: the tracker benchmark's quick suite, the test split preferred (figures are reported there).
 PROTECTION_SOURCES = ("trackers_test_quick_limit12", "trackers_validation_quick_limit8")
+BLOCKED = 0.25  # a tracker counts as blocked at or below this share of its retrieval (verify's calibration bound)
 HELD_OUT = "lite2 gem 1024"  # never attacked by any preset (low and medium aim at Lite0, high at Lite0 and Lite1)
 
 
@@ -221,23 +222,28 @@ def render_protection(data: dict, source: str) -> str:
         method = re.search(r"method='([^']+)'", info.get("preset", ""))
         wi, bb = info["summary"]["wi"], info["summary"]["bb"]
         held = maps[preset]["wi"][HELD_OUT]["none"] / maps["original"]["wi"][HELD_OUT]["none"]
+        shares = [maps[preset]["wi"][s][e] / maps["original"]["wi"][s][e] for s in data["systems"]
+                  for e in data["edits"]]
+        blocked = sum(v <= BLOCKED for v in shares)
         rows.append([f"`{preset}`", method.group(1) if method else "", f"{info['ssim']:.3f}",
-                     f"{info['seconds']:.0f}", f"{100 * wi['median']:.0f}", f"{100 * wi['worst']:.0f}",
-                     f"{100 * bb['median']:.0f}", f"{100 * held:.0f}"])
+                     f"{info['seconds']:.0f}", f"{blocked} / {len(shares)}", f"{100 * wi['median']:.0f}",
+                     f"{100 * wi['worst']:.0f}", f"{100 * bb['median']:.0f}", f"{100 * held:.0f}"])
     split = data["split"]
     n_queries = len(data["queries"])
     which = ("the **test** split (queries never used for a choice)" if split == "test" else
-             f"the **{split}** split, the one every choice was tuned on, so these figures flatter the presets; "
+             f"the **{split}** split, the one every choice was tuned on, so these figures may flatter the presets; "
              "the test-split figures are pending")
     cells = f"{len(data['systems'])} systems x {len(data['edits'])} edits"
     return "\n".join([
-        markdown_table(["preset", "method", "SSIM", "s/photo", "WI median %", "WI worst %", "BB median %",
+        markdown_table(["preset", "method", "SSIM", "s/photo", "trackers blocked", "WI median %", "WI worst %",
+                        "BB median %",
                         f"unseen model: {HELD_OUT.split()[0].capitalize()} WI %"], rows), "",
         f"Percentages: retrieval (mAP Medium) a tracker still gets from the protected photo, as % of what it gets "
         f"from the original (0 % = blocked, 100 % = no protection). Measured on {which}: {n_queries} "
         f"roxford5k-mini queries, protected as `advquery protect` does (1024 px, JPEG q95 output), against the "
         f"quick tracker suite ({cells}: other models, working sizes and poolings; crops, flips, rotations, "
-        f"re-compression); median and worst cell over the suite for whole-image (WI) queries, median for "
+        f"re-compression); trackers blocked: the suite's WI cells left at most {100 * BLOCKED:.0f} % of their "
+        f"retrieval; median and worst cell over the suite for whole-image (WI) queries, median for "
         f"bounding-box (BB) queries, the selection of the landmark a tracker would cut out. Unseen model: "
         f"{HELD_OUT}, whole photo unedited, a model no preset is computed against. Seconds per photo on "
         f"{data['machine']}, shared with other jobs. Source: `bench/results/{source}.md`; every table: "
