@@ -178,6 +178,18 @@ def other_section(name: str, data: dict) -> tuple[str, str, str]:
                  "table states; ") + f"plot: `bench/results/{name}.png`.")
     if isinstance(recorded, str):
         return name.replace("_", " "), recorded, ""
+    if name.startswith("speed") and isinstance(data.get("time", {}), dict):
+        parts = [p for p in ("time", "effect") if p in data]
+        photos = {r["photo"] for runs in data.get("time", {}).values() for r in runs}
+        command = " ".join(["python bench/speed.py", f"--parts {','.join(parts)}"]
+                           + [f"--photos {len(photos)}"] * bool(photos) + [f"--threads {data['threads']}"]
+                           * ("threads" in data) + [f"--name {name}"] * (name != "speed"))
+        return "Speed of protection: seconds per photo, network passes, float32 against bfloat16", command, \
+            "Run alone on the machine (timed figures)."
+    flat = re.fullmatch(r"flat_regions_(\w+)", name)
+    if flat:
+        return (f"Flat regions changed by each preset, {flat.group(1)} split",
+                f"python bench/flat_regions.py --split {flat.group(1)}", "Figure: `docs/flat_regions.png`.")
     scripts = sorted((p.stem for p in Path(__file__).parent.glob("*.py") if name.startswith(p.stem)), key=len)
     command = f"python bench/{scripts[-1]}.py (its options are not recorded in the results file)" if scripts \
         else "not recorded in the results file"
@@ -246,7 +258,9 @@ def render_protection(data: dict, source: str) -> str:
         f"retrieval; median and worst cell over the suite for whole-image (WI) queries, median for "
         f"bounding-box (BB) queries, the selection of the landmark a tracker would cut out. Unseen model: "
         f"{HELD_OUT}, whole photo unedited, a model no preset is computed against. Seconds per photo on "
-        f"{data['machine']}, shared with other jobs. Source: `bench/results/{source}.md`; every table: "
+        f"{data['machine']}, shared with other jobs"
+        + (" (timed alone: the speed table of docs/benchmarks.md)" if (RESULTS / "speed.json").is_file() else "")
+        + f". Source: `bench/results/{source}.md`; every table: "
         f"[docs/benchmarks.md](docs/benchmarks.md)."])
 
 
