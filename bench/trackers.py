@@ -227,6 +227,8 @@ def main() -> None:
                                   "ssim": float(np.mean([r["ssim"] for r in records])),
                                   "psnr": float(np.mean([r["psnr"] for r in records])),
                                   "seconds": float(np.mean([r["seconds"] for r in records])),
+                                  "flat_changed": float(np.mean([r["flat_changed"] for r in records])),
+                                  "flat_changed_resave": float(np.mean([r["flat_changed_resave"] for r in records])),
                                   "summary": {kind: share_summary(maps[label][kind][s][e] / maps["original"][kind][s][e]
                                                                   for s in results["systems"] for e in results["edits"])
                                               for kind in KINDS}}
@@ -276,10 +278,14 @@ def render(results: dict) -> str:
     rows = []
     for label, info in results["sets"].items():
         wi, bb = info["summary"]["wi"], info["summary"]["bb"]
-        rows.append([label, round(info["ssim"], 4), round(info["seconds"], 1), *(round(100 * wi[k], 1) for k in
-                     ("median", "p90", "worst")), *(round(100 * bb[k], 1) for k in ("median", "p90", "worst"))])
-    lines += [markdown_table(["preset", "SSIM", "s/photo", "WI median %", "WI p90 %", "WI worst %", "BB median %",
-                              "BB p90 %", "BB worst %"], rows), ""]
+        rows.append([label, round(info["ssim"], 4), round(100 * info["flat_changed"], 1),
+                     round(100 * info["flat_changed_resave"], 1), round(info["seconds"], 1),
+                     *(round(100 * wi[k], 1) for k in ("median", "p90", "worst")),
+                     *(round(100 * bb[k], 1) for k in ("median", "p90", "worst"))])
+    lines += [markdown_table(["preset", "SSIM", "flat changed %", "re-save's %", "s/photo", "WI median %", "WI p90 %",
+                              "WI worst %", "BB median %", "BB p90 %", "BB worst %"], rows), "",
+              "Flat changed: share of the flat pixels (7 x 7 luminance std below 2 grey levels) changed by more than "
+              "1 level; re-save's: the same for the original saved as JPEG q95 alone.", ""]
     orig = results["map"]["original"]
     lines += ["**Original mAP Medium (%) per cell** (the denominators; WI / BB)", "",
               markdown_table(["system", *results["edits"]],

@@ -8,8 +8,9 @@ from advquery.extraction import describe
 from advquery.io import read_photo, to_tensor
 from advquery.models import load_model
 from advquery.models.pooling import l2n, mac, rmac, rmac_regions, spoc
-from advquery.trackers import (EDITS, SYSTEMS, VERIFY_FULL, SuiteDescriber, System, edit, learn_pca_whitening,
-                               share_summary, system)
+from advquery.trackers import (EDITS, POOLED, SUITES, SYSTEMS, VERDICTS, VERIFY_FULL, VERIFY_QUICK, Calibration,
+                               SuiteDescriber, System, check_protection, edit, learn_pca_whitening, share_summary,
+                               system)
 
 LITE0 = "efficientnet-lite0-gem"
 
@@ -83,3 +84,35 @@ def test_pca_whitening_decorrelates_what_it_was_learned_on():
 def test_share_summary():
     assert share_summary([0.1, 0.2, 0.3, float("nan"), 0.9]) == {"median": 0.25, "p90": pytest.approx(0.72),
                                                                  "worst": 0.9}
+
+
+def test_the_shipped_calibration_covers_every_tracker_of_both_suites():
+    calibration = Calibration.load()
+    assert POOLED in calibration.thresholds and calibration.source.startswith("bench/trackers.py --calibrate")
+    for blocked, found in calibration.thresholds.values():
+        assert -1 <= blocked < found <= 1
+    for t in VERIFY_QUICK:  # the quick check's systems are calibrated on their own pairs
+        assert t.system.name in calibration.thresholds
+    pooled_blocked, pooled_found = calibration.thresholds[POOLED]
+    uncalibrated = next(t.system for t in VERIFY_FULL if t.system.name not in calibration.thresholds)
+    assert calibration.verdict(uncalibrated, pooled_blocked) == "blocked"
+    assert calibration.verdict(uncalibrated, pooled_found) == "still found"
+    assert calibration.verdict(uncalibrated, (pooled_blocked + pooled_found) / 2) == "weakened"
+
+
+@pytest.fixture(scope="module")
+def quick_describer():
+    return SuiteDescriber(tuple(dict.fromkeys(t.system for t in SUITES["quick"])), device="cpu")
+
+
+def test_check_protection_tells_the_same_photo_from_another_place(photos, quick_describer):
+    same = check_protection(photos["all_souls_000013"], photos["all_souls_000013"], describer=quick_describer)
+    assert [c.tracker for c in same] == [t.name for t in VERIFY_QUICK]
+    assert all(c.similarity > 0.999 and c.verdict == "still found" for c in same)
+    other = check_protection(photos["all_souls_000013"], photos["ashmolean_000058"], describer=quick_describer)
+    # Another building is never "still found"; the verdicts read similarity on the curve fitted to protected pairs,
+    # where a similarity this far from the original's already costs a tracker most of its retrieval.
+    assert all(c.verdict in ("blocked", "weakened") and c.similarity < 0.9 for c in other)
+    assert any(c.verdict == "blocked" for c in other)
+    with pytest.raises(ValueError, match="suite must be one of quick, full"):
+        check_protection(photos["all_souls_000013"], photos["all_souls_000013"], "medium")

@@ -4,6 +4,7 @@ import io
 import stat
 import time
 import zipfile
+from dataclasses import asdict
 from pathlib import Path
 
 import httpx
@@ -14,7 +15,8 @@ from PIL import ExifTags, Image
 import ui_browser
 from advquery.io import read_photo, write_photo_atomic
 from advquery.protection import STRENGTHS
-from advquery.ui.jobs import CheckRow, Job, PhotoTask, photo_entry
+from advquery.trackers import SUITES, VERDICTS, TrackerCheck
+from advquery.ui.jobs import Job, PhotoTask, photo_entry
 from advquery.ui.page import check_html, status_html, strength_line
 from advquery.ui.server import host_warning
 from helpers import exif_with_gps
@@ -129,7 +131,8 @@ def test_api_protects_queues_and_serves_downloads(server, uploads, ukbench_dir, 
         for photo in job["photos"]:
             report = photo["report"]
             assert 0.5 < report["ssim"] < 1 and report["largest_change"] >= 1 and -1 <= report["similarity"] < 1
-            assert photo["checks"] and all(-1 <= c["similarity"] <= 1 and c["tracker"] for c in photo["checks"])
+            assert [c["tracker"] for c in photo["checks"]] == [t.name for t in SUITES["quick"]]  # as verify --trackers
+            assert all(-1 <= c["similarity"] <= 1 and c["verdict"] in VERDICTS for c in photo["checks"])
         download = client.get(job["photos"][0]["download"])
         assert download.status_code == 200
         assert 'filename="holiday.jpg"' in download.headers["content-disposition"]
@@ -207,11 +210,12 @@ def test_status_says_the_job_is_queued_and_escapes_file_names():
 
 
 def test_the_check_is_in_plain_words():
-    rows = [CheckRow("Lite0", 0.31, "blocked"), CheckRow("SIFT", 0.8, "still found"), CheckRow("Lite1", 0.5, None)]
-    html = check_html([{"tracker": r.tracker, "similarity": r.similarity, "verdict": r.verdict} for r in rows])
+    rows = [TrackerCheck("Lite0", 0.31, "blocked"), TrackerCheck("SIFT", 0.8, "still found"),
+            TrackerCheck("Lite1", 0.5, "weakened")]
+    html = check_html([asdict(r) for r in rows])
     assert "Lite0: blocked: it no longer matches this photo" in html
     assert "SIFT: still found: it matches this photo to the original" in html
-    assert "Lite1: descriptor similarity 0.500" in html and "no verdict yet" in html
+    assert "Lite1: weakened: it still matches them, but less surely (similarity 0.500)" in html
 
 
 def test_strength_lines_state_each_presets_purpose_and_cost():

@@ -110,3 +110,21 @@ def test_verify_photos_of_different_sizes_says_why_quality_is_not_measured(setup
     code, out, _ = _verify(capsys, str(setup["original"]), str(tmp_path / "half.png"), "--size", SIZE, "--json")
     result = json.loads(out)
     assert result["quality"] is None and "differ in size" in result["quality_not_measured"]
+
+
+def test_verify_trackers_quick_json_and_text(setup, capsys):
+    from advquery.trackers import VERDICTS, VERIFY_QUICK
+    code, out, err = _verify(capsys, str(setup["original"]), str(setup["protected"]), "--size", SIZE,
+                             "--trackers", "quick", "--json")
+    assert code == 0, err
+    checks = json.loads(out)["trackers"]
+    assert [c["tracker"] for c in checks] == [t.name for t in VERIFY_QUICK]
+    assert all(-1 <= c["similarity"] <= 1 and c["verdict"] in VERDICTS for c in checks)
+    code, out, err = _verify(capsys, str(setup["original"]), str(setup["original"]), "--size", SIZE,
+                             "--trackers", "quick")
+    assert code == 0, err
+    lines = out.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("trackers (quick)"))
+    rows = lines[start + 1:start + 1 + len(VERIFY_QUICK)]
+    assert all(row.strip().startswith(t.name) and row.endswith("still found") for row, t in zip(rows, VERIFY_QUICK))
+    assert lines[start + 1 + len(VERIFY_QUICK)].strip() == f"0 blocked, 0 weakened, {len(VERIFY_QUICK)} still found"

@@ -1,6 +1,7 @@
 """``advquery verify``: how well a protected photo resists retrieval, compared with its original."""
 import argparse
 import json
+from dataclasses import asdict
 from pathlib import Path
 
 from ..extraction import DEFAULT_SIZE, MULTISCALE, extract_descriptors
@@ -8,6 +9,7 @@ from ..io import read_photo
 from ..models import DEFAULT_MODEL, load_model
 from ..quality import quality_report
 from ..retrieval import ImageIndex
+from ..trackers import SUITES, VERDICTS, check_protection
 from .common import add_model_options, model_for_index, positive_int, user_errors
 
 
@@ -18,6 +20,11 @@ def register(commands: argparse._SubParsersAction) -> None:
     v.add_argument("--index", type=Path, metavar="INDEX_DIR",
                    help="also compare what the index retrieves for each (overlap@k)")
     v.add_argument("-k", type=positive_int, default=10, help="neighbours compared with --index (default: 10)")
+    v.add_argument("--trackers", choices=tuple(SUITES),
+                   help="also check the photo against the tracker suite (advquery.trackers): quick, a handful of "
+                        "trackers across models, sizes and edits; full, every model and pooling under every edit. "
+                        "Per tracker: the descriptor similarity of the two photos given the same edit and a verdict "
+                        "(blocked, weakened, still found) calibrated on the tracker benchmark")
     v.add_argument("--json", action="store_true", help="print the result as JSON")
     add_model_options(v, size_default=None)
     v.set_defaults(run=run_verify)
@@ -49,6 +56,9 @@ def run_verify(args: argparse.Namespace) -> int:
         result["k"] = args.k
         result["original_neighbours"] = [str(p) for p in found_o]
         result["protected_neighbours"] = [str(p) for p in found_p]
+    if args.trackers:
+        result["trackers"] = [asdict(c) for c in check_protection(original.rgb, protected.rgb, args.trackers,
+                                                                   args.device)]
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
@@ -62,4 +72,11 @@ def run_verify(args: argparse.Namespace) -> int:
     if index:
         print(f"overlap@{args.k}: {result['overlap_at_k']:.0%} of the original's neighbours are still retrieved "
               "for the protected photo")
+    if args.trackers:
+        print(f"trackers ({args.trackers}): similarity of the two photos under each tracker, and what it means")
+        width = max(len(c["tracker"]) for c in result["trackers"])
+        for c in result["trackers"]:
+            print(f"  {c['tracker']:<{width}}  {c['similarity']:.4f}  {c['verdict']}")
+        counts = {v: sum(c["verdict"] == v for c in result["trackers"]) for v in VERDICTS}
+        print("  " + ", ".join(f"{n} {v}" for v, n in counts.items()))
     return 0

@@ -26,19 +26,10 @@ from ..io import ImageError, read_photo, write_photo_atomic
 from ..models import DescriptorModel
 from ..protection import STRENGTHS, ProtectionRecord, output_format, output_path, protect_photo
 from ..quality import amplified_difference
+from ..trackers import SUITES, SuiteDescriber, TrackerCheck, check_protection
 
 DIFFERENCE_GAINS = (10, 30)  # the amplified-difference views: small changes at x10, the faintest at x30
 _CHUNK = 1 << 20
-
-
-@dataclass(frozen=True)
-class CheckRow:
-    """One line of "does the protection work": a tracker, its descriptor similarity between original
-    and protected photo, and its verdict ("blocked", "weakened", "still found"; None: no verdict)."""
-
-    tracker: str
-    similarity: float
-    verdict: str | None
 
 
 class NoPhotoError(ValueError):
@@ -70,7 +61,7 @@ class PhotoTask:
     output: Path | None = None
     before: Path | None = None  # the decoded original as PNG, for the before/after view
     differences: dict[int, Path] = field(default_factory=dict)  # gain -> amplified-difference PNG
-    checks: list[CheckRow] = field(default_factory=list)
+    checks: list[TrackerCheck] = field(default_factory=list)
 
 
 @dataclass
@@ -86,12 +77,6 @@ class Job:
 
     def photo(self, index: int) -> PhotoTask | None:
         return self.photos[index] if 0 <= index < len(self.photos) else None
-
-
-def protection_checks(model: DescriptorModel, record: ProtectionRecord) -> list[CheckRow]:
-    """Whether the protection works, one row per tracker: for now the descriptor similarity of the model the
-    photo was protected against, without a verdict (the tracker suite brings verdicts)."""
-    return [CheckRow(f"{model.name} (the model it was protected against)", record.similarity, None)]
 
 
 def photo_entry(job: Job, task: PhotoTask, now: float, typical: float | None,
@@ -177,6 +162,7 @@ class JobQueue:
         self._lock = threading.Lock()
         self._stopping = False
         self._seconds: dict[str, list[float]] = defaultdict(list)  # strength -> seconds per finished photo
+        self._trackers: SuiteDescriber | None = None  # the quick check's models, loaded at the first check
         self._worker = threading.Thread(target=self._work, name="advquery-protect", daemon=True)
         self._worker.start()
 
@@ -296,6 +282,11 @@ class JobQueue:
             task.steps_done, task.step_limit = done, limit
         return on_step
 
+    def _describer(self) -> SuiteDescriber:
+        if self._trackers is None:
+            self._trackers = SuiteDescriber(tuple(dict.fromkeys(t.system for t in SUITES["quick"])), self.model.device)
+        return self._trackers
+
     def _protect(self, job: Job, task: PhotoTask) -> None:
         with self._lock:
             task.state, task.started = "running", time.monotonic()
@@ -314,7 +305,7 @@ class JobQueue:
                                                     amplified_difference(photo.rgb, protected, gain))
                            for gain in DIFFERENCE_GAINS}
             before = write_photo_atomic(views / "before.png", photo.rgb)
-            checks = protection_checks(self.model, record)
+            checks = check_protection(photo.rgb, protected, "quick", describer=self._describer())
         except JobCancelled:
             return
         except ImageError as exc:

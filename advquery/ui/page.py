@@ -85,12 +85,8 @@ def check_html(checks: list[dict]) -> str:
     lines = []
     for c in checks:
         tracker, similarity = escape(c["tracker"]), c["similarity"]
-        if c["verdict"] is None:
-            lines.append(f"<li>{tracker}: descriptor similarity {similarity:.3f} to the original "
-                         "(1: the same photo to it, lower: harder to match); no verdict yet</li>")
-        else:
-            lines.append(f'<li class="{escape(c["verdict"])}">{tracker}: {VERDICT_WORDS[c["verdict"]]} '
-                         f"(similarity {similarity:.3f})</li>")
+        lines.append(f'<li class="{escape(c["verdict"])}">{tracker}: {VERDICT_WORDS[c["verdict"]]} '
+                     f"(similarity {similarity:.3f})</li>")
     return f"<h3>Does the protection work?</h3><ul class=\"checks\">{''.join(lines)}</ul>"
 
 
