@@ -12,6 +12,7 @@ import importlib.util
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -44,28 +45,37 @@ def photos(ukbench_dir, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def serial(photos, tmp_path_factory) -> dict:
+    return _serial(photos, tmp_path_factory.mktemp("serial"))
+
+
+def _serial(photos: Path, folder: Path, *options: str) -> dict:
     """The serial path's outputs (bytes by name) and report lines for the photos."""
-    out = tmp_path_factory.mktemp("serial") / "out"
-    report = out.parent / "report.jsonl"
-    code, _, stderr = run_cli(["protect", str(photos), "-o", str(out), "--report", str(report), *QUICK])
+    out, report = folder / "out", folder / "report.jsonl"
+    code, _, stderr = run_cli(["protect", str(photos), "-o", str(out), "--report", str(report), *QUICK, *options])
     assert code == 1 and "failed 1" in stderr, stderr
     return {"outputs": _contents(out), "report": _lines(report, out), "inputs": _contents(photos)}
 
 
 @pytest.fixture(scope="session")
 def two_nodes():
-    """A simulated cluster of two Ray nodes of one CPU each; its address is what ``--ray`` is given."""
+    """A simulated cluster of two Ray nodes of one CPU each: ``--ray`` is given its head's address, or its Ray
+    Client address ``client_address``."""
     if importlib.util.find_spec("ray") is None:
         pytest.skip("Ray is not installed (pip install 'advquery[cluster]')")
     from ray.cluster_utils import Cluster
 
+    with socket.socket() as s:  # a free port for the head's Ray Client server (ray://)
+        s.bind(("127.0.0.1", 0))
+        client_port = s.getsockname()[1]
     try:
-        cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+        cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False,
+                                                                "ray_client_server_port": client_port})
         cluster.add_node(num_cpus=1)
         cluster.wait_for_nodes()
     except Exception as exc:  # noqa: BLE001 -- whatever keeps Ray from starting here is the reason to skip
         print(f"Ray cannot start here: {exc}")
         pytest.skip(f"Ray cannot start here: {exc}")
+    cluster.client_address = f"ray://127.0.0.1:{client_port}"
     yield cluster
     cluster.shutdown()
 
@@ -150,12 +160,14 @@ def test_worker_killed_mid_photo_is_retried_and_the_batch_completes(photos, seri
     assert _lines(tmp_path / "report.jsonl", out) == serial["report"]
 
 
-def test_stopped_batch_resumes_from_what_is_written(photos, serial, two_nodes, tmp_path):
+def test_stopped_batch_resumes_from_what_is_written(photos, two_nodes, tmp_path):
+    slower = ("--steps", "12")  # photos in flight when the first is written are still at work when it is stopped
+    serial = _serial(photos, tmp_path / "serial", *slower)
     out = tmp_path / "out"
-    process = _protect(photos, out, "--ray", two_nodes.address)
+    process = _protect(photos, out, "--ray", two_nodes.address, *slower)
     deadline = time.monotonic() + 120
-    while not any(out.glob("*.jpg")) and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.01)
+    while not any((out / RECORDS).glob("*.json")) and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)  # a photo is done: its output and its record are written
     process.send_signal(signal.SIGTERM)
     code, stderr = _finish(process)
     assert code == 128 + signal.SIGTERM and "interrupted after" in stderr, (code, stderr)
@@ -165,7 +177,7 @@ def test_stopped_batch_resumes_from_what_is_written(photos, serial, two_nodes, t
     first = (tmp_path / "report.jsonl").read_text().splitlines()
     (tmp_path / "report.jsonl").unlink()
 
-    code, stderr = _finish(_protect(photos, out, "--ray", two_nodes.address))
+    code, stderr = _finish(_protect(photos, out, "--ray", two_nodes.address, *slower))
     _check_like_serial(serial, photos, out, code, stderr)
     again = {line["input"]: line for line in _lines(tmp_path / "report.jsonl", out)}
     assert {Path(name).name for name, line in again.items() if line["status"] == "skipped"} == done
@@ -189,10 +201,11 @@ def _index(photos: Path, out: Path, *options: str) -> tuple[int, str]:
     return process.returncode, process.stderr
 
 
-@pytest.mark.parametrize("where", ["local", "two nodes"])
+@pytest.mark.parametrize("where", ["local", "two nodes through Ray Client"])
 def test_index_built_on_ray_is_the_serial_paths(photos, serial_index, two_nodes, tmp_path, where):
     out = tmp_path / "index"
-    code, stderr = _index(photos, out, *(["--workers", "2"] if where == "local" else ["--ray", two_nodes.address]))
+    code, stderr = _index(photos, out,
+                          *(["--workers", "2"] if where == "local" else ["--ray", two_nodes.client_address]))
     assert code == 1, stderr
     assert [line for line in stderr.splitlines() if "error" in line] == \
         [f"advquery: error: skipped {photos / BROKEN}: not an image file, or an unsupported image format"]
