@@ -187,6 +187,11 @@ def other_section(name: str, data: dict) -> tuple[str, str, str]:
                            * ("threads" in data) + [f"--name {name}"] * (name != "speed"))
         return "Speed of protection: seconds per photo, network passes, float32 against bfloat16", command, \
             "Run alone on the machine (timed figures)."
+    if name == "cluster_throughput" and isinstance(data.get("photos"), list):
+        images = data.get("describe", {}).get("images")
+        return ("Protecting and describing in one process, in two, and on Ray",
+                f"python bench/cluster_throughput.py --photos {len(data['photos'])}"
+                + (f" --images {images}" if isinstance(images, int) else ""), "")
     flat = re.fullmatch(r"flat_regions_(\w+)", name)
     if flat:
         return (f"Flat regions changed by each preset, {flat.group(1)} split",
@@ -211,6 +216,7 @@ def section(name: str) -> tuple[str, str]:
     title, command, note = entry[1:] if entry else other_section(name, data)
     day = measured_on(name)
     body = baseline() if name == "baseline_retrieval" else (RESULTS / f"{name}.md").read_text().strip()
+    body = re.sub(r"^#+ +", "#### ", body, flags=re.M)  # a result's own headings go below its section's
     reproduce = f"`{command}`" if command.startswith("python ") else command
     if "(its options" in command:
         reproduce = f"`{command.split(' (')[0]}` ({command.split(' (', 1)[1]}"
