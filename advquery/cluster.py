@@ -69,13 +69,14 @@ def ray_target(args: argparse.Namespace) -> tuple[str, int | None] | None:
     """Where the batch runs: ``(address, CPUs of a local instance or None for all)`` on Ray, None serially in
     this process. Refuses, before any work, ``--workers`` with a cluster's address and Ray options where Ray
     is not installed (saying how to get it)."""
-    if args.workers and args.ray not in (None, "local"):
+    workers = getattr(args, "workers", None)
+    if workers and args.ray not in (None, "local"):
         raise ClusterError(f"--workers runs processes on this machine; on the cluster at {args.ray} Ray runs "
                            "a task on every --threads CPUs it has")
-    address = args.ray or ("local" if args.workers else None)
+    address = args.ray or ("local" if workers else None)
     if address is not None and importlib.util.find_spec("ray") is None:
         raise ClusterError(f"{'--ray' if args.ray else '--workers'} needs Ray, which is not installed: {INSTALL_HINT}")
-    return None if address is None else (address, args.workers * (args.threads or 1) if args.workers else None)
+    return None if address is None else (address, workers * (args.threads or 1) if workers else None)
 
 
 def shard_spec(text: str) -> tuple[int, int]:
@@ -87,17 +88,19 @@ def shard_spec(text: str) -> tuple[int, int]:
 
 
 def add_cluster_options(parser: argparse.ArgumentParser, positive_int: Callable[[str], int], what: str,
-                        shard: bool = True) -> None:
-    """--ray [ADDRESS], --workers, --threads and (``shard``) --shard for a batch command that does ``what``."""
+                        workers: bool = True, shard: bool = True) -> None:
+    """--ray [ADDRESS], --threads, and where asked for --workers and --shard, for a batch command that does ``what``.
+    --workers is offered where bench/results/cluster_throughput.md finds several processes faster than one."""
     parser.add_argument("--ray", nargs="?", const="local", type=ray_address, metavar="ADDRESS",
                         help=f"{what} in Ray tasks ({INSTALL_HINT}): without ADDRESS on a new "
                              "local Ray instance using every CPU here; auto: the cluster this machine belongs to; "
                              "ray://HOST:PORT or HOST:PORT: that cluster. Inputs and outputs must lie on storage every "
                              "node sees at the same path; on a cluster with GPUs each task reserves one and runs on it")
-    parser.add_argument("--workers", type=positive_int, metavar="N",
-                        help=f"{what} in N processes on this machine, each with --threads threads (a local Ray "
-                             "instance): on a CPU, several processes of few threads get through a batch sooner than "
-                             "one process with every thread (bench/results/cluster_throughput.md)")
+    if workers:
+        parser.add_argument("--workers", type=positive_int, metavar="N",
+                            help=f"{what} in N processes on this machine, each with --threads threads (a local Ray "
+                                 "instance): on a CPU, several processes of few threads get through a batch sooner "
+                                 "than one process with every thread (bench/results/cluster_throughput.md)")
     parser.add_argument("--threads", type=positive_int, metavar="N",
                         help="torch threads per process: serially (default: torch's choice for this machine) or per "
                              "Ray task, which reserves N CPUs (default 1). Outputs depend on it in their last bits: the "

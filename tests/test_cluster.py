@@ -205,7 +205,7 @@ def _index(photos: Path, out: Path, *options: str) -> tuple[int, str]:
 def test_index_built_on_ray_is_the_serial_paths(photos, serial_index, two_nodes, tmp_path, where):
     out = tmp_path / "index"
     code, stderr = _index(photos, out,
-                          *(["--workers", "2"] if where == "local" else ["--ray", two_nodes.client_address]))
+                          *(["--ray"] if where == "local" else ["--ray", two_nodes.client_address]))
     assert code == 1, stderr
     assert [line for line in stderr.splitlines() if "error" in line] == \
         [f"advquery: error: skipped {photos / BROKEN}: not an image file, or an unsupported image format"]

@@ -46,7 +46,7 @@ def register(commands: argparse._SubParsersAction) -> None:
                             "dimension (default: dimension / 16)")
     add_model_options(build)
     add_features_options(build)
-    add_cluster_options(build, positive_int, "describe the images", shard=False)
+    add_cluster_options(build, positive_int, "describe the images", workers=False, shard=False)
     build.set_defaults(run=build_index)
 
 
