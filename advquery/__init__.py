@@ -3,7 +3,7 @@
 Protect photos from retrieval-based location tracking, and measure how retrieval systems
 hold up against image modifications.
 """
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 from .attacks import PIRE, SSIMPIRE  # noqa: E402
 from .models import load_model  # noqa: E402
