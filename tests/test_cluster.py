@@ -161,7 +161,8 @@ def test_worker_killed_mid_photo_is_retried_and_the_batch_completes(photos, seri
 
 
 def test_stopped_batch_resumes_from_what_is_written(photos, two_nodes, tmp_path):
-    slower = ("--steps", "12")  # photos in flight when the first is written are still at work when it is stopped
+    # Photos slow enough (seconds each) that those started after the first two are still at work when it is stopped.
+    slower = ("--size", "256", "--steps", "40")
     serial = _serial(photos, tmp_path / "serial", *slower)
     out = tmp_path / "out"
     process = _protect(photos, out, "--ray", two_nodes.address, *slower)
