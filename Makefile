@@ -39,4 +39,10 @@ bench: install
 		&& ../$(PY) perceptual_methods.py --limit 20 --steps 40 --parts curves --curve-budgets \
 		ssim-pire=60,150,300,600,1200 pire=1,2 cv-pire=20,10 sd-pire=20,10 masked-pire=0.5 \
 		--name perceptual_methods_limit20_operating_point \
+		&& ../$(PY) trackers.py --split validation --quick --calibrate --limit 8 --no-handcrafted \
+		&& ../$(PY) trackers.py --split test --quick --limit 5 --no-handcrafted \
+		&& ../$(PY) flat_regions.py && ../$(PY) readme_figure.py \
+		&& ../$(PY) speed.py --parts time --photos 1 \
+		&& ../$(PY) scale.py --n 1000000 --nlist 1024 --nprobe 8 32 128 \
+		&& ../$(PY) cluster_throughput.py \
 		&& ../$(PY) readme_tables.py

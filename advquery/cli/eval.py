@@ -9,7 +9,7 @@ import numpy as np
 from ..evaluation.datasets import DATASET_NAMES, load_dataset, load_distractors
 from ..evaluation.runner import evaluate
 from ..io import atomic_write
-from ..transforms import parse_transform
+from ..transforms import KINDS, parse_transform
 from .common import CommandError, add_features_options, add_model_options, check_output_file, system_from_args, user_errors
 
 
@@ -31,8 +31,9 @@ def register(commands: argparse._SubParsersAction) -> None:
                          "relative to --data-root or absolute), described and cached like the database: "
                          "e.g. ROxford+1M and RParis+1M")
     ev.add_argument("--transform", metavar="SPEC",
-                    help="edit each query before retrieval, steps in order: jpeg:Q, resize:F, crop:F (central, "
-                         "fraction of each side), blur:SIGMA; e.g. jpeg:75,resize:0.5")
+                    help="edit each query before retrieval, steps in order, each KIND or KIND:VALUE with KIND one of "
+                         f"{', '.join(KINDS)} (e.g. jpeg:Q, resize:F, crop:F keeps the central fraction F of each side, "
+                         "blur:SIGMA); e.g. jpeg:75,resize:0.5")
     ev.add_argument("--json", type=Path, metavar="FILE", help="write the summary with per-query AP")
     ev.add_argument("--ranks", type=Path, metavar="FILE.npy",
                     help="save the (database x queries) ranking, database indices best first")

@@ -15,8 +15,8 @@ from .common import add_model_options, model_for_index, positive_int, user_error
 
 def register(commands: argparse._SubParsersAction) -> None:
     v = commands.add_parser("verify", help="compare a protected photo with its original for a retrieval system")
-    v.add_argument("original", type=Path, metavar="ORIGINAL")
-    v.add_argument("protected", type=Path, metavar="PROTECTED")
+    v.add_argument("original", type=Path, metavar="ORIGINAL", help="the photo as it was")
+    v.add_argument("protected", type=Path, metavar="PROTECTED", help="its protected copy (advquery protect's output)")
     v.add_argument("--index", type=Path, metavar="INDEX_DIR",
                    help="also compare what the index retrieves for each (overlap@k)")
     v.add_argument("-k", type=positive_int, default=10, help="neighbours compared with --index (default: 10)")
