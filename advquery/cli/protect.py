@@ -220,7 +220,7 @@ def _protected(plan: list[Job | ProtectionRecord], args: argparse.Namespace, ray
     jobs = [job for job in plan if isinstance(job, Job)]
     if ray:
         with ray_session(*ray):
-            model_name = load_model(args.model, device="cpu").name  # the name the workers' model records
+            model_name = load_model(args.model, device="cpu").name  # what workers record; a bad --model fails here, once
             settings = {"model": model_name, **{name: getattr(args, name) for name in SETTINGS}}
             made = map_on_ray(_protect_task, jobs, args, settings, threads=args.threads or 1, gpus=task_gpus(args.device),
                               failed=lambda job, why: ProtectionRecord(str(job.file.path), status="failed",
