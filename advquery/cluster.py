@@ -29,6 +29,7 @@ import re
 import signal
 import socket
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -46,6 +47,8 @@ INSTALL_HINT = "pip install 'advquery[cluster]'"
 RETRIES = 3  # a task whose worker dies (killed, out of memory, node lost) runs again up to this often
 CANCEL_GRACE_S = 10.0  # how long interrupted tasks get to remove their temporary files
 CONNECT_TIMEOUT_S = 10.0  # how long a cluster's address may take to answer
+CLIENT_TRIES = 3  # connections to a Ray Client head before giving up (see ray_session)
+CLIENT_RETRY_WAIT_S = 2.0
 _ADDRESS = re.compile(r"^(auto|local|ray://\S+|[\w.-]+:\d{1,5}|\[[0-9a-fA-F:.]+\]:\d{1,5})$")
 
 
@@ -186,13 +189,22 @@ def ray_session(address: str, cpus: int | None = None) -> Iterator[None]:
     handler = signal.getsignal(signal.SIGTERM)
     ours = callable(handler) and threading.current_thread() is threading.main_thread()
     local = dict(include_dashboard=False, num_cpus=cpus) if address == "local" else {}
-    try:
-        ray.init(address=address, log_to_driver=False, logging_level=logging.ERROR, **local)
-    except Exception as exc:  # Ray raises ConnectionError, RuntimeError, ValueError, ... for an unusable address
-        if ours:
-            signal.signal(signal.SIGTERM, handler)
-        raise ClusterError(f"--ray {address}: cannot {'start' if address == 'local' else 'reach'} Ray "
-                           f"({_line(exc) or type(exc).__name__})") from None
+    # A Ray Client head starts a server process for each client, which can fail on a busy head; a second
+    # connection gets a new one. Any other address fails for good at the first try.
+    tries = CLIENT_TRIES if address.startswith("ray://") else 1
+    for attempt in range(1, tries + 1):
+        try:
+            ray.init(address=address, log_to_driver=False, logging_level=logging.ERROR, **local)
+            break
+        except Exception as exc:  # Ray raises ConnectionError, RuntimeError, ValueError, ... for an unusable address
+            ray.shutdown()
+            if attempt < tries:
+                time.sleep(CLIENT_RETRY_WAIT_S)
+                continue
+            if ours:
+                signal.signal(signal.SIGTERM, handler)
+            raise ClusterError(f"--ray {address}: cannot {'start' if address == 'local' else 'reach'} Ray "
+                               f"({_line(exc) or type(exc).__name__})") from None
     received: list[int] = []
     if ours:
         signal.signal(signal.SIGTERM, lambda signum, frame: (received.append(signum), handler(signum, frame)))
@@ -220,8 +232,12 @@ def _check_reachable(address: str) -> None:
 
 
 def _line(exc: BaseException, words: int = 40) -> str:
-    """The start of an error's message, on one line."""
-    return " ".join(str(exc).split()[:words])
+    """The start of an error's message, on one line; of a message that carries a remote traceback (a Ray
+    server's), its last line, which names the error."""
+    message = str(exc)
+    if "Traceback (most recent call last)" in message:
+        message = message.split("Traceback (most recent call last)")[-1].strip().splitlines()[-1]
+    return " ".join(message.split()[:words])
 
 
 def _run_task(fn: Callable[..., R], cwd: str, item, shared: tuple) -> R:

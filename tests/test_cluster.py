@@ -202,12 +202,19 @@ def _index(photos: Path, out: Path, *options: str) -> tuple[int, str]:
     return process.returncode, process.stderr
 
 
+def _client_server_logs(cluster) -> str:
+    """The head's Ray Client server logs, so that a failure says why Ray could not serve the client."""
+    logs = Path(cluster.head_node.get_logs_dir_path())
+    return "".join(f"\n--- {p.name}:\n{p.read_text(errors='replace')[-2000:]}"
+                   for p in sorted(logs.glob("ray_client_server*.err")))
+
+
 @pytest.mark.parametrize("where", ["local", "two nodes through Ray Client"])
 def test_index_built_on_ray_is_the_serial_paths(photos, serial_index, two_nodes, tmp_path, where):
     out = tmp_path / "index"
     code, stderr = _index(photos, out,
                           *(["--ray"] if where == "local" else ["--ray", two_nodes.client_address]))
-    assert code == 1, stderr
+    assert code == 1, stderr + _client_server_logs(two_nodes)
     assert [line for line in stderr.splitlines() if "error" in line] == \
         [f"advquery: error: skipped {photos / BROKEN}: not an image file, or an unsupported image format"]
     assert _contents(out) == serial_index and set(serial_index) == {"descriptors.npy", "images.jsonl", "manifest.json"}
@@ -274,3 +281,45 @@ def test_ray_option_without_ray_says_how_to_get_it(tmp_path, monkeypatch):
     code, _, stderr = run_cli(["protect", str(tmp_path / "none.jpg"), "-o", str(tmp_path / "out"), "--ray"])
     assert code == 2 and stderr.splitlines() == [
         "advquery: error: --ray needs Ray, which is not installed: pip install 'advquery[cluster]'"]
+
+
+SERVER_FAILURE = ("Initialization failure from server:\nTraceback (most recent call last):\n  File \"proxier.py\", line 772, "
+                  "in Datapath\n    raise RuntimeError(\nRuntimeError: Starting Ray client server failed. See "
+                  "ray_client_server_23000.err for detailed logs.")
+
+
+@pytest.mark.parametrize("failures, outcome", [
+    (1, None),  # a busy head's client server failed once: the second connection works
+    (3, "--ray ray://127.0.0.1:{port}: cannot reach Ray (RuntimeError: Starting Ray client server failed. "
+        "See ray_client_server_23000.err for detailed logs.)"),
+])
+def test_ray_client_connection_is_tried_again_and_a_remote_traceback_is_one_line(monkeypatch, failures, outcome):
+    if importlib.util.find_spec("ray") is None:
+        pytest.skip("Ray is not installed (pip install 'advquery[cluster]')")
+    import ray
+
+    from advquery import cluster
+
+    calls = []
+
+    def init(**options):
+        calls.append(options["address"])
+        if len(calls) <= failures:
+            raise ConnectionAbortedError(SERVER_FAILURE)
+
+    monkeypatch.setattr(ray, "init", init)
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "shutdown", lambda: None)
+    monkeypatch.setattr(cluster, "CLIENT_RETRY_WAIT_S", 0.0)
+    with socket.socket() as head:  # something answers at the address, as a Ray Client head does
+        head.bind(("127.0.0.1", 0))
+        head.listen()
+        address = f"ray://127.0.0.1:{head.getsockname()[1]}"
+        if outcome is None:
+            with cluster.ray_session(address):
+                pass
+        else:
+            with pytest.raises(cluster.ClusterError) as error, cluster.ray_session(address):
+                pass
+            assert str(error.value) == outcome.format(port=head.getsockname()[1])
+    assert len(calls) == min(failures + 1, cluster.CLIENT_TRIES)
