@@ -159,6 +159,13 @@ def task_gpus(requested: str | None) -> int:
     return int(requested.startswith("cuda") if requested else ray.cluster_resources().get("GPU", 0) > 0)
 
 
+def worker_slots(threads: int) -> int:
+    """Ray tasks of ``threads`` CPUs each that the cluster runs at once (at least one)."""
+    import ray
+
+    return max(1, int(ray.cluster_resources().get("CPU", 1) // threads))
+
+
 def worker_device(requested: str | None) -> str:
     """The torch device of a Ray task: the one asked for, else the GPU Ray assigned it, else the CPU. Ray
     leaves every GPU of a node visible to a task that reserved none, so the default cannot be torch's."""
@@ -266,7 +273,7 @@ def map_on_ray(fn: Callable[..., R], items: Iterable[T], *shared, threads: int, 
                                          retry_exceptions=False)
     shared_ref = ray.put(shared)
     cwd = os.getcwd()
-    window = max(4, 4 * int(ray.cluster_resources().get("CPU", 1) // threads))
+    window = 4 * worker_slots(threads)
     pending: deque[tuple[T, ray.ObjectRef]] = deque()
     todo = iter(items)
 
