@@ -163,11 +163,14 @@ class IVFPQ:
         index.train(np.ascontiguousarray(rows[sample], dtype=np.float32))
         return index
 
-    def build(self, rows: np.ndarray) -> faiss.Index:
-        """The IVF-PQ index of all ``count`` rows (ids = row numbers), trained on a sample of them."""
+    def build(self, rows: np.ndarray,
+              fill: Callable[[faiss.Index, np.ndarray], faiss.Index] | None = None) -> faiss.Index:
+        """The IVF-PQ index of all ``count`` rows (ids = row numbers), trained on a sample of them and filled
+        by ``fill(trained, rows)``: :func:`fill_shard` in this process (the default), or shards of consecutive
+        rows filled elsewhere and joined in order by :func:`merge_shards` (``index build --ray``)."""
         if len(rows) != self.count:
             raise ValueError(f"expected {self.count} rows, got {len(rows)}")
-        return fill_shard(self.train(rows), rows)
+        return (fill or fill_shard)(self.train(rows), rows)
 
 
 def fill_shard(trained: faiss.Index, rows: np.ndarray) -> faiss.Index:
