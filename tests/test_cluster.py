@@ -1,11 +1,11 @@
 """``advquery protect`` and ``index build`` on Ray, protect in shards: the same files, reports and resume rule as
 the serial path.
 
-Real UKBench photos (at a quarter of their size) and a broken file, a tiny working size, real Ray: a local
-instance the command starts itself, and a simulated two-node cluster (``ray.cluster_utils.Cluster``, one CPU
-per node) that the command reaches by its address. Commands on Ray run as separate processes, as a user
-runs them, so that their workers can be killed and the command itself stopped. Outputs are compared byte
-for byte with those of the serial path at the same seed and thread count. Where Ray cannot start, the tests that
+Real UKBench photos (at a quarter of their size) and a broken file (300 Oxford photos for an IVF-PQ index), a
+tiny working size, real Ray: a local instance the command starts itself, and a simulated two-node cluster
+(``ray.cluster_utils.Cluster``, one CPU per node) that the command reaches by its address. Commands on Ray run as
+separate processes, as a user runs them, so that their workers can be killed and the command itself stopped.
+Outputs are compared byte for byte with those of the serial path at the same seed and thread count. Where Ray cannot start, the tests that
 need it are skipped (the cluster fixture says why).
 """
 import importlib.util
@@ -195,9 +195,9 @@ def serial_index(photos, tmp_path_factory) -> dict[str, bytes]:
     return _contents(out)
 
 
-def _index(photos: Path, out: Path, *options: str) -> tuple[int, str]:
-    process = subprocess.run([sys.executable, "-m", "advquery.cli.main", "index", "build", str(photos), "-o", str(out),
-                              *INDEX_QUICK, *options], capture_output=True, text=True, timeout=300)
+def _index(inputs: list[Path], out: Path, *options: str) -> tuple[int, str]:
+    process = subprocess.run([sys.executable, "-m", "advquery.cli.main", "index", "build", *map(str, inputs), "-o",
+                              str(out), *INDEX_QUICK, *options], capture_output=True, text=True, timeout=300)
     assert "Traceback" not in process.stderr, process.stderr
     return process.returncode, process.stderr
 
@@ -212,12 +212,27 @@ def _client_server_logs(cluster) -> str:
 @pytest.mark.parametrize("where", ["local", "two nodes through Ray Client"])
 def test_index_built_on_ray_is_the_serial_paths(photos, serial_index, two_nodes, tmp_path, where):
     out = tmp_path / "index"
-    code, stderr = _index(photos, out,
+    code, stderr = _index([photos], out,
                           *(["--ray"] if where == "local" else ["--ray", two_nodes.client_address]))
     assert code == 1, stderr + _client_server_logs(two_nodes)
     assert [line for line in stderr.splitlines() if "error" in line] == \
         [f"advquery: error: skipped {photos / BROKEN}: not an image file, or an unsupported image format"]
     assert _contents(out) == serial_index and set(serial_index) == {"descriptors.npy", "images.jsonl", "manifest.json"}
+
+
+def test_ivfpq_index_filled_in_shards_on_ray_is_the_serial_one(data_root, two_nodes, tmp_path):
+    # The driver trains the index, a Ray task on each node fills a copy with its half of the rows, the driver
+    # merges the two: each row gets the list and code one process adding every row gives it, so the same files.
+    photos = sorted((data_root / "roxford5k-mini" / "jpg").glob("*.jpg"))[:300]  # the fewest IVF-PQ trains on
+    ivfpq = ["--index-type", "ivfpq", "--nlist", "4"]
+    code, _, stderr = run_cli(["index", "build", *map(str, photos), "-o", str(tmp_path / "serial"), *INDEX_QUICK,
+                               *ivfpq])
+    assert code == 0 and "filled in" not in stderr, stderr
+    code, stderr = _index(photos, tmp_path / "ray", "--ray", two_nodes.address, *ivfpq)
+    assert code == 0 and "(IVF-PQ: 4 lists, 80 bytes per image, trained on 300, filled in 2 shards on Ray)" in stderr, \
+        stderr
+    assert _contents(tmp_path / "ray") == _contents(tmp_path / "serial")
+    assert set(_contents(tmp_path / "ray")) == {"descriptors.npy", "images.jsonl", "manifest.json", "ivfpq.faiss"}
 
 
 def test_index_of_sift_he_on_ray_needs_a_vocabulary(tmp_path):

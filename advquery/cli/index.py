@@ -1,19 +1,21 @@
 """``advquery index build``: describe a photo collection and save a searchable index."""
 import argparse
 import sys
+import warnings
 from contextlib import nullcontext
-from functools import lru_cache
+from functools import lru_cache, partial
 from pathlib import Path
 
+import faiss
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from ..cluster import (add_cluster_options, map_on_ray, ray_session, ray_target, task_gpus, torch_threads,
-                       worker_device)
+                       worker_device, worker_slots)
 from ..extraction import MIN_SIZE, Extraction, describe
 from ..io import real_path
-from ..retrieval import INDEX_TYPES, IVFPQ, ImageIndex, Manifest
+from ..retrieval import INDEX_TYPES, IVFPQ, ImageIndex, Manifest, fill_shard, merge_shards
 from ..systems import NeuralSystem, RetrievalSystem, SiftHESystem
 from .common import (CommandError, add_features_options, add_model_options, check_output_folder, collect_or_fail, error,
                      positive_int, system_from_args, user_errors)
@@ -22,6 +24,9 @@ VOCABULARY_FILE = "vocabulary.npz"  # a SIFT-HE index keeps its vocabulary besid
 # Images per Ray task: enough that a task's own cost is small beside describing them, few enough that every
 # worker gets several tasks of a small collection.
 CHUNK = 16
+# Rows of an IVF-PQ shard filled by one Ray task at most: bounds what a task receives (4 x dimension bytes a row:
+# 256 MB at 1280 dimensions) and holds; a collection gets one shard per worker, more where they would be larger.
+SHARD_ROWS = 50_000
 # The options system_from_args builds a system from: a worker builds its own from them (and its device).
 SYSTEM_OPTIONS = ("features", "model", "size", "multiscale", "batch_size", "vocab", "vocab_size")
 
@@ -38,7 +43,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     build.add_argument("--index-type", choices=INDEX_TYPES, default="flat",
                        help="flat: exact search over every descriptor (default); ivfpq: faiss IVF-PQ for large "
                             "collections (neural features only): inverted lists and a product quantizer trained on "
-                            "a sample, searched approximately (search --nprobe, --rerank)")
+                            "a sample, searched approximately (search --nprobe, --rerank); with --ray, trained in this "
+                            "process and filled in shards by Ray tasks, one per worker, merged into one index")
     build.add_argument("--nlist", type=positive_int, metavar="N",
                        help="ivfpq: inverted lists (default: about 4 sqrt(images), at most images / 39)")
     build.add_argument("--pq", type=positive_int, metavar="M",
@@ -83,7 +89,8 @@ def build_index(args: argparse.Namespace) -> int:
 
 
 def _build(args: argparse.Namespace, files, problems: list[str], ray: tuple[str, int | None] | None) -> int:
-    """Describe the images (in this process, or in Ray tasks of :data:`CHUNK` images each) and save the index."""
+    """Describe the images (in this process, or in Ray tasks of :data:`CHUNK` images each) and save the index
+    (an IVF-PQ one on Ray filled in shards by Ray tasks too, :func:`_fill_on_ray`)."""
     system = system_from_args(args)
     paths = [real_path(f.path) for f in files]
     if args.index_type == "ivfpq":
@@ -101,18 +108,23 @@ def _build(args: argparse.Namespace, files, problems: list[str], ray: tuple[str,
         settings = {"max_features": system.max_features,
                     "vocabulary": {"file": VOCABULARY_FILE, "source": source, **system.vocabulary.settings()}}
     ann = ivf = None
+    shards = 1  # IVF-PQ shards filled in Ray tasks; a single one is filled here
     if args.index_type == "ivfpq":  # over the images described (some may have been skipped)
         ivf = _ivfpq(args, result.descriptors.shape[1], len(result.paths))
-        # Built here on either path: copies of the trained index filled by workers and merged (retrieval.merge_shards)
-        # encode some rows differently from one process adding them all, and the index must not depend on --ray.
-        ann = ivf.build(result.descriptors)
+        threads = args.threads or 1
+        if ray:  # one shard per worker, more where they would pass SHARD_ROWS
+            shards = min(len(result.paths), max(worker_slots(threads), -(-len(result.paths) // SHARD_ROWS)))
+        ann = ivf.build(result.descriptors,
+                        partial(_fill_on_ray, shards=shards, threads=threads) if shards > 1 else None)
     manifest = Manifest(model=system.name, size=system.size, scales=tuple(system.scales),
                         dim=result.descriptors.shape[1], count=len(result.paths), features=system.features,
                         settings=settings, index=ivf.settings() if ivf else None)
     ImageIndex(result.descriptors, result.paths, manifest, ann).save(args.output)
     skipped = len(result.failures) + len(problems)
+    filled = f", filled in {shards} shards on Ray" if shards > 1 else ""
     print(f"indexed {len(result.paths)} image(s) with {system.name} at {args.size} px into {args.output}"
-          + (f" (IVF-PQ: {ivf.nlist} lists, {ivf.pq} bytes per image, trained on {ivf.train_size})" if ivf else "")
+          + (f" (IVF-PQ: {ivf.nlist} lists, {ivf.pq} bytes per image, trained on {ivf.train_size}{filled})"
+             if ivf else "")
           + (f"; skipped {skipped}" if skipped else ""), file=sys.stderr)
     return 1 if skipped else 0
 
@@ -140,3 +152,33 @@ def _describe_task(paths: list[Path], args: argparse.Namespace) -> Extraction:
 def _worker_system(options: tuple) -> RetrievalSystem:
     return system_from_args(argparse.Namespace(**dict(options)))
 
+
+def _fill_on_ray(trained: faiss.Index, rows: np.ndarray, shards: int, threads: int) -> faiss.Index:
+    """What ``fill_shard(trained, rows)`` gives, from ``shards`` blocks of consecutive rows, each added to a copy of
+    the trained, empty index in a Ray task of ``threads`` CPUs (:func:`~advquery.retrieval.fill_shard`) and
+    merged here in order (:func:`~advquery.retrieval.merge_shards`), so that ids are row numbers, positions in
+    the image list. A shard whose task cannot finish is filled in this process, with a warning.
+
+    Tasks of their own rather than the describe tasks returning shards: the index is trained on a seeded sample
+    of the rows of every image described (the images that failed left out), so the trained index to fill exists
+    only once every describe task is done; training it on images described beforehand would draw another sample
+    than the serial path, and give another index. The rows come back to this process anyway (for the training
+    sample and descriptors.npy), so the shards cost one more trip of the rows to the workers; and a describe
+    task's :data:`CHUNK` images would make shards of as many rows, each carrying its own copy of the coarse
+    centroids (nlist x dimension floats, 20 MB at 4,000 x 1,280) back, where one shard per worker carries one."""
+    parts = np.array_split(rows, shards)
+    filled = map_on_ray(_fill_task, parts, trained, threads=threads, gpus=0,
+                        failed=lambda part, why: _fill_here(trained, part, why))
+    return merge_shards(list(tqdm(filled, total=shards, desc="IVF-PQ shards", unit="shard", disable=None)))
+
+
+def _fill_task(rows: np.ndarray, trained: faiss.Index) -> faiss.Index:
+    """A Ray task: one shard of the IVF-PQ index, faiss using the CPUs Ray reserved for the task (map_on_ray set
+    torch to them; faiss has its own OpenMP threads)."""
+    faiss.omp_set_num_threads(torch.get_num_threads())
+    return fill_shard(trained, rows)
+
+
+def _fill_here(trained: faiss.Index, rows: np.ndarray, why: str) -> faiss.Index:
+    warnings.warn(f"an IVF-PQ shard of {len(rows)} images is filled in this process: its Ray task failed ({why})")
+    return fill_shard(trained, rows)
