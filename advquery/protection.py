@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from .attacks import CVPIRE, PIRE, SDPIRE, SSIMPIRE, GaussianNoise, KeypointAttack, MaskedPIRE, PerturbationAttack, RandomEdits
+from .attacks.views import TrackerViews
 from .attacks.keypoints import METHODS as KEYPOINT_METHODS
 from .extraction import DEFAULT_SIZE, cosine_similarity, describe
 from .io import Photo, read_photo, suffix_for_format, to_tensor, to_uint8, write_grey_atomic, write_photo_atomic
@@ -22,7 +23,7 @@ from .models import DescriptorModel, ModelEnsemble, load_model
 from .quality import flat_changed, quality_report
 from .transforms import jpeg_round_trip
 
-PRESET_METHODS = ("ssim-pire", "pire", "masked-pire")  # budget, steps, random edits, partner model and grid from the preset
+PRESET_METHODS = ("ssim-pire", "pire", "masked-pire")  # budget, steps, views, models and grid from the preset
 GRADIENT_METHODS = (*PRESET_METHODS, "cv-pire", "sd-pire")
 METHODS = (*GRADIENT_METHODS, *KEYPOINT_METHODS, "noise")
 DEFAULT_NOISE_SSIM = 0.99  # noise: about the SSIM of the gradient presets' outputs
@@ -31,74 +32,79 @@ THESIS_M, THESIS_STEPS = 50, 100
 MASK_GAIN = 4.0  # masked-pire: texture may take up to 4x the flat-region budget
 
 
+DEFAULT_METHOD = "ssim-pire"  # every preset's: the others stay for research (protect --method)
+
+
 @dataclass(frozen=True)
 class Strength:
-    """A protection budget and what it is made robust against.
+    """One configuration of the protection method (ssim-pire through tracker views): a preset.
 
-    ``eps_levels`` is the flat-region budget of masked-pire and the L-infinity bound of pire, in
-    grey levels; ``ssim_eps_levels`` and ``ssim_weight`` the bound and the SSIM price of ssim-pire,
-    which stops on ``patience`` alone (its objective already weighs effect against SSIM);
-    ``target_similarity`` the descriptor similarity at which the other methods stop; ``edits`` the
-    random edits drawn in every step; ``partner`` a second built-in model attacked together with the
-    chosen one (transfer to models the photo was not protected against); ``grid`` the largest long side, in
-    pixels, of the grid the perturbation lives on (None: the working resolution); ``method`` the method
-    ``protect`` runs unless told otherwise, the one measured best for this preset.
+    ``ssim_eps_levels`` and ``ssim_weight`` are the L-infinity bound, in grey levels, and the SSIM price of
+    ssim-pire, which stops on ``patience`` alone (its objective already weighs effect against SSIM; None: it runs
+    every step); ``views`` the tracker views (:class:`~advquery.attacks.views.TrackerViews`) drawn in every
+    step (None: the saved file alone), with ``poolings`` the poolings pushed away in each view and ``models``
+    the built-in models attacked beside the chosen one (each view drawn for one of them); ``grid`` the largest
+    long side, in pixels, of the grid the perturbation lives on (None: the working resolution); ``spare_flat``
+    the flat-region threshold, in grey levels of local luminance deviation, below which pixels are left
+    unchanged (None: none are spared). A JPEG output is in the loop: the views see the file as saved.
 
-    Why ``medium`` and ``high`` keep a coarser grid and ``low`` does not: a smoother pattern costs less SSIM at
-    the same bound and survives JPEG better, but a 1-level pattern loses too much of its effect on it
-    (``bench/results/protect_pire_1024_limit10.md`` and ``protect_pire_1024_limit10_coarse.md``; the figures
-    are in docs/benchmarks.md, the reasoning in docs/methods.md).
+    For the research methods run with a preset (``protect --method``): ``eps_levels`` is the flat-region budget
+    of masked-pire and the L-infinity bound of pire, ``target_similarity`` the descriptor similarity at which
+    they and CV-/SD-PIRE stop.
     """
 
-    eps_levels: float
     ssim_eps_levels: float
     ssim_weight: float
     steps: int
-    target_similarity: float
     patience: int | None
-    edits: RandomEdits | None
-    partner: bool
+    views: TrackerViews | None
+    models: tuple[str, ...]
     grid: int | None
-    method: str
+    spare_flat: float | None
     description: str
+    eps_levels: float
+    target_similarity: float
+    poolings: tuple[str, ...] = ("gem",)
 
-    def budget_levels(self, method: str) -> float:
+    def budget_levels(self, method: str = DEFAULT_METHOD) -> float:
         """The budget, in grey levels, this preset gives a preset method: ssim-pire's bound, else ``eps_levels``."""
         return self.ssim_eps_levels if method == "ssim-pire" else self.eps_levels
 
 
+OTHER_MODELS = ("efficientnet-lite1-gem", "efficientnet-lite2-gem")  # medium and high attack all three built-ins
 STRENGTHS = {
-    # low and high run ssim-pire: its quality-effect curve lies right of pire's, masked-pire's, CV-PIRE's and
-    # SD-PIRE's (bench/results/perceptual_methods_limit20_operating_point.md), and at high it transfers better
-    # to a model it never saw (robustness_512_ssim_pire.md against robustness_512.md). medium runs pire: at
-    # 1024 px, protect's default size, ssim-pire's medium left more of the retrieval at a lower SSIM
-    # (protect_pire_1024_limit10_ssim_pire.md against protect_pire_1024_limit10_coarse.md); at 512 px the two
-    # were on a par. The measured figures: docs/benchmarks.md.
-    "low": Strength(1, 3, 300, 30, 0.4, 5, None, False, None, "ssim-pire",
-                    "near-invisible (ssim-pire: within 3 grey levels, SSIM priced at 300; pire: 1 level); "
-                    "blocks the protecting model"),
-    "medium": Strength(3, 8, 40, 40, 0.2, None, RandomEdits(), False, 512, "pire",
-                       "pire within 3 levels (ssim-pire: 8 levels at price 40) on a 512 px grid, optimised through "
-                       "random JPEG (q 70-95), downscaling (to 50 %) and crops"),
-    "high": Strength(4.5, 11, 16, 60, 0.1, None, RandomEdits(), True, 512, "ssim-pire",
-                     "ssim-pire within 11 levels at price 16 (pire: 4.5 levels), robust like medium and aimed at a "
-                     "second model too (transfer)"),
+    # Chosen on the validation split against the tracker suite (bench/candidates.py, bench/results/candidates_*.md;
+    # the figures are in docs/benchmarks.md, the reasoning in docs/methods.md).
+    "low": Strength(ssim_eps_levels=3, ssim_weight=300, steps=30, patience=5, views=None, models=(), grid=None,
+                    spare_flat=None, eps_levels=1, target_similarity=0.4,
+                    description="near-invisible: within 3 grey levels, SSIM priced at 300, optimised through the "
+                                "saved file; blocks the protecting model on the photo as shared"),
+    "medium": Strength(ssim_eps_levels=10, ssim_weight=30, steps=40, patience=None,
+                       views=TrackerViews(jpeg_probability=0.5), models=OTHER_MODELS, grid=512, spare_flat=2.0,
+                       eps_levels=3, target_similarity=0.2,
+                       description="within 10 levels at SSIM price 30 on a 512 px grid, flat regions left alone, "
+                                   "optimised through tracker views (flips, crops and selections of any aspect, "
+                                   "rotations, colour, JPEG, working sizes 448-1024) on Lite0, Lite1 and Lite2"),
+    "high": Strength(ssim_eps_levels=16, ssim_weight=15, steps=60, patience=None,
+                     views=TrackerViews(jpeg_probability=0.5), models=OTHER_MODELS, grid=512, spare_flat=2.0,
+                     eps_levels=4.5, target_similarity=0.1,
+                     description="as medium, within 16 levels at SSIM price 15, 60 steps"),
 }
 DEFAULT_STRENGTH = "medium"
-PARTNERS = ("efficientnet-lite1-gem", "efficientnet-lite0-gem")  # the first that is not the chosen model
 
 
-@lru_cache(maxsize=2)
-def _partner_model(name: str, device: str) -> DescriptorModel:
+@lru_cache(maxsize=3)
+def _builtin_model(name: str, device: str) -> DescriptorModel:
     return load_model(name, device=device)
 
 
-def attack_model(model: DescriptorModel, partner: bool) -> DescriptorModel | ModelEnsemble:
-    """The model an attack aims at: ``model``, or ``model`` with a second built-in model (ensemble)."""
-    if not partner:
+def attack_model(model: DescriptorModel, others: tuple[str, ...] = ()) -> DescriptorModel | ModelEnsemble:
+    """The model an attack aims at: ``model``, with the built-in models named in ``others`` (an ensemble;
+    ``model`` itself is never added twice)."""
+    names = [n for n in dict.fromkeys(others) if n != model.name]
+    if not names:
         return model
-    name = next(n for n in PARTNERS if n != model.name)
-    return ModelEnsemble([model, _partner_model(name, str(model.device))])
+    return ModelEnsemble([model, *(_builtin_model(n, str(model.device)) for n in names)])
 
 
 def preset_coarseness(preset: Strength, size: int) -> int:
@@ -108,7 +114,7 @@ def preset_coarseness(preset: Strength, size: int) -> int:
 
 def check_method_options(method: str, target_ssim: float | None = None, ssim_weight: float | None = None,
                          robust: bool = False, eps_levels: float | None = None, steps: int | None = None,
-                         names: dict[str, str] | None = None) -> None:
+                         names: dict[str, str] | None = None, preset: Strength | None = None) -> None:
     """Raise ValueError for an option that ``method`` does not take; ``names``: how to call each option in
     the message (the command line's flags), else its keyword. One rule set for :func:`make_attack` and
     ``advquery protect``, which checks before it reads any photo."""
@@ -121,26 +127,30 @@ def check_method_options(method: str, target_ssim: float | None = None, ssim_wei
         raise ValueError(f"{n['ssim_weight']} must be positive (0 is pire), got {ssim_weight}")
     if robust and method not in PRESET_METHODS:
         raise ValueError(f"{n['robust']} applies to {', '.join(PRESET_METHODS)} only, not to {method}")
+    if robust and preset is not None and preset.views is not None:
+        raise ValueError(f"{n['robust']} adds random edits to a preset without tracker views (low); this one draws "
+                         "tracker views, which include those edits")
     if method not in GRADIENT_METHODS and (eps_levels is not None or steps is not None):
         raise ValueError(f"{n['eps_levels']} and {n['steps']} apply to {', '.join(GRADIENT_METHODS)} only, "
                          f"not to {method}")
 
 
-def make_attack(model: DescriptorModel, method: str | None = None, strength: str = DEFAULT_STRENGTH,
+def make_attack(model: DescriptorModel, method: str | None = None, strength: str | Strength = DEFAULT_STRENGTH,
                 eps_levels: float | None = None, steps: int | None = None, size: int = DEFAULT_SIZE,
                 seed: int | None = None, target_ssim: float | None = None, jpeg_quality: int | None = None,
                 robust: bool = False, coarseness: int | None = None, ssim_weight: float | None = None,
                 precision: str = "auto",
                 on_step: Callable[[int, int], None] | None = None) -> PerturbationAttack | KeypointAttack | GaussianNoise:
-    """The attack a preset stands for, with optional overrides; ``method`` None: the preset's own.
+    """The attack a preset stands for, with optional overrides; ``method`` None: ssim-pire, every preset's
+    method. ``strength``: the name of a preset of :data:`STRENGTHS`, or a :class:`Strength` of one's own.
 
     A gradient attack optimises the 8-bit image it will be saved as: with ``jpeg_quality`` (the output
     is a JPEG of that quality) and no random edits, the decoded JPEG, through a straight-through real
     JPEG in every step (at full resolution JPEG quantises a plain 8-bit perturbation away: compare ``low``
-    and ``low+jpeg`` in ``bench/results/protect_pire_1024_limit10.md``). With random edits (``medium``, ``high``,
-    ``robust``) the edits, JPEG among them, bring robustness to re-compression instead.
+    and ``low+jpeg`` in ``bench/results/protect_pire_1024_limit10.md``); a preset's tracker views are drawn
+    from that decoded file.
 
-    For ``ssim-pire``, ``masked-pire`` and ``pire`` the preset sets budget, steps, edits, partner model and
+    For ``ssim-pire``, ``masked-pire`` and ``pire`` the preset sets budget, steps, views, models and
     grid (``ssim-pire``: its own bound and SSIM price, ``ssim_weight`` overrides the price); for
     ``cv-pire`` and ``sd-pire`` the thesis settings apply (``eps_levels`` overrides the multiplier
     m) and the preset contributes its early stopping only.
@@ -150,25 +160,25 @@ def make_attack(model: DescriptorModel, method: str | None = None, strength: str
     resolution, ``noise`` adds Gaussian noise matched to ``target_ssim`` (default
     :data:`DEFAULT_NOISE_SSIM`). ``eps_levels`` and ``steps`` apply to the gradient methods only,
     ``target_ssim`` to ``noise`` only; the model-free methods ignore ``jpeg_quality``. ``robust`` adds
-    the random edits (:class:`RandomEdits` defaults) to a ``pire``/``masked-pire`` preset that has none
-    (``low``). ``coarseness`` overrides the preset's perturbation grid (:func:`preset_coarseness`).
+    the random edits (:class:`RandomEdits` defaults) to a preset without tracker views (``low``). ``coarseness`` overrides the preset's perturbation grid (:func:`preset_coarseness`).
     ``precision`` is that of the gradient methods' network passes (:mod:`advquery.models.precision`).
     The gradient methods call ``on_step(steps done, step limit)`` after every step (progress); the
     model-free methods, which have no steps, never do.
     """
-    if strength not in STRENGTHS:
+    if not isinstance(strength, Strength) and strength not in STRENGTHS:
         raise ValueError(f"unknown strength {strength!r}; available: {', '.join(STRENGTHS)}")
-    method = method or STRENGTHS[strength].method
+    preset = strength if isinstance(strength, Strength) else STRENGTHS[strength]
+    method = method or DEFAULT_METHOD
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; available: {', '.join(METHODS)}")
     check_method_options(method, target_ssim=target_ssim, ssim_weight=ssim_weight, robust=robust,
-                         eps_levels=eps_levels, steps=steps)
+                         eps_levels=eps_levels, steps=steps, preset=preset)
     if method in KEYPOINT_METHODS:
         return KeypointAttack(method)
     if method == "noise":
         return GaussianNoise(target_ssim=DEFAULT_NOISE_SSIM if target_ssim is None else target_ssim, seed=seed)
-    preset = STRENGTHS[strength]
-    edits = (preset.edits or (RandomEdits() if robust else None)) if method in PRESET_METHODS else None
+    views = preset.views if method in PRESET_METHODS else None
+    edits = RandomEdits() if robust else None
     codec = partial(jpeg_round_trip, quality=jpeg_quality) if jpeg_quality is not None and edits is None else None
     if coarseness is None:  # CV-/SD-PIRE keep the thesis's per-pixel maps at the working resolution
         coarseness = preset_coarseness(preset, size) if method in PRESET_METHODS else 1
@@ -179,7 +189,9 @@ def make_attack(model: DescriptorModel, method: str | None = None, strength: str
     if method in PRESET_METHODS:
         eps = preset.budget_levels(method) if eps_levels is None else eps_levels
         options = dict(eps=eps / 255, steps=preset.steps if steps is None else steps, edits=edits, **common)
-        target = attack_model(model, preset.partner)
+        if views is not None:
+            options.update(tracker_views=views, poolings=preset.poolings, spare_flat=preset.spare_flat)
+        target = attack_model(model, preset.models)
         if method == "ssim-pire":
             return SSIMPIRE(target, ssim_weight=preset.ssim_weight if ssim_weight is None else ssim_weight, **options)
         return MaskedPIRE(target, max_gain=MASK_GAIN, **options) if method == "masked-pire" else PIRE(target, **options)

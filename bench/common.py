@@ -1,5 +1,6 @@
 """Shared by the benchmarks: machine description, data root, result files (JSON + markdown), and the
 protection benchmarks' resumable protected-query loop, mAP over the protected queries and image quality."""
+import hashlib
 import json
 import os
 import platform
@@ -28,6 +29,16 @@ SPLITS = {"validation": (0, 20), "test": (20, 58)}
 QUALITY_KEYS = ("ssim", "psnr", "linf", "mean_abs_change")
 # PIRE paper budget: eps = 10/255 in mean/std-normalised space is ~2.3 grey levels in pixel space.
 PAPER_EPS_LEVELS = 10 * 0.226
+
+
+def content_key(paths: Iterable[Path], settings: dict) -> str:
+    """Cache key of ``settings`` and the files' contents. The benchmarks key their caches by content, not by
+    modification time (``advquery.systems.file_key``): the shared data folder is copied afresh for every session,
+    which changes every time and would throw away hours of descriptors."""
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
+    for p in paths:
+        digest.update(hashlib.sha256(Path(p).read_bytes()).digest())
+    return digest.hexdigest()[:24]
 
 
 def machine() -> str:

@@ -170,7 +170,7 @@ def preset_label(method: str, strength: str) -> str:
     p = STRENGTHS[strength]
     if method in MAP_METHODS:
         return f"{method}, `protect` {strength} (m={THESIS_M}, <= {THESIS_STEPS} steps, early stop)"
-    extras = ", random edits" * bool(p.edits) + ", + partner model" * bool(p.partner)
+    extras = ", tracker views" * bool(p.views) + f", + {len(p.models)} models" * bool(p.models)
     budget = p.budget_levels(method)
     levels = f"{budget:g} grey level" + "s" * (budget != 1) + f", SSIM price {p.ssim_weight:g}" * (method == "ssim-pire")
     stops = p.patience is not None or method != "ssim-pire"  # ssim-pire stops on patience alone

@@ -99,7 +99,7 @@ def main() -> None:
         if record is None:
             ax.set_ylabel("original", fontsize=12)
         else:
-            ax.set_ylabel(f"{label} ({STRENGTHS[label].method})\nSSIM {record['ssim']:.3f}", fontsize=12)
+            ax.set_ylabel(f"{label}\nSSIM {record['ssim']:.3f}", fontsize=12)
         ax = axes[r, 1]
         if record is None:
             ax.imshow(np.full_like(rgb, 128))

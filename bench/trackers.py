@@ -24,14 +24,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import CACHE, RESULTS, SPLITS, WORK, markdown_table, split_dataset, write_results
+from candidates import CANDIDATES, PROTECTING_MODEL
+from common import CACHE, RESULTS, SPLITS, WORK, content_key, markdown_table, split_dataset, write_results
 
 from advquery.evaluation.metrics import compute_map
 from advquery.evaluation.runner import evaluate
 from advquery.io import read_photo
 from advquery.models import load_model
-from advquery.protection import STRENGTHS, protect_photo
-from advquery.systems import GlobalSystem, SiftHESystem, file_key
+from advquery.protection import STRENGTHS, Strength, protect_photo
+from advquery.systems import GlobalSystem, SiftHESystem
 from advquery.trackers import (EDITS, POOLED, QUICK_EDITS, QUICK_SYSTEMS, SYSTEMS, SuiteDescriber,
                                System, share_summary)
 
@@ -42,23 +43,33 @@ CALIBRATION_SHARES = {"blocked": 0.25, "found": 0.75}  # verdict bounds on the s
 PACKAGE_CALIBRATION = Path(__file__).parents[1] / "advquery" / "data" / "tracker_calibration.json"
 
 
-def setting_folder(preset: str) -> Path:
-    """Where a preset's protected photos are kept: named by the preset and a digest of its definition, so a
-    changed preset never reuses the files of the old one."""
-    digest = hashlib.sha256(repr(STRENGTHS[preset]).encode()).hexdigest()[:8]
-    return WORK / "trackers" / f"{preset}-{digest}"
+def setting(name: str) -> Strength:
+    """A shipped preset, or a candidate of ``bench/candidates.py``."""
+    return STRENGTHS.get(name) or CANDIDATES[name]
 
 
-def protect_set(preset: str, photos: list[Path], model) -> tuple[Path, list[dict]]:
-    folder = setting_folder(preset)
+def setting_folder(name: str) -> Path:
+    """Where a setting's protected photos are kept: named by the setting and a digest of its definition, so a
+    changed setting never reuses the files of the old one."""
+    digest = hashlib.sha256(repr(setting(name)).encode()).hexdigest()[:8]
+    return WORK / "trackers" / f"{name}-{digest}"
+
+
+def protect_set(name: str, photos: list[Path], model) -> tuple[Path, list[dict]]:
+    """The photos protected with a setting, as ``advquery protect`` writes them, and their report records;
+    ``model``: the protecting model unless the candidate names another (``PROTECTING_MODEL``)."""
+    folder = setting_folder(name)
+    if name in PROTECTING_MODEL:
+        model = load_model(PROTECTING_MODEL[name])
     records = []
     for photo in photos:
         target, stats = folder / f"{photo.stem}.jpg", folder / f"{photo.stem}.json"
         if not (stats.is_file() and target.is_file()):
-            record = protect_photo(read_photo(photo), target, model, "JPEG", 95, strength=preset, size=SIZE, seed=0)
+            record = protect_photo(read_photo(photo), target, model, "JPEG", 95, strength=setting(name), size=SIZE,
+                                   seed=0)
             stats.write_text(json.dumps(record.to_json()))
         records.append(json.loads(stats.read_text()))
-        print(f"{preset} {photo.stem}: SSIM {records[-1]['ssim']:.4f}, {records[-1]['seconds']:.1f} s", flush=True)
+        print(f"{name} {photo.stem}: SSIM {records[-1]['ssim']:.4f}, {records[-1]['seconds']:.1f} s", flush=True)
     return folder, records
 
 
@@ -84,7 +95,7 @@ def _whiten(describer: SuiteDescriber, s: System, rows: np.ndarray) -> np.ndarra
 def database(describer: SuiteDescriber, images: list[Path]) -> dict[System, np.ndarray]:
     """(n_db, D) descriptors of the unedited database under each system; the whitened systems' whitening is
     learned here, on their base system's rows, as a tracker learns it on its collection."""
-    path = CACHE / "trackers" / f"{file_key(images, {'v': 1})}.npz"
+    path = CACHE / "trackers" / f"{content_key(images, {'v': 1})}.npz"
     known = _load_npz(path)
     todo = [s for s in describer.systems if not s.whitened and s.name not in known]
     if todo:
@@ -187,7 +198,8 @@ def _isotonic(x: list[float], y: list[float]) -> tuple[list[float], list[float]]
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--split", choices=tuple(SPLITS), default="validation")
-    parser.add_argument("--presets", nargs="+", default=list(STRENGTHS))
+    parser.add_argument("--presets", nargs="+", default=list(STRENGTHS), choices=[*STRENGTHS, *CANDIDATES],
+                        help="shipped presets and candidates of bench/candidates.py")
     parser.add_argument("--quick", action="store_true", help="the quick subset of systems and edits")
     parser.add_argument("--limit", type=int, help="only the split's first N queries (smoke runs)")
     parser.add_argument("--no-handcrafted", action="store_true")
@@ -223,7 +235,7 @@ def main() -> None:
     for label, (folder, records) in sets.items():
         if folder is None:
             continue
-        results["sets"][label] = {"preset": repr(STRENGTHS[label]), "folder": str(folder),
+        results["sets"][label] = {"preset": repr(setting(label)), "folder": str(folder),
                                   "ssim": float(np.mean([r["ssim"] for r in records])),
                                   "psnr": float(np.mean([r["psnr"] for r in records])),
                                   "seconds": float(np.mean([r["seconds"] for r in records])),

@@ -124,7 +124,7 @@ def test_batch_report(batch):
     records = {Path(r["input"]): r for r in map(_strict_json, lines)}
     expected_inputs = {batch["in"] / name for name in [*GOOD, *BAD]}
     assert len(lines) == len(expected_inputs) and set(records) == expected_inputs
-    eps_levels = STRENGTHS["medium"].budget_levels(STRENGTHS["medium"].method)
+    eps_levels = STRENGTHS["medium"].budget_levels()
     for rel in GOOD:
         r = records[batch["in"] / rel]
         assert REPORT_KEYS <= set(r)
@@ -174,7 +174,7 @@ def test_format_png_turns_jpeg_into_png(ukbench_dir, tmp_path):
     with Image.open(out / "x.png") as img:
         assert img.format == "PNG"
     change = np.abs(read_photo(out / "x.png").rgb.astype(int) - read_photo(tmp_path / "x.jpg").rgb.astype(int))
-    assert 1 <= change.max() <= STRENGTHS["medium"].budget_levels(STRENGTHS["medium"].method)  # lossless output: exactly within the budget
+    assert 1 <= change.max() <= STRENGTHS["medium"].budget_levels()  # lossless output: exactly within the budget
 
 
 def test_output_that_would_overwrite_the_input_fails(tmp_path):
@@ -272,7 +272,7 @@ def test_two_inputs_with_the_same_output_second_fails(tmp_path):
     assert "same output" in err and "x.tif" in err
     assert _files(out) == {"x.png"}
     # The output is the protected x.png, not x.tif's.
-    assert np.abs(read_photo(out / "x.png").rgb.astype(int) - read_photo(src / "x.png").rgb.astype(int)).max() <= STRENGTHS["medium"].budget_levels(STRENGTHS["medium"].method)
+    assert np.abs(read_photo(out / "x.png").rgb.astype(int) - read_photo(src / "x.png").rgb.astype(int)).max() <= STRENGTHS["medium"].budget_levels()
 
 
 # ------------------------------------------------------------------------------ budget maps

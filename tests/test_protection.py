@@ -1,5 +1,6 @@
 """The protection core: output format and path rules, presets behind make_attack, report records."""
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,7 @@ from advquery import PIRE, SSIMPIRE, load_model
 from advquery.io import Photo
 from advquery.attacks import KeypointAttack, MaskedPIRE, RandomEdits
 from advquery.models import ModelEnsemble
-from advquery.protection import (GRADIENT_METHODS, MASK_GAIN, STRENGTHS, ProtectionRecord, make_attack, output_format,
+from advquery.protection import (DEFAULT_METHOD, GRADIENT_METHODS, MASK_GAIN, STRENGTHS, ProtectionRecord, make_attack, output_format,
                                  output_path)
 from advquery.transforms import jpeg_round_trip
 
@@ -68,29 +69,37 @@ def test_make_attack_follows_the_preset(model, strength):
     assert attack.eps == pytest.approx(preset.eps_levels / 255)
     assert (attack.steps, attack.target_similarity, attack.patience) == \
         (preset.steps, preset.target_similarity, preset.patience)
-    assert (attack.size, attack.seed, attack.codec) == (96, 3, None)
-    assert attack.edits == preset.edits
-    if preset.partner:  # aimed at a second built-in model too
+    assert (attack.size, attack.seed, attack.codec, attack.edits) == (96, 3, None, None)
+    assert attack.tracker_views == preset.views and attack.poolings == preset.poolings
+    assert attack.spare_flat == preset.spare_flat
+    if preset.models:  # aimed at the other built-in models too
         assert isinstance(attack.model, ModelEnsemble)
-        assert [m.name for m in attack.model.members] == ["efficientnet-lite0-gem", "efficientnet-lite1-gem"]
+        assert [m.name for m in attack.model.members] == [model.name, *preset.models]
     else:
         assert attack.model is model
 
 
-def test_each_preset_runs_its_own_method_unless_told(model):
-    assert [STRENGTHS[s].method for s in ("low", "medium", "high")] == ["ssim-pire", "pire", "ssim-pire"]
-    assert isinstance(make_attack(model, strength="low", size=96), SSIMPIRE)
-    medium = make_attack(model, strength="medium", size=96)
+def test_every_preset_runs_ssim_pire_unless_told(model):
+    assert DEFAULT_METHOD == "ssim-pire"
+    assert all(isinstance(make_attack(model, strength=s, size=96), SSIMPIRE) for s in STRENGTHS)
+    medium = make_attack(model, method="pire", strength="medium", size=96)
     assert isinstance(medium, PIRE) and not isinstance(medium, SSIMPIRE)
-    assert isinstance(make_attack(model, method="ssim-pire", strength="medium", size=96), SSIMPIRE)
+
+
+def test_a_strength_of_ones_own_is_run_like_a_preset(model):
+    own = replace(STRENGTHS["medium"], ssim_eps_levels=5, steps=3, models=())
+    attack = make_attack(model, strength=own, size=96)
+    assert attack.eps == pytest.approx(5 / 255) and attack.steps == 3 and attack.model is model
+    assert attack.tracker_views == STRENGTHS["medium"].views
 
 
 def test_presets_grow_in_budget_and_robustness():
     low, medium, high = (STRENGTHS[s] for s in ("low", "medium", "high"))
     assert low.eps_levels < medium.eps_levels < high.eps_levels
     assert low.ssim_eps_levels < medium.ssim_eps_levels <= high.ssim_eps_levels  # ssim-pire: a wider bound,
-    assert low.ssim_weight > medium.ssim_weight > high.ssim_weight  # and SSIM priced lower
-    assert low.edits is None and medium.edits is not None and high.partner and not medium.partner
+    assert low.ssim_weight > medium.ssim_weight >= high.ssim_weight  # and SSIM priced lower
+    assert low.views is None and medium.views is not None and high.views is not None
+    assert len(low.models) <= len(medium.models) <= len(high.models)
 
 
 def test_presets_keep_their_perturbation_grid_at_any_working_size(model):
@@ -110,7 +119,7 @@ def test_make_attack_ssim_pire_follows_its_preset_bound_and_price(model, strengt
     assert isinstance(attack, SSIMPIRE)
     assert attack.eps == pytest.approx(preset.budget_levels("ssim-pire") / 255) and attack.ssim_weight == preset.ssim_weight
     assert preset.budget_levels("pire") == preset.eps_levels
-    assert (attack.steps, attack.patience, attack.edits) == (preset.steps, preset.patience, preset.edits)
+    assert (attack.steps, attack.patience, attack.tracker_views) == (preset.steps, preset.patience, preset.views)
     assert attack.target_similarity is None  # its objective already weighs effect against SSIM
     overridden = make_attack(model, method="ssim-pire", strength=strength, eps_levels=2, ssim_weight=50, size=96)
     assert overridden.eps == pytest.approx(2 / 255) and overridden.ssim_weight == 50
@@ -136,7 +145,7 @@ def test_a_jpeg_output_is_optimised_where_there_are_no_random_edits(model):
         codec = make_attack(model, method=method, strength="low", size=96, jpeg_quality=90).codec
         assert torch.equal(codec(x), jpeg_round_trip(x, 90)) and not torch.equal(codec(x), jpeg_round_trip(x, 95))
     assert make_attack(model, strength="low", size=96).codec is None  # lossless output
-    assert make_attack(model, strength="medium", size=96, jpeg_quality=90).codec is None  # its edits include JPEG
+    assert make_attack(model, strength="medium", size=96, jpeg_quality=90).codec is not None  # its views see the file
     assert make_attack(model, strength="low", size=96, jpeg_quality=90, robust=True).codec is None
     assert make_attack(model, method="cv-pire", size=96, jpeg_quality=90).codec is not None  # cv-pire has no edits
     assert isinstance(make_attack(model, method="rmd", jpeg_quality=90), KeypointAttack)  # nothing to optimise
@@ -168,16 +177,17 @@ def test_make_attack_model_free_methods(model):
     noise = make_attack(model, method="noise", seed=1)
     assert isinstance(noise, GaussianNoise) and (noise.target_ssim, noise.seed) == (DEFAULT_NOISE_SSIM, 1)
     assert make_attack(model, method="noise", target_ssim=0.9).target_ssim == 0.9
-    with pytest.raises(ValueError, match="target_ssim applies to the noise method only, not to pire"):
+    with pytest.raises(ValueError, match="target_ssim applies to the noise method only, not to ssim-pire"):
         make_attack(model, target_ssim=0.9)
     with pytest.raises(ValueError, match="eps_levels and steps apply to ssim-pire, pire, masked-pire, cv-pire, sd-pire only, not to rmd"):
         make_attack(model, method="rmd", steps=3)
 
 
-def test_robust_adds_random_edits_where_the_preset_has_none(model):
+def test_robust_adds_random_edits_to_a_preset_without_views(model):
     assert make_attack(model, strength="low", size=96).edits is None
     assert make_attack(model, strength="low", size=96, robust=True).edits == RandomEdits()
     assert make_attack(model, method="masked-pire", strength="low", size=96, robust=True).edits == RandomEdits()
-    assert make_attack(model, strength="high", size=96, robust=True).edits == STRENGTHS["high"].edits
+    with pytest.raises(ValueError, match="robust adds random edits to a preset without tracker views"):
+        make_attack(model, strength="high", size=96, robust=True)
     with pytest.raises(ValueError, match="robust applies to ssim-pire, pire, masked-pire only, not to sd-pire"):
         make_attack(model, method="sd-pire", robust=True)

@@ -29,7 +29,7 @@ PHOTOS = ("ukbench00000", "ukbench00004")
 def bound(strength: str) -> float:
     """The largest change, in grey levels, a preset allows on a lossless output."""
     preset = STRENGTHS[strength]
-    return preset.budget_levels(preset.method)
+    return preset.budget_levels()
 
 
 @pytest.fixture(scope="module")
@@ -223,7 +223,8 @@ def test_strength_lines_state_each_presets_purpose_and_cost():
         line = strength_line(name, preset)
         assert preset.description in line and f"up to {preset.steps} optimisation steps" in line
         assert f"at most {bound(name):g} grey levels" in line
-        assert ("two models" in line) == preset.partner
+        assert (f"on {len(preset.models) + 1} models" in line) == bool(preset.models)
+        assert ("tracker views" in line) == (preset.views is not None)
 
 
 def test_only_a_local_host_goes_without_warning():

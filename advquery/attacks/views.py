@@ -16,7 +16,8 @@ from ..transforms import Transform, straight_through
 
 @dataclass(frozen=True)
 class View:
-    """One drawn view: a differentiable function of a (N, 3, H, W) photo on the working grid.
+    """One drawn view: a differentiable function of a (N, 3, H, W) photo: flipped, rotated, cropped, filtered,
+    scaled to the tracker's working size and re-compressed.
 
     ``box``: (top, left, height, width) fractions of the (flipped, rotated) photo; ``size``: the long side the
     whole photo gets at the tracker's working size (the crop is scaled by the same factor, as a bounding-box
@@ -45,12 +46,13 @@ class View:
         for kind, factor in zip(("brightness", "contrast", "saturation"), self.colour):
             if factor != 1:
                 crop = Transform(kind, factor)(crop)
-        if self.jpeg is not None:
-            crop = straight_through(crop, Transform("jpeg", self.jpeg))
         long_side = self.size if self.crop_file else self.size * max(ch, cw) / max(h, w)
         scale = long_side / max(ch, cw)
         shape = (max(16, round(ch * scale)), max(16, round(cw * scale)))
-        return F.interpolate(crop, size=shape, mode="bilinear", align_corners=False, antialias=scale < 1)
+        out = F.interpolate(crop, size=shape, mode="bilinear", align_corners=False, antialias=scale < 1)
+        # Re-compressed at the size it is described at, as a platform re-encodes the photo it has downscaled:
+        # at a smaller size the codec removes more of a perturbation than at the photo's own.
+        return out if self.jpeg is None else straight_through(out, Transform("jpeg", self.jpeg))
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from ..io import (DEFAULT_MAX_PIXELS, ImageError, InputFile, Photo, claim, image
                   read_photo, real_path, remove_stale_temporaries)
 from ..models import PRECISIONS, autocast_dtype, load_model, resolve_device
 from ..outputs import OutputRecords
-from ..protection import DEFAULT_NOISE_SSIM, DEFAULT_STRENGTH, GRADIENT_METHODS, MASK_GAIN, METHODS, STRENGTHS, \
+from ..protection import DEFAULT_METHOD, DEFAULT_NOISE_SSIM, DEFAULT_STRENGTH, GRADIENT_METHODS, MASK_GAIN, METHODS, STRENGTHS, \
     ProtectionRecord, check_method_options, map_path, output_format, output_path, protect_photo
 from .common import CommandError, JsonLines, add_model_options, check_output_file, check_output_folder, collect_or_fail, \
     error, interrupt_exit_code, number, positive_int, seed_number, user_errors
@@ -29,9 +29,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.add_argument("inputs", nargs="+", metavar="INPUTS", help="photo files, folders or glob patterns")
     p.add_argument("-o", "--output", required=True, type=Path, metavar="OUTDIR",
                    help="output folder; files keep their path relative to the input root")
-    preset_methods = ", ".join(f"{name}: {preset.method}" for name, preset in STRENGTHS.items())
     p.add_argument("--method", choices=METHODS,
-                   help=f"protection method (default: the preset's, {preset_methods}); ssim-pire: an L-infinity bound with the "
+                   help=f"protection method (default: {DEFAULT_METHOD}, every preset's); ssim-pire: an L-infinity bound with the "
                         "change priced in SSIM, spent where it moves the descriptor most per SSIM lost; pire: a "
                         "uniform L-infinity budget; masked-pire: "
                         f"an SSIM-masking budget, up to {MASK_GAIN:g}x the flat-region budget in texture; "
@@ -51,8 +50,8 @@ def register(commands: argparse._SubParsersAction) -> None:
                    help="ssim-pire only: override the preset's price on SSIM (more: higher SSIM, less effect; "
                         "0 is pire)")
     p.add_argument("--robust", action="store_true",
-                   help="ssim-pire/pire/masked-pire: optimise through random JPEG, downscaling and crops even where the "
-                        "preset does not (low; medium and high always do)")
+                   help="ssim-pire/pire/masked-pire: optimise through random JPEG, downscaling and crops with the low "
+                        "preset (medium and high draw tracker views, which include them)")
     p.add_argument("--steps", type=positive_int, help="override the maximum number of optimisation steps")
     p.add_argument("--target-ssim", type=number(float, 0, 1, low_open=True, high_open=True), metavar="S",
                    help=f"noise only: SSIM the noise is matched to, in (0, 1) (default: {DEFAULT_NOISE_SSIM})")
@@ -109,11 +108,12 @@ BUSY = "another advquery process is protecting it"
 
 @user_errors
 def run_protect(args: argparse.Namespace) -> int:
-    args.method = args.method or STRENGTHS[args.strength].method
+    args.method = args.method or DEFAULT_METHOD
     ray = ray_target(args)
     try:
         check_method_options(args.method, target_ssim=args.target_ssim, ssim_weight=args.ssim_weight,
-                             robust=args.robust, eps_levels=args.eps, steps=args.steps, names=OPTION_FLAGS)
+                             robust=args.robust, eps_levels=args.eps, steps=args.steps, names=OPTION_FLAGS,
+                             preset=STRENGTHS[args.strength])
     except ValueError as exc:
         raise CommandError(str(exc)) from None
     if args.precision is not None:

@@ -29,12 +29,12 @@ VERDICT_WORDS = {"blocked": "blocked: it no longer matches this photo to the ori
 
 def strength_line(name: str, preset: Strength) -> str:
     """One line on what a preset is for and what it costs, from the preset itself."""
-    cost = (f"changes a pixel by at most {preset.budget_levels(preset.method):g} grey levels of 255, "
+    cost = (f"changes a pixel by at most {preset.budget_levels():g} grey levels of 255, "
             f"up to {preset.steps} optimisation steps")
-    if preset.edits:
-        cost += " through random edits (slower per step)"
-    if preset.partner:
-        cost += " on two models (about twice the time per step)"
+    if preset.views:
+        cost += f" through {preset.views.count} tracker views a step (slower per step)"
+    if preset.models:
+        cost += f" on {len(preset.models) + 1} models"
     return f"**{name}**: {preset.description}. Costs: {cost}."
 
 

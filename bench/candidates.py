@@ -1,0 +1,45 @@
+"""Candidate protection settings measured against the tracker suite (``bench/trackers.py --presets NAME``).
+
+Each candidate is a :class:`~advquery.protection.Strength`, run by ``advquery protect``'s own code path; the
+shipped presets (``advquery.protection.STRENGTHS``) are the candidates that won on the validation split. Each
+candidate changes one or two ingredients of one before it, so the table of their results reads as an ablation
+(``bench/results/candidates_validation_limit4.md``; docs/methods.md).
+"""
+from dataclasses import replace
+
+from advquery.attacks.views import TrackerViews
+from advquery.protection import OTHER_MODELS, STRENGTHS, Strength
+
+# ssim-pire through tracker views (flips, crops of any aspect, rotations, colour, JPEG, working sizes 448-1024)
+VIEWS = Strength(ssim_eps_levels=8, ssim_weight=40, steps=40, patience=None, views=TrackerViews(), models=(),
+                 grid=512, spare_flat=None, eps_levels=3, target_similarity=0.2, description="tracker views, Lite0")
+FLAT = replace(VIEWS, models=OTHER_MODELS, spare_flat=2.0, views=TrackerViews(jpeg_probability=0.5),
+               description="tracker views (JPEG half the time), three models, flat regions spared")
+CANDIDATES = {
+    "views": VIEWS,
+    "views-3models": replace(VIEWS, models=OTHER_MODELS, description="tracker views, Lite0 + Lite1 + Lite2"),
+    "flat": FLAT,
+    "flat-grid256": replace(FLAT, grid=256),
+    # the SSIM that sparing flat regions saves, spent on a larger bound at a lower price
+    "flat-strong": replace(FLAT, ssim_eps_levels=12, ssim_weight=20, description="as flat, within 12 levels at SSIM price 20"),
+    "flat-stronger": replace(FLAT, ssim_eps_levels=16, ssim_weight=10, steps=60,
+                             description="as flat, within 16 levels at SSIM price 10, 60 steps"),
+    "flat-pools": replace(FLAT, poolings=("gem", "mac", "spoc"), description="as flat, GeM + MAC + SPoC pushed away"),
+    "flat-10-30": replace(FLAT, ssim_eps_levels=10, ssim_weight=30, description="as flat, within 10 levels at SSIM price 30"),
+    "flat-10-30-steps60": replace(FLAT, ssim_eps_levels=10, ssim_weight=30, steps=60,
+                                  description="as flat, within 10 levels at SSIM price 30, 60 steps"),
+    "flat-16-15-steps60": replace(FLAT, ssim_eps_levels=16, ssim_weight=15, steps=60,
+                                  description="as flat, within 16 levels at SSIM price 15, 60 steps"),
+    # low: near-invisible, against the protecting model but through flips and selections too
+    "low-views": replace(STRENGTHS["low"], patience=None, views=TrackerViews(rotate=0.0, colour=0.0, jpeg=None),
+                         description="tracker views without colour, rotation or re-compression, Lite0"),
+}
+# Leave one model out: the high preset computed without model M, measured with M (the shipped presets use all three).
+LITE = {n: f"efficientnet-{n}-gem" for n in ("lite0", "lite1", "lite2")}
+for held_out in LITE:
+    kept = [LITE[n] for n in LITE if n != held_out]
+    CANDIDATES[f"high-without-{held_out}"] = replace(STRENGTHS["high"], models=tuple(kept[1:]),
+                                                    description=f"high, computed without {held_out}")
+# The model ``advquery protect --model`` would be given (the first attacked); the others are the Strength's models.
+PROTECTING_MODEL = {name: next(LITE[n] for n in LITE if n != name.removeprefix("high-without-"))
+                    for name in CANDIDATES if name.startswith("high-without-")}
