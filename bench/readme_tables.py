@@ -73,7 +73,7 @@ def baseline() -> str:
 # (result name, title, the command that reproduces it, note); every other result in bench/results/ follows them.
 SECTIONS = [
     ("baseline_retrieval", "Baseline retrieval of the embedded models", "python bench/baseline_retrieval.py", ""),
-    ("protect_pire_512_ssim_pire", "`ssim-pire`, the method of `low` and `high`, at 512 px",
+    ("protect_pire_512_ssim_pire", "`ssim-pire`, the method of every preset, at 512 px",
      "python bench/protect_pire.py --size 512 --settings ssim-pire:low --name protect_pire_512_ssim_pire",
      "Same photos and protocol as the `pire` table at 512 px. One thread while two other benchmarks shared the "
      "two cores, so its seconds per photo are about twice what it costs alone."),
@@ -81,7 +81,8 @@ SECTIONS = [
      "python bench/protect_pire.py --size 1024 --limit 10 --settings ssim-pire:low+jpeg ssim-pire:medium "
      "--name protect_pire_1024_limit10_ssim_pire",
      "What `advquery protect --method ssim-pire` does at its default size for a JPEG q95 output (`low` runs "
-     "ssim-pire anyway, `medium` runs pire unless told). One thread beside other benchmarks."),
+     "ssim-pire anyway; `medium` ran pire until 0.2.0). Measured with the 0.2.0 presets. One thread beside other "
+     "benchmarks."),
     ("robustness_512_ssim_pire", "Robustness of the `ssim-pire` presets at 512 px",
      "python bench/robustness.py --size 512 --limit 10 --method ssim-pire --name robustness_512_ssim_pire "
      "--transfer-limit 0",
@@ -157,16 +158,22 @@ def tracker_command(name: str, data: dict) -> str:
     parts = ["python bench/trackers.py", f"--split {data['split']}"] + ["--quick"] * bool(data.get("quick")) \
         + [f"--limit {limit.group(1)}"] * bool(limit) + ["--no-handcrafted"] * ("handcrafted" not in data) \
         + ["--calibrate"] * ("calibration" in data)
+    if list(data["sets"]) != ["low", "medium", "high"]:
+        parts.append("--presets " + " ".join(data["sets"]))
     default = f"trackers_{data['split']}" + "_quick" * bool(data.get("quick")) + (limit.group(0) if limit else "")
     return " ".join(parts + ([f"--name {name}"] if name != default else []))
 
 
 def other_section(name: str, data: dict) -> tuple[str, str, str]:
     """Title, command and note of a result without an entry in SECTIONS (those being produced now)."""
-    if name.startswith("trackers_"):
-        return (f"The tracker suite, {data['split']} split" + (", quick suite" if data.get("quick") else ""),
+    if "systems" in data and "sets" in data:  # bench/trackers.py: the presets, or candidates (bench/candidates.py)
+        old_presets = any("method=" in info.get("preset", "") for info in data["sets"].values())
+        return (("The tracker suite" if name.startswith("trackers_") else "Candidate settings against the tracker suite")
+                + f", {data['split']} split" + (", quick suite" if data.get("quick") else ""),
                 tracker_command(name, data),
-                "Heat maps: `bench/results/" + name + "_<preset>.png`."
+                (data["note"] + " " if "note" in data else "")
+                + ("Measured with advquery 0.2.0's presets. " if old_presets and "note" not in data else "")
+                + "Heat maps: `bench/results/" + name + "_<preset>.png`."
                 + (" Calibration pairs of `advquery verify --trackers`: `bench/results/" + name
                    + "_calibration_points.json`." if "calibration" in data else ""))
     recorded = data.get("command") or data.get("settings", {}).get("command")  # scripts that record their command

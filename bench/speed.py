@@ -3,7 +3,7 @@
 Two parts, one results file (``bench/results/speed.json`` / ``.md``):
 
 - ``time`` (run alone on the machine: it takes ``/work``-wide nothing, but two heavy jobs at once make
-  every figure wrong): each preset protects the same ``--photos`` validation query photos (1024 px,
+  every figure wrong): each preset protects the same ``--photos`` validation query photos (working size 1024 px,
   JPEG q95 output, as ``advquery protect`` does) with ``advquery.protection.protect_photo`` in every
   precision, in one run. Every network pass the protection makes is recorded (model, input shape, with
   or without backward), then replayed bare (random input of that shape, same precision, forward and,
@@ -27,7 +27,7 @@ from advquery.evaluation.runner import evaluate
 from advquery.io import read_photo
 from advquery.models import DescriptorModel, load_model
 from advquery.models.precision import autocast, autocast_dtype
-from advquery.protection import STRENGTHS, attack_model, protect_photo
+from advquery.protection import OTHER_MODELS, STRENGTHS, attack_model, protect_photo
 
 SIZE = 1024
 
@@ -78,8 +78,8 @@ def timing(args, photos: list[Path], models: dict) -> dict:
         for precision in args.precisions:
             dtype = autocast_dtype(precision, torch.device("cpu"))
             recorder = PassRecorder()
-            for m in {*models.values(), *attack_model(models["efficientnet-lite0-gem"], True).members}:
-                recorder.watch(m)  # the partner of `high` is loaded here, not while timing
+            for m in {*models.values(), *attack_model(models["efficientnet-lite0-gem"], OTHER_MODELS).members}:
+                recorder.watch(m)  # the other models of medium and high are loaded here, not while timing
             warm_up = WORK / "speed" / "time" / "warm-up.jpg"  # first passes of each shape set the kernels up
             protect_photo(read_photo(photos[0]), warm_up, models["efficientnet-lite0-gem"], "JPEG", 95,
                           strength=preset, size=SIZE, seed=0, steps=2, precision=precision)
@@ -125,7 +125,8 @@ def effect(args, model) -> dict:
 
 
 def render(results: dict) -> str:
-    lines = [f"Presets at working size {SIZE} px on 1024 px roxford5k-mini query photos (validation split), JPEG q95 "
+    lines = [f"Presets at working size {SIZE} px (at most the photo's own: these roxford5k-mini query photos of the "
+             f"validation split are 768 px), JPEG q95 "
              f"output, {results['threads']} threads, nothing else running. Seconds: `protect_photo` end to end "
              "(attack, writing, measuring the written file). Passes: trunk passes with a backward pass (views x "
              "steps); bare: those passes and the forward-only ones (describing the original and the written "

@@ -235,7 +235,8 @@ def main() -> None:
     for label, (folder, records) in sets.items():
         if folder is None:
             continue
-        results["sets"][label] = {"preset": repr(setting(label)), "folder": str(folder),
+        results["sets"][label] = {"preset": repr(setting(label)), "description": setting(label).description,
+                                  "folder": str(folder),
                                   "ssim": float(np.mean([r["ssim"] for r in records])),
                                   "psnr": float(np.mean([r["psnr"] for r in records])),
                                   "seconds": float(np.mean([r["seconds"] for r in records])),
@@ -296,6 +297,8 @@ def render(results: dict) -> str:
                      *(round(100 * bb[k], 1) for k in ("median", "p90", "worst"))])
     lines += [markdown_table(["preset", "SSIM", "flat changed %", "re-save's %", "s/photo", "WI median %", "WI p90 %",
                               "WI worst %", "BB median %", "BB p90 %", "BB worst %"], rows), "",
+              "Settings: " + "; ".join(f"**{label}**: {info.get('description', '')}"
+                                       for label, info in results["sets"].items()) + ".", "",
               "Flat changed: share of the flat pixels (7 x 7 luminance std below 2 grey levels) changed by more than "
               "1 level; re-save's: the same for the original saved as JPEG q95 alone.", ""]
     orig = results["map"]["original"]
