@@ -18,14 +18,13 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-from common import CACHE, split_dataset
+from common import CACHE, content_key, split_dataset
 from PIL import Image
 from trackers import protect_set
 
 from advquery.io import read_photo
 from advquery.protection import STRENGTHS
 from advquery.quality import amplified_difference
-from advquery.systems import file_key
 from advquery.trackers import SuiteDescriber, system
 
 OUTPUT = Path(__file__).parents[1] / "docs" / "protection.png"
@@ -37,9 +36,9 @@ FRAME = {"positive": "#1a9850", "other": "#d73027", "junk": "#999999"}
 
 def database_descriptors(describer: SuiteDescriber, images: list[Path]) -> np.ndarray:
     """(n_db, D) descriptors of the database under the Lite0 GeM 1024 system: the tracker benchmark's cache when it
-    holds them (same file key as ``trackers.database``), else described here and cached beside it."""
+    holds them (same content key as ``trackers.database``), else described here and cached beside it."""
     s = system(SYSTEM)
-    key = file_key(images, {"v": 1})
+    key = content_key(images, {"v": 1})
     for path in (CACHE / "trackers" / f"{key}.npz", CACHE / "readme_figure" / f"{key}.npz"):
         if path.is_file():
             with np.load(path) as f:
