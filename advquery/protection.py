@@ -30,8 +30,6 @@ DEFAULT_NOISE_SSIM = 0.99  # noise: about the SSIM of the gradient presets' outp
 # CV-PIRE and SD-PIRE use the thesis settings: the budget map times m = 50 grey levels, 100 steps.
 THESIS_M, THESIS_STEPS = 50, 100
 MASK_GAIN = 4.0  # masked-pire: texture may take up to 4x the flat-region budget
-
-
 DEFAULT_METHOD = "ssim-pire"  # every preset's: the others stay for research (protect --method)
 
 
@@ -160,7 +158,8 @@ def make_attack(model: DescriptorModel, method: str | None = None, strength: str
     resolution, ``noise`` adds Gaussian noise matched to ``target_ssim`` (default
     :data:`DEFAULT_NOISE_SSIM`). ``eps_levels`` and ``steps`` apply to the gradient methods only,
     ``target_ssim`` to ``noise`` only; the model-free methods ignore ``jpeg_quality``. ``robust`` adds
-    the random edits (:class:`RandomEdits` defaults) to a preset without tracker views (``low``). ``coarseness`` overrides the preset's perturbation grid (:func:`preset_coarseness`).
+    the random edits (:class:`RandomEdits` defaults) to a preset without tracker views (``low``).
+    ``coarseness`` overrides the preset's perturbation grid (:func:`preset_coarseness`).
     ``precision`` is that of the gradient methods' network passes (:mod:`advquery.models.precision`).
     The gradient methods call ``on_step(steps done, step limit)`` after every step (progress); the
     model-free methods, which have no steps, never do.
