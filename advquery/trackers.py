@@ -216,6 +216,16 @@ class TrackerCheck:
     verdict: str  # blocked | weakened | still found
 
 
+def verdict_summary(verdicts: Iterable[str]) -> str:
+    """How many trackers gave each verdict, in the order of :data:`VERDICTS`: "2 blocked, 1 weakened, 3 still
+    found" (``advquery verify``'s summary line and the web page's)."""
+    verdicts = list(verdicts)
+    unknown = set(verdicts) - set(VERDICTS)
+    if unknown:
+        raise ValueError(f"unknown verdicts {sorted(unknown)}; expected {', '.join(VERDICTS)}")
+    return ", ".join(f"{verdicts.count(v)} {v}" for v in VERDICTS)
+
+
 POOLED = "all systems"  # the thresholds fitted on every system's pairs together
 
 

@@ -9,7 +9,7 @@ from ..io import read_photo
 from ..models import DEFAULT_MODEL, load_model
 from ..quality import quality_report
 from ..retrieval import ImageIndex
-from ..trackers import SUITES, VERDICTS, check_protection
+from ..trackers import SUITES, check_protection, verdict_summary
 from .common import add_model_options, model_for_index, positive_int, user_errors
 
 
@@ -77,6 +77,5 @@ def run_verify(args: argparse.Namespace) -> int:
         width = max(len(c["tracker"]) for c in result["trackers"])
         for c in result["trackers"]:
             print(f"  {c['tracker']:<{width}}  {c['similarity']:.4f}  {c['verdict']}")
-        counts = {v: sum(c["verdict"] == v for c in result["trackers"]) for v in VERDICTS}
-        print("  " + ", ".join(f"{n} {v}" for v, n in counts.items()))
+        print("  " + verdict_summary(c["verdict"] for c in result["trackers"]))
     return 0
