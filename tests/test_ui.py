@@ -15,7 +15,7 @@ from PIL import ExifTags, Image
 import ui_browser
 from advquery.io import read_photo, write_photo_atomic
 from advquery.protection import STRENGTHS
-from advquery.trackers import SUITES, VERDICTS, TrackerCheck
+from advquery.trackers import SUITES, VERDICTS, TrackerCheck, verdict_summary
 from advquery.ui.jobs import Job, PhotoTask, photo_entry
 from advquery.ui.page import check_html, status_html, strength_line
 from advquery.ui.server import host_warning
@@ -102,6 +102,7 @@ def test_page_protects_photos_in_an_offline_browser(server, uploads, tmp_path):
                                          "the report")
             for words in ("SSIM", "PSNR", "Largest change", "Descriptor similarity", "Does the protection work?"):
                 assert words in report
+            assert f"{len(SUITES['quick'])} checks (an image-search system" in report  # verify's summary line
 
         driver.find_element(By.ID, "download-all").click()
         zipped = ui_browser.wait_for(lambda: list((tmp_path / "downloads").glob("*.zip")), 60, "the zip download")
@@ -211,11 +212,19 @@ def test_status_says_the_job_is_queued_and_escapes_file_names():
 
 def test_the_check_is_in_plain_words():
     rows = [TrackerCheck("Lite0", 0.31, "blocked"), TrackerCheck("SIFT", 0.8, "still found"),
-            TrackerCheck("Lite1", 0.5, "weakened")]
+            TrackerCheck("Lite1", 0.5, "weakened"), TrackerCheck("Lite2", 0.2, "blocked")]
     html = check_html([asdict(r) for r in rows])
     assert "Lite0: blocked: it no longer matches this photo" in html
     assert "SIFT: still found: it matches this photo to the original" in html
     assert "Lite1: weakened: it still matches them, but less surely (similarity 0.500)" in html
+    # advquery verify's summary line, counted by the same function, before the rows
+    summary = "2 blocked, 1 weakened, 1 still found"
+    assert verdict_summary(r.verdict for r in rows) == summary
+    assert html.index(f"4 checks (an image-search system given the photo as posted or after an edit a site "
+                      f"might make): {summary}.") < html.index("<li")
+    assert "1 check (" in check_html([asdict(rows[0])])
+    with pytest.raises(ValueError, match="unknown verdicts"):
+        verdict_summary(["blocked", "lost"])
 
 
 def test_strength_lines_state_each_presets_purpose_and_cost():

@@ -10,6 +10,7 @@ from pathlib import Path
 import gradio as gr
 
 from ..protection import DEFAULT_STRENGTH, STRENGTHS, Strength
+from ..trackers import verdict_summary
 from .jobs import DIFFERENCE_GAINS, JobQueue, NoPhotoError
 
 POLL_SECONDS = 1.0
@@ -81,13 +82,17 @@ def status_html(job: dict) -> str:
 
 
 def check_html(checks: list[dict]) -> str:
-    """"Does the protection work?", one line per tracker in plain words."""
+    """"Does the protection work?": the count of each verdict (``advquery verify``'s summary line), then one
+    line per tracker in plain words."""
     lines = []
     for c in checks:
         tracker, similarity = escape(c["tracker"]), c["similarity"]
         lines.append(f'<li class="{escape(c["verdict"])}">{tracker}: {VERDICT_WORDS[c["verdict"]]} '
                      f"(similarity {similarity:.3f})</li>")
-    return f"<h3>Does the protection work?</h3><ul class=\"checks\">{''.join(lines)}</ul>"
+    summary = (f'<p class="check-summary">{len(checks)} check{"s" * (len(checks) != 1)} (an image-search system '
+               "given the photo as posted or after an edit a site might make): "
+               f"{verdict_summary(c['verdict'] for c in checks)}.</p>")
+    return f"<h3>Does the protection work?</h3>{summary}<ul class=\"checks\">{''.join(lines)}</ul>"
 
 
 def report_html(photo: dict) -> str:
