@@ -4,7 +4,7 @@ import io
 import stat
 import time
 import zipfile
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import httpx
@@ -14,10 +14,10 @@ from PIL import ExifTags, Image
 
 import ui_browser
 from advquery.io import read_photo, write_photo_atomic
-from advquery.protection import STRENGTHS
+from advquery.protection import DEFAULT_STRENGTH, STRENGTHS
 from advquery.trackers import SUITES, VERDICTS, TrackerCheck, verdict_summary
 from advquery.ui.jobs import Job, PhotoTask, photo_entry
-from advquery.ui.page import check_html, status_html, strength_line
+from advquery.ui.page import JPEG_NOTE, check_html, status_html, strength_line
 from advquery.ui.server import host_warning
 from helpers import exif_with_gps
 
@@ -227,13 +227,36 @@ def test_the_check_is_in_plain_words():
         verdict_summary(["blocked", "lost"])
 
 
+JARGON = ("SSIM", "Lite", "grid", "price", "optimis", "view", "GeM", "epsilon", "L-inf", "grey level")
+
+
 def test_strength_lines_state_each_presets_purpose_and_cost():
+    # the cost in time: model passes (steps x (tracker views + the whole photo)) beside low's, the quickest
+    passes = {n: p.steps * ((p.views.count if p.views else 0) + 1) for n, p in STRENGTHS.items()}
+    assert min(passes, key=passes.get) == "low"
+    strongest = max(STRENGTHS, key=lambda n: bound(n))
     for name, preset in STRENGTHS.items():
         line = strength_line(name, preset)
-        assert preset.description in line and f"up to {preset.steps} optimisation steps" in line
-        assert f"at most {bound(name):g} grey levels" in line
-        assert (f"on {len(preset.models) + 1} models" in line) == bool(preset.models)
-        assert ("tracker views" in line) == (preset.views is not None)
+        assert preset.description not in line and not [w for w in JARGON if w in line], line
+        assert line.startswith(f"**{name}**" + " (the default)" * (name == DEFAULT_STRENGTH) + ": ")
+        assert f"at most {bound(name):g} of 255 brightness levels" in line
+        assert ("flat areas (clear sky, plain walls) not at all" in line) == (preset.spare_flat is not None)
+        if preset.views is None:  # what it is for
+            assert "protects the photo posted as it is, against the search model it was computed with" in line
+        else:
+            assert "also when a site re-compresses, resizes, crops or flips it" in line
+        assert ("against other search models" in line) == bool(preset.models)
+        assert ("a close look can see the change in smooth areas" in line) == (name == strongest)
+        if name == "low":  # what it costs
+            assert f"Time: the quickest (up to {passes['low']} passes of the photo" in line
+        else:
+            ratio = round(passes[name] / passes["low"], 1)
+            assert f"Time: about {ratio:g} times low's (up to {passes[name]} passes" in line and ratio > 1
+    # derived from the configuration, not written per preset: fewer steps, a smaller share of low's time
+    halved = replace(STRENGTHS["high"], steps=STRENGTHS["high"].steps // 2)
+    line = strength_line("high", halved, STRENGTHS | {"high": halved})
+    assert f"about {round(passes['high'] / 2 / passes['low'], 1):g} times low's" in line
+    assert "re-save" in JPEG_NOTE
 
 
 def test_only_a_local_host_goes_without_warning():

@@ -28,15 +28,42 @@ VERDICT_WORDS = {"blocked": "blocked: it no longer matches this photo to the ori
                  "still found": "still found: it matches this photo to the original"}
 
 
-def strength_line(name: str, preset: Strength) -> str:
-    """One line on what a preset is for and what it costs, from the preset itself."""
-    cost = (f"changes a pixel by at most {preset.budget_levels():g} grey levels of 255, "
-            f"up to {preset.steps} optimisation steps")
-    if preset.views:
-        cost += f" through {preset.views.count} tracker views a step (slower per step)"
-    if preset.models:
-        cost += f" on {len(preset.models) + 1} models"
-    return f"**{name}**: {preset.description}. Costs: {cost}."
+def model_passes(preset: Strength) -> int:
+    """The most passes of the photo through a search model one protection with ``preset`` makes, what its time
+    grows with: per step each tracker view and the whole photo, or without views the saved file alone."""
+    return preset.steps * ((preset.views.count if preset.views is not None else 0) + 1)
+
+
+def strength_line(name: str, preset: Strength, presets: dict[str, Strength] = STRENGTHS) -> str:
+    """One line in plain words on what a preset protects against and what it costs (how much it may change the
+    photo and its time, as model passes beside those of the quickest of ``presets``), read from its configuration."""
+    budget, budgets = preset.budget_levels(), [p.budget_levels() for p in presets.values()]
+    if preset.views is None:
+        protects = ("protects the photo posted as it is, against the search model it was computed with; a site "
+                    "that re-compresses, resizes or crops the photo can undo it")
+    else:
+        protects = "protects the photo as posted and also when a site re-compresses, resizes, crops or flips it"
+        if preset.models:
+            protects += ", and against other search models than the one it was computed with"
+    look = ("near-invisible; " if budget == min(budgets) else
+            "the strongest, and a close look can see the change in smooth areas; " if budget == max(budgets) else "")
+    changes = f"Changes a pixel by at most {budget:g} of 255 brightness levels"
+    if preset.spare_flat is not None:
+        changes += ", flat areas (clear sky, plain walls) not at all"
+    passes = model_passes(preset)
+    quickest = min(presets, key=lambda n: model_passes(presets[n]))
+    fewest = model_passes(presets[quickest])
+    if passes == fewest:
+        time = f"the quickest (up to {passes} passes of the photo through a search model)"
+    else:
+        time = (f"about {round(passes / fewest, 1):g} times {quickest}'s (up to {passes} passes of the photo "
+                f"through a search model, against {fewest})")
+    default = " (the default)" if name == DEFAULT_STRENGTH else ""
+    return f"**{name}**{default}: {look}{protects}. {changes}. Time: {time}."
+
+
+JPEG_NOTE = ("A JPEG photo stays JPEG (quality 95), which adds the small changes any JPEG re-save makes; other "
+             "formats become PNG.")
 
 
 def _duration(seconds: float) -> str:
@@ -119,7 +146,7 @@ def build_page(jobs: JobQueue) -> gr.Blocks:
             files = gr.File(file_count="multiple", label="Photos", elem_id="photos")
             with gr.Column():
                 strength = gr.Radio(list(STRENGTHS), value=DEFAULT_STRENGTH, label="Strength", elem_id="strength")
-                gr.Markdown("\n".join(f"- {strength_line(n, s)}" for n, s in STRENGTHS.items()))
+                gr.Markdown("\n".join(f"- {strength_line(n, s)}" for n, s in STRENGTHS.items()) + f"\n\n{JPEG_NOTE}")
                 keep = gr.Checkbox(label="Keep metadata (camera, date, colour profile); the GPS location is "
                                          "always removed", elem_id="keep-metadata")
                 start = gr.Button("Protect", variant="primary", elem_id="start")
