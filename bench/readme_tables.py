@@ -6,8 +6,9 @@ whether it was measured on today's roxford5k-mini database (made uniform on 2026
 resolution told positives from distractors, ../shared/data/README.md). The README gets one compact table, from
 the tracker benchmark on the test split when it exists, else on the validation (tuning) split, labelled so.
 
-Run: ``python bench/readme_tables.py``.
+Run: ``python bench/readme_tables.py [--check]`` (``--check``: write nothing, fail if a file is out of date).
 """
+import argparse
 import json
 import re
 import subprocess
@@ -326,11 +327,25 @@ def anchor(body: str) -> str:
     return re.sub(r"[^\w\- ]", "", heading).replace(" ", "-")
 
 
+def readme_text() -> str:
+    """The README with its table block rewritten from the results."""
+    head, rest = README.read_text().split(START)
+    return f"{head}{START}\n{protection_table()}\n{END}{rest.split(END)[1]}"
+
+
 def main() -> None:
-    BENCHMARKS.write_text(benchmarks_page())
-    text = README.read_text()
-    head, rest = text.split(START)
-    README.write_text(f"{head}{START}\n{protection_table()}\n{END}{rest.split(END)[1]}")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--check", action="store_true",
+                        help="write nothing; exit 1 naming the files that differ from what bench/results/ gives")
+    args = parser.parse_args()
+    generated = {BENCHMARKS: benchmarks_page(), README: readme_text()}
+    if args.check:
+        stale = [str(path.relative_to(ROOT)) for path, text in generated.items() if path.read_text() != text]
+        if stale:
+            raise SystemExit(f"out of date: {', '.join(stale)} (run python bench/readme_tables.py)")
+        return
+    for path, text in generated.items():
+        path.write_text(text)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,13 @@
 """The documentation cannot drift from the code: docs/cli.md is what the parsers write, docs/api.md runs, links
-resolve and the README stays short."""
+resolve, the README stays short and its table and docs/benchmarks.md are what bench/results/ gives."""
 import doctest
+import importlib
 import re
+import subprocess
+import sys
 from pathlib import Path
+
+import pytest
 
 from advquery.cli.main import build_parser
 from advquery.cli.reference import markdown_reference
@@ -38,3 +43,27 @@ def test_readme_is_short_and_links_resolve():
         for target in LINK.findall(page.read_text()):
             if "://" not in target:
                 assert (page.parent / target).exists(), f"{page.relative_to(ROOT)} links to missing {target}"
+
+
+def _readme_tables():
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        return importlib.import_module("readme_tables")
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+
+
+def test_readme_table_is_what_the_results_give():
+    assert _readme_tables().readme_text() == (ROOT / "README.md").read_text(), \
+        "the README's table is out of date: run `python bench/readme_tables.py`"
+
+
+def test_benchmarks_page_is_what_the_results_give():
+    # A result's day comes from the git history (the last commit that changed it): a shallow clone has none.
+    shallow = subprocess.run(["git", "rev-parse", "--is-shallow-repository"], cwd=ROOT, capture_output=True, text=True)
+    if shallow.returncode or shallow.stdout.strip() != "false":
+        reason = "docs/benchmarks.md dates its results from the git history, which this checkout does not have"
+        print(reason)
+        pytest.skip(reason)
+    assert _readme_tables().benchmarks_page() == (DOCS / "benchmarks.md").read_text(), \
+        "docs/benchmarks.md is out of date: run `python bench/readme_tables.py`"
