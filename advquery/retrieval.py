@@ -334,6 +334,8 @@ class ImageIndex:
             manifest = Manifest.from_json(meta)
         except (OSError, ValueError) as exc:
             raise damaged(f"{MANIFEST}: {exc}") from None
+        except RecursionError:
+            raise damaged(f"{MANIFEST}: not valid JSON (nested too deeply)") from None
         if not isinstance(digest, str):
             raise damaged(f"{MANIFEST} has no digest (an index from an older advquery: build it again)")
         if manifest.index is not None and manifest.index.get("type") != "ivfpq":
@@ -346,6 +348,8 @@ class ImageIndex:
             paths = [Path(json.loads(line)) for line in (directory / IMAGES).read_text(encoding="ascii").split("\n")[:-1]]
         except (OSError, ValueError, TypeError) as exc:
             raise damaged(f"{IMAGES} cannot be read ({exc})") from None
+        except RecursionError:
+            raise damaged(f"{IMAGES} cannot be read (a line nested too deeply)") from None
         try:
             ann_bytes = None if manifest.index is None else (directory / ANN_FILE).read_bytes()
         except OSError as exc:

@@ -213,6 +213,17 @@ def _gnd(content: bytes, name: str = "gnd_roxford5k-mini.pkl"):
 
 
 GOOD_GND = {"imlist": ["a"], "qimlist": ["a"], "gnd": [{"easy": [0], "hard": [], "junk": []}]}
+DEEP = 100_000  # nesting that no recursive parser or repr survives
+
+
+def _pickle_text(text: bytes) -> bytes:
+    """A pickle BINUNICODE opcode holding ``text`` as it is (valid UTF-8 or not)."""
+    return b"X" + len(text).to_bytes(4, "little") + text
+
+
+# A ground-truth pickle whose image list is nested DEEP lists (built by opcodes: pickle.dumps would recurse).
+DEEP_GND_PICKLE = (b"\x80\x02}(" + _pickle_text(b"imlist") + b"(" * DEEP + b"l" * DEEP + _pickle_text(b"qimlist") + b"]"
+                   + _pickle_text(b"gnd") + b"]u.")
 
 
 def _damaged_index(index_dir: Path, target: Path, how: str) -> Path:
@@ -226,6 +237,11 @@ def _damaged_index(index_dir: Path, target: Path, how: str) -> Path:
         (target / MANIFEST).write_text(json.dumps({**meta, "model": "efficientnet-lite1-gem"}))
     elif how == "no image list":
         (target / IMAGES).unlink()
+    elif how == "manifest nested too deeply":
+        (target / MANIFEST).write_text("[" * DEEP)
+    elif how == "image list nested too deeply":
+        lines = (target / IMAGES).read_text().splitlines(keepends=True)
+        (target / IMAGES).write_text("".join(["[" * DEEP + "\n", *lines[1:]]))
     elif how == "NaN":
         index = ImageIndex.load(target)
         index.descriptors[1, :] = np.nan
@@ -256,7 +272,14 @@ def _cases():
             ("easy not indices", pickle.dumps({**GOOD_GND, "gnd": [{"easy": ["zz"]}]}), "gnd_roxford5k-mini.pkl",
              "query 0: 'easy' must be a list of image indices, found ['zz']"),
             ("gnd entry not a dict", pickle.dumps({**GOOD_GND, "gnd": [1]}), "gnd_roxford5k-mini.pkl",
-             "query 0: expected an object with index lists, found 1")):
+             "query 0: expected an object with index lists, found 1"),
+            ("pickle of an unknown protocol", b"\x80\x09N.", "gnd_roxford5k-mini.pkl",
+             "damaged pickle (ValueError: unsupported pickle protocol: 9)"),
+            ("pickle with bad UTF-8", b"\x80\x04" + _pickle_text(b"\xff\xfe") + b".", "gnd_roxford5k-mini.pkl",
+             "damaged pickle (UnicodeDecodeError: 'utf-8' codec can't decode"),
+            ("pickle nested too deeply", DEEP_GND_PICKLE, "gnd_roxford5k-mini.pkl",
+             "'imlist' must be a list of image names, found a list nested too deeply"),
+            ("JSON nested too deeply", b"[" * DEEP, "gnd_roxford5k-mini.json", "not valid JSON (nested too deeply)")):
         def build(inp, work, fx, content=content, name=name, reason=reason):
             gnd = _gnd(content, name)(inp)
             return ["eval", "--dataset", "roxford5k-mini", "--data-root", str(inp), "--no-cache", "--size", "64"], gnd, 2, reason
@@ -265,6 +288,9 @@ def _cases():
                         ("size big", "damaged index: manifest.json: 'size' must be a positive integer, found 'big'"),
                         ("other model", "damaged index: manifest.json, images.jsonl and descriptors.npy do not match"),
                         ("no image list", "damaged index: images.jsonl cannot be read"),
+                        ("manifest nested too deeply", "damaged index: manifest.json: not valid JSON (nested too deeply)"),
+                        ("image list nested too deeply", "damaged index: images.jsonl cannot be read (a line nested too "
+                                                         "deeply)"),
                         ("NaN", "damaged index: descriptors.npy: descriptors hold NaN or infinity")):
         for command in ("search", "verify"):
             def build(inp, work, fx, how=how, reason=reason, command=command):

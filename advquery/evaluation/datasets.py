@@ -90,8 +90,9 @@ def load_gnd_file(path: str | Path) -> dict:
             the pickle), is truncated or malformed, or holds values of the wrong type.
     """
     path = Path(path)
+    is_json = path.suffix == ".json"
     try:
-        if path.suffix == ".json":
+        if is_json:
             raw = json.loads(path.read_text())
             if isinstance(raw, dict) and "queries" in raw and "gnd" not in raw:
                 queries = raw["queries"]
@@ -105,8 +106,13 @@ def load_gnd_file(path: str | Path) -> dict:
         raise DatasetError(f"{path}: refused or damaged pickle ({exc})") from None
     except OSError as exc:
         raise DatasetError(f"{path}: cannot read it ({exc.strerror or exc})") from None
-    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
-        raise DatasetError(f"{path}: not valid JSON ({exc})") from None
+    except RecursionError:  # JSON arrays or objects nested thousands deep
+        raise DatasetError(f"{path}: not valid JSON (nested too deeply)" if is_json else
+                           f"{path}: damaged pickle (nested too deeply)") from None
+    except ValueError as exc:  # JSON: JSONDecodeError, UnicodeDecodeError; pickle: unsupported protocol, bad UTF-8
+        if is_json:
+            raise DatasetError(f"{path}: not valid JSON ({exc})") from None
+        raise DatasetError(f"{path}: damaged pickle ({type(exc).__name__}: {exc})") from None
     except (EOFError, TypeError, IndexError, KeyError, OverflowError, MemoryError) as exc:  # damaged pickle data
         raise DatasetError(f"{path}: damaged pickle ({type(exc).__name__}: {exc})") from None
     missing = [k for k in ("imlist", "qimlist", "gnd") if not isinstance(raw, dict) or k not in raw]
@@ -151,7 +157,10 @@ def _checked_gnd(path: Path, raw: dict) -> dict:
 
 
 def _short(value: object, limit: int = 60) -> str:
-    text = repr(value)
+    try:
+        text = repr(value)
+    except RecursionError:  # lists nested thousands deep (a pickle can hold them)
+        return f"a {type(value).__name__} nested too deeply"
     return text if len(text) <= limit else text[:limit] + "..."
 
 
