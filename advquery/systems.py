@@ -19,6 +19,7 @@ Hand-crafted systems read images at the working size with :func:`advquery.extrac
 import hashlib
 import json
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -28,12 +29,18 @@ from tqdm.auto import tqdm
 from .extraction import DEFAULT_SIZE, Box, Extraction, extract_descriptors, prepare_rgb, prepared_images
 from .handcrafted import cedd, gist, l2_distances, tanimoto
 from .handcrafted.sift_he import (DEFAULT_ITERATIONS, DEFAULT_MAX_FEATURES, DEFAULT_SAMPLE, DEFAULT_SIGMA,
-                                  DEFAULT_THRESHOLD, DEFAULT_WORDS, SiftHE, Vocabulary, pack, sift, unpack)
+                                  DEFAULT_THRESHOLD, DEFAULT_WORDS, SiftHE, Vocabulary, VocabularyError, pack, sift,
+                                  unpack)
 from .models import DescriptorModel
 from .retrieval import rank
 from .transforms import TransformChain
 
 FEATURES = ("neural", "sift-he", "cedd", "gist")
+
+
+class CacheWarning(UserWarning):
+    """A cache entry (database descriptors, a trained SIFT-HE vocabulary) that is damaged (made again) or cannot be
+    written (not cached)."""
 
 
 def file_key(paths: Sequence[Path], settings: dict) -> str:
@@ -172,15 +179,20 @@ class SiftHESystem(RetrievalSystem):
 
     def fit(self, paths, cache_dir=None, progress=None) -> dict:
         """Train the vocabulary on a sample of the SIFT descriptors of ``paths`` unless there is one; a
-        trained vocabulary is cached under ``cache_dir/vocabularies`` keyed by the files and settings."""
+        trained vocabulary is cached under ``cache_dir/vocabularies`` keyed by the files and settings (a cached
+        one that cannot be read is trained again and replaced, with a :class:`CacheWarning`)."""
         if self.vocabulary is not None:
             return {}
         paths = [Path(p) for p in paths]
         key = {"v": 1, "features": self.features, "size": self.size, "max_features": self.max_features, **self.training}
         cached = Path(cache_dir) / "vocabularies" / f"{file_key(paths, key)}.npz" if cache_dir else None
         if cached is not None and cached.is_file():
-            self.vocabulary = Vocabulary.load(cached)
-            return {}
+            try:
+                self.vocabulary = Vocabulary.load(cached)
+                return {}
+            except VocabularyError as exc:
+                warnings.warn(f"{exc}; a damaged cache entry: training the vocabulary again", CacheWarning,
+                              stacklevel=2)
         start = time.perf_counter()
         extraction = Extraction(*self._each(lambda rgb: sift(rgb, self.max_features), paths, None,
                                             "SIFT for the vocabulary", progress, None))

@@ -23,6 +23,7 @@ import pytest
 import torch
 from PIL import ExifTags, Image
 
+from advquery.handcrafted.sift_he import Vocabulary
 from advquery.io import printable, read_photo
 from advquery.retrieval import DESCRIPTORS, IMAGES, MANIFEST, ImageIndex
 from helpers import LEFTOVER, leftovers, run_cli
@@ -310,6 +311,39 @@ def _cases():
         np.save(entry, np.load(entry)[:, :7])  # of the wrong shape
         return argv, entry, 0, "damaged descriptor cache (rows of 7 float32, the system describes 1280 float32)"
     cases["eval with a damaged cache entry"] = cache
+
+    for label, damage in (("empty", lambda data: b""), ("truncated", lambda data: data[:len(data) // 2])):
+        def vocabulary_cache(inp, work, fx, damage=damage):
+            for i in range(4):
+                (inp / "set" / f"g{i // 2}").mkdir(parents=True, exist_ok=True)
+                shutil.copy(fx["ukbench"] / f"ukbench{i:05d}.jpg", inp / "set" / f"g{i // 2}" / f"{i}.jpg")
+            argv = ["eval", "--dataset", str(inp / "set"), "--features", "sift-he", "--vocab-size", "16",
+                    "--cache", str(work / "cache"), "--size", "64"]
+            assert run_cli(argv)[0] == 0
+            (entry,) = (work / "cache" / "vocabularies").iterdir()
+            entry.write_bytes(damage(entry.read_bytes()))
+            return argv, entry, 0, "not a readable SIFT-HE vocabulary"
+        cases[f"eval with a {label} vocabulary cache entry"] = vocabulary_cache
+
+    for label, reason in (("truncated", "not a readable SIFT-HE vocabulary (File is not a zip file)"),
+                          ("settings a list", "its settings are not a JSON object: [1, 2]"),
+                          ("an array file", "a single array (.npy), not an archive of arrays (.npz)")):
+        def bad_vocabulary(inp, work, fx, label=label, reason=reason):
+            vocab = inp / "vocab.npz"
+            rng = np.random.default_rng(0)
+            Vocabulary.train([rng.integers(0, 256, (200, 128)).astype(np.uint8)], words=4).save(vocab)
+            if label == "truncated":
+                vocab.write_bytes(vocab.read_bytes()[:3000])
+            elif label == "settings a list":
+                arrays = dict(np.load(vocab))
+                with vocab.open("wb") as f:
+                    np.savez(f, **{**arrays, "settings": np.array(json.dumps([1, 2]))})
+            else:
+                with vocab.open("wb") as f:
+                    np.save(f, np.zeros(3))
+            return (["index", "build", str(_photo(fx["ukbench"], inp)), "-o", str(work / "idx"), "--features", "sift-he",
+                     "--vocab", str(vocab)], vocab, 2, reason)
+        cases[f"index build --vocab {label}"] = bad_vocabulary
 
     def folder_named_like_a_photo(inp, work, fx):
         (inp / "holiday.jpg").mkdir()

@@ -1,14 +1,16 @@
 """SIFT bag of words with Hamming Embedding: signatures, matching rule, vocabulary, retrieval."""
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from advquery.extraction import prepare, prepare_rgb
 from advquery.handcrafted.sift_he import (BITS, Bag, SiftHE, Vocabulary, VocabularyError, hamming, match_weights,
                                           pack, random_projection, sift, unpack)
 from advquery.io import to_tensor
-from advquery.systems import SiftHESystem
+from advquery.systems import CacheWarning, SiftHESystem
 
 
 def _scene(seed: int, size: int = 256) -> np.ndarray:
@@ -117,6 +119,46 @@ def test_vocabulary_save_load(random_vocabulary, tmp_path):
         Vocabulary.load(tmp_path / "bad.npz")
     with pytest.raises(VocabularyError, match="cannot train 4000"):
         Vocabulary.train(data[:1], words=4000)
+
+
+def _damage_vocabulary(path: Path, how: str) -> None:
+    if how == "empty":
+        path.write_bytes(b"")
+    elif how == "truncated":
+        path.write_bytes(path.read_bytes()[:len(path.read_bytes()) // 2])
+    elif how == "settings a list":
+        arrays = dict(np.load(path))
+        with path.open("wb") as f:
+            np.savez(f, **{**arrays, "settings": np.array(json.dumps([1, 2]))})
+    elif how == "an array file":
+        with path.open("wb") as f:
+            np.save(f, np.zeros(3))
+
+
+@pytest.mark.parametrize("how", ["empty", "truncated", "settings a list", "an array file"])
+def test_unreadable_vocabulary_is_one_error_naming_the_file(random_vocabulary, tmp_path, how):
+    random_vocabulary[0].save(tmp_path / "v.npz")
+    _damage_vocabulary(tmp_path / "v.npz", how)
+    with pytest.raises(VocabularyError, match=r"v\.npz: not a readable SIFT-HE vocabulary \(.+\)$"):
+        Vocabulary.load(tmp_path / "v.npz")
+
+
+@pytest.mark.parametrize("how", ["empty", "truncated", "settings a list"])
+def test_damaged_cached_vocabulary_is_trained_again_with_a_warning(tmp_path, how):
+    files = []
+    for seed in range(3):
+        files.append(tmp_path / f"{seed}.png")
+        Image.fromarray(_scene(seed)).save(files[-1])
+    trained = SiftHESystem(256, words=16)
+    trained.fit(files, cache_dir=tmp_path / "cache", progress=False)
+    (cached,) = (tmp_path / "cache" / "vocabularies").iterdir()
+    _damage_vocabulary(cached, how)
+    again = SiftHESystem(256, words=16)
+    with pytest.warns(CacheWarning, match=f"{cached.name}: not a readable SIFT-HE vocabulary .*training the vocabulary "
+                                          "again"):
+        seconds = again.fit(files, cache_dir=tmp_path / "cache", progress=False)
+    assert "vocabulary_kmeans" in seconds and again.vocabulary.digest == trained.vocabulary.digest
+    assert Vocabulary.load(cached).digest == trained.vocabulary.digest  # the damaged entry was replaced
 
 
 def test_synthetic_image_retrieves_itself_first():

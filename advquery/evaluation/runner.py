@@ -19,7 +19,7 @@ from ..extraction import DEFAULT_SIZE
 from ..io import IMAGE_EXTENSIONS, atomic_write, remove_stale_temporaries
 from ..models import DescriptorModel
 from ..retrieval import check_rows
-from ..systems import NeuralSystem, RetrievalSystem, file_key
+from ..systems import CacheWarning, NeuralSystem, RetrievalSystem, file_key  # CacheWarning: also the vocabulary's
 from ..transforms import TransformChain
 from .datasets import RetrievalDataset
 from .metrics import MapResult, compute_map, random_map
@@ -34,10 +34,6 @@ def default_cache_dir() -> Path:
 
 class EvaluationError(RuntimeError):
     """Evaluation cannot proceed (e.g. unreadable benchmark images); the message names them."""
-
-
-class CacheWarning(UserWarning):
-    """A descriptor cache entry that is damaged (described again) or cannot be written (not cached)."""
 
 
 @dataclass

@@ -26,6 +26,8 @@ search", IJCV 2010. Choices:
 """
 import hashlib
 import json
+import zipfile
+import zlib
 from collections.abc import Sequence
 from functools import cached_property
 from pathlib import Path
@@ -195,12 +197,20 @@ class Vocabulary:
 
     @classmethod
     def load(cls, path: Path) -> "Vocabulary":
+        """The vocabulary saved at ``path``; VocabularyError ``"PATH: why"`` for a file that is not one (empty,
+        truncated, another kind of file, settings that are not a JSON object) or does not match its digest."""
         try:
-            with np.load(path, allow_pickle=False) as z:
+            z = np.load(path, allow_pickle=False)
+            if not isinstance(z, np.lib.npyio.NpzFile):
+                raise TypeError("a single array (.npy), not an archive of arrays (.npz)")
+            with z:
                 settings = json.loads(str(z["settings"]))
+                if not isinstance(settings, dict):
+                    raise TypeError(f"its settings are not a JSON object: {str(z['settings'])[:60]}")
                 vocabulary = cls(z["centroids"], z["projection"], z["medians"], settings["root_sift"],
                                  {k: v for k, v in settings.items() if k not in ("words", "bits", "root_sift", "digest")})
-        except (OSError, ValueError, KeyError, EOFError) as exc:
+        except (OSError, ValueError, KeyError, EOFError, TypeError, RecursionError, zipfile.BadZipFile,
+                zlib.error) as exc:
             raise VocabularyError(f"{path}: not a readable SIFT-HE vocabulary ({str(exc) or 'empty file'})") from None
         if vocabulary.digest != settings.get("digest") or vocabulary.medians.shape != (vocabulary.words, BITS):
             raise VocabularyError(f"{path}: damaged SIFT-HE vocabulary (contents do not match its settings)")
