@@ -236,6 +236,19 @@ def test_eval_with_transformed_queries(evaluated, data_root, capsys):
     assert after["map"] > after["random_map"]
 
 
+def test_eval_json_and_ranks_are_written_through_symbolic_links(evaluated, data_root, capsys):
+    tmp = evaluated["tmp"]
+    (tmp / "linked.json").symlink_to("summary-target.json")  # not there yet: created through the link
+    (tmp / "ranks-target.npy").write_bytes(b"old ranks")
+    (tmp / "linked.npy").symlink_to(tmp / "ranks-target.npy")
+    code = main(["eval", "--dataset", "ukbench-mini", "--data-root", str(data_root), "--size", str(SIZE),
+                 "--json", str(tmp / "linked.json"), "--ranks", str(tmp / "linked.npy"), "--cache", str(evaluated["cache"])])
+    assert code == 0, capsys.readouterr().err
+    assert (tmp / "linked.json").is_symlink() and (tmp / "linked.npy").is_symlink()  # the links stay links
+    assert json.loads((tmp / "summary-target.json").read_text())["protocols"] == evaluated["report"]["protocols"]
+    np.testing.assert_array_equal(np.load(tmp / "ranks-target.npy"), evaluated["ranks"])
+
+
 def test_eval_with_bad_transform_is_one_line(data_root, capsys):
     code = main(["eval", "--dataset", "ukbench-mini", "--data-root", str(data_root), "--transform", "jpeg:200"])
     err = capsys.readouterr().err

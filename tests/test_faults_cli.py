@@ -373,6 +373,23 @@ def _cases():
                 work / "summary.json", 2, "is a folder, not a file")
     cases["eval --json a folder"] = eval_json_into_a_folder
 
+    for flag, name, linked in (("--json", "summary.json", False), ("--ranks", "ranks.npy", True)):
+        def eval_output_a_pipe(inp, work, fx, flag=flag, name=name, linked=linked):
+            os.mkfifo(work / "pipe")  # like /dev/stdout in a pipeline: replacing it would replace the device
+            if linked:
+                (work / name).symlink_to(work / "pipe")
+            else:
+                (work / "pipe").rename(work / name)
+            return (["eval", "--dataset", "ukbench-mini", "--data-root", str(fx["ukbench"].parents[1]), flag,
+                     str(work / name)], work / name, 2, "is not a regular file (a device, a pipe or a socket)")
+        cases[f"eval {flag} a pipe{' through a link' if linked else ''}"] = eval_output_a_pipe
+
+    def eval_json_a_link_loop(inp, work, fx):
+        (work / "summary.json").symlink_to("summary.json")
+        return (["eval", "--dataset", "ukbench-mini", "--data-root", str(fx["ukbench"].parents[1]), "--json",
+                 str(work / "summary.json")], work / "summary.json", 2, "a symbolic link loop")
+    cases["eval --json a symbolic link loop"] = eval_json_a_link_loop
+
     def bogus_device(inp, work, fx):
         return (["protect", str(_photo(fx["ukbench"], inp)), "-o", str(work / "out"), "--device", "cuda:99"],
                 "cuda:99", 2, "is not available here; available: cpu")

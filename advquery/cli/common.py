@@ -6,6 +6,7 @@ import json
 import math
 import os
 import signal
+import stat
 import sys
 import threading
 import warnings
@@ -19,7 +20,7 @@ from ..evaluation.datasets import DatasetError
 from ..evaluation.runner import EvaluationError
 from ..extraction import DEFAULT_SIZE, MIN_SIZE, MULTISCALE
 from ..handcrafted.sift_he import DEFAULT_WORDS, Vocabulary, VocabularyError
-from ..io import ImageError, InputFile, collect_inputs, printable
+from ..io import ImageError, InputFile, collect_inputs, printable, real_path
 from ..models import BUILTIN_MODELS, DEFAULT_MODEL, DescriptorModel, DeviceError, ModelError, load_model, resolve_device
 from ..retrieval import ImageIndex, IndexFileError
 from ..systems import FEATURES, GlobalSystem, NeuralSystem, RetrievalSystem, SiftHESystem
@@ -176,17 +177,42 @@ def check_output_folder(path: Path, flag: str) -> None:
         raise CommandError(f"{flag} {path}: {problem}")
 
 
-def check_output_file(path: Path, flag: str) -> None:
-    """Refuse, before any work, an output file that cannot be written (its folder is created when it is written)."""
+def check_output_file(path: Path, flag: str, whole: bool = False) -> None:
+    """Refuse, before any work, an output file that cannot be written (its folder is created when it is written).
+
+    ``whole``: the file is written whole, as a new file that replaces the old one in one step
+    (:func:`~advquery.io.atomic_write`), to :func:`replaced_file` of ``path`` (through symbolic links, as the
+    shell's ``>`` writes). Then an existing target that is not a regular file (a device such as ``/dev/stdout``, a
+    pipe, a socket) is refused too: the new file would replace it."""
     path = Path(path)
-    if path.is_dir():
+    if whole and (problem := _not_replaceable(path)):
+        pass
+    elif path.is_dir():
         problem = "is a folder, not a file"
     elif path.exists() and not os.access(path, os.W_OK):
         problem = "cannot write it (no permission, or a read-only file system)"
     else:
-        problem = _unwritable(path.parent)
+        problem = _unwritable((replaced_file(path) if whole else path).parent)
     if problem:
         raise CommandError(f"{flag} {path}: {problem}")
+
+
+def replaced_file(path: Path) -> Path:
+    """The file that an output written whole to ``path`` replaces: ``path`` with symbolic links resolved, so that a
+    link stays a link and the file it names gets the output."""
+    return real_path(path)
+
+
+def _not_replaceable(path: Path) -> str | None:
+    """Why an output written whole must not be written to ``path`` (what it is now, symbolic links followed), or None."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as exc:
+        return f"a symbolic link loop ({exc.strerror})" if exc.errno == errno.ELOOP else None  # None: not there yet
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):  # a folder: said by the checks that follow
+        return None
+    return ("is not a regular file (a device, a pipe or a socket), which the output, written to a new file, would "
+            "replace; give the path of a file")
 
 
 class JsonLines:

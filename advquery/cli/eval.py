@@ -10,7 +10,8 @@ from ..evaluation.datasets import DATASET_NAMES, load_dataset, load_distractors
 from ..evaluation.runner import evaluate
 from ..io import atomic_write
 from ..transforms import KINDS, parse_transform
-from .common import CommandError, add_features_options, add_model_options, check_output_file, system_from_args, user_errors
+from .common import (CommandError, add_features_options, add_model_options, check_output_file, replaced_file,
+                     system_from_args, user_errors)
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -69,17 +70,17 @@ def run_eval(args: argparse.Namespace) -> int:
         raise CommandError(f"--transform: {exc}") from None
     for path, flag in ((args.json, "--json"), (args.ranks, "--ranks")):
         if path:
-            check_output_file(path, flag)  # before the evaluation, not after it
+            check_output_file(path, flag, whole=True)  # before the evaluation, not after it
     dataset = load_dataset(args.dataset, args.data_root)
     distractors = load_distractors(args.distractors, args.data_root) if args.distractors else ()
     report = evaluate(dataset, system_from_args(args), queries=args.queries, protocols=args.protocol,
                       query_dir=args.query_dir, cache_dir=False if args.no_cache else args.cache, transform=transform,
                       db_dir=args.db_dir, distractors=distractors)
     print(format_report(report))
-    if args.json:
-        with atomic_write(args.json) as f:
+    if args.json:  # through a symbolic link to the file it names, whole or not at all
+        with atomic_write(replaced_file(args.json)) as f:
             f.write(json.dumps(report.summary(), indent=2).encode())
     if args.ranks:
-        with atomic_write(args.ranks) as f:
+        with atomic_write(replaced_file(args.ranks)) as f:
             np.save(f, report.ranks)
     return 0
