@@ -33,9 +33,10 @@ import torch
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 __all__ = [
-    "DEFAULT_MAX_PIXELS", "IMAGE_EXTENSIONS", "ImageError", "InputFile", "Photo", "atomic_write", "claim",
-    "collect_inputs", "format_for_suffix", "image_format", "is_inside", "printable", "read_photo", "real_path", "remove_stale_temporaries",
-    "suffix_for_format", "to_tensor", "to_uint8", "write_grey_atomic", "write_photo_atomic",
+    "DEFAULT_MAX_PIXELS", "IMAGE_EXTENSIONS", "OUTPUT_RECORDS", "ImageError", "InputFile", "Photo", "atomic_write",
+    "claim", "collect_inputs", "format_for_suffix", "image_format", "is_inside", "is_output_folder", "printable",
+    "read_photo", "real_path", "remove_stale_temporaries", "suffix_for_format", "to_tensor", "to_uint8",
+    "write_grey_atomic", "write_photo_atomic",
 ]
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
@@ -56,6 +57,9 @@ _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, struct
 # Temporary files of atomic writes: the PID tells a killed process's leftovers from a running one's.
 _TEMPORARY = re.compile(r"^\..*\.advquery-(\d+)-[^.]+\.tmp$")
 _CLAIM = re.compile(r"^\..*\.advquery-claim$")  # claims on outputs (see claim)
+# Where ``advquery protect`` records which input made each output (advquery.outputs): a folder holding it is an
+# output folder, which collect_inputs can leave out of the folders it descends into.
+OUTPUT_RECORDS = Path(".advquery") / "outputs"
 
 
 def printable(text: object) -> str:
@@ -325,10 +329,17 @@ def _strictly_below(root: Path | str, folders: set[str]) -> set[str]:
     return {f for f in folders if f.startswith(top)}
 
 
-def _list_folder(folder: Path, recursive: bool, exclude: set[str], errors: list[str]) -> list[Path]:
+def is_output_folder(folder: str | os.PathLike) -> bool:
+    """Whether ``folder`` holds the records of ``advquery protect``'s outputs (:data:`OUTPUT_RECORDS`)."""
+    return os.path.isdir(os.path.join(folder, OUTPUT_RECORDS))
+
+
+def _list_folder(folder: Path, recursive: bool, exclude: set[str], errors: list[str],
+                 skip_outputs: bool = False) -> list[Path]:
     """Entries of ``folder`` with an image name that are not folders, sorted; hidden names and the
-    ``exclude`` folders (real paths) skipped. Broken links and other non-files are kept: reading them says
-    why. A folder that cannot be listed adds a line to ``errors``."""
+    ``exclude`` folders (real paths) skipped, and with ``skip_outputs`` the output folders below ``folder``.
+    Broken links and other non-files are kept: reading them says why. A folder that cannot be listed adds a
+    line to ``errors``."""
     def unlistable(exc: OSError) -> None:
         errors.append(f"{exc.filename or folder}: cannot list this folder ({exc.strerror or exc})")
 
@@ -342,7 +353,8 @@ def _list_folder(folder: Path, recursive: bool, exclude: set[str], errors: list[
         return sorted(found)
     found = []
     for root, dirs, names in os.walk(folder, onerror=unlistable):
-        dirs[:] = [d for d in dirs if not d.startswith(".") and os.path.realpath(os.path.join(root, d)) not in exclude]
+        dirs[:] = [d for d in dirs if not d.startswith(".") and os.path.realpath(os.path.join(root, d)) not in exclude
+                   and not (skip_outputs and is_output_folder(os.path.join(root, d)))]
         found += [Path(root, n) for n in names if _is_image_name(n)]
     return sorted(found, key=lambda p: p.relative_to(folder).parts)
 
@@ -367,8 +379,20 @@ def _glob_base(pattern: str) -> Path:
     return Path(*plain) if plain else Path(".")
 
 
-def collect_inputs(inputs: list[str], recursive: bool = False,
-                   exclude: tuple[str | os.PathLike, ...] = ()) -> tuple[list[InputFile], list[str]]:
+def _in_output_folder(path: Path, base: Path, known: dict[Path, bool]) -> bool:
+    """Whether ``path`` or a folder above it, below ``base``, is an output folder (``known``: those checked)."""
+    for folder in (path, *path.parents):
+        if folder == base or folder == Path(folder.anchor) or folder == Path("."):
+            return False
+        if folder not in known:
+            known[folder] = is_output_folder(folder)
+        if known[folder]:
+            return True
+    return False
+
+
+def collect_inputs(inputs: list[str], recursive: bool = False, exclude: tuple[str | os.PathLike, ...] = (),
+                   skip_output_folders: bool = False) -> tuple[list[InputFile], list[str]]:
     """Expand files, folders and glob patterns into a list of image files.
 
     Args:
@@ -380,6 +404,9 @@ def collect_inputs(inputs: list[str], recursive: bool = False,
         exclude: folders skipped where they lie inside an input folder or a pattern's base folder
             (a command's own output folder, so that a rerun does not take its outputs as inputs);
             a file given directly is still taken.
+        skip_output_folders: also skip every output folder of ``advquery protect`` (one that holds
+            :data:`OUTPUT_RECORDS`) below an input folder or a pattern's base folder, such as the outputs of
+            an earlier run to another folder; a folder given directly is still listed.
 
     Returns:
         ``(files, errors)``. ``files`` keeps input order (sorted within a folder or pattern),
@@ -406,7 +433,7 @@ def collect_inputs(inputs: list[str], recursive: bool = False,
         path = Path(text)
         if path.is_dir():
             listing_errors: list[str] = []
-            found = _list_folder(path, recursive, _strictly_below(path, excluded), listing_errors)
+            found = _list_folder(path, recursive, _strictly_below(path, excluded), listing_errors, skip_output_folders)
             errors += listing_errors
             for f in found:
                 add(f, f.relative_to(path))
@@ -418,15 +445,17 @@ def collect_inputs(inputs: list[str], recursive: bool = False,
         elif path.exists():
             errors.append(f"{raw}: not a regular file or folder")
         elif _GLOB_MAGIC.search(text):
-            base, matched = _glob_base(text), []
+            base, matched, known = _glob_base(text), [], {}
             skip = _strictly_below(base, excluded)
             for match in sorted(glob.glob(text, recursive=True)):
                 m = Path(match)
                 if any(is_inside(m, folder) for folder in skip):
                     continue
+                if skip_output_folders and _in_output_folder(m if m.is_dir() else m.parent, base, known):
+                    continue
                 if m.is_dir():
                     if recursive:
-                        matched += _list_folder(m, True, skip, errors)
+                        matched += _list_folder(m, True, skip, errors, skip_output_folders)
                 elif _is_image_name(m.name):
                     matched.append(m)
             for f in matched:

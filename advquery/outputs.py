@@ -10,9 +10,9 @@ import json
 import os
 from pathlib import Path
 
-from .io import atomic_write, real_path
+from .io import OUTPUT_RECORDS, atomic_write, real_path
 
-RECORDS = Path(".advquery") / "outputs"
+RECORDS = OUTPUT_RECORDS  # relative to the output folder
 
 
 def file_sha256(path: Path) -> str:

@@ -11,8 +11,9 @@ import torch
 from PIL import ExifTags, Image, JpegImagePlugin
 
 from advquery.io import (
-    IMAGE_EXTENSIONS, ImageError, atomic_write, claim, collect_inputs, format_for_suffix, printable, read_photo,
-    remove_stale_temporaries, suffix_for_format, to_tensor, to_uint8, write_photo_atomic,
+    IMAGE_EXTENSIONS, OUTPUT_RECORDS, ImageError, atomic_write, claim, collect_inputs, format_for_suffix,
+    is_output_folder, printable, read_photo, remove_stale_temporaries, suffix_for_format, to_tensor, to_uint8,
+    write_photo_atomic,
 )
 from helpers import exif_with_gps
 
@@ -297,6 +298,31 @@ def test_collect_skips_the_output_folder_inside_an_input_folder(tree, monkeypatc
     # later as an output that would overwrite its input).
     assert _rel(collect_inputs([str(out)], exclude=(out,))[0]) == ["a.JPG"]
     assert _rel(collect_inputs([str(out / "a.JPG")], exclude=(out,))[0]) == ["a.JPG"]
+
+
+def test_collect_skips_earlier_output_folders_when_asked(tree, monkeypatch):
+    """protect photos -o photos/prot2 --recursive after a run into photos/protected: the outputs of the earlier
+    run (a folder holding OUTPUT_RECORDS) are not inputs either, however they are reached."""
+    earlier = tree / "protected"
+    (earlier / OUTPUT_RECORDS).mkdir(parents=True)
+    (earlier / "sub").mkdir()
+    (earlier / "a.JPG").write_bytes(b"x")
+    (earlier / "sub" / "c.jpg").write_bytes(b"x")
+    (tree / "sub" / "deeper" / OUTPUT_RECORDS).mkdir(parents=True)  # a deeper output folder, its files skipped too
+    expected = ["a.JPG", "b.png", "sub/c.jpg"]
+    files, errors = collect_inputs([str(tree)], recursive=True, skip_output_folders=True)
+    assert _rel(files) == expected and errors == []
+    assert len(collect_inputs([str(tree)], recursive=True)[0]) == 6  # not asked: they are listed
+    monkeypatch.chdir(tree.parent)
+    for pattern in ("photos/**/*.*", "photos/*/*.jpg", "photos/*/*/*.webp"):
+        files, _ = collect_inputs([pattern], recursive=True, skip_output_folders=True)
+        assert not any(f.relative.parts[0] == "protected" or "deeper" in f.relative.parts for f in files), pattern
+    files, _ = collect_inputs(["photos/p*"], recursive=True, skip_output_folders=True)
+    assert files == []
+    # An output folder given as the input itself is still listed (its own output folders below it are not).
+    files, _ = collect_inputs([str(earlier)], recursive=True, skip_output_folders=True)
+    assert _rel(files) == ["a.JPG", "sub/c.jpg"]
+    assert is_output_folder(earlier) and not is_output_folder(tree)
 
 
 def test_collect_pattern_matches_outside_its_base_stay_relative(tmp_path, monkeypatch):

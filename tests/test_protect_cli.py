@@ -391,6 +391,22 @@ def test_output_folder_inside_the_input_folder_is_not_taken_as_input(tmp_path):
     assert _files(out) == {"x.png", "sub/y.png"}
 
 
+def test_outputs_of_an_earlier_run_inside_the_input_folder_are_not_inputs(tmp_path):
+    """protect photos -o photos/protected, then -o photos/prot2 --recursive: the second run protects the photos
+    once, not the first run's outputs into photos/prot2/protected, and the first run's folder is untouched."""
+    photos = tmp_path / "photos"
+    (photos / "sub").mkdir(parents=True)
+    Image.fromarray(_smooth(48, 64, seed=1)).save(photos / "x.png")
+    Image.fromarray(_smooth(48, 64, seed=2)).save(photos / "sub" / "y.png")
+    code, _, stderr = _run(["protect", str(photos), "-o", str(photos / "protected"), "--recursive", *QUICK])
+    assert code == 0, stderr
+    earlier = _hashes(photos / "protected")
+    code, _, stderr = _run(["protect", str(photos), "-o", str(photos / "prot2"), "--recursive", *QUICK])
+    assert code == 0 and not _error_lines(stderr) and "protected 2, skipped 0" in stderr, stderr
+    assert _files(photos / "prot2") == {"x.png", "sub/y.png"}
+    assert _hashes(photos / "protected") == earlier
+
+
 def test_report_that_cannot_be_opened_is_refused_before_any_work(tmp_path):
     Image.fromarray(_smooth(48, 64)).save(tmp_path / "x.png")
     (tmp_path / "report.jsonl").mkdir()

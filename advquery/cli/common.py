@@ -249,11 +249,13 @@ class JsonLines:
             self._fd = None
 
 
-def collect_or_fail(inputs: list[str], recursive: bool, what: str,
-                    exclude: tuple[Path, ...] = ()) -> tuple[list[InputFile], list[str]]:
+def collect_or_fail(inputs: list[str], recursive: bool, what: str, exclude: tuple[Path, ...] = (),
+                    skip_output_folders: bool = False) -> tuple[list[InputFile], list[str]]:
     """Input files of a batch command (never from ``exclude``, its own output folders, where they lie inside
-    an input folder); problems are printed as they are found, none at all is an error."""
-    files, problems = collect_inputs(inputs, recursive=recursive, exclude=exclude)
+    an input folder, nor with ``skip_output_folders`` from any folder of protected outputs below one);
+    problems are printed as they are found, none at all is an error."""
+    files, problems = collect_inputs(inputs, recursive=recursive, exclude=exclude,
+                                     skip_output_folders=skip_output_folders)
     if not files:  # the last problem and the verdict on one line
         for line in problems[:-1]:
             error(line)

@@ -127,7 +127,9 @@ def run_protect(args: argparse.Namespace) -> int:
         raise CommandError(f"--save-map: method {args.method} has no per-pixel budget to map; "
                            f"it applies to {', '.join(GRADIENT_METHODS)}")
     check_output_folder(args.output, "-o")
-    files, problems = collect_or_fail(args.inputs, args.recursive, "photos to protect", exclude=(args.output,))
+    # Neither this run's outputs nor those of earlier runs to other folders (OUTDIR/.advquery/outputs) are inputs.
+    files, problems = collect_or_fail(args.inputs, args.recursive, "photos to protect", exclude=(args.output,),
+                                      skip_output_folders=True)
     if args.report:
         check_output_file(args.report, "--report")
     if args.output.is_dir():
