@@ -14,7 +14,7 @@ import torch
 
 from advquery.evaluation.datasets import load_dataset
 from advquery.evaluation.runner import evaluate
-from advquery.io import read_photo, to_tensor, to_uint8, write_photo_atomic
+from advquery.io import atomic_write, read_photo, to_tensor, to_uint8, write_photo_atomic
 from advquery.quality import quality_report
 from advquery.transforms import jpeg_round_trip
 
@@ -75,9 +75,10 @@ def write_results(name: str, payload: dict, markdown: str) -> None:
     """Write bench/results/NAME.json and NAME.md, and print the markdown."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     payload = {"machine": machine(), **payload}
-    (RESULTS / f"{name}.json").write_text(json.dumps(payload, indent=2))
     text = f"Machine: {payload['machine']}\n\n{markdown}\n"
-    (RESULTS / f"{name}.md").write_text(text)
+    for suffix, content in ((".json", json.dumps(payload, indent=2)), (".md", text)):
+        with atomic_write(RESULTS / f"{name}{suffix}") as f:  # an interrupted run leaves the last results whole
+            f.write(content.encode())
     print(text)
 
 
