@@ -34,12 +34,14 @@ CANDIDATES = {
     "low-views": replace(STRENGTHS["low"], patience=None, views=TrackerViews(rotate=0.0, colour=0.0, jpeg=None),
                          description="tracker views without colour, rotation or re-compression, Lite0"),
 }
-# Leave one model out: the high preset computed without model M, measured with M (the shipped presets use all three).
+# Leave one model out: medium and high computed without model M, measured with M (the shipped presets use all three).
 LITE = {n: f"efficientnet-{n}-gem" for n in ("lite0", "lite1", "lite2")}
-for held_out in LITE:
-    kept = [LITE[n] for n in LITE if n != held_out]
-    CANDIDATES[f"high-without-{held_out}"] = replace(STRENGTHS["high"], models=tuple(kept[1:]),
-                                                    description=f"high, computed without {held_out}")
+LEFT_OUT = "-without-"
+for preset in ("medium", "high"):
+    for held_out in LITE:
+        kept = [LITE[n] for n in LITE if n != held_out]
+        CANDIDATES[f"{preset}{LEFT_OUT}{held_out}"] = replace(STRENGTHS[preset], models=tuple(kept[1:]),
+                                                              description=f"{preset}, computed without {held_out}")
 # The model ``advquery protect --model`` would be given (the first attacked); the others are the Strength's models.
-PROTECTING_MODEL = {name: next(LITE[n] for n in LITE if n != name.removeprefix("high-without-"))
-                    for name in CANDIDATES if name.startswith("high-without-")}
+PROTECTING_MODEL = {name: next(LITE[n] for n in LITE if n != name.partition(LEFT_OUT)[2])
+                    for name in CANDIDATES if LEFT_OUT in name}

@@ -11,11 +11,16 @@ Run: ``python bench/readme_tables.py [--check]`` (``--check``: write nothing, fa
 import argparse
 import json
 import re
+import statistics
 import subprocess
 from datetime import datetime, timezone
 from pathlib import Path
 
+from candidates import LEFT_OUT
 from common import RESULTS, markdown_table
+
+from advquery.protection import STRENGTHS
+from advquery.trackers import system
 
 ROOT = Path(__file__).parents[1]
 README = ROOT / "README.md"
@@ -254,18 +259,48 @@ def timed_seconds() -> dict[str, float]:
             if key.endswith("bfloat16")}
 
 
+def held_out(data: dict, preset: str) -> tuple[list[float], list[str]]:
+    """WI shares of the cells whose model a preset's protection never saw, and the sets they come from: the
+    preset's own cells of the models it does not attack, and model M's cells of each ``PRESET-without-M`` set
+    (leave one model out), all in the same run. Runs that did not record the attacked models give none."""
+    maps, shares, sources = data["map"], [], []
+    for label, info in data["sets"].items():
+        if (label != preset and not label.startswith(f"{preset}{LEFT_OUT}")) or "models" not in info:
+            continue
+        cells = [maps[label]["wi"][s][e] / maps["original"]["wi"][s][e] for s in data["systems"]
+                 if system(s).model not in info["models"] for e in data["edits"]]
+        shares += cells
+        sources += [label] if cells else []
+    return shares, sources
+
+
+def held_out_note(sets: list[str]) -> str:
+    """What the held-out column measures, from the sets the run has."""
+    if not sets:
+        return "Held-out model: not measured in this run."
+    return ("Held-out model: median over the WI cells of the models a preset was not computed against, as a "
+            "tracker with a model of its own would be (" + "; ".join(
+                f"`{s}`: its cells of {'models other than those it attacks' if LEFT_OUT not in s else s.partition(LEFT_OUT)[2]}"
+                for s in sets) + ").")
+
+
 def render_protection(data: dict, source: str) -> str:
-    maps, rows = data["map"], []
+    maps, rows, held_out_sets = data["map"], [], []
     timed = timed_seconds()
     for preset, info in data["sets"].items():
+        if preset not in STRENGTHS:  # candidates measured beside the presets (held-out models) are not rows
+            continue
         wi, bb = info["summary"]["wi"], info["summary"]["bb"]
         shares = [maps[preset]["wi"][s][e] / maps["original"]["wi"][s][e] for s in data["systems"]
                   for e in data["edits"]]
         blocked = sum(v <= BLOCKED for v in shares)
+        unseen, sets = held_out(data, preset)
+        held_out_sets += sets
         rows.append([f"`{preset}`", f"{info['ssim']:.3f}",
                      f"{100 * info['flat_changed']:.0f} ({100 * info['flat_changed_resave']:.0f})",
                      f"{timed.get(preset, info['seconds']):.0f}", f"{blocked} / {len(shares)}",
-                     *(f"{100 * wi[k]:.0f}" for k in ("median", "p90", "worst")), f"{100 * bb['median']:.0f}"])
+                     *(f"{100 * wi[k]:.0f}" for k in ("median", "p90", "worst")), f"{100 * bb['median']:.0f}",
+                     f"{100 * statistics.median(unseen):.0f}" if unseen else "-"])
     split = data["split"]
     n_queries = len(data["queries"])
     which = ("the **test** split (queries never used for a choice)" if split == "test" else
@@ -274,14 +309,15 @@ def render_protection(data: dict, source: str) -> str:
     cells = f"{len(data['systems'])} systems x {len(data['edits'])} edits"
     return "\n".join([
         markdown_table(["preset", "SSIM", "flat changed % (re-save)", "s/photo", "trackers blocked", "WI median %",
-                        "WI p90 %", "WI worst %", "BB median %"], rows), "",
+                        "WI p90 %", "WI worst %", "BB median %", "held-out model WI median %"], rows), "",
         f"Percentages: retrieval (mAP Medium) a tracker still gets from the protected photo, as % of what it gets "
         f"from the original (0 % = blocked, 100 % = no protection). Measured on {which}: {n_queries} "
         f"roxford5k-mini queries, protected as `advquery protect` does (1024 px, JPEG q95 output), against the "
         f"quick tracker suite ({cells}: Lite0, Lite1 and Lite2, other working sizes and poolings; crops, flips, "
         f"rotations, re-compression); trackers blocked: the suite's WI cells left at most {100 * BLOCKED:.0f} % of "
         f"their retrieval; median, 90th percentile and worst cell over the suite for whole-image (WI) queries, "
-        f"median for bounding-box (BB) queries, the selection of the landmark a tracker would cut out. Flat "
+        f"median for bounding-box (BB) queries, the selection of the landmark a tracker would cut out. "
+        + held_out_note(held_out_sets) + " Flat "
         f"changed: share of the flat pixels (sky, walls) changed by more than one grey level, and in brackets the "
         f"same for a plain JPEG q95 re-save of the original. Seconds per photo on "
         + (f"{data['machine']}, timed alone in bfloat16 (what `protect` runs on this CPU; the speed table of "

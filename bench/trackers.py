@@ -30,7 +30,7 @@ from common import CACHE, RESULTS, SPLITS, WORK, content_key, markdown_table, sp
 from advquery.evaluation.metrics import compute_map
 from advquery.evaluation.runner import evaluate
 from advquery.io import read_photo
-from advquery.models import load_model
+from advquery.models import DEFAULT_MODEL, load_model
 from advquery.protection import STRENGTHS, Strength, protect_photo
 from advquery.systems import GlobalSystem, SiftHESystem
 from advquery.trackers import (EDITS, POOLED, QUICK_EDITS, QUICK_SYSTEMS, SYSTEMS, SuiteDescriber,
@@ -39,6 +39,7 @@ from advquery.trackers import (EDITS, POOLED, QUICK_EDITS, QUICK_SYSTEMS, SYSTEM
 SIZE = 1024  # protect's default working size
 KINDS = ("wi", "bb")
 HANDCRAFTED_SIZE = 1024
+PROTECTING = DEFAULT_MODEL  # what advquery protect protects with unless told otherwise
 CALIBRATION_SHARES = {"blocked": 0.25, "found": 0.75}  # verdict bounds on the share of the original AP kept
 PACKAGE_CALIBRATION = Path(__file__).parents[1] / "advquery" / "data" / "tracker_calibration.json"
 
@@ -53,6 +54,12 @@ def setting_folder(name: str) -> Path:
     changed setting never reuses the files of the old one."""
     digest = hashlib.sha256(repr(setting(name)).encode()).hexdigest()[:8]
     return WORK / "trackers" / f"{name}-{digest}"
+
+
+def attacked_models(name: str) -> list[str]:
+    """The models a setting's protection is computed against: the protecting model and the setting's others."""
+    first = PROTECTING_MODEL.get(name, PROTECTING)
+    return [first, *(m for m in setting(name).models if m != first)]
 
 
 def protect_set(name: str, photos: list[Path], model) -> tuple[Path, list[dict]]:
@@ -213,7 +220,7 @@ def main() -> None:
     ds = split_dataset(args.split, args.limit)
     gnd = ds.ground_truth("medium")
     describer = SuiteDescriber(systems)
-    model = describer.models.get("efficientnet-lite0-gem") or load_model("efficientnet-lite0-gem")
+    model = describer.models.get(PROTECTING) or load_model(PROTECTING)
     sets = {"original": (None, [])}
     for preset in args.presets:
         sets[preset] = protect_set(preset, ds.queries, model)
@@ -236,7 +243,7 @@ def main() -> None:
         if folder is None:
             continue
         results["sets"][label] = {"preset": repr(setting(label)), "description": setting(label).description,
-                                  "folder": str(folder),
+                                  "models": attacked_models(label), "folder": str(folder),
                                   "ssim": float(np.mean([r["ssim"] for r in records])),
                                   "psnr": float(np.mean([r["psnr"] for r in records])),
                                   "seconds": float(np.mean([r["seconds"] for r in records])),
