@@ -90,9 +90,10 @@ def shard_spec(text: str) -> tuple[int, int]:
     return int(found.group(1)), int(found.group(2))
 
 
-def add_cluster_options(parser: argparse.ArgumentParser, positive_int: Callable[[str], int], what: str,
+def add_cluster_options(parser: argparse.ArgumentParser, count: Callable[[str], int], what: str,
                         workers: bool = True, shard: bool = True) -> None:
-    """--ray [ADDRESS], --threads, and where asked for --workers and --shard, for a batch command that does ``what``.
+    """--ray [ADDRESS], --threads, and where asked for --workers and --shard, for a batch command that does ``what``
+    (``count``: the argparse type of a number of threads or processes, the command line's one rule).
     --workers is offered where bench/results/cluster_throughput.md finds several processes faster than one."""
     parser.add_argument("--ray", nargs="?", const="local", type=ray_address, metavar="ADDRESS",
                         help=f"{what} in Ray tasks ({INSTALL_HINT}): without ADDRESS on a new "
@@ -100,11 +101,11 @@ def add_cluster_options(parser: argparse.ArgumentParser, positive_int: Callable[
                              "ray://HOST:PORT or HOST:PORT: that cluster. Inputs and outputs must lie on storage every "
                              "node sees at the same path; on a cluster with GPUs each task reserves one and runs on it")
     if workers:
-        parser.add_argument("--workers", type=positive_int, metavar="N",
+        parser.add_argument("--workers", type=count, metavar="N",
                             help=f"{what} in N processes on this machine, each with --threads threads (a local Ray "
                                  "instance): on a CPU, several processes of few threads get through a batch sooner "
                                  "than one process with every thread (bench/results/cluster_throughput.md)")
-    parser.add_argument("--threads", type=positive_int, metavar="N",
+    parser.add_argument("--threads", type=count, metavar="N",
                         help="torch threads per process: serially (default: torch's choice for this machine) or per "
                              "Ray task, which reserves N CPUs (default 1). Outputs depend on it in their last bits: the "
                              "same seed and N give byte-identical files on both paths")

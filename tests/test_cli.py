@@ -1,4 +1,5 @@
 """The ``advquery`` command run in-process on real UKBench photos at tiny working sizes."""
+import argparse
 import json
 import os
 import re
@@ -9,7 +10,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
+from advquery.cli.common import describe_out_of_memory, user_errors
 from advquery.cli.main import main
 from advquery.evaluation.metrics import compute_map
 from advquery.io import write_photo_atomic
@@ -147,6 +150,22 @@ def test_index_of_names_with_newlines_and_line_separators_is_searchable(ukbench_
     (["ui", "--size", "8"], "--size"),
     (["ui", "--port", "70000"], "--port"),
     (["ui", "--max-upload-mb", "0"], "--max-upload-mb"),
+    # Upper bounds: refused up front, not an allocation of petabytes or an overflow deep inside.
+    (["protect", "x.jpg", "-o", "out", "--size", "100000000"], "--size"),
+    (["protect", "x.jpg", "-o", "out", "--steps", "100000000000000000000"], "--steps"),
+    (["protect", "x.jpg", "-o", "out", "--steps", "100001"], "--steps"),
+    (["protect", "x.jpg", "-o", "out", "--max-pixels", str(2**31)], "--max-pixels"),
+    (["protect", "x.jpg", "-o", "out", "--threads", "5000"], "--threads"),
+    (["protect", "x.jpg", "-o", "out", "--workers", "100000"], "--workers"),
+    (["verify", "a.jpg", "b.jpg", "--size", "100000000"], "--size"),
+    (["index", "build", "x.jpg", "-o", "idx", "--size", "8193"], "--size"),
+    (["index", "build", "x.jpg", "-o", "idx", "--batch-size", str(2**31)], "--batch-size"),
+    (["index", "build", "x.jpg", "-o", "idx", "--vocab-size", str(2**40)], "--vocab-size"),
+    (["search", "x.jpg", "--index", "idx", "-k", str(2**31)], "-k"),
+    (["search", "x.jpg", "--index", "idx", "--rerank", str(2**31)], "--rerank"),
+    (["eval", "--dataset", "ukbench-mini", "--size", "9000"], "--size"),
+    (["ui", "--steps", "1000000"], "--steps"),
+    (["ui", "--max-upload-mb", "1e303"], "--max-upload-mb"),
 ])
 def test_every_numeric_option_is_checked_up_front_with_one_rule(tmp_path, monkeypatch, argv, option):
     monkeypatch.chdir(tmp_path)  # nothing to read there: a check after any work would fail differently
@@ -154,6 +173,23 @@ def test_every_numeric_option_is_checked_up_front_with_one_rule(tmp_path, monkey
     assert code == 2 and stdout == "" and len(stderr.splitlines()) == 1, stderr
     assert stderr.startswith(f"advquery: error: argument {option}") and "expected " in stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_running_out_of_memory_is_one_line_and_exit_1(capsys):
+    @user_errors
+    def command(args):
+        raise args.error
+
+    torch_cpu = RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: "
+                             "you tried to allocate 40000000000000 bytes. Error code 12 (Cannot allocate memory)")
+    for exc in (torch_cpu, MemoryError("Unable to allocate 72.8 TiB for an array"),
+                torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")):
+        assert command(argparse.Namespace(error=exc)) == 1
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith("advquery: error: out of memory (") and "--size" in err, err
+    assert "can't allocate memory: you tried to allocate 40000000000000 bytes" in str(describe_out_of_memory(torch_cpu))
+    with pytest.raises(RuntimeError, match="a bug"):  # any other RuntimeError is not hidden
+        command(argparse.Namespace(error=RuntimeError("a bug")))
 
 
 @pytest.mark.parametrize("device", ["bogus", "cuda:99", "tpu"])

@@ -407,6 +407,35 @@ def test_outputs_of_an_earlier_run_inside_the_input_folder_are_not_inputs(tmp_pa
     assert _hashes(photos / "protected") == earlier
 
 
+def test_photo_that_runs_out_of_memory_is_a_failed_line_and_the_batch_goes_on(tmp_path, monkeypatch):
+    """A photo whose protection cannot allocate its memory (torch's CPU allocator, numpy) is one failed line; the
+    other photos are protected and the exit code is 1."""
+    import advquery.cli.protect as protect_cli
+    for name in ("a.png", "b.png", "c.png"):
+        Image.fromarray(_smooth(48, 64, seed=len(name) + ord(name[0]))).save(tmp_path / name)
+    real = protect_cli.protect_photo
+    failures = {"a.png": RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't "
+                                      "allocate memory: you tried to allocate 40000000000000 bytes."),
+                "b.png": MemoryError("Unable to allocate 72.8 TiB for an array")}
+
+    def protect_photo(photo, target, *args, **kwargs):
+        if photo.path.name in failures:
+            raise failures[photo.path.name]
+        return real(photo, target, *args, **kwargs)
+
+    monkeypatch.setattr(protect_cli, "protect_photo", protect_photo)
+    out, report = tmp_path / "out", tmp_path / "r.jsonl"
+    code, _, stderr = _run(["protect", *(str(tmp_path / n) for n in ("a.png", "b.png", "c.png")), "-o", str(out),
+                            "--report", str(report), *QUICK])
+    assert code == 1 and "Traceback" not in stderr, stderr
+    assert _error_lines(stderr) == [f"advquery: error: {tmp_path / n}: out of memory (" + said + "); a smaller --size "
+                                    "needs less" for n, said in (("a.png", "can't allocate memory: you tried to allocate "
+                                                                  "40000000000000 bytes."),
+                                                                 ("b.png", "Unable to allocate 72.8 TiB for an array"))]
+    assert _files(out) == {"c.png"} and "protected 1, skipped 0 existing (use --overwrite), failed 2" in stderr
+    assert [json.loads(line)["status"] for line in report.read_text().splitlines()] == ["failed", "failed", "protected"]
+
+
 def test_report_that_cannot_be_opened_is_refused_before_any_work(tmp_path):
     Image.fromarray(_smooth(48, 64)).save(tmp_path / "x.png")
     (tmp_path / "report.jsonl").mkdir()

@@ -52,13 +52,29 @@ def describe_os_error(exc: OSError) -> str:
     return f"{exc.filename}: {exc.strerror}" if exc.filename and exc.strerror else str(exc)
 
 
+_OUT_OF_MEMORY = ("can't allocate memory", "out of memory", "not enough memory")  # torch's CPU allocator, CUDA
+
+
+def out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` says that memory ran out: numpy's MemoryError, or torch's RuntimeError from its CPU
+    allocator or CUDA (torch.OutOfMemoryError)."""
+    return isinstance(exc, MemoryError) or (isinstance(exc, RuntimeError) and any(s in str(exc) for s in _OUT_OF_MEMORY))
+
+
+def describe_out_of_memory(exc: BaseException) -> str:
+    """One line on a failed allocation: what the library said, shortened, and what needs less memory."""
+    said = " ".join(str(exc).split())
+    said = said[said.find("can't allocate"):] if "can't allocate" in said else said  # past torch's source location
+    return f"out of memory ({said[:120] or type(exc).__name__}); a smaller --size needs less"
+
+
 def interrupt_exit_code(exc: KeyboardInterrupt) -> int:
     return 128 + getattr(exc, "signum", signal.SIGINT)
 
 
 def user_errors(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-    """Turn the expected failures of a command into one line and exit code 2; an interrupt into
-    128 + its signal (130 for SIGINT, 143 for SIGTERM)."""
+    """Turn the expected failures of a command into one line and exit code 2; running out of memory into one line
+    and exit code 1; an interrupt into 128 + its signal (130 for SIGINT, 143 for SIGTERM)."""
 
     @wraps(command)
     def run(args: argparse.Namespace) -> int:
@@ -70,6 +86,11 @@ def user_errors(command: Callable[[argparse.Namespace], int]) -> Callable[[argpa
         except OSError as exc:
             error(describe_os_error(exc))
             return 2
+        except (MemoryError, RuntimeError) as exc:
+            if not out_of_memory(exc):
+                raise
+            error(describe_out_of_memory(exc))
+            return 1
         except KeyboardInterrupt as exc:
             error("interrupted")
             return interrupt_exit_code(exc)
@@ -111,10 +132,23 @@ def command_environment() -> Iterator[None]:
 # ----------------------------------------------------------------------------- option types
 
 
+# Ceilings of the numeric options, so that an absurd value is refused up front rather than failing deep inside
+# (an allocation of petabytes, an overflow in a C library): every integer, the working size, the steps of an
+# optimisation, threads and processes, an upload.
+MAX_INT = 2**31 - 1
+MAX_WORKING_SIZE = 8192
+MAX_STEPS = 100_000
+MAX_PROCESSES = 4096  # --threads, --workers
+MAX_UPLOAD_MB = 1_000_000
+
+
 def number(kind: type = int, low: float | None = None, high: float | None = None, *, low_open: bool = False,
            high_open: bool = False) -> Callable[[str], int | float]:
-    """An argparse type: a finite ``kind`` (int or float) within the bounds (inclusive unless open); the one
-    rule for every numeric option of every command, checked before any work."""
+    """An argparse type: a finite ``kind`` (int or float) within the bounds (inclusive unless open; an integer
+    is at most :data:`MAX_INT` when no other ceiling is given); the one rule for every numeric option of every
+    command, checked before any work."""
+    if kind is int and high is None:
+        high = MAX_INT
     noun = "an integer" if kind is int else "a number"
     if low is not None and high is not None:
         what = f"{noun} in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}" if kind is float \
@@ -141,8 +175,11 @@ def number(kind: type = int, low: float | None = None, high: float | None = None
 
 
 positive_int = number(int, 1)
-working_size = number(int, MIN_SIZE)
-seed_number = number(int, 0, 2**32 - 1)
+working_size = number(int, MIN_SIZE, MAX_WORKING_SIZE)
+step_count = number(int, 1, MAX_STEPS)
+process_count = number(int, 1, MAX_PROCESSES)
+seed_number = number(int, 0, 2**32 - 1)  # numpy's seeds go to 2**32 - 1
+upload_mb = number(float, 0, MAX_UPLOAD_MB, low_open=True)
 
 
 def device_name(text: str) -> str:
@@ -270,7 +307,7 @@ def add_model_options(parser: argparse.ArgumentParser, size_default: int | None 
     parser.add_argument("--model", default=None if size_default is None else DEFAULT_MODEL,
                         help=f"built-in model name or cirtorch checkpoint path (default: {DEFAULT_MODEL})")
     parser.add_argument("--size", type=working_size, default=size_default,
-                        help=f"working size: long side in pixels, at least {MIN_SIZE} "
+                        help=f"working size: long side in pixels, {MIN_SIZE} to {MAX_WORKING_SIZE} "
                              f"(default: {size_default or 'the index'})")
     parser.add_argument("--multiscale", action="store_true", help="GeM-average descriptors at scales 1, 1/sqrt2, 1/2")
     parser.add_argument("--device", type=device_name, default=None,

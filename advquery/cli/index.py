@@ -18,7 +18,7 @@ from ..io import real_path
 from ..retrieval import INDEX_TYPES, IVFPQ, ImageIndex, Manifest, fill_shard, merge_shards
 from ..systems import NeuralSystem, RetrievalSystem, SiftHESystem
 from .common import (CommandError, add_features_options, add_model_options, check_output_folder, collect_or_fail, error,
-                     positive_int, system_from_args, user_errors)
+                     positive_int, process_count, system_from_args, user_errors)
 
 VOCABULARY_FILE = "vocabulary.npz"  # a SIFT-HE index keeps its vocabulary beside the manifest
 # Images per Ray task: enough that a task's own cost is small beside describing them, few enough that every
@@ -52,7 +52,7 @@ def register(commands: argparse._SubParsersAction) -> None:
                             "dimension (default: dimension / 16)")
     add_model_options(build)
     add_features_options(build)
-    add_cluster_options(build, positive_int, "describe the images", workers=False, shard=False)
+    add_cluster_options(build, process_count, "describe the images", workers=False, shard=False)
     build.set_defaults(run=build_index)
 
 

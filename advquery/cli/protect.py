@@ -17,8 +17,9 @@ from ..models import PRECISIONS, autocast_dtype, load_model, resolve_device
 from ..outputs import OutputRecords
 from ..protection import DEFAULT_METHOD, DEFAULT_NOISE_SSIM, DEFAULT_STRENGTH, GRADIENT_METHODS, MASK_GAIN, METHODS, STRENGTHS, \
     ProtectionRecord, check_method_options, map_path, output_format, output_path, protect_photo
-from .common import CommandError, JsonLines, add_model_options, check_output_file, check_output_folder, collect_or_fail, \
-    error, interrupt_exit_code, number, positive_int, seed_number, user_errors
+from .common import MAX_STEPS, CommandError, JsonLines, add_model_options, check_output_file, check_output_folder, \
+    collect_or_fail, describe_out_of_memory, error, interrupt_exit_code, number, out_of_memory, positive_int, \
+    process_count, seed_number, step_count, user_errors
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -52,7 +53,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--robust", action="store_true",
                    help="ssim-pire/pire/masked-pire: optimise through random JPEG, downscaling and crops with the low "
                         "preset (medium and high draw tracker views, which include them)")
-    p.add_argument("--steps", type=positive_int, help="override the maximum number of optimisation steps")
+    p.add_argument("--steps", type=step_count,
+                   help=f"override the maximum number of optimisation steps (at most {MAX_STEPS})")
     p.add_argument("--target-ssim", type=number(float, 0, 1, low_open=True, high_open=True), metavar="S",
                    help=f"noise only: SSIM the noise is matched to, in (0, 1) (default: {DEFAULT_NOISE_SSIM})")
     p.add_argument("--format", choices=("png", "jpg"), help="output format (default: JPEG stays JPEG, others PNG)")
@@ -81,7 +83,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--max-pixels", type=positive_int, default=DEFAULT_MAX_PIXELS,
                    help=f"refuse larger images (decompression bombs; default: {DEFAULT_MAX_PIXELS})")
     add_model_options(p)
-    add_cluster_options(p, positive_int, "protect the photos")
+    add_cluster_options(p, process_count, "protect the photos")
     p.set_defaults(run=run_protect)
 
 
@@ -295,6 +297,10 @@ def _protect_one(job: Job, photo: Photo | ImageError, args: argparse.Namespace, 
     except OSError as exc:
         return ProtectionRecord(str(f.path), status="failed",
                                 error=f"{f.path}: cannot write {target} ({exc.strerror or exc})")
+    except (MemoryError, RuntimeError) as exc:  # this photo at this size needs more memory than there is: the others may not
+        if not out_of_memory(exc):
+            raise
+        return ProtectionRecord(str(f.path), status="failed", error=f"{f.path}: {describe_out_of_memory(exc)}")
 
 
 def _identity(path: Path) -> tuple[int, int] | None:

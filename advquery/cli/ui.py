@@ -5,7 +5,8 @@ import sys
 from ..extraction import DEFAULT_SIZE
 from ..io import DEFAULT_MAX_PIXELS
 from ..models import DEFAULT_MODEL, load_model
-from .common import CommandError, device_name, error, number, positive_int, user_errors, working_size
+from .common import (MAX_STEPS, CommandError, device_name, error, number, positive_int, step_count, upload_mb,
+                     user_errors, working_size)
 
 DEFAULT_PORT = 7860  # Gradio's
 DEFAULT_MAX_UPLOAD_MB = 100.0
@@ -24,9 +25,10 @@ def register(commands: argparse._SubParsersAction) -> None:
                    f"(default: {DEFAULT_MODEL})")
     u.add_argument("--size", type=working_size, default=DEFAULT_SIZE,
                    help=f"working size of the protection: long side in pixels (default: {DEFAULT_SIZE})")
-    u.add_argument("--steps", type=positive_int, help="override the presets' maximum number of optimisation steps")
+    u.add_argument("--steps", type=step_count,
+                   help=f"override the presets' maximum number of optimisation steps (at most {MAX_STEPS})")
     u.add_argument("--device", type=device_name, default=None, help="torch device (default: cuda if available, else cpu)")
-    u.add_argument("--max-upload-mb", type=number(float, 0, low_open=True), default=DEFAULT_MAX_UPLOAD_MB,
+    u.add_argument("--max-upload-mb", type=upload_mb, default=DEFAULT_MAX_UPLOAD_MB,
                    help=f"refuse larger uploads (default: {DEFAULT_MAX_UPLOAD_MB:g} MB per file)")
     u.add_argument("--max-pixels", type=positive_int, default=DEFAULT_MAX_PIXELS,
                    help=f"refuse larger images (decompression bombs; default: {DEFAULT_MAX_PIXELS})")
