@@ -3,7 +3,10 @@
 ``advquery protect`` resumes an interrupted batch by skipping the outputs that exist. A record per
 output, in ``OUTDIR/.advquery/outputs/``, tells an output made from this very input (skip it) from
 one made from another input file, or from an earlier version of this one (refuse to keep it
-silently). Records are JSON files, written atomically after their output.
+silently). Records are JSON files, written atomically after their output; the records folder is made
+before the first output (:meth:`OutputRecords.prepare`), so that an output without a record beside
+others is one whose run was killed between writing and recording it (make it again). An output folder
+without records is an older advquery's: its outputs are taken as they are.
 """
 import hashlib
 import json
@@ -34,6 +37,26 @@ class OutputRecords:
         relative = Path(os.path.relpath(target, self.outdir)).as_posix()
         return self.outdir / RECORDS / f"{hashlib.sha256(relative.encode('utf-8', 'surrogateescape')).hexdigest()[:32]}.json"
 
+    def prepare(self) -> None:
+        """Make the records folder: before writing an output, so that one left without a record is told apart."""
+        (self.outdir / RECORDS).mkdir(parents=True, exist_ok=True)
+
+    def _read(self, target: Path) -> dict | None:
+        """The record of ``target``, or None where there is none or it is damaged."""
+        try:
+            record = json.loads(self._record_path(target).read_text())
+        except (OSError, ValueError, RecursionError):  # RecursionError: JSON nested thousands deep
+            return None
+        if not (isinstance(record, dict) and isinstance(record.get("input"), str)
+                and isinstance(record.get("input_sha256"), str)):
+            return None
+        return record
+
+    def unfinished(self, target: Path) -> bool:
+        """Whether the output ``target`` was written but never recorded (its run was killed in between; or its
+        record is damaged): it must be made again. Never in a folder without records, an older advquery's."""
+        return (self.outdir / RECORDS).is_dir() and self._read(target) is None
+
     def write(self, target: Path, source: Path, settings: dict) -> None:
         """Record that ``source`` with ``settings`` made ``target``."""
         record = {"output": str(target), "input": str(real_path(source)), "input_sha256": file_sha256(source),
@@ -43,12 +66,11 @@ class OutputRecords:
 
     def other_source(self, target: Path, source: Path) -> str | None:
         """None when ``target`` was made from ``source`` as it is now (or nothing says otherwise: an output
-        without a record, or with an unreadable one), else which input made it."""
-        try:
-            record = json.loads(self._record_path(target).read_text())
-            made_from, digest = record["input"], record["input_sha256"]
-        except (OSError, ValueError, KeyError, TypeError):
+        without a record, or with a damaged one; see :meth:`unfinished`), else which input made it."""
+        record = self._read(target)
+        if record is None:
             return None
+        made_from, digest = record["input"], record["input_sha256"]
         if digest == file_sha256(source):
             return None
         if made_from == str(real_path(source)):

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from advquery.io import read_photo, write_photo_atomic
-from advquery.outputs import RECORDS
+from advquery.outputs import RECORDS, OutputRecords
 from advquery.quality import quality_report
 from helpers import leftovers
 
@@ -38,6 +38,14 @@ def _protect(photos: Path, out: Path, report: Path) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "advquery.cli.main", "protect", str(photos), "-o", str(out),
                              "--report", str(report), "--size", "32", "--steps", "3", "--seed", "0", "--strength", "low"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _records_match(photos: Path, out: Path) -> None:
+    """Every output has a record, made from its input as it is now; no record without its output."""
+    records = OutputRecords(out)
+    for name in _outputs(out):
+        assert not records.unfinished(out / name) and records.other_source(out / name, photos / name) is None, name
+    assert len(list((out / RECORDS).glob("*.json"))) == len(_outputs(out))
 
 
 def _outputs(out: Path) -> set[str]:
@@ -93,6 +101,37 @@ def test_batch_killed_at_random_points_then_rerun_ends_complete(photos, tmp_path
     protected = [Path(line["input"]).name for line in lines if line["status"] == "protected"]
     assert len(protected) == len(set(protected)), (kills, protected)  # none protected twice
     assert "failed 0" in stderr
+    _records_match(photos, out)
+
+
+# A protect run killed (SIGKILL) right after its first output is written, before it is recorded.
+KILLED_BEFORE_RECORDING = """
+import os, signal, sys
+from advquery.cli.main import main
+from advquery.outputs import OutputRecords
+OutputRecords.write = lambda *args, **kwargs: os.kill(os.getpid(), signal.SIGKILL)
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_output_written_but_not_recorded_when_killed_is_made_again(photos, tmp_path):
+    """The window between writing an output and recording which input made it: a rerun must not take the
+    unrecorded output for finished, least of all after its input changed."""
+    out = tmp_path / "out"
+    argv = [str(photos / "p0.jpg"), "-o", str(out), "--size", "32", "--steps", "3", "--seed", "0", "--strength", "low"]
+    killed = subprocess.run([sys.executable, "-c", KILLED_BEFORE_RECORDING, "protect", *argv], capture_output=True,
+                            text=True, timeout=120)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert _outputs(out) == {"p0.jpg"} and not list((out / RECORDS).glob("*.json"))  # written, not recorded
+    unrecorded = (out / "p0.jpg").read_bytes()
+    write_photo_atomic(photos / "p0.jpg", read_photo(photos / "p1.jpg").rgb, quality=95)  # the input changes
+    report = tmp_path / "report.jsonl"
+    rerun = subprocess.run([sys.executable, "-m", "advquery.cli.main", "protect", *argv, "--report", str(report)],
+                           capture_output=True, text=True, timeout=120)
+    assert rerun.returncode == 0 and "protected 1, skipped 0" in rerun.stderr, rerun.stderr
+    assert (out / "p0.jpg").read_bytes() != unrecorded
+    assert _check_outputs_and_report(photos, out, report)[0]["status"] == "protected"
+    _records_match(photos, out)
 
 
 def test_two_batches_on_the_same_folder_protect_each_photo_once(photos, tmp_path):

@@ -492,6 +492,29 @@ def test_existing_output_of_another_input_is_not_taken_for_this_ones(tmp_path):
     assert code == 0 and "protected 1" in stderr
 
 
+def test_output_without_a_record_is_made_again_where_records_are_kept(tmp_path):
+    """Records are made before outputs: an output without one (its run killed between writing and recording it,
+    or its record damaged) is made again, even though it exists; in a folder without records (an older
+    advquery's) an output is taken as it is."""
+    Image.fromarray(_smooth(48, 64, seed=1)).save(tmp_path / "x.png")
+    Image.fromarray(_smooth(48, 64, seed=2)).save(tmp_path / "y.png")
+    out = tmp_path / "out"
+    code, _, stderr = _run(["protect", str(tmp_path / "x.png"), "-o", str(out), *QUICK])
+    assert code == 0, stderr
+    Image.fromarray(_smooth(48, 64, seed=3)).save(out / "y.png")  # written, never recorded
+    (record,) = (out / RECORDS).glob("*.json")
+    record.write_text("[" * 100_000)  # damaged (nested too deeply to parse)
+    code, _, stderr = _run(["protect", str(tmp_path / "x.png"), str(tmp_path / "y.png"), "-o", str(out), *QUICK])
+    assert code == 0 and "protected 2, skipped 0" in stderr and "Traceback" not in stderr, stderr
+    assert not np.array_equal(read_photo(out / "y.png").rgb, _smooth(48, 64, seed=3))
+    assert len(list((out / RECORDS).glob("*.json"))) == 2
+    old = tmp_path / "old"  # an older advquery's folder: outputs and no records
+    old.mkdir()
+    Image.fromarray(_smooth(48, 64, seed=3)).save(old / "x.png")
+    code, _, stderr = _run(["protect", str(tmp_path / "x.png"), "-o", str(old), *QUICK])
+    assert code == 0 and "protected 0, skipped 1" in stderr, stderr
+
+
 def test_outputs_stay_inside_the_output_folder(tmp_path, monkeypatch):
     (tmp_path / "work" / "a").mkdir(parents=True)
     (tmp_path / "victim").mkdir()

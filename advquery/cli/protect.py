@@ -263,8 +263,8 @@ def _read(f, max_pixels: int) -> Photo | ImageError:
 def _protect_one(job: Job, photo: Photo | ImageError, args: argparse.Namespace, model,
                  settings: dict) -> ProtectionRecord:
     """Protect one planned photo unless another process is at it or its output exists (made from this input:
-    skipped; from another: refused), and record which input made the output; the serial path and each Ray
-    task alike."""
+    skipped; from another: refused; never recorded, its run killed before it could: made again), and record
+    which input made the output; the serial path and each Ray task alike."""
     f, target = job.file, job.target
     try:
         if isinstance(photo, ImageError):
@@ -273,12 +273,13 @@ def _protect_one(job: Job, photo: Photo | ImageError, args: argparse.Namespace, 
             if not ours:
                 return ProtectionRecord(str(f.path), output=str(target), status="skipped", note=BUSY)
             made_by = OutputRecords(args.output)
-            if target.exists() and not args.overwrite:
+            if target.exists() and not args.overwrite and not made_by.unfinished(target):
                 other = made_by.other_source(target, f.path)
                 if other:
                     return ProtectionRecord(str(f.path), status="failed", error=f"{f.path}: output {target} exists, made "
                                             f"from {other}; use --overwrite to replace it, or another -o folder")
                 return ProtectionRecord(str(f.path), output=str(target), status="skipped")
+            made_by.prepare()  # before the output: from now on an output without a record is an unfinished one
             before = _identity(target)
             try:
                 record = protect_photo(photo, target, model, job.fmt, args.quality, args.keep_metadata,
