@@ -16,10 +16,10 @@ from ..transforms import Transform, straight_through
 
 @dataclass(frozen=True)
 class View:
-    """One drawn view: a differentiable function of a (N, 3, H, W) photo: flipped, cropped, scaled to the
-    tracker's working size, rotated, filtered and re-compressed.
+    """One drawn view: a differentiable function of a (N, 3, H, W) photo: flipped, rotated, cropped, filtered,
+    scaled to the tracker's working size and re-compressed.
 
-    ``box``: (top, left, height, width) fractions of the (flipped) photo; ``size``: the long side the
+    ``box``: (top, left, height, width) fractions of the (flipped, rotated) photo; ``size``: the long side the
     whole photo gets at the tracker's working size (the crop is scaled by the same factor, as a bounding-box
     query is) or, with ``crop_file``, the long side of the crop itself (a cropped file described whole).
     """
@@ -36,23 +36,20 @@ class View:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.flip:
             x = x.flip(-1)
+        if self.angle:
+            x = Transform("rotate", self.angle)(x)
         h, w = x.shape[-2:]
         top, left, fh, fw = self.box
         ch, cw = max(8, round(h * fh)), max(8, round(w * fw))
         y0, x0 = round((h - ch) * top), round((w - cw) * left)
         crop = x[..., y0:y0 + ch, x0:x0 + cw]
+        for kind, factor in zip(("brightness", "contrast", "saturation"), self.colour):
+            if factor != 1:
+                crop = Transform(kind, factor)(crop)
         long_side = self.size if self.crop_file else self.size * max(ch, cw) / max(h, w)
         scale = long_side / max(ch, cw)
         shape = (max(16, round(ch * scale)), max(16, round(cw * scale)))
         out = F.interpolate(crop, size=shape, mode="bilinear", align_corners=False, antialias=scale < 1)
-        # The rotation (about the view's centre, its borders cropped) and the colour filters act at the size the
-        # view is described at, where they cost a fraction of their price at the photo's: a tracker that
-        # straightens or filters the photo before its crop and resize sees the same family of views.
-        if self.angle:
-            out = Transform("rotate", self.angle)(out)
-        for kind, factor in zip(("brightness", "contrast", "saturation"), self.colour):
-            if factor != 1:
-                out = Transform(kind, factor)(out)
         # Re-compressed at the size it is described at, as a platform re-encodes the photo it has downscaled:
         # at a smaller size the codec removes more of a perturbation than at the photo's own.
         return out if self.jpeg is None else straight_through(out, Transform("jpeg", self.jpeg))
