@@ -258,8 +258,8 @@ def test_shards_together_are_the_whole_batch(photos, serial, tmp_path):
     (["--shard", "3/2"], "argument --shard: expected I/N with 1 <= I <= N, got '3/2' (see advquery protect --help)"),
     (["--shard", "0/4"], "argument --shard: expected I/N with 1 <= I <= N, got '0/4' (see advquery protect --help)"),
     (["--shard", "half"], "argument --shard: expected I/N with 1 <= I <= N, got 'half' (see advquery protect --help)"),
-    (["--threads", "0"], "argument --threads: expected an integer >= 1, got '0' (see advquery protect --help)"),
-    (["--workers", "0"], "argument --workers: expected an integer >= 1, got '0' (see advquery protect --help)"),
+    (["--threads", "0"], "argument --threads: expected an integer in 1..4096, got '0' (see advquery protect --help)"),
+    (["--workers", "0"], "argument --workers: expected an integer in 1..4096, got '0' (see advquery protect --help)"),
     (["--ray", "photos/"], "argument --ray: expected auto, ray://HOST:PORT or HOST:PORT, got 'photos/' "
                            "(put --ray without an address after the inputs) (see advquery protect --help)"),
     (["--ray", "auto", "--workers", "2"], "--workers runs processes on this machine; on the cluster at auto Ray runs "

@@ -171,7 +171,7 @@ def test_impossible_index_options_get_one_line(case, photo_index, flat_index, uk
         "cedd": (["index", "build", photo, "-o", out, "--index-type", "ivfpq", "--features", "cedd"],
                  "--index-type ivfpq applies to --features neural only"),
         "nlist 0": (["index", "build", photo, "-o", out, "--index-type", "ivfpq", "--nlist", "0"],
-                    "--nlist: expected an integer >= 1, got '0'"),
+                    "--nlist: expected an integer in 1..2147483647, got '0'"),
         "nprobe flat": (["search", photo, "--index", str(flat_index), "--nprobe", "2"],
                         f"--nprobe and --rerank apply to an IVF-PQ index; {flat_index} is flat"),
         "nprobe lists": (["search", photo, "--index", str(photo_index["index"]), "--nprobe", "5"],
