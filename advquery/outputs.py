@@ -5,17 +5,18 @@ output, in ``OUTDIR/.advquery/outputs/``, tells an output made from this very in
 one made from another input file, or from an earlier version of this one (refuse to keep it
 silently). Records are JSON files, written atomically after their output; the records folder is made
 before the first output (:meth:`OutputRecords.prepare`), so that an output without a record beside
-others is one whose run was killed between writing and recording it (make it again). An output folder
-without records is an older advquery's: its outputs are taken as they are.
+others is one whose run was killed between writing and recording it (make it again).
+
+Whether a folder keeps records is decided once per run, before any photo (:meth:`OutputRecords.of`): a
+folder that holds outputs but no records is an older advquery's, whose outputs are taken as they are, and
+no records are started in it (they would make every output it holds an unrecorded one).
 """
 import hashlib
 import json
 import os
 from pathlib import Path
 
-from .io import OUTPUT_RECORDS, atomic_write, real_path
-
-RECORDS = OUTPUT_RECORDS  # relative to the output folder
+from .io import IMAGE_EXTENSIONS, OUTPUT_RECORDS, atomic_write, is_output_folder, real_path
 
 
 def file_sha256(path: Path) -> str:
@@ -33,13 +34,26 @@ class OutputRecords:
     def __init__(self, outdir: Path):
         self.outdir = Path(outdir)
 
+    @classmethod
+    def of(cls, outdir: Path) -> "OutputRecords | None":
+        """The records of the output folder ``outdir`` when it keeps them, else None: to be asked once, before a
+        run writes anything. A folder keeps records when it has its records folder, or holds no earlier output
+        (no image file) at all; a folder with outputs and no records is an older advquery's."""
+        if is_output_folder(outdir):
+            return cls(outdir)
+        for _root, _dirs, names in os.walk(outdir):  # nothing when it does not exist yet
+            if any(os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS for name in names):
+                return None
+        return cls(outdir)
+
     def _record_path(self, target: Path) -> Path:
         relative = Path(os.path.relpath(target, self.outdir)).as_posix()
-        return self.outdir / RECORDS / f"{hashlib.sha256(relative.encode('utf-8', 'surrogateescape')).hexdigest()[:32]}.json"
+        digest = hashlib.sha256(relative.encode("utf-8", "surrogateescape")).hexdigest()
+        return self.outdir / OUTPUT_RECORDS / f"{digest[:32]}.json"
 
     def prepare(self) -> None:
         """Make the records folder: before writing an output, so that one left without a record is told apart."""
-        (self.outdir / RECORDS).mkdir(parents=True, exist_ok=True)
+        (self.outdir / OUTPUT_RECORDS).mkdir(parents=True, exist_ok=True)
 
     def _read(self, target: Path) -> dict | None:
         """The record of ``target``, or None where there is none or it is damaged."""
@@ -54,8 +68,8 @@ class OutputRecords:
 
     def unfinished(self, target: Path) -> bool:
         """Whether the output ``target`` was written but never recorded (its run was killed in between; or its
-        record is damaged): it must be made again. Never in a folder without records, an older advquery's."""
-        return (self.outdir / RECORDS).is_dir() and self._read(target) is None
+        record is damaged): it must be made again. Only for a folder that keeps records (:meth:`of`)."""
+        return self._read(target) is None
 
     def write(self, target: Path, source: Path, settings: dict) -> None:
         """Record that ``source`` with ``settings`` made ``target``."""

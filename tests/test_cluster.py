@@ -22,8 +22,7 @@ import pytest
 
 from advquery.cli.main import build_parser
 from advquery.cluster import ray_target
-from advquery.io import read_photo, write_photo_atomic
-from advquery.outputs import RECORDS
+from advquery.io import OUTPUT_RECORDS, read_photo, write_photo_atomic
 from helpers import leftovers, run_cli
 
 N_PHOTOS = 4
@@ -113,7 +112,7 @@ def _check_like_serial(serial: dict, photos: Path, out: Path, code: int, stderr:
     assert [line for line in stderr.splitlines() if "error" in line] == \
         [f"advquery: error: {photos / BROKEN}: not an image file, or an unsupported image format"], stderr
     assert _contents(out) == serial["outputs"]
-    assert len(list((out / RECORDS).glob("*.json"))) == N_PHOTOS
+    assert len(list((out / OUTPUT_RECORDS).glob("*.json"))) == N_PHOTOS
     assert _contents(photos) == serial["inputs"]
     assert leftovers(out) == []
 
@@ -167,7 +166,7 @@ def test_stopped_batch_resumes_from_what_is_written(photos, two_nodes, tmp_path)
     out = tmp_path / "out"
     process = _protect(photos, out, "--ray", two_nodes.address, *slower)
     deadline = time.monotonic() + 120
-    while not any((out / RECORDS).glob("*.json")) and process.poll() is None and time.monotonic() < deadline:
+    while not any((out / OUTPUT_RECORDS).glob("*.json")) and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)  # a photo is done: its output and its record are written
     process.send_signal(signal.SIGTERM)
     code, stderr = _finish(process)

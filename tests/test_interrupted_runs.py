@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from advquery.io import read_photo, write_photo_atomic
-from advquery.outputs import RECORDS, OutputRecords
+from advquery.io import OUTPUT_RECORDS, read_photo, write_photo_atomic
+from advquery.outputs import OutputRecords
 from advquery.quality import quality_report
 from helpers import leftovers
 
@@ -45,7 +45,7 @@ def _records_match(photos: Path, out: Path) -> None:
     records = OutputRecords(out)
     for name in _outputs(out):
         assert not records.unfinished(out / name) and records.other_source(out / name, photos / name) is None, name
-    assert len(list((out / RECORDS).glob("*.json"))) == len(_outputs(out))
+    assert len(list((out / OUTPUT_RECORDS).glob("*.json"))) == len(_outputs(out))
 
 
 def _outputs(out: Path) -> set[str]:
@@ -95,7 +95,7 @@ def test_batch_killed_at_random_points_then_rerun_ends_complete(photos, tmp_path
     _, stderr = process.communicate(timeout=300)
     assert process.returncode == 0, (kills, stderr)
     assert _outputs(out) == {f"p{i}.jpg" for i in range(N_PHOTOS)}  # one output per photo, none extra
-    assert sorted(p.name for p in out.iterdir()) == [RECORDS.parts[0], *sorted(_outputs(out))]
+    assert sorted(p.name for p in out.iterdir()) == [OUTPUT_RECORDS.parts[0], *sorted(_outputs(out))]
     assert leftovers(tmp_path) == []
     lines = _check_outputs_and_report(photos, out, report)
     protected = [Path(line["input"]).name for line in lines if line["status"] == "protected"]
@@ -122,7 +122,7 @@ def test_output_written_but_not_recorded_when_killed_is_made_again(photos, tmp_p
     killed = subprocess.run([sys.executable, "-c", KILLED_BEFORE_RECORDING, "protect", *argv], capture_output=True,
                             text=True, timeout=120)
     assert killed.returncode == -signal.SIGKILL, killed.stderr
-    assert _outputs(out) == {"p0.jpg"} and not list((out / RECORDS).glob("*.json"))  # written, not recorded
+    assert _outputs(out) == {"p0.jpg"} and not list((out / OUTPUT_RECORDS).glob("*.json"))  # written, not recorded
     unrecorded = (out / "p0.jpg").read_bytes()
     write_photo_atomic(photos / "p0.jpg", read_photo(photos / "p1.jpg").rgb, quality=95)  # the input changes
     report = tmp_path / "report.jsonl"

@@ -12,8 +12,7 @@ import pytest
 from PIL import ExifTags, Image
 
 from advquery.cli.main import main
-from advquery.io import read_photo
-from advquery.outputs import RECORDS
+from advquery.io import OUTPUT_RECORDS, read_photo
 from advquery.protection import STRENGTHS
 from helpers import blob_scene, exif_with_gps
 
@@ -41,7 +40,7 @@ def _hashes(folder: Path) -> dict[str, str]:
 def _files(folder: Path) -> set[str]:
     """Every file below ``folder`` but the records of which input made each output (.advquery/outputs/*.json)."""
     return {str(p.relative_to(folder)) for p in folder.rglob("*")
-            if p.is_file() and not (p.parent == folder / RECORDS and p.suffix == ".json")}
+            if p.is_file() and not (p.parent == folder / OUTPUT_RECORDS and p.suffix == ".json")}
 
 
 def _smooth(h: int, w: int, seed: int = 0) -> np.ndarray:
@@ -502,17 +501,34 @@ def test_output_without_a_record_is_made_again_where_records_are_kept(tmp_path):
     code, _, stderr = _run(["protect", str(tmp_path / "x.png"), "-o", str(out), *QUICK])
     assert code == 0, stderr
     Image.fromarray(_smooth(48, 64, seed=3)).save(out / "y.png")  # written, never recorded
-    (record,) = (out / RECORDS).glob("*.json")
+    (record,) = (out / OUTPUT_RECORDS).glob("*.json")
     record.write_text("[" * 100_000)  # damaged (nested too deeply to parse)
     code, _, stderr = _run(["protect", str(tmp_path / "x.png"), str(tmp_path / "y.png"), "-o", str(out), *QUICK])
     assert code == 0 and "protected 2, skipped 0" in stderr and "Traceback" not in stderr, stderr
     assert not np.array_equal(read_photo(out / "y.png").rgb, _smooth(48, 64, seed=3))
-    assert len(list((out / RECORDS).glob("*.json"))) == 2
+    assert len(list((out / OUTPUT_RECORDS).glob("*.json"))) == 2
     old = tmp_path / "old"  # an older advquery's folder: outputs and no records
     old.mkdir()
     Image.fromarray(_smooth(48, 64, seed=3)).save(old / "x.png")
     code, _, stderr = _run(["protect", str(tmp_path / "x.png"), "-o", str(old), *QUICK])
     assert code == 0 and "protected 0, skipped 1" in stderr, stderr
+
+
+def test_older_folder_stays_without_records_when_a_new_photo_is_added(tmp_path):
+    """Whether a folder keeps records is decided once, before any photo: in an older advquery's folder (outputs, no
+    records) the first new output must not turn the old outputs checked after it into unrecorded ones."""
+    photos, old = tmp_path / "photos", tmp_path / "old"
+    photos.mkdir()
+    old.mkdir()
+    Image.fromarray(_smooth(48, 64, seed=1)).save(photos / "a.png")  # new: protected first
+    Image.fromarray(_smooth(48, 64, seed=2)).save(photos / "b.png")
+    Image.fromarray(_smooth(48, 64, seed=3)).save(old / "b.png")  # what an older advquery made of b.png
+    before = (old / "b.png").read_bytes()
+    for run in range(2):  # and so on every later run
+        code, _, stderr = _run(["protect", str(photos), "-o", str(old), *QUICK])
+        assert code == 0 and f"protected {1 - run}, skipped {1 + run}" in stderr, stderr
+        assert (old / "b.png").read_bytes() == before and (old / "a.png").is_file()
+    assert not (old / OUTPUT_RECORDS).exists()  # records would make the old output an unrecorded one
 
 
 def test_outputs_stay_inside_the_output_folder(tmp_path, monkeypatch):

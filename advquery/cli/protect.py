@@ -136,13 +136,14 @@ def run_protect(args: argparse.Namespace) -> int:
         check_output_file(args.report, "--report")
     if args.output.is_dir():
         remove_stale_temporaries(args.output)  # what a killed earlier run left
+    made_by = OutputRecords.of(args.output)  # decided once, before this run writes anything
     plan = in_shard(_plan(files, args), args.shard, lambda entry: entry.input if isinstance(entry, ProtectionRecord)
                     else str(entry.file.path))
     report = JsonLines(args.report, "--report") if args.report else None
     records: list[ProtectionRecord] = []
     interrupted = None
     try:
-        with _protected(plan, args, ray) as (made, settings):
+        with _protected(plan, args, made_by, ray) as (made, settings):
             for record in tqdm(made, total=len(plan), desc="protecting", unit="photo", disable=None):
                 records.append(record)
                 if record.status == "failed":
@@ -216,17 +217,19 @@ def _plan_one(f: InputFile, args: argparse.Namespace, input_paths: set[Path],
 
 
 @contextmanager
-def _protected(plan: list[Job | ProtectionRecord], args: argparse.Namespace, ray: tuple[str, int | None] | None
-               ) -> Iterator[tuple[Iterator[ProtectionRecord], dict]]:
+def _protected(plan: list[Job | ProtectionRecord], args: argparse.Namespace, made_by: OutputRecords | None,
+               ray: tuple[str, int | None] | None) -> Iterator[tuple[Iterator[ProtectionRecord], dict]]:
     """The record of each planned photo, in plan order, made in this process or by Ray tasks (``ray``: where,
     from :func:`ray_target`), and the settings recorded with them. Both paths run :func:`_protect_one` per
-    photo; a planned failure is its own record."""
+    photo, with the output folder's records ``made_by`` (None: it keeps none, see :meth:`OutputRecords.of`);
+    a planned failure is its own record."""
     jobs = [job for job in plan if isinstance(job, Job)]
     if ray:
         with ray_session(*ray):
             model_name = load_model(args.model, device="cpu").name  # what workers record; a bad --model fails here, once
             settings = {"model": model_name, **{name: getattr(args, name) for name in SETTINGS}}
-            made = map_on_ray(_protect_task, jobs, args, settings, threads=args.threads or 1, gpus=task_gpus(args.device),
+            made = map_on_ray(_protect_task, jobs, args, settings, made_by, threads=args.threads or 1,
+                              gpus=task_gpus(args.device),
                               failed=lambda job, why: ProtectionRecord(str(job.file.path), status="failed",
                                                                        error=f"{job.file.path}: {why}"))
             yield _in_plan_order(plan, made), settings
@@ -236,7 +239,7 @@ def _protected(plan: list[Job | ProtectionRecord], args: argparse.Namespace, ray
         settings = {"model": model.name, **{name: getattr(args, name) for name in SETTINGS}}
         # The next photo is decoded in the background while the current one is attacked.
         decoded = prefetch(lambda job: (job, _read(job.file, args.max_pixels)), jobs, depth=1)
-        made = (_protect_one(job, photo, args, model, settings) for job, photo in decoded)
+        made = (_protect_one(job, photo, args, model, settings, made_by) for job, photo in decoded)
         yield _in_plan_order(plan, made), settings
 
 
@@ -246,10 +249,11 @@ def _in_plan_order(plan: list[Job | ProtectionRecord], made: Iterator[Protection
         yield next(made) if isinstance(entry, Job) else entry
 
 
-def _protect_task(job: Job, args: argparse.Namespace, settings: dict) -> ProtectionRecord:
+def _protect_task(job: Job, args: argparse.Namespace, settings: dict, made_by: OutputRecords | None
+                  ) -> ProtectionRecord:
     """A Ray task: one photo, read and protected on the worker with the worker's model."""
     return _protect_one(job, _read(job.file, args.max_pixels), args,
-                        worker_model(args.model, worker_device(args.device)), settings)
+                        worker_model(args.model, worker_device(args.device)), settings, made_by)
 
 
 def _read(f, max_pixels: int) -> Photo | ImageError:
@@ -260,11 +264,12 @@ def _read(f, max_pixels: int) -> Photo | ImageError:
         return exc
 
 
-def _protect_one(job: Job, photo: Photo | ImageError, args: argparse.Namespace, model,
-                 settings: dict) -> ProtectionRecord:
+def _protect_one(job: Job, photo: Photo | ImageError, args: argparse.Namespace, model, settings: dict,
+                 made_by: OutputRecords | None) -> ProtectionRecord:
     """Protect one planned photo unless another process is at it or its output exists (made from this input:
     skipped; from another: refused; never recorded, its run killed before it could: made again), and record
-    which input made the output; the serial path and each Ray task alike."""
+    which input made the output in ``made_by`` (None: a folder without records, whose outputs are taken as
+    they are); the serial path and each Ray task alike."""
     f, target = job.file, job.target
     try:
         if isinstance(photo, ImageError):
@@ -272,14 +277,14 @@ def _protect_one(job: Job, photo: Photo | ImageError, args: argparse.Namespace, 
         with claim(target) as ours:  # concurrent runs on the same folder split the photos
             if not ours:
                 return ProtectionRecord(str(f.path), output=str(target), status="skipped", note=BUSY)
-            made_by = OutputRecords(args.output)
-            if target.exists() and not args.overwrite and not made_by.unfinished(target):
-                other = made_by.other_source(target, f.path)
+            if target.exists() and not args.overwrite and not (made_by and made_by.unfinished(target)):
+                other = made_by and made_by.other_source(target, f.path)
                 if other:
                     return ProtectionRecord(str(f.path), status="failed", error=f"{f.path}: output {target} exists, made "
                                             f"from {other}; use --overwrite to replace it, or another -o folder")
                 return ProtectionRecord(str(f.path), output=str(target), status="skipped")
-            made_by.prepare()  # before the output: from now on an output without a record is an unfinished one
+            if made_by:
+                made_by.prepare()  # before the output: from now on an output without a record is an unfinished one
             before = _identity(target)
             try:
                 record = protect_photo(photo, target, model, job.fmt, args.quality, args.keep_metadata,
@@ -287,7 +292,8 @@ def _protect_one(job: Job, photo: Photo | ImageError, args: argparse.Namespace, 
                                        steps=args.steps, size=args.size, seed=args.seed, target_ssim=args.target_ssim,
                                        robust=args.robust, ssim_weight=args.ssim_weight,
                                        precision=args.precision or "auto")
-                made_by.write(target, f.path, settings)
+                if made_by:
+                    made_by.write(target, f.path, settings)
             except BaseException:  # written but not recorded (an interrupt while the output is measured, a full
                 if _identity(target) != before:  # disk): it could later be taken for another input's
                     target.unlink(missing_ok=True)
