@@ -249,14 +249,15 @@ def protection_table() -> str:
             "writes them); the earlier measurements are in [docs/benchmarks.md](docs/benchmarks.md).")
 
 
-def timed_seconds() -> dict[str, float]:
-    """Seconds per photo of each preset timed alone in the precision ``protect`` picks here (bench/speed.py)."""
+def timed_seconds() -> tuple[dict[str, float], str]:
+    """Seconds per photo of each preset timed alone in the precision ``protect`` picks on a CPU that computes
+    bfloat16 (bench/speed.py), and the machine they were timed on."""
     path = RESULTS / "speed.json"
     if not path.is_file():
-        return {}
-    timed = json.loads(path.read_text()).get("time", {})
-    return {key.split()[0]: sum(r["seconds"] for r in rows) / len(rows) for key, rows in timed.items()
-            if key.endswith("bfloat16")}
+        return {}, ""
+    data = json.loads(path.read_text())
+    return {key.split()[0]: sum(r["seconds"] for r in rows) / len(rows) for key, rows in data.get("time", {}).items()
+            if key.endswith("bfloat16")}, data["machine"]
 
 
 def held_out(data: dict, preset: str) -> tuple[list[float], list[str]]:
@@ -286,7 +287,7 @@ def held_out_note(sets: list[str]) -> str:
 
 def render_protection(data: dict, source: str) -> str:
     maps, rows, held_out_sets = data["map"], [], []
-    timed = timed_seconds()
+    timed, timed_on = timed_seconds()
     for preset, info in data["sets"].items():
         if preset not in STRENGTHS:  # candidates measured beside the presets (held-out models) are not rows
             continue
@@ -320,8 +321,8 @@ def render_protection(data: dict, source: str) -> str:
         + held_out_note(held_out_sets) + " Flat "
         f"changed: share of the flat pixels (sky, walls) changed by more than one grey level, and in brackets the "
         f"same for a plain JPEG q95 re-save of the original. Seconds per photo on "
-        + (f"{data['machine']}, timed alone in bfloat16 (what `protect` runs on this CPU; the speed table of "
-           "docs/benchmarks.md)" if timed else f"{data['machine']}, shared with other jobs")
+        + (f"{timed_on}, timed alone in bfloat16 (what `protect` runs on a CPU that computes it; the speed table "
+           "of docs/benchmarks.md)" if timed else f"{data['machine']}, shared with other jobs")
         + f". Source: `bench/results/{source}.md`; every table: "
         f"[docs/benchmarks.md](docs/benchmarks.md)."])
 

@@ -125,8 +125,8 @@ def effect(args, model) -> dict:
 
 
 def render(results: dict) -> str:
-    lines = [f"Presets at working size {SIZE} px (at most the photo's own: these roxford5k-mini query photos of the "
-             f"validation split are 768 px), JPEG q95 "
+    lines = [f"Presets at working size {SIZE} px (the long side of these roxford5k-mini query photos of the "
+             f"validation split, so the photo is attacked at its own resolution), JPEG q95 "
              f"output, {results['threads']} threads, nothing else running. Seconds: `protect_photo` end to end "
              "(attack, writing, measuring the written file). Passes: trunk passes with a backward pass (views x "
              "steps); bare: those passes and the forward-only ones (describing the original and the written "
