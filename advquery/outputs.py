@@ -3,9 +3,11 @@
 ``advquery protect`` resumes an interrupted batch by skipping the outputs that exist. A record per
 output, in ``OUTDIR/.advquery/outputs/``, tells an output made from this very input (skip it) from
 one made from another input file, or from an earlier version of this one (refuse to keep it
-silently). Records are JSON files, written atomically after their output; the records folder is made
-before the first output (:meth:`OutputRecords.prepare`), so that an output without a record beside
-others is one whose run was killed between writing and recording it (make it again).
+silently). Records are JSON files, written atomically: a pending one before the output
+(:meth:`OutputRecords.begin`), the whole one after it (:meth:`OutputRecords.write`). An output whose record
+is still pending is one whose run was killed between writing and recording it (make it again); an output
+without any record in a folder that keeps records is a file advquery did not make (a user's own: keep it
+unless told to replace it).
 
 Whether a folder keeps records is decided once per run, before any photo (:meth:`OutputRecords.of`): a
 folder that holds outputs but no records is an older advquery's, whose outputs are taken as they are, and
@@ -51,38 +53,51 @@ class OutputRecords:
         digest = hashlib.sha256(relative.encode("utf-8", "surrogateescape")).hexdigest()
         return self.outdir / OUTPUT_RECORDS / f"{digest[:32]}.json"
 
-    def prepare(self) -> None:
-        """Make the records folder: before writing an output, so that one left without a record is told apart."""
-        (self.outdir / OUTPUT_RECORDS).mkdir(parents=True, exist_ok=True)
-
     def _read(self, target: Path) -> dict | None:
-        """The record of ``target``, or None where there is none or it is damaged."""
+        """The record of ``target``: None where there is none, ``{}`` where it is damaged (unreadable,
+        unparsable, nested too deeply, wrong fields), else the record (pending or whole)."""
+        path = self._record_path(target)
+        if not path.exists():
+            return None
         try:
-            record = json.loads(self._record_path(target).read_text())
+            record = json.loads(path.read_text())
         except (OSError, ValueError, RecursionError):  # RecursionError: JSON nested thousands deep
-            return None
+            return {}
         if not (isinstance(record, dict) and isinstance(record.get("input"), str)
-                and isinstance(record.get("input_sha256"), str)):
-            return None
+                and (record.get("pending") is True or isinstance(record.get("input_sha256"), str))):
+            return {}
         return record
 
+    def recorded(self, target: Path) -> bool:
+        """Whether ``target`` has a record at all (pending, whole or damaged): advquery wrote, or set out to
+        write, the file at ``target``."""
+        return self._read(target) is not None
+
     def unfinished(self, target: Path) -> bool:
-        """Whether the output ``target`` was written but never recorded (its run was killed in between; or its
-        record is damaged): it must be made again. Only for a folder that keeps records (:meth:`of`)."""
-        return self._read(target) is None
+        """Whether the output ``target`` was set out to be written but never recorded (its run was killed in
+        between; or its record is damaged): it must be made again."""
+        record = self._read(target)
+        return record is not None and (not record or record.get("pending") is True)
+
+    def begin(self, target: Path, source: Path) -> None:
+        """Record, before writing it, that ``target`` is being made from ``source``: until :meth:`write`
+        replaces this pending record, the output is unfinished."""
+        self._save(target, {"output": str(target), "input": str(real_path(source)), "pending": True})
 
     def write(self, target: Path, source: Path, settings: dict) -> None:
         """Record that ``source`` with ``settings`` made ``target``."""
-        record = {"output": str(target), "input": str(real_path(source)), "input_sha256": file_sha256(source),
-                  "settings": settings}
-        with atomic_write(self._record_path(target)) as f:
+        self._save(target, {"output": str(target), "input": str(real_path(source)),
+                            "input_sha256": file_sha256(source), "settings": settings})
+
+    def _save(self, target: Path, record: dict) -> None:
+        with atomic_write(self._record_path(target)) as f:  # makes the records folder with the first record
             f.write(json.dumps(record, indent=2).encode())
 
     def other_source(self, target: Path, source: Path) -> str | None:
         """None when ``target`` was made from ``source`` as it is now (or nothing says otherwise: an output
-        without a record, or with a damaged one; see :meth:`unfinished`), else which input made it."""
+        without a whole record; see :meth:`recorded` and :meth:`unfinished`), else which input made it."""
         record = self._read(target)
-        if record is None:
+        if not record or record.get("pending") is True:
             return None
         made_from, digest = record["input"], record["input_sha256"]
         if digest == file_sha256(source):

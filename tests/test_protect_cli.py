@@ -13,6 +13,7 @@ from PIL import ExifTags, Image
 
 from advquery.cli.main import main
 from advquery.io import OUTPUT_RECORDS, read_photo
+from advquery.outputs import OutputRecords
 from advquery.protection import STRENGTHS
 from helpers import blob_scene, exif_with_gps
 
@@ -491,22 +492,36 @@ def test_existing_output_of_another_input_is_not_taken_for_this_ones(tmp_path):
     assert code == 0 and "protected 1" in stderr
 
 
-def test_output_without_a_record_is_made_again_where_records_are_kept(tmp_path):
-    """Records are made before outputs: an output without one (its run killed between writing and recording it,
-    or its record damaged) is made again, even though it exists; in a folder without records (an older
-    advquery's) an output is taken as it is."""
-    Image.fromarray(_smooth(48, 64, seed=1)).save(tmp_path / "x.png")
-    Image.fromarray(_smooth(48, 64, seed=2)).save(tmp_path / "y.png")
+def test_unfinished_output_is_made_again_and_a_file_advquery_did_not_make_is_kept(tmp_path):
+    """A pending record is made before its output: an output whose record is still pending (its run killed between
+    writing and recording it) or damaged is made again, even though it exists. A file at an output's path without
+    any record, in a folder that keeps records, is not advquery's (a user's own): it is kept unless --overwrite.
+    In a folder without records (an older advquery's) an output is taken as it is."""
+    for name, seed in (("x", 1), ("y", 2), ("z", 4)):
+        Image.fromarray(_smooth(48, 64, seed=seed)).save(tmp_path / f"{name}.png")
     out = tmp_path / "out"
     code, _, stderr = _run(["protect", str(tmp_path / "x.png"), "-o", str(out), *QUICK])
     assert code == 0, stderr
-    Image.fromarray(_smooth(48, 64, seed=3)).save(out / "y.png")  # written, never recorded
+    Image.fromarray(_smooth(48, 64, seed=3)).save(out / "y.png")  # the user's own file
+    users = (out / "y.png").read_bytes()
     (record,) = (out / OUTPUT_RECORDS).glob("*.json")
     record.write_text("[" * 100_000)  # damaged (nested too deeply to parse)
     code, _, stderr = _run(["protect", str(tmp_path / "x.png"), str(tmp_path / "y.png"), "-o", str(out), *QUICK])
-    assert code == 0 and "protected 2, skipped 0" in stderr and "Traceback" not in stderr, stderr
-    assert not np.array_equal(read_photo(out / "y.png").rgb, _smooth(48, 64, seed=3))
-    assert len(list((out / OUTPUT_RECORDS).glob("*.json"))) == 2
+    assert code == 1 and "protected 1, skipped 0" in stderr and "Traceback" not in stderr, stderr
+    assert _error_lines(stderr) == [f"advquery: error: {tmp_path / 'y.png'}: output {out / 'y.png'} exists and "
+                                    "advquery did not make it (it has no record); use --overwrite to replace it, or "
+                                    "another -o folder"]
+    assert (out / "y.png").read_bytes() == users and len(list((out / OUTPUT_RECORDS).glob("*.json"))) == 1
+    OutputRecords(out).begin(out / "z.png", tmp_path / "z.png")  # as a run killed after writing z.png leaves it
+    Image.fromarray(_smooth(48, 64, seed=5)).save(out / "z.png")
+    code, _, stderr = _run(["protect", str(tmp_path / "x.png"), str(tmp_path / "z.png"), "-o", str(out), *QUICK])
+    assert code == 0 and "protected 1, skipped 1" in stderr, stderr
+    assert not np.array_equal(read_photo(out / "z.png").rgb, _smooth(48, 64, seed=5))
+    code, _, stderr = _run(["protect", str(tmp_path / "y.png"), "-o", str(out), "--overwrite", *QUICK])
+    assert code == 0 and "protected 1" in stderr and (out / "y.png").read_bytes() != users
+    records = OutputRecords(out)
+    assert len(list((out / OUTPUT_RECORDS).glob("*.json"))) == 3
+    assert not any(records.unfinished(out / f"{name}.png") for name in "xyz")
     old = tmp_path / "old"  # an older advquery's folder: outputs and no records
     old.mkdir()
     Image.fromarray(_smooth(48, 64, seed=3)).save(old / "x.png")

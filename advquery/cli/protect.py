@@ -79,7 +79,8 @@ def register(commands: argparse._SubParsersAction) -> None:
                         "perturbation and every reported figure stay float32")
     p.add_argument("--overwrite", action="store_true",
                    help="replace existing outputs (default: skip those made from the same input, so that an interrupted "
-                        "or concurrent batch resumes; refuse those made from another input)")
+                        "or concurrent batch resumes; refuse those made from another input, and files advquery did not "
+                        "make)")
     p.add_argument("--max-pixels", type=positive_int, default=DEFAULT_MAX_PIXELS,
                    help=f"refuse larger images (decompression bombs; default: {DEFAULT_MAX_PIXELS})")
     add_model_options(p)
@@ -267,9 +268,9 @@ def _read(f, max_pixels: int) -> Photo | ImageError:
 def _protect_one(job: Job, photo: Photo | ImageError, args: argparse.Namespace, model, settings: dict,
                  made_by: OutputRecords | None) -> ProtectionRecord:
     """Protect one planned photo unless another process is at it or its output exists (made from this input:
-    skipped; from another: refused; never recorded, its run killed before it could: made again), and record
-    which input made the output in ``made_by`` (None: a folder without records, whose outputs are taken as
-    they are); the serial path and each Ray task alike."""
+    skipped; from another, or not made by advquery at all: refused; never recorded, its run killed before it
+    could: made again), and record which input made the output in ``made_by`` (None: a folder without records,
+    whose outputs are taken as they are); the serial path and each Ray task alike."""
     f, target = job.file, job.target
     try:
         if isinstance(photo, ImageError):
@@ -278,13 +279,17 @@ def _protect_one(job: Job, photo: Photo | ImageError, args: argparse.Namespace, 
             if not ours:
                 return ProtectionRecord(str(f.path), output=str(target), status="skipped", note=BUSY)
             if target.exists() and not args.overwrite and not (made_by and made_by.unfinished(target)):
+                if made_by and not made_by.recorded(target):
+                    return ProtectionRecord(str(f.path), status="failed", error=f"{f.path}: output {target} exists and "
+                                            "advquery did not make it (it has no record); use --overwrite to replace "
+                                            "it, or another -o folder")
                 other = made_by and made_by.other_source(target, f.path)
                 if other:
                     return ProtectionRecord(str(f.path), status="failed", error=f"{f.path}: output {target} exists, made "
                                             f"from {other}; use --overwrite to replace it, or another -o folder")
                 return ProtectionRecord(str(f.path), output=str(target), status="skipped")
             if made_by:
-                made_by.prepare()  # before the output: from now on an output without a record is an unfinished one
+                made_by.begin(target, f.path)  # before the output: until recorded whole, it is an unfinished one
             before = _identity(target)
             try:
                 record = protect_photo(photo, target, model, job.fmt, args.quality, args.keep_metadata,
