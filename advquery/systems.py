@@ -31,6 +31,7 @@ from .handcrafted import cedd, gist, l2_distances, tanimoto
 from .handcrafted.sift_he import (DEFAULT_ITERATIONS, DEFAULT_MAX_FEATURES, DEFAULT_SAMPLE, DEFAULT_SIGMA,
                                   DEFAULT_THRESHOLD, DEFAULT_WORDS, SiftHE, Vocabulary, VocabularyError, pack, sift,
                                   unpack)
+from .io import remove_stale_temporaries
 from .models import DescriptorModel
 from .retrieval import rank
 from .transforms import TransformChain
@@ -41,6 +42,23 @@ FEATURES = ("neural", "sift-he", "cedd", "gist")
 class CacheWarning(UserWarning):
     """A cache entry (database descriptors, a trained SIFT-HE vocabulary) that is damaged (made again) or cannot be
     written (not cached)."""
+
+
+def save_to_cache(path: Path, save: Callable[[Path], None], kind: str) -> bool:
+    """Write the cache entry ``path`` with ``save`` (which writes the whole file, through
+    :func:`~advquery.io.atomic_write`), after removing what killed runs left beside it; the one rule of every
+    cache (descriptors, vocabularies). A cache that cannot be written (read-only, full, a file in a folder's
+    place) is a :class:`CacheWarning` naming the ``kind`` of cache, not an error: what was computed is used,
+    not cached. Returns whether the entry was written."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(path.parent)  # what killed earlier runs left
+        save(path)
+    except OSError as exc:
+        warnings.warn(f"{path}: cannot write the {kind} cache ({exc.strerror or exc}); not cached", CacheWarning,
+                      stacklevel=3)  # at the caller of the function that caches
+        return False
+    return True
 
 
 def file_key(paths: Sequence[Path], settings: dict) -> str:
@@ -180,7 +198,8 @@ class SiftHESystem(RetrievalSystem):
     def fit(self, paths, cache_dir=None, progress=None) -> dict:
         """Train the vocabulary on a sample of the SIFT descriptors of ``paths`` unless there is one; a
         trained vocabulary is cached under ``cache_dir/vocabularies`` keyed by the files and settings (a cached
-        one that cannot be read is trained again and replaced, with a :class:`CacheWarning`)."""
+        one that cannot be read is trained again and replaced, one that cannot be written is not cached: each
+        with a :class:`CacheWarning`)."""
         if self.vocabulary is not None:
             return {}
         paths = [Path(p) for p in paths]
@@ -201,7 +220,7 @@ class SiftHESystem(RetrievalSystem):
         self.vocabulary = Vocabulary.train(extraction.descriptors, **self.training)
         seconds["vocabulary_kmeans"] = time.perf_counter() - start
         if cached is not None:
-            self.vocabulary.save(cached)
+            save_to_cache(cached, self.vocabulary.save, "vocabulary")
         self._fitted = (paths, extraction)
         return seconds
 

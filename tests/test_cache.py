@@ -63,3 +63,16 @@ def test_sound_cache_entry_is_used_without_a_word(setup, recwarn):
     report = evaluate(setup["dataset"], setup["system"], cache_dir=setup["cache"], progress=False)
     assert "database" not in report.seconds and not [w for w in recwarn if issubclass(w.category, CacheWarning)]
     assert report.results["medium"].map == pytest.approx(setup["map"])
+
+
+def test_cache_that_cannot_be_written_is_one_warning(setup, tmp_path):
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / "descriptors").write_text("a file where the folder goes")
+    with pytest.warns(CacheWarning) as caught:
+        report = evaluate(setup["dataset"], setup["system"], cache_dir=cache, progress=False)
+    assert len(caught) == 1
+    assert str(caught[0].message).startswith(f"{cache / 'descriptors'}/") and \
+        "cannot write the descriptor cache (" in str(caught[0].message), str(caught[0].message)
+    assert str(caught[0].message).endswith("; not cached")
+    assert report.results["medium"].map == pytest.approx(setup["map"])

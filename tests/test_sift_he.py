@@ -161,6 +161,23 @@ def test_damaged_cached_vocabulary_is_trained_again_with_a_warning(tmp_path, how
     assert Vocabulary.load(cached).digest == trained.vocabulary.digest  # the damaged entry was replaced
 
 
+def test_vocabulary_cache_that_cannot_be_written_is_a_warning(tmp_path):
+    """As the descriptor cache: a vocabulary trained but not cached (a read-only cache, a file in the folder's place)
+    is used, with a CacheWarning, not an error after the whole SIFT and k-means run."""
+    files = []
+    for seed in range(3):
+        files.append(tmp_path / f"{seed}.png")
+        Image.fromarray(_scene(seed)).save(files[-1])
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / "vocabularies").write_text("a file where the folder goes")
+    system = SiftHESystem(256, words=16)
+    with pytest.warns(CacheWarning, match=r"vocabularies/\w+\.npz: cannot write the vocabulary cache \(.+\); not "
+                                          "cached") as caught:
+        seconds = system.fit(files, cache_dir=tmp_path / "cache", progress=False)
+    assert len(caught) == 1 and "vocabulary_kmeans" in seconds and system.vocabulary is not None
+    assert (tmp_path / "cache" / "vocabularies").read_text() == "a file where the folder goes"
+
+
 def test_synthetic_image_retrieves_itself_first():
     scenes = [_scene(seed) for seed in range(6)]
     raw = [sift(s) for s in scenes]

@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 
 from ..extraction import DEFAULT_SIZE
-from ..io import IMAGE_EXTENSIONS, atomic_write, remove_stale_temporaries
+from ..io import IMAGE_EXTENSIONS, atomic_write
 from ..models import DescriptorModel
 from ..retrieval import check_rows
-from ..systems import CacheWarning, NeuralSystem, RetrievalSystem, file_key  # CacheWarning: also the vocabulary's
+from ..systems import CacheWarning, NeuralSystem, RetrievalSystem, file_key, save_to_cache  # CacheWarning: also the vocabulary's
 from ..transforms import TransformChain
 from .datasets import RetrievalDataset
 from .metrics import MapResult, compute_map, random_map
@@ -119,14 +119,10 @@ def cached_descriptors(paths: Sequence[Path], system: RetrievalSystem, cache_dir
     descriptors = _extract_all(system, paths, desc=desc, progress=progress)
     seconds = time.perf_counter() - start
     if path is not None:
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            remove_stale_temporaries(path.parent)  # what killed earlier runs left
-            with atomic_write(path) as f:
+        def save(target: Path) -> None:
+            with atomic_write(target) as f:
                 np.save(f, descriptors)
-        except OSError as exc:
-            warnings.warn(f"{path}: cannot write the descriptor cache ({exc.strerror or exc}); "
-                          "the descriptors are not cached", CacheWarning, stacklevel=3)
+        save_to_cache(path, save, "descriptor")
     return descriptors, seconds
 
 
