@@ -156,7 +156,8 @@ def _pickled(value) -> bytes:
     ("gnd.pkl", _pickled({**GOOD_GND, "qimlist": ["q", "r"]}), "2 queries but 1 ground-truth entries"),
     ("gnd.pkl", _pickled({**GOOD_GND, "gnd": [{"easy": [True]}]}), "'easy' must be a list of image indices"),
     ("gnd.pkl", _pickled({**GOOD_GND, "gnd": [{"bbx": [1, 2, "x", 4]}]}), "'bbx' must be 4 numbers"),
-    ("gnd.json", b'{"imlist": ["a"], "queries": [1]}', "'queries' must be a list of objects"),
+    ("gnd.json", b'{"imlist": ["a"], "queries": [1]}', "'queries' must be a list of objects with a 'query' name, "
+     "found [1]"),
 ])
 def test_refused_ground_truth_is_one_dataset_error_naming_the_file(tmp_path, name, content, message):
     path = tmp_path / name
@@ -164,7 +165,8 @@ def test_refused_ground_truth_is_one_dataset_error_naming_the_file(tmp_path, nam
     with pytest.raises(DatasetError) as info:
         load_gnd_file(path)
     assert str(info.value).startswith(f"{path}: ") and message in str(info.value), str(info.value)
-    assert "\n" not in str(info.value)
+    assert "\n" not in str(info.value) and str(info.value).count(str(path)) == 1  # the reason, given once
+    assert ("not valid JSON" in str(info.value)) == (message.startswith("not valid JSON"))
 
 
 def test_good_ground_truth_still_loads(tmp_path):

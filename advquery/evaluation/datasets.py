@@ -94,11 +94,6 @@ def load_gnd_file(path: str | Path) -> dict:
     try:
         if is_json:
             raw = json.loads(path.read_text())
-            if isinstance(raw, dict) and "queries" in raw and "gnd" not in raw:
-                queries = raw["queries"]
-                if not (isinstance(queries, list) and all(isinstance(q, dict) and "query" in q for q in queries)):
-                    raise DatasetError(f"{path}: 'queries' must be a list of objects with a 'query' name")
-                raw = {"imlist": raw.get("imlist"), "qimlist": [q["query"] for q in queries], "gnd": queries}
         else:
             with path.open("rb") as f:
                 raw = _RestrictedUnpickler(f).load()
@@ -115,6 +110,12 @@ def load_gnd_file(path: str | Path) -> dict:
         raise DatasetError(f"{path}: damaged pickle ({type(exc).__name__}: {exc})") from None
     except (EOFError, TypeError, IndexError, KeyError, OverflowError, MemoryError) as exc:  # damaged pickle data
         raise DatasetError(f"{path}: damaged pickle ({type(exc).__name__}: {exc})") from None
+    if is_json and isinstance(raw, dict) and "queries" in raw and "gnd" not in raw:  # the extended-query layout
+        queries = raw["queries"]
+        if not (isinstance(queries, list) and all(isinstance(q, dict) and "query" in q for q in queries)):
+            raise DatasetError(f"{path}: 'queries' must be a list of objects with a 'query' name, found "
+                               f"{_short(queries)}")
+        raw = {"imlist": raw.get("imlist"), "qimlist": [q["query"] for q in queries], "gnd": queries}
     missing = [k for k in ("imlist", "qimlist", "gnd") if not isinstance(raw, dict) or k not in raw]
     if missing:
         raise DatasetError(f"{path}: not a revisitop ground-truth file, missing {missing}")
