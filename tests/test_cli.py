@@ -4,6 +4,8 @@ import json
 import os
 import re
 import shutil
+import subprocess
+import sys
 from contextlib import redirect_stderr, redirect_stdout
 from io import StringIO
 from pathlib import Path
@@ -12,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from advquery.cli.common import describe_out_of_memory, user_errors
+from advquery.cli.common import CommandError, check_output_file, describe_out_of_memory, user_errors
 from advquery.cli.main import main
 from advquery.evaluation.metrics import compute_map
 from advquery.io import write_photo_atomic
@@ -283,6 +285,25 @@ def test_eval_json_and_ranks_are_written_through_symbolic_links(evaluated, data_
     assert (tmp / "linked.json").is_symlink() and (tmp / "linked.npy").is_symlink()  # the links stay links
     assert json.loads((tmp / "summary-target.json").read_text())["protocols"] == evaluated["report"]["protocols"]
     np.testing.assert_array_equal(np.load(tmp / "ranks-target.npy"), evaluated["ranks"])
+
+
+def test_eval_output_through_a_file_descriptor_is_refused(data_root, tmp_path):
+    """``eval --json /dev/stdout > out.txt``: the descriptor leads to out.txt, a regular file, which the output
+    written whole would replace, losing the printed report. Refused up front, however the descriptor is named."""
+    out = tmp_path / "out.txt"
+    with out.open("w") as stdout:
+        done = subprocess.run([sys.executable, "-m", "advquery.cli.main", "eval", "--dataset", "ukbench-mini",
+                               "--data-root", str(data_root), "--size", str(SIZE), "--json", "/dev/stdout"],
+                              stdout=stdout, stderr=subprocess.PIPE, text=True, timeout=300)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert done.stderr.startswith("advquery: error: --json /dev/stdout: names an open file descriptor"), done.stderr
+    assert out.is_file() and out.read_text() == ""  # the shell's file, not replaced (nothing evaluated)
+    (tmp_path / "linked.npy").symlink_to("/dev/stdout")
+    (tmp_path / "fds").symlink_to("/proc/self/fd")
+    for target in ("/dev/fd/1", "/proc/self/fd/1", "/dev/stderr", tmp_path / "linked.npy", tmp_path / "fds" / "1"):
+        with pytest.raises(CommandError, match=r"--ranks .+: names an open file descriptor"):
+            check_output_file(Path(target), "--ranks", whole=True)
+    check_output_file(tmp_path / "dev" / "stdout", "--ranks", whole=True)  # a file of that name elsewhere is fine
 
 
 def test_eval_with_bad_transform_is_one_line(data_root, capsys):

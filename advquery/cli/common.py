@@ -5,6 +5,7 @@ import errno
 import json
 import math
 import os
+import re
 import signal
 import stat
 import sys
@@ -218,9 +219,10 @@ def check_output_file(path: Path, flag: str, whole: bool = False) -> None:
     """Refuse, before any work, an output file that cannot be written (its folder is created when it is written).
 
     ``whole``: the file is written whole, as a new file that replaces the old one in one step
-    (:func:`~advquery.io.atomic_write`), to :func:`replaced_file` of ``path`` (through symbolic links, as the
-    shell's ``>`` writes). Then an existing target that is not a regular file (a device such as ``/dev/stdout``, a
-    pipe, a socket) is refused too: the new file would replace it."""
+    (:func:`~advquery.io.atomic_write`), to :func:`~advquery.io.real_path` of ``path`` (through symbolic links, as
+    the shell's ``>`` writes). Then an existing target that is not a regular file (a device, a pipe, a socket) is
+    refused too, and so is a path through an open file descriptor (``/dev/stdout``, ``/dev/fd/N``,
+    ``/proc/PID/fd/N``, whatever it is open on): the new file would replace it (a redirected ``> out.txt``)."""
     path = Path(path)
     if whole and (problem := _not_replaceable(path)):
         pass
@@ -229,19 +231,36 @@ def check_output_file(path: Path, flag: str, whole: bool = False) -> None:
     elif path.exists() and not os.access(path, os.W_OK):
         problem = "cannot write it (no permission, or a read-only file system)"
     else:
-        problem = _unwritable((replaced_file(path) if whole else path).parent)
+        problem = _unwritable((real_path(path) if whole else path).parent)
     if problem:
         raise CommandError(f"{flag} {path}: {problem}")
 
 
-def replaced_file(path: Path) -> Path:
-    """The file that an output written whole to ``path`` replaces: ``path`` with symbolic links resolved, so that a
-    link stays a link and the file it names gets the output."""
-    return real_path(path)
+_DESCRIPTOR_FOLDER = re.compile(r"^/(dev/fd|proc/[^/]+/fd)$")
+_STANDARD_STREAMS = ("stdin", "stdout", "stderr")
+
+
+def _through_descriptor(path: Path) -> bool:
+    """Whether ``path``, or a symbolic link it leads through, names an open file descriptor of a process
+    (``/dev/stdout`` and the other standard streams, ``/dev/fd/N``, ``/proc/PID/fd/N``)."""
+    current = os.path.abspath(path)
+    for _ in range(40):  # the links the system would follow before it says 'loop'
+        folder = os.path.realpath(os.path.dirname(current))
+        name = os.path.basename(current)
+        if _DESCRIPTOR_FOLDER.match(folder) or (folder == "/dev" and name in _STANDARD_STREAMS):
+            return True
+        try:
+            current = os.path.join(folder, os.readlink(current))  # an absolute link replaces the folder
+        except OSError:  # not a link (or not there): the end of the chain
+            return False
+    return False
 
 
 def _not_replaceable(path: Path) -> str | None:
     """Why an output written whole must not be written to ``path`` (what it is now, symbolic links followed), or None."""
+    if _through_descriptor(path):
+        return ("names an open file descriptor (/dev/stdout, /dev/fd/N, /proc/PID/fd/N), whose file the output, "
+                "written to a new file, would replace; give the path of a file")
     try:
         mode = os.stat(path).st_mode
     except OSError as exc:

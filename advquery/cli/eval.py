@@ -8,10 +8,10 @@ import numpy as np
 
 from ..evaluation.datasets import DATASET_NAMES, load_dataset, load_distractors
 from ..evaluation.runner import evaluate
-from ..io import atomic_write
+from ..io import atomic_write, real_path
 from ..transforms import KINDS, parse_transform
-from .common import (CommandError, add_features_options, add_model_options, check_output_file, replaced_file,
-                     system_from_args, user_errors)
+from .common import (CommandError, add_features_options, add_model_options, check_output_file, system_from_args,
+                     user_errors)
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -78,9 +78,9 @@ def run_eval(args: argparse.Namespace) -> int:
                       db_dir=args.db_dir, distractors=distractors)
     print(format_report(report))
     if args.json:  # through a symbolic link to the file it names, whole or not at all
-        with atomic_write(replaced_file(args.json)) as f:
+        with atomic_write(real_path(args.json)) as f:
             f.write(json.dumps(report.summary(), indent=2).encode())
     if args.ranks:
-        with atomic_write(replaced_file(args.ranks)) as f:
+        with atomic_write(real_path(args.ranks)) as f:
             np.save(f, report.ranks)
     return 0
