@@ -6,7 +6,9 @@ import time
 import zipfile
 from dataclasses import asdict, replace
 from pathlib import Path
+from types import SimpleNamespace
 
+import gradio as gr
 import httpx
 import numpy as np
 import pytest
@@ -17,7 +19,7 @@ from advquery.io import read_photo, write_photo_atomic
 from advquery.protection import DEFAULT_STRENGTH, STRENGTHS
 from advquery.trackers import SUITES, VERDICTS, TrackerCheck, verdict_summary
 from advquery.ui.jobs import Job, PhotoTask, photo_entry
-from advquery.ui.page import JPEG_NOTE, check_html, status_html, strength_line
+from advquery.ui.page import JPEG_NOTE, build_page, check_html, status_html, strength_line
 from advquery.ui.server import host_warning
 from helpers import exif_with_gps
 
@@ -257,6 +259,19 @@ def test_strength_lines_state_each_presets_purpose_and_cost():
     line = strength_line("high", halved, STRENGTHS | {"high": halved})
     assert f"about {round(passes['high'] / 2 / passes['low'], 1):g} times low's" in line
     assert "re-save" in JPEG_NOTE
+
+
+def test_strength_lines_follow_the_steps_override_of_the_page():
+    """``advquery ui --steps N`` runs every preset N steps: the page's passes and ratios say so."""
+    per_step = {n: (p.views.count if p.views else 0) + 1 for n, p in STRENGTHS.items()}  # passes per step
+    assert strength_line("low", STRENGTHS["low"], steps=2).endswith(
+        f"Time: the quickest (up to {2 * per_step['low']} passes of the photo through a search model).")
+    line = strength_line("high", STRENGTHS["high"], steps=2)
+    assert (f"about {round(per_step['high'] / per_step['low'], 1):g} times low's (up to {2 * per_step['high']} passes "
+            f"of the photo through a search model, against {2 * per_step['low']})") in line
+    page = build_page(SimpleNamespace(steps=2))  # the page's lines are those of its queue's override
+    shown = "\n".join(str(block.value) for block in page.blocks.values() if isinstance(block, gr.Markdown))
+    assert f"- {line}" in shown and f"- {strength_line('high', STRENGTHS['high'])}" not in shown
 
 
 def test_only_a_local_host_goes_without_warning():

@@ -28,15 +28,18 @@ VERDICT_WORDS = {"blocked": "blocked: it no longer matches this photo to the ori
                  "still found": "still found: it matches this photo to the original"}
 
 
-def model_passes(preset: Strength) -> int:
+def model_passes(preset: Strength, steps: int | None = None) -> int:
     """The most passes of the photo through a search model one protection with ``preset`` makes, what its time
-    grows with: per step each tracker view and the whole photo, or without views the saved file alone."""
-    return preset.steps * ((preset.views.count if preset.views is not None else 0) + 1)
+    grows with: per step (``steps`` overrides the preset's, as ``advquery ui --steps`` does) each tracker view and
+    the whole photo, or without views the saved file alone."""
+    return (preset.steps if steps is None else steps) * ((preset.views.count if preset.views is not None else 0) + 1)
 
 
-def strength_line(name: str, preset: Strength, presets: dict[str, Strength] = STRENGTHS) -> str:
+def strength_line(name: str, preset: Strength, presets: dict[str, Strength] = STRENGTHS,
+                  steps: int | None = None) -> str:
     """One line in plain words on what a preset protects against and what it costs (how much it may change the
-    photo and its time, as model passes beside those of the quickest of ``presets``), read from its configuration."""
+    photo and its time, as model passes beside those of the quickest of ``presets``; ``steps``: the override of
+    every preset's steps the page's protections run with), read from its configuration."""
     budget, budgets = preset.budget_levels(), [p.budget_levels() for p in presets.values()]
     if preset.views is None:
         protects = ("protects the photo posted as it is, against the search model it was computed with; a site "
@@ -50,9 +53,9 @@ def strength_line(name: str, preset: Strength, presets: dict[str, Strength] = ST
     changes = f"Changes a pixel by at most {budget:g} of 255 brightness levels"
     if preset.spare_flat is not None:
         changes += ", flat areas (clear sky, plain walls) not at all"
-    passes = model_passes(preset)
-    quickest = min(presets, key=lambda n: model_passes(presets[n]))
-    fewest = model_passes(presets[quickest])
+    passes = model_passes(preset, steps)
+    quickest = min(presets, key=lambda n: model_passes(presets[n], steps))
+    fewest = model_passes(presets[quickest], steps)
     if passes == fewest:
         time = f"the quickest (up to {passes} passes of the photo through a search model)"
     else:
@@ -146,7 +149,8 @@ def build_page(jobs: JobQueue) -> gr.Blocks:
             files = gr.File(file_count="multiple", label="Photos", elem_id="photos")
             with gr.Column():
                 strength = gr.Radio(list(STRENGTHS), value=DEFAULT_STRENGTH, label="Strength", elem_id="strength")
-                gr.Markdown("\n".join(f"- {strength_line(n, s)}" for n, s in STRENGTHS.items()) + f"\n\n{JPEG_NOTE}")
+                lines = (strength_line(n, s, steps=jobs.steps) for n, s in STRENGTHS.items())
+                gr.Markdown("\n".join(f"- {line}" for line in lines) + f"\n\n{JPEG_NOTE}")
                 keep = gr.Checkbox(label="Keep metadata (camera, date, colour profile); the GPS location is "
                                          "always removed", elem_id="keep-metadata")
                 start = gr.Button("Protect", variant="primary", elem_id="start")
