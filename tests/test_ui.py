@@ -261,6 +261,16 @@ def test_strength_lines_state_each_presets_purpose_and_cost():
     assert "re-save" in JPEG_NOTE
 
 
+def test_other_models_are_named_with_or_without_tracker_views():
+    """The models clause follows the preset's models alone, not whether it also has tracker views."""
+    for views in (None, STRENGTHS["high"].views):
+        preset = replace(STRENGTHS["low"], views=views, models=STRENGTHS["high"].models)
+        assert preset.models and "against other search models" in strength_line("low", preset), views
+        assert "against other search models" not in strength_line("low", replace(preset, models=()))
+    line = strength_line("low", replace(STRENGTHS["low"], models=STRENGTHS["high"].models))
+    assert line.count("can undo it") == 1 and not [w for w in JARGON if w in line], line
+
+
 def test_strength_lines_follow_the_steps_override_of_the_page():
     """``advquery ui --steps N`` runs every preset N steps: the page's passes and ratios say so."""
     per_step = {n: (p.views.count if p.views else 0) + 1 for n, p in STRENGTHS.items()}  # passes per step

@@ -42,12 +42,13 @@ def strength_line(name: str, preset: Strength, presets: dict[str, Strength] = ST
     every preset's steps the page's protections run with), read from its configuration."""
     budget, budgets = preset.budget_levels(), [p.budget_levels() for p in presets.values()]
     if preset.views is None:
-        protects = ("protects the photo posted as it is, against the search model it was computed with; a site "
-                    "that re-compresses, resizes or crops the photo can undo it")
+        protects = "protects the photo posted as it is, against the search model it was computed with"
     else:
         protects = "protects the photo as posted and also when a site re-compresses, resizes, crops or flips it"
-        if preset.models:
-            protects += ", and against other search models than the one it was computed with"
+    if preset.models:
+        protects += ", and against other search models than the one it was computed with"
+    if preset.views is None:
+        protects += "; a site that re-compresses, resizes or crops the photo can undo it"
     look = ("near-invisible; " if budget == min(budgets) else
             "the strongest, and a close look can see the change in smooth areas; " if budget == max(budgets) else "")
     changes = f"Changes a pixel by at most {budget:g} of 255 brightness levels"
