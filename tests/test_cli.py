@@ -14,8 +14,10 @@ import numpy as np
 import pytest
 import torch
 
-from advquery.cli.common import CommandError, check_output_file, describe_out_of_memory, user_errors
-from advquery.cli.main import main
+from advquery.cli.common import (MAX_WORKING_SIZE, CommandError, check_output_file, describe_out_of_memory,
+                                 user_errors)
+from advquery.extraction import MIN_SIZE
+from advquery.cli.main import build_parser, main
 from advquery.evaluation.metrics import compute_map
 from advquery.io import write_photo_atomic
 from advquery.retrieval import ImageIndex
@@ -175,6 +177,17 @@ def test_every_numeric_option_is_checked_up_front_with_one_rule(tmp_path, monkey
     assert code == 2 and stdout == "" and len(stderr.splitlines()) == 1, stderr
     assert stderr.startswith(f"advquery: error: argument {option}") and "expected " in stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_float_ceiling_is_printed_whole_and_every_size_help_states_the_range(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, _, stderr = _run(["ui", "--max-upload-mb", "2e6"])
+    assert code == 2 and "expected a number in (0, 1000000], got '2e6'" in stderr, stderr
+    commands = build_parser()._subparsers._group_actions[0].choices
+    helps = {name: next(a.help for a in commands[name]._actions if "--size" in a.option_strings)
+             for name in ("ui", "protect", "verify", "eval")}
+    for name, text in helps.items():
+        assert f"long side in pixels, {MIN_SIZE} to {MAX_WORKING_SIZE} (default: " in text, (name, text)
 
 
 def test_running_out_of_memory_is_one_line_and_exit_1(capsys):

@@ -141,6 +141,12 @@ MAX_WORKING_SIZE = 8192
 MAX_STEPS = 100_000
 MAX_PROCESSES = 4096  # --threads, --workers
 MAX_UPLOAD_MB = 1_000_000
+SIZE_RANGE = f"{MIN_SIZE} to {MAX_WORKING_SIZE}"  # what the help of every working size says
+
+
+def _shown(bound: float) -> str:
+    """A bound as a message shows it: whole numbers in full (1000000, not 1e+06)."""
+    return str(int(bound)) if float(bound).is_integer() else f"{bound:g}"
 
 
 def number(kind: type = int, low: float | None = None, high: float | None = None, *, low_open: bool = False,
@@ -152,12 +158,12 @@ def number(kind: type = int, low: float | None = None, high: float | None = None
         high = MAX_INT
     noun = "an integer" if kind is int else "a number"
     if low is not None and high is not None:
-        what = f"{noun} in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}" if kind is float \
-            else f"{noun} in {low}..{high}"
+        what = (f"{noun} in {'(' if low_open else '['}{_shown(low)}, {_shown(high)}{')' if high_open else ']'}"
+                if kind is float else f"{noun} in {low}..{high}")
     elif low is not None:
-        what = f"{noun} {'>' if low_open else '>='} {low:g}"
+        what = f"{noun} {'>' if low_open else '>='} {_shown(low)}"
     elif high is not None:
-        what = f"{noun} {'<' if high_open else '<='} {high:g}"
+        what = f"{noun} {'<' if high_open else '<='} {_shown(high)}"
     else:
         what = "a finite number" if kind is float else noun
 
@@ -326,7 +332,7 @@ def add_model_options(parser: argparse.ArgumentParser, size_default: int | None 
     parser.add_argument("--model", default=None if size_default is None else DEFAULT_MODEL,
                         help=f"built-in model name or cirtorch checkpoint path (default: {DEFAULT_MODEL})")
     parser.add_argument("--size", type=working_size, default=size_default,
-                        help=f"working size: long side in pixels, {MIN_SIZE} to {MAX_WORKING_SIZE} "
+                        help=f"working size: long side in pixels, {SIZE_RANGE} "
                              f"(default: {size_default or 'the index'})")
     parser.add_argument("--multiscale", action="store_true", help="GeM-average descriptors at scales 1, 1/sqrt2, 1/2")
     parser.add_argument("--device", type=device_name, default=None,

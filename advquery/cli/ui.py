@@ -5,8 +5,8 @@ import sys
 from ..extraction import DEFAULT_SIZE
 from ..io import DEFAULT_MAX_PIXELS
 from ..models import DEFAULT_MODEL, load_model
-from .common import (MAX_STEPS, CommandError, device_name, error, number, positive_int, step_count, upload_mb,
-                     user_errors, working_size)
+from .common import (MAX_STEPS, SIZE_RANGE, CommandError, device_name, error, number, positive_int, step_count,
+                     upload_mb, user_errors, working_size)
 
 DEFAULT_PORT = 7860  # Gradio's
 DEFAULT_MAX_UPLOAD_MB = 100.0
@@ -24,7 +24,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     u.add_argument("--model", default=DEFAULT_MODEL, help=f"built-in model name or cirtorch checkpoint path "
                    f"(default: {DEFAULT_MODEL})")
     u.add_argument("--size", type=working_size, default=DEFAULT_SIZE,
-                   help=f"working size of the protection: long side in pixels (default: {DEFAULT_SIZE})")
+                   help=f"working size of the protection: long side in pixels, {SIZE_RANGE} "
+                        f"(default: {DEFAULT_SIZE})")
     u.add_argument("--steps", type=step_count,
                    help=f"override the presets' maximum number of optimisation steps (at most {MAX_STEPS})")
     u.add_argument("--device", type=device_name, default=None, help="torch device (default: cuda if available, else cpu)")
