@@ -213,8 +213,10 @@ def test_jpeg_codec_in_the_loop(model, photo):
 
 
 def test_coarse_perturbation_is_smoother_within_budget(model, photo):
-    fine = PIRE(model, eps=EPS, steps=3, size=SIZE, seed=0)
-    coarse = PIRE(model, eps=EPS, steps=3, size=SIZE, seed=0, coarseness=2)
+    # float32: the property is the grid's, and bfloat16 passes (which "auto" picks on some CPUs) move a 3-step
+    # perturbation's roughness by a few percent from one CPU to another
+    fine = PIRE(model, eps=EPS, steps=3, size=SIZE, seed=0, precision="float32")
+    coarse = PIRE(model, eps=EPS, steps=3, size=SIZE, seed=0, coarseness=2, precision="float32")
     outputs = [attack(photo) for attack in (fine, coarse)]
     assert fine.perturbation.shape[-2:] == (72, 96) and coarse.perturbation.shape[-2:] == (36, 48)
     for x_adv in outputs:

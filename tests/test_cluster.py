@@ -159,6 +159,17 @@ def test_worker_killed_mid_photo_is_retried_and_the_batch_completes(photos, seri
     assert _lines(tmp_path / "report.jsonl", out) == serial["report"]
 
 
+def _recorded(out: Path) -> bool:
+    """Whether a photo's output is recorded whole (a pending record is written before the output)."""
+    for path in (out / OUTPUT_RECORDS).glob("*.json"):
+        try:
+            if json.loads(path.read_text()).get("pending") is not True:
+                return True
+        except (OSError, ValueError):
+            pass  # replaced meanwhile
+    return False
+
+
 def test_stopped_batch_resumes_from_what_is_written(photos, two_nodes, tmp_path):
     # Photos slow enough (seconds each) that those started after the first two are still at work when it is stopped.
     slower = ("--size", "256", "--steps", "40")
@@ -166,8 +177,8 @@ def test_stopped_batch_resumes_from_what_is_written(photos, two_nodes, tmp_path)
     out = tmp_path / "out"
     process = _protect(photos, out, "--ray", two_nodes.address, *slower)
     deadline = time.monotonic() + 120
-    while not any((out / OUTPUT_RECORDS).glob("*.json")) and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.01)  # a photo is done: its output and its record are written
+    while not _recorded(out) and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)  # a photo is done: its output and its whole record are written
     process.send_signal(signal.SIGTERM)
     code, stderr = _finish(process)
     assert code == 128 + signal.SIGTERM and "interrupted after" in stderr, (code, stderr)
