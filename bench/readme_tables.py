@@ -256,8 +256,10 @@ def timed_seconds() -> tuple[dict[str, float], str]:
     if not path.is_file():
         return {}, ""
     data = json.loads(path.read_text())
-    return {key.split()[0]: sum(r["seconds"] for r in rows) / len(rows) for key, rows in data.get("time", {}).items()
-            if key.endswith("bfloat16")}, data["machine"]
+    timed = {key: rows for key, rows in data.get("time", {}).items() if key.endswith("bfloat16")}
+    photos = {r["photo"] for rows in timed.values() for r in rows}
+    return ({key.split()[0]: sum(r["seconds"] for r in rows) / len(rows) for key, rows in timed.items()},
+            f"{data['machine']} ({len(photos)} validation photo{'s' * (len(photos) != 1)} at 1024 px)")
 
 
 def held_out(data: dict, preset: str) -> tuple[list[float], list[str]]:
@@ -315,7 +317,7 @@ def render_protection(data: dict, source: str) -> str:
         f"from the original (0 % = blocked, 100 % = no protection). Measured on {which}: {n_queries} "
         f"roxford5k-mini queries, protected as `advquery protect` does (1024 px, JPEG q95 output), against the "
         f"quick tracker suite ({cells}: Lite0, Lite1 and Lite2, other working sizes and poolings; crops, flips, "
-        f"rotations, re-compression); trackers blocked: the suite's WI cells left at most {100 * BLOCKED:.0f} % of "
+        f"rotations, re-compression), on {data['machine']}; trackers blocked: the suite's WI cells left at most {100 * BLOCKED:.0f} % of "
         f"their retrieval; median, 90th percentile and worst cell over the suite for whole-image (WI) queries, "
         f"median for bounding-box (BB) queries, the selection of the landmark a tracker would cut out. "
         + held_out_note(held_out_sets) + " Flat "
