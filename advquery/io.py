@@ -308,7 +308,8 @@ def image_format(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_P
 # ----------------------------------------------------------------------------- inputs
 
 
-def _is_image_name(name: str) -> bool:
+def is_image_name(name: str) -> bool:
+    """Whether a file name is one advquery takes as a photo: an image suffix, not hidden."""
     return not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
 
 
@@ -346,7 +347,7 @@ def _list_folder(folder: Path, recursive: bool, exclude: set[str], errors: list[
     if not recursive:
         try:
             with os.scandir(folder) as entries:
-                found = [Path(e.path) for e in entries if _is_image_name(e.name) and not os.path.isdir(e.path)]
+                found = [Path(e.path) for e in entries if is_image_name(e.name) and not os.path.isdir(e.path)]
         except OSError as exc:
             unlistable(exc)
             return []
@@ -355,7 +356,7 @@ def _list_folder(folder: Path, recursive: bool, exclude: set[str], errors: list[
     for root, dirs, names in os.walk(folder, onerror=unlistable):
         dirs[:] = [d for d in dirs if not d.startswith(".") and os.path.realpath(os.path.join(root, d)) not in exclude
                    and not (skip_outputs and is_output_folder(os.path.join(root, d)))]
-        found += [Path(root, n) for n in names if _is_image_name(n)]
+        found += [Path(root, n) for n in names if is_image_name(n)]
     return sorted(found, key=lambda p: p.relative_to(folder).parts)
 
 
@@ -456,7 +457,7 @@ def collect_inputs(inputs: list[str], recursive: bool = False, exclude: tuple[st
                 if m.is_dir():
                     if recursive:
                         matched += _list_folder(m, True, skip, errors, skip_output_folders)
-                elif _is_image_name(m.name):
+                elif is_image_name(m.name):
                     matched.append(m)
             for f in matched:
                 add(f, _below(f, base))

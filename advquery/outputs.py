@@ -18,7 +18,7 @@ import json
 import os
 from pathlib import Path
 
-from .io import IMAGE_EXTENSIONS, OUTPUT_RECORDS, atomic_write, is_output_folder, real_path
+from .io import OUTPUT_RECORDS, atomic_write, is_image_name, is_output_folder, real_path
 
 
 def file_sha256(path: Path) -> str:
@@ -44,7 +44,7 @@ class OutputRecords:
         if is_output_folder(outdir):
             return cls(outdir)
         for _root, _dirs, names in os.walk(outdir):  # nothing when it does not exist yet
-            if any(os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS for name in names):
+            if any(is_image_name(name) for name in names):
                 return None
         return cls(outdir)
 
