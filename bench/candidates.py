@@ -37,11 +37,12 @@ CANDIDATES = {
 # Leave one model out: medium and high computed without model M, measured with M (the shipped presets use all three).
 LITE = {n: f"efficientnet-{n}-gem" for n in ("lite0", "lite1", "lite2")}
 LEFT_OUT = "-without-"
+# The model ``advquery protect --model`` would be given (the first attacked); the others are the Strength's models.
+PROTECTING_MODEL = {}
 for preset in ("medium", "high"):
     for held_out in LITE:
         kept = [LITE[n] for n in LITE if n != held_out]
-        CANDIDATES[f"{preset}{LEFT_OUT}{held_out}"] = replace(STRENGTHS[preset], models=tuple(kept[1:]),
-                                                              description=f"{preset}, computed without {held_out}")
-# The model ``advquery protect --model`` would be given (the first attacked); the others are the Strength's models.
-PROTECTING_MODEL = {name: next(LITE[n] for n in LITE if n != name.partition(LEFT_OUT)[2])
-                    for name in CANDIDATES if LEFT_OUT in name}
+        name = f"{preset}{LEFT_OUT}{held_out}"
+        CANDIDATES[name] = replace(STRENGTHS[preset], models=tuple(kept[1:]),
+                                   description=f"{preset}, computed without {held_out}")
+        PROTECTING_MODEL[name] = kept[0]

@@ -262,16 +262,22 @@ def timed_seconds() -> tuple[dict[str, float], str]:
             f"{data['machine']} ({len(photos)} validation photo{'s' * (len(photos) != 1)} at 1024 px)")
 
 
+def wi_shares(data: dict, label: str, models_left_out: list[str] = ()) -> list[float]:
+    """A set's WI cells as shares of the original's, over every system but those of ``models_left_out``."""
+    maps = data["map"]
+    return [maps[label]["wi"][s][e] / maps["original"]["wi"][s][e] for s in data["systems"]
+            if system(s).model not in models_left_out for e in data["edits"]]
+
+
 def held_out(data: dict, preset: str) -> tuple[list[float], list[str]]:
     """WI shares of the cells whose model a preset's protection never saw, and the sets they come from: the
     preset's own cells of the models it does not attack, and model M's cells of each ``PRESET-without-M`` set
     (leave one model out), all in the same run. Runs that did not record the attacked models give none."""
-    maps, shares, sources = data["map"], [], []
+    shares, sources = [], []
     for label, info in data["sets"].items():
         if (label != preset and not label.startswith(f"{preset}{LEFT_OUT}")) or "models" not in info:
             continue
-        cells = [maps[label]["wi"][s][e] / maps["original"]["wi"][s][e] for s in data["systems"]
-                 if system(s).model not in info["models"] for e in data["edits"]]
+        cells = wi_shares(data, label, info["models"])
         shares += cells
         sources += [label] if cells else []
     return shares, sources
@@ -288,14 +294,13 @@ def held_out_note(sets: list[str]) -> str:
 
 
 def render_protection(data: dict, source: str) -> str:
-    maps, rows, held_out_sets = data["map"], [], []
+    rows, held_out_sets = [], []
     timed, timed_on = timed_seconds()
     for preset, info in data["sets"].items():
         if preset not in STRENGTHS:  # candidates measured beside the presets (held-out models) are not rows
             continue
         wi, bb = info["summary"]["wi"], info["summary"]["bb"]
-        shares = [maps[preset]["wi"][s][e] / maps["original"]["wi"][s][e] for s in data["systems"]
-                  for e in data["edits"]]
+        shares = wi_shares(data, preset)
         blocked = sum(v <= BLOCKED for v in shares)
         unseen, sets = held_out(data, preset)
         held_out_sets += sets

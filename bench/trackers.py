@@ -39,7 +39,6 @@ from advquery.trackers import (EDITS, POOLED, QUICK_EDITS, QUICK_SYSTEMS, SYSTEM
 SIZE = 1024  # protect's default working size
 KINDS = ("wi", "bb")
 HANDCRAFTED_SIZE = 1024
-PROTECTING = DEFAULT_MODEL  # what advquery protect protects with unless told otherwise
 CALIBRATION_SHARES = {"blocked": 0.25, "found": 0.75}  # verdict bounds on the share of the original AP kept
 PACKAGE_CALIBRATION = Path(__file__).parents[1] / "advquery" / "data" / "tracker_calibration.json"
 
@@ -58,7 +57,7 @@ def setting_folder(name: str) -> Path:
 
 def attacked_models(name: str) -> list[str]:
     """The models a setting's protection is computed against: the protecting model and the setting's others."""
-    first = PROTECTING_MODEL.get(name, PROTECTING)
+    first = PROTECTING_MODEL.get(name, DEFAULT_MODEL)
     return [first, *(m for m in setting(name).models if m != first)]
 
 
@@ -220,7 +219,7 @@ def main() -> None:
     ds = split_dataset(args.split, args.limit)
     gnd = ds.ground_truth("medium")
     describer = SuiteDescriber(systems)
-    model = describer.models.get(PROTECTING) or load_model(PROTECTING)
+    model = describer.models.get(DEFAULT_MODEL) or load_model(DEFAULT_MODEL)
     sets = {"original": (None, [])}
     for preset in args.presets:
         sets[preset] = protect_set(preset, ds.queries, model)
