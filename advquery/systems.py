@@ -31,34 +31,12 @@ from .handcrafted import cedd, gist, l2_distances, tanimoto
 from .handcrafted.sift_he import (DEFAULT_ITERATIONS, DEFAULT_MAX_FEATURES, DEFAULT_SAMPLE, DEFAULT_SIGMA,
                                   DEFAULT_THRESHOLD, DEFAULT_WORDS, SiftHE, Vocabulary, VocabularyError, pack, sift,
                                   unpack)
-from .io import remove_stale_temporaries
+from .cache import CacheWarning, save_to_cache
 from .models import DescriptorModel
 from .retrieval import rank
 from .transforms import TransformChain
 
 FEATURES = ("neural", "sift-he", "cedd", "gist")
-
-
-class CacheWarning(UserWarning):
-    """A cache entry (database descriptors, a trained SIFT-HE vocabulary) that is damaged (made again) or cannot be
-    written (not cached)."""
-
-
-def save_to_cache(path: Path, save: Callable[[Path], None], kind: str) -> bool:
-    """Write the cache entry ``path`` with ``save`` (which writes the whole file, through
-    :func:`~advquery.io.atomic_write`), after removing what killed runs left beside it; the one rule of every
-    cache (descriptors, vocabularies). A cache that cannot be written (read-only, full, a file in a folder's
-    place) is a :class:`CacheWarning` naming the ``kind`` of cache, not an error: what was computed is used,
-    not cached. Returns whether the entry was written."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        remove_stale_temporaries(path.parent)  # what killed earlier runs left
-        save(path)
-    except OSError as exc:
-        warnings.warn(f"{path}: cannot write the {kind} cache ({exc.strerror or exc}); not cached", CacheWarning,
-                      stacklevel=3)  # at the caller of the function that caches
-        return False
-    return True
 
 
 def file_key(paths: Sequence[Path], settings: dict) -> str:

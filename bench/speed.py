@@ -76,7 +76,7 @@ def timing(args, photos: list[Path], models: dict) -> dict:
     out = {}
     for preset in args.presets:
         for precision in args.precisions:
-            dtype = autocast_dtype(precision, torch.device("cpu"))
+            dtype = autocast_dtype(precision, models["efficientnet-lite0-gem"])
             recorder = PassRecorder()
             for m in {*models.values(), *attack_model(models["efficientnet-lite0-gem"], OTHER_MODELS).members}:
                 recorder.watch(m)  # the other models of medium and high are loaded here, not while timing
@@ -130,7 +130,8 @@ def render(results: dict) -> str:
              f"output, {results['threads']} threads, nothing else running. Seconds: `protect_photo` end to end "
              "(attack, writing, measuring the written file). Passes: trunk passes with a backward pass (views x "
              "steps); bare: those passes and the forward-only ones (describing the original and the written "
-             "file) replayed alone on random inputs of the same shapes.", ""]
+             "file) replayed alone on random inputs of the same shapes."
+             + (f" `--precision auto` runs {results['auto']} on this machine." if "auto" in results else ""), ""]
     if "time" in results:
         rows = []
         for key, recs in results["time"].items():
@@ -174,6 +175,8 @@ def main() -> None:
     results["threads"] = args.threads
     parts = set(args.parts.split(","))
     models = all_models()
+    # What ``--precision auto`` runs on this machine (measured once per machine: advquery.models.precision).
+    results["auto"] = "float32" if autocast_dtype("auto", models["efficientnet-lite0-gem"]) is None else "bfloat16"
     if "time" in parts:
         results["time"] = timing(args, split_dataset("validation", args.photos).queries, models)
     if "effect" in parts:

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from advquery.evaluation.datasets import load_dataset
-from advquery.evaluation.runner import CacheWarning, database_cache_path, evaluate
+from advquery.cache import CacheWarning
+from advquery.evaluation.runner import database_cache_path, evaluate
 from advquery.models import load_model
 from advquery.systems import NeuralSystem
 

@@ -1,5 +1,6 @@
 """Reduced-precision network passes: which dtype each setting picks, float32 descriptors under autocast,
 and the attack and ``protect --precision`` with the real model on a real photo."""
+import json
 from contextlib import redirect_stderr, redirect_stdout
 from io import StringIO
 
@@ -9,7 +10,8 @@ import torch
 from advquery import PIRE, load_model
 from advquery.cli.main import main
 from advquery.io import read_photo, to_tensor
-from advquery.models.precision import autocast, autocast_dtype, native_bfloat16
+from advquery.models import precision
+from advquery.models.precision import autocast, autocast_dtype, bfloat16_pays, native_bfloat16
 
 CPU = torch.device("cpu")
 SIZE = 96
@@ -25,14 +27,33 @@ def photo(ukbench_dir):
     return to_tensor(read_photo(ukbench_dir / "ukbench00000.jpg").rgb)
 
 
-def test_precision_settings_pick_their_dtype():
-    assert autocast_dtype("float32", CPU) is None
-    assert autocast_dtype("bfloat16", CPU) is torch.bfloat16
-    assert autocast_dtype("auto", CPU) is (torch.bfloat16 if native_bfloat16(CPU) else None)
+def test_precision_settings_pick_their_dtype(model):
+    assert autocast_dtype("float32", model) is None
+    assert autocast_dtype("bfloat16", model) is torch.bfloat16
+    assert autocast_dtype("auto", model) is (torch.bfloat16 if native_bfloat16(CPU) and bfloat16_pays(model) else None)
     with pytest.raises(ValueError, match="float16 needs a CUDA device"):
-        autocast_dtype("float16", CPU)
+        autocast_dtype("float16", model)
     with pytest.raises(ValueError, match="precision must be one of auto, float32, bfloat16, float16, got 'half'"):
-        autocast_dtype("half", CPU)
+        autocast_dtype("half", model)
+
+
+def test_auto_measures_bfloat16_once_per_machine_and_remembers_it(model, tmp_path, monkeypatch):
+    """The measured choice is written to the cache folder and read back from there by the next process (here: with
+    this process's memory cleared), so a doctored entry is obeyed; a damaged file is measured again."""
+    monkeypatch.setenv("ADVQUERY_CACHE", str(tmp_path))
+    monkeypatch.setattr(precision, "_CHOICES", {})
+    choice = bfloat16_pays(model)
+    (key, entry), = json.loads((tmp_path / "precision.json").read_text()).items()
+    assert model.name in key and f"{torch.get_num_threads()} threads" in key
+    assert entry["float32_s"] > 0 and entry["bfloat16_s"] > 0
+    assert choice is entry["bfloat16"] is (entry["float32_s"] >= precision.BFLOAT16_GAIN * entry["bfloat16_s"])
+    (tmp_path / "precision.json").write_text(json.dumps({key: {**entry, "bfloat16": not choice}}))
+    monkeypatch.setattr(precision, "_CHOICES", {})
+    assert bfloat16_pays(model) is (not choice)  # read, not measured again
+    (tmp_path / "precision.json").write_text("{damaged")
+    monkeypatch.setattr(precision, "_CHOICES", {})
+    bfloat16_pays(model)
+    assert key in json.loads((tmp_path / "precision.json").read_text())
 
 
 def test_descriptor_stays_float32_and_close_under_bfloat16(model, photo):

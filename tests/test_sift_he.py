@@ -10,7 +10,8 @@ from advquery.extraction import prepare, prepare_rgb
 from advquery.handcrafted.sift_he import (BITS, Bag, SiftHE, Vocabulary, VocabularyError, hamming, match_weights,
                                           pack, random_projection, sift, unpack)
 from advquery.io import to_tensor
-from advquery.systems import CacheWarning, SiftHESystem
+from advquery.cache import CacheWarning
+from advquery.systems import SiftHESystem
 
 
 def _scene(seed: int, size: int = 256) -> np.ndarray:

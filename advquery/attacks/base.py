@@ -131,8 +131,9 @@ class PerturbationAttack:
         snapshot_every: keep, every this many steps k, the perturbation a run with ``steps=k`` would
             return (the best so far) in :attr:`snapshots` as ``(k, v)``; :meth:`render` makes each an
             image. One optimisation then gives the result after 10, 20, ... steps (None: keep none).
-        precision: ``auto`` (default: bfloat16 network passes on a CPU that computes bfloat16 natively,
-            bfloat16 or float16 on CUDA, else float32), ``float32``, ``bfloat16`` or ``float16`` (CUDA).
+        precision: ``auto`` (default: bfloat16 network passes on a CPU that computes bfloat16 natively where a
+            pass is measured to be faster, bfloat16 or float16 on CUDA, else float32; :mod:`advquery.models.precision`),
+            ``float32``, ``bfloat16`` or ``float16`` (CUDA).
             The perturbation, its projection, the objective and the reported similarity stay float32.
         on_step: called after every optimiser step with ``(steps done, steps)``, e.g. for a progress bar;
             early stopping may end the run before ``steps``. An exception it raises ends the call.
@@ -303,7 +304,7 @@ class PerturbationAttack:
             generator.seed()  # nondeterministic, without touching the global RNG
         else:
             generator.manual_seed(self.seed)
-        amp = autocast_dtype(self.precision, x.device)
+        amp = autocast_dtype(self.precision, self._members()[0])
         with torch.no_grad():
             target = self.describe(x)[:, None]
             whole_target = None if self.tracker_views is None else describe(self._members()[0], x, self.size, self.scales)

@@ -13,7 +13,7 @@ from ..cluster import (add_cluster_options, in_shard, map_on_ray, ray_session, r
 from ..extraction import prefetch
 from ..io import (DEFAULT_MAX_PIXELS, ImageError, InputFile, Photo, claim, image_format, is_inside, printable,
                   read_photo, real_path, remove_stale_temporaries)
-from ..models import PRECISIONS, autocast_dtype, load_model, resolve_device
+from ..models import PRECISIONS, check_precision, load_model, resolve_device
 from ..outputs import OutputRecords
 from ..protection import DEFAULT_METHOD, DEFAULT_NOISE_SSIM, DEFAULT_STRENGTH, GRADIENT_METHODS, MASK_GAIN, METHODS, STRENGTHS, \
     ProtectionRecord, check_method_options, map_path, output_format, output_path, protect_photo
@@ -74,8 +74,8 @@ def register(commands: argparse._SubParsersAction) -> None:
                         "the constant bound of pire and ssim-pire is all white. Refused for the methods without a budget (keypoints, "
                         "noise)")
     p.add_argument("--precision", choices=PRECISIONS,
-                   help="gradient methods: precision of the network passes: auto (default: bfloat16 on a CPU that computes it natively, "
-                        "bfloat16 or float16 on CUDA, else float32), float32, bfloat16, float16 (CUDA); the "
+                   help="gradient methods: precision of the network passes: auto (default: bfloat16 on a CPU that computes it natively "
+                        "where one pass is measured faster, once per machine; bfloat16 or float16 on CUDA, else float32), float32, bfloat16, float16 (CUDA); the "
                         "perturbation and every reported figure stay float32")
     p.add_argument("--overwrite", action="store_true",
                    help="replace existing outputs (default: skip those made from the same input, so that an interrupted "
@@ -123,7 +123,7 @@ def run_protect(args: argparse.Namespace) -> int:
         if args.method not in GRADIENT_METHODS:
             raise CommandError(f"--precision applies to {', '.join(GRADIENT_METHODS)} only, not to {args.method}")
         try:
-            autocast_dtype(args.precision, resolve_device(args.device))
+            check_precision(args.precision, resolve_device(args.device))
         except ValueError as exc:
             raise CommandError(f"--precision: {exc}") from None
     if args.save_map and args.method not in GRADIENT_METHODS:

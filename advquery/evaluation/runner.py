@@ -6,7 +6,6 @@ time), so repeated evaluations of modified queries only extract the queries. A c
 checked before use (shape, dtype, finite values, one row per image, its first row against a fresh
 description of the first image); a damaged one is described again, with a :class:`CacheWarning`.
 """
-import os
 import time
 import warnings
 from collections.abc import Sequence
@@ -19,17 +18,13 @@ from ..extraction import DEFAULT_SIZE
 from ..io import IMAGE_EXTENSIONS, atomic_write
 from ..models import DescriptorModel
 from ..retrieval import check_rows
-from ..systems import CacheWarning, NeuralSystem, RetrievalSystem, file_key, save_to_cache  # CacheWarning: also the vocabulary's
+from ..cache import CacheWarning, default_cache_dir, save_to_cache
+from ..systems import NeuralSystem, RetrievalSystem, file_key
 from ..transforms import TransformChain
 from .datasets import RetrievalDataset
 from .metrics import MapResult, compute_map, random_map
 
 CACHE_VERSION = 1
-
-
-def default_cache_dir() -> Path:
-    """``$ADVQUERY_CACHE`` or ``~/.cache/advquery``."""
-    return Path(os.environ.get("ADVQUERY_CACHE", Path.home() / ".cache" / "advquery"))
 
 
 class EvaluationError(RuntimeError):

@@ -21,11 +21,11 @@ from .efficientnet_lite import EfficientNetLiteFeatures
 from .ensemble import ModelEnsemble
 from .fusion import fold_batchnorm
 from .pooling import GeM, Whitening, gem, l2n
-from .precision import PRECISIONS, autocast_dtype
+from .precision import PRECISIONS, autocast_dtype, check_precision
 
 __all__ = ["load_model", "DescriptorModel", "ModelEnsemble", "GeM", "Whitening", "gem", "l2n", "BUILTIN_MODELS",
            "DEFAULT_MODEL", "resolve_device", "available_devices", "DeviceError", "ModelError", "PRECISIONS",
-           "autocast_dtype"]
+           "autocast_dtype", "check_precision"]
 
 DEFAULT_MODEL = "efficientnet-lite0-gem"
 # TF-Lite training input is (255 x - 127) / 128, i.e. mean 127/255 and std 128/255 on [0, 1] pixels.

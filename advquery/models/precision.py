@@ -1,18 +1,35 @@
-"""Reduced precision for the network passes of an attack: bfloat16 where the CPU computes it natively,
-float16 or bfloat16 on CUDA, float32 elsewhere.
+"""Reduced precision for the network passes of an attack: bfloat16 on a CPU that computes it natively and where
+it is measured to be faster, float16 or bfloat16 on CUDA, float32 elsewhere.
+
+A CPU's bfloat16 instructions do not make every model faster at every thread count (on some CPUs with AVX512-BF16
+and AMX a pass of EfficientNet-Lite takes as long as in float32), so ``auto`` times one forward and backward pass
+of the model in both precisions, once per machine, and remembers the answer in the cache folder
+(``precision.json``, keyed by processor, torch version, threads and model): the same machine then always makes the
+same choice, and the seeds give the same photos.
 
 Only the trunk's convolutions run in reduced precision (``torch.autocast``); pooling, normalisation and
 whitening run in float32 (:class:`~advquery.models.DescriptorModel`), and so do the perturbation, its
 projection, the SSIM price and every reported descriptor and similarity.
 
->>> autocast_dtype("float32", torch.device("cpu")) is None
-True
+>>> check_precision("float16", "cpu")
+Traceback (most recent call last):
+ValueError: precision float16 needs a CUDA device, got cpu; use bfloat16 or float32
 """
+import json
+import platform
+import time
 from contextlib import nullcontext
+from pathlib import Path
 
 import torch
 
+from ..cache import default_cache_dir, save_to_cache
+from ..io import atomic_write
+
 PRECISIONS = ("auto", "float32", "bfloat16", "float16")
+BFLOAT16_GAIN = 1.15  # auto takes bfloat16 on a CPU when a pass is at least this much faster than in float32
+PROBE_SIDE = 512  # the measured pass: one square image of this side (the attack works at 512-1024 px)
+_CHOICES: dict[str, dict] = {}  # this process's measured choices, by cache key
 
 
 def native_bfloat16(device: torch.device) -> bool:
@@ -22,34 +39,91 @@ def native_bfloat16(device: torch.device) -> bool:
     return device.type == "cpu" and (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
 
 
-def check_precision(precision: str) -> None:
-    """Raise ValueError unless ``precision`` is one of :data:`PRECISIONS`."""
+def check_precision(precision: str, device: torch.device | str | None = None) -> None:
+    """Raise ValueError unless ``precision`` is one of :data:`PRECISIONS` and, with a ``device``, runs there
+    (``float16`` needs CUDA)."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision == "float16" and device is not None and torch.device(device).type != "cuda":
+        raise ValueError(f"precision float16 needs a CUDA device, got {device}; use bfloat16 or float32")
 
 
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype of ``precision`` on ``device`` (None: float32, no autocast).
+def autocast_dtype(precision: str, model) -> torch.dtype | None:
+    """The autocast dtype of ``precision`` for the passes of ``model`` (None: float32, no autocast).
 
-    ``auto``: bfloat16 on a CPU that computes it natively (emulated bfloat16 is slower than float32),
-    bfloat16 or else float16 on CUDA, float32 elsewhere. ``float16`` needs CUDA.
+    ``auto``: on CUDA bfloat16 or else float16; on a CPU bfloat16 where it computes it natively and
+    :func:`bfloat16_pays` for the model, else float32. ``float16`` needs CUDA.
 
     Raises:
         ValueError: unknown precision, or float16 on a device other than CUDA.
     """
-    check_precision(precision)
-    device = torch.device(device)
+    check_precision(precision, model.device)
     if precision == "float32":
         return None
-    if precision == "bfloat16":
-        return torch.bfloat16
-    if precision == "float16":
-        if device.type != "cuda":
-            raise ValueError(f"precision float16 needs a CUDA device, got {device}; use bfloat16 or float32")
-        return torch.float16
-    if device.type == "cuda":
-        return torch.bfloat16 if native_bfloat16(device) else torch.float16
-    return torch.bfloat16 if native_bfloat16(device) else None
+    if precision in ("bfloat16", "float16"):
+        return getattr(torch, precision)
+    if model.device.type == "cuda":
+        return torch.bfloat16 if native_bfloat16(model.device) else torch.float16
+    return torch.bfloat16 if native_bfloat16(model.device) and bfloat16_pays(model) else None
+
+
+def processor() -> str:
+    """The processor's model name (``/proc/cpuinfo``), else what :mod:`platform` knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def bfloat16_pays(model) -> bool:
+    """Whether a forward and backward pass of ``model`` on its CPU is at least :data:`BFLOAT16_GAIN` times faster in
+    bfloat16 than in float32: measured once per processor, torch version, thread count and model, and remembered
+    in ``precision.json`` of the cache folder (:func:`~advquery.cache.default_cache_dir`)."""
+    key = f"{processor()} | torch {torch.__version__} | {torch.get_num_threads()} threads | {model.name}"
+    path = default_cache_dir() / "precision.json"
+    if key not in _CHOICES:
+        known = _read_choices(path)
+        if key in known:
+            _CHOICES[key] = known[key]
+        else:
+            float32, bfloat16 = _pass_seconds(model)
+            _CHOICES[key] = {"float32_s": float32, "bfloat16_s": bfloat16, "bfloat16": float32 >= BFLOAT16_GAIN * bfloat16}
+            known[key] = _CHOICES[key]
+
+            def save(p: Path) -> None:
+                with atomic_write(p) as f:
+                    f.write(json.dumps(known, indent=1).encode())
+            save_to_cache(path, save, "precision")
+    return bool(_CHOICES[key]["bfloat16"])
+
+
+def _read_choices(path: Path) -> dict:
+    """The remembered choices, or none when the file is missing or damaged (then measured again)."""
+    try:
+        known = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return known if isinstance(known, dict) else {}
+
+
+def _pass_seconds(model, repeats: int = 2) -> tuple[float, float]:
+    """The fastest of ``repeats`` forward and backward passes of one :data:`PROBE_SIDE` square image, in float32 and in
+    bfloat16, interleaved so that other load on the machine weighs on both; the first pass of each sets its
+    kernels up and is not counted."""
+    x = torch.rand(1, 3, PROBE_SIDE, PROBE_SIDE, generator=torch.Generator().manual_seed(0)).to(model.device)
+    best = {None: float("inf"), torch.bfloat16: float("inf")}
+    for repeat in range(repeats + 1):
+        for dtype in best:
+            probe = x.clone().requires_grad_(True)
+            start = time.perf_counter()
+            with autocast(dtype, model.device):
+                model(probe).sum().backward()
+            if repeat:
+                best[dtype] = min(best[dtype], time.perf_counter() - start)
+    return best[None], best[torch.bfloat16]
 
 
 def autocast(dtype: torch.dtype | None, device: torch.device):
