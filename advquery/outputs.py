@@ -68,16 +68,21 @@ class OutputRecords:
             return {}
         return record
 
-    def recorded(self, target: Path) -> bool:
-        """Whether ``target`` has a record at all (pending, whole or damaged): advquery wrote, or set out to
-        write, the file at ``target``."""
-        return self._read(target) is not None
-
-    def unfinished(self, target: Path) -> bool:
-        """Whether the output ``target`` was set out to be written but never recorded (its run was killed in
-        between; or its record is damaged): it must be made again."""
+    def existing(self, target: Path, source: Path) -> str:
+        """What the existing output ``target`` is to the input ``source``, from one reading of its record:
+        ``"unrecorded"`` (no record: advquery did not make it), ``"unfinished"`` (its record is pending, its run
+        killed before it could finish, or damaged: it must be made again), ``"same"`` (made from ``source`` as it
+        is now), else which input made it (``"an earlier version of this file"`` where ``source`` has changed)."""
         record = self._read(target)
-        return record is not None and (not record or record.get("pending") is True)
+        if record is None:
+            return "unrecorded"
+        if not record or record.get("pending") is True:
+            return "unfinished"
+        if record["input_sha256"] == file_sha256(source):
+            return "same"
+        if record["input"] == str(real_path(source)):
+            return "an earlier version of this file"
+        return record["input"]
 
     def begin(self, target: Path, source: Path) -> None:
         """Record, before writing it, that ``target`` is being made from ``source``: until :meth:`write`
@@ -92,16 +97,3 @@ class OutputRecords:
     def _save(self, target: Path, record: dict) -> None:
         with atomic_write(self._record_path(target)) as f:  # makes the records folder with the first record
             f.write(json.dumps(record, indent=2).encode())
-
-    def other_source(self, target: Path, source: Path) -> str | None:
-        """None when ``target`` was made from ``source`` as it is now (or nothing says otherwise: an output
-        without a whole record; see :meth:`recorded` and :meth:`unfinished`), else which input made it."""
-        record = self._read(target)
-        if not record or record.get("pending") is True:
-            return None
-        made_from, digest = record["input"], record["input_sha256"]
-        if digest == file_sha256(source):
-            return None
-        if made_from == str(real_path(source)):
-            return "an earlier version of this file"
-        return made_from

@@ -44,7 +44,7 @@ def _records_match(photos: Path, out: Path) -> None:
     """Every output has a record, made from its input as it is now; no record without its output."""
     records = OutputRecords(out)
     for name in _outputs(out):
-        assert not records.unfinished(out / name) and records.other_source(out / name, photos / name) is None, name
+        assert records.existing(out / name, photos / name) == "same", name
     assert len(list((out / OUTPUT_RECORDS).glob("*.json"))) == len(_outputs(out))
 
 
@@ -122,7 +122,7 @@ def test_output_written_but_not_recorded_when_killed_is_made_again(photos, tmp_p
     killed = subprocess.run([sys.executable, "-c", KILLED_BEFORE_RECORDING, "protect", *argv], capture_output=True,
                             text=True, timeout=120)
     assert killed.returncode == -signal.SIGKILL, killed.stderr
-    assert _outputs(out) == {"p0.jpg"} and OutputRecords(out).unfinished(out / "p0.jpg")  # written, record pending
+    assert _outputs(out) == {"p0.jpg"} and OutputRecords(out).existing(out / "p0.jpg", photos / "p0.jpg") == "unfinished"  # written, record pending
     unrecorded = (out / "p0.jpg").read_bytes()
     write_photo_atomic(photos / "p0.jpg", read_photo(photos / "p1.jpg").rgb, quality=95)  # the input changes
     report = tmp_path / "report.jsonl"

@@ -521,7 +521,7 @@ def test_unfinished_output_is_made_again_and_a_file_advquery_did_not_make_is_kep
     assert code == 0 and "protected 1" in stderr and (out / "y.png").read_bytes() != users
     records = OutputRecords(out)
     assert len(list((out / OUTPUT_RECORDS).glob("*.json"))) == 3
-    assert not any(records.unfinished(out / f"{name}.png") for name in "xyz")
+    assert all(records.existing(out / f"{name}.png", tmp_path / f"{name}.png") == "same" for name in "xyz")
     old = tmp_path / "old"  # an older advquery's folder: outputs and no records
     old.mkdir()
     Image.fromarray(_smooth(48, 64, seed=3)).save(old / "x.png")

@@ -278,16 +278,17 @@ def _protect_one(job: Job, photo: Photo | ImageError, args: argparse.Namespace, 
         with claim(target) as ours:  # concurrent runs on the same folder split the photos
             if not ours:
                 return ProtectionRecord(str(f.path), output=str(target), status="skipped", note=BUSY)
-            if target.exists() and not args.overwrite and not (made_by and made_by.unfinished(target)):
-                if made_by and not made_by.recorded(target):
+            if target.exists() and not args.overwrite:
+                existing = made_by.existing(target, f.path) if made_by else "same"  # no records: taken as they are
+                if existing == "same":
+                    return ProtectionRecord(str(f.path), output=str(target), status="skipped")
+                if existing == "unrecorded":
                     return ProtectionRecord(str(f.path), status="failed", error=f"{f.path}: output {target} exists and "
                                             "advquery did not make it (it has no record); use --overwrite to replace "
                                             "it, or another -o folder")
-                other = made_by and made_by.other_source(target, f.path)
-                if other:
+                if existing != "unfinished":
                     return ProtectionRecord(str(f.path), status="failed", error=f"{f.path}: output {target} exists, made "
-                                            f"from {other}; use --overwrite to replace it, or another -o folder")
-                return ProtectionRecord(str(f.path), output=str(target), status="skipped")
+                                            f"from {existing}; use --overwrite to replace it, or another -o folder")
             if made_by:
                 made_by.begin(target, f.path)  # before the output: until recorded whole, it is an unfinished one
             before = _identity(target)
