@@ -215,6 +215,7 @@ class ProtectionRecord:
     flat_changed_resave: float | None = None  # the same for a plain re-save of the original in the output format
     similarity: float | None = None
     steps: int | None = None  # None for the methods without optimisation steps
+    precision: str | None = None  # what the network passes ran in (auto resolved); None without optimisation
     seconds: float | None = None
     keypoints_before: int | None = None  # keypoint methods: SIFT keypoints of the original photo,
     keypoints_removed: int | None = None  # those without a close one in the decoded output,
@@ -277,7 +278,8 @@ def protect_photo(photo: Photo, target: Path, model: DescriptorModel, fmt: str, 
     decoded = read_photo(target).rgb  # quality and effect of what was actually written
     if map_target is not None:
         write_grey_atomic(map_target, budget_image(attack, x))
-    steps = attack.stats.steps[0] if isinstance(attack, PerturbationAttack) else None
+    steps, precision = (attack.stats.steps[0], attack.passes_precision) if isinstance(attack, PerturbationAttack) \
+        else (None, None)
     if isinstance(attack, PerturbationAttack) and attack.model is model:
         similarity = attack.similarity_to_original(to_tensor(decoded))[0]
     else:  # model-free methods and ensembles: the chosen model's similarity, the original described here
@@ -289,7 +291,7 @@ def protect_photo(photo: Photo, target: Path, model: DescriptorModel, fmt: str, 
     resaved = to_uint8(jpeg_round_trip(x, quality)) if fmt == "JPEG" else photo.rgb  # what the format alone does
     return ProtectionRecord(input=str(photo.path), output=str(target), **quality_report(photo.rgb, decoded),
                             flat_changed_resave=flat_changed(photo.rgb, resaved),
-                            similarity=similarity, steps=steps, seconds=time.perf_counter() - start,
+                            similarity=similarity, steps=steps, precision=precision, seconds=time.perf_counter() - start,
                             keypoints_before=keypoints.get("before"), keypoints_removed=keypoints.get("removed"),
                             keypoints_injected=keypoints.get("injected"),
                             map=None if map_target is None else str(map_target))

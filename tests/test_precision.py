@@ -102,8 +102,12 @@ def test_protect_refuses_a_precision_it_cannot_use(tmp_path, ukbench_dir, extra,
     assert not (tmp_path / "out").exists()
 
 
-def test_protect_with_float32_and_bfloat16_passes(tmp_path, ukbench_dir):
-    for precision in ("float32", "bfloat16"):
+def test_protect_reports_the_precision_its_passes_ran_in(tmp_path, ukbench_dir, model):
+    for precision in ("float32", "bfloat16", "auto"):
+        report = tmp_path / f"{precision}.jsonl"
         code, _ = _run(["protect", str(ukbench_dir / "ukbench00000.jpg"), "-o", str(tmp_path / precision),
-                        "--size", "64", "--steps", "2", "--seed", "0", "--precision", precision])
+                        "--size", "64", "--steps", "2", "--seed", "0", "--precision", precision, "--report", str(report)])
         assert code == 0 and read_photo(tmp_path / precision / "ukbench00000.jpg").rgb.shape == (480, 640, 3)
+        ran = json.loads(report.read_text())["precision"]  # what the passes ran in, auto resolved
+        assert ran == (precision if precision != "auto" else "bfloat16" if native_bfloat16(CPU) and bfloat16_pays(model) \
+            else "float32")

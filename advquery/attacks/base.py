@@ -294,6 +294,13 @@ class PerturbationAttack:
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         return self.forward(images)
 
+    @property
+    def passes_precision(self) -> str:
+        """What the network passes run in on the model's device: ``float32``, ``bfloat16`` or ``float16`` (``auto``
+        resolved; :func:`~advquery.models.precision.autocast_dtype`)."""
+        dtype = autocast_dtype(self.precision, self._members()[0])
+        return "float32" if dtype is None else str(dtype).removeprefix("torch.")
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Protected versions of ``images`` (N, 3, H, W) in [0, 1]."""
         check_images(images)
@@ -304,7 +311,7 @@ class PerturbationAttack:
             generator.seed()  # nondeterministic, without touching the global RNG
         else:
             generator.manual_seed(self.seed)
-        amp = autocast_dtype(self.precision, self._members()[0])
+        amp = autocast_dtype(self.precision, self._members()[0])  # the same as passes_precision says
         with torch.no_grad():
             target = self.describe(x)[:, None]
             whole_target = None if self.tracker_views is None else describe(self._members()[0], x, self.size, self.scales)
