@@ -249,16 +249,17 @@ def protection_table() -> str:
             "writes them); the earlier measurements are in [docs/benchmarks.md](docs/benchmarks.md).")
 
 
-def timed_seconds() -> tuple[dict[str, float], str]:
-    """Seconds per photo of each preset timed alone in the precision ``protect`` picks on a CPU that computes
-    bfloat16 (bench/speed.py), and the machine they were timed on."""
+def timed_seconds() -> tuple[dict[str, float], str, str]:
+    """Seconds per photo of each preset timed alone in the precision ``protect --precision auto`` ran on the
+    machine of bench/speed.py, that precision, and the machine (with the photos timed)."""
     path = RESULTS / "speed.json"
     if not path.is_file():
-        return {}, ""
+        return {}, "", ""
     data = json.loads(path.read_text())
-    timed = {key: rows for key, rows in data.get("time", {}).items() if key.endswith("bfloat16")}
+    auto = data["auto"]
+    timed = {key: rows for key, rows in data.get("time", {}).items() if key.endswith(auto)}
     photos = {r["photo"] for rows in timed.values() for r in rows}
-    return ({key.split()[0]: sum(r["seconds"] for r in rows) / len(rows) for key, rows in timed.items()},
+    return ({key.split()[0]: sum(r["seconds"] for r in rows) / len(rows) for key, rows in timed.items()}, auto,
             f"{data['machine']} ({len(photos)} validation photo{'s' * (len(photos) != 1)} at 1024 px)")
 
 
@@ -295,7 +296,7 @@ def held_out_note(sets: list[str]) -> str:
 
 def render_protection(data: dict, source: str) -> str:
     rows, held_out_sets = [], []
-    timed, timed_on = timed_seconds()
+    timed, precision, timed_on = timed_seconds()
     for preset, info in data["sets"].items():
         if preset not in STRENGTHS:  # candidates measured beside the presets (held-out models) are not rows
             continue
@@ -328,7 +329,7 @@ def render_protection(data: dict, source: str) -> str:
         + held_out_note(held_out_sets) + " Flat "
         f"changed: share of the flat pixels (sky, walls) changed by more than one grey level, and in brackets the "
         f"same for a plain JPEG q95 re-save of the original. Seconds per photo on "
-        + (f"{timed_on}, timed alone in bfloat16 (what `protect` runs on a CPU that computes it; the speed table "
+        + (f"{timed_on}, timed alone in {precision} (what `protect` runs there; the speed table "
            "of docs/benchmarks.md)" if timed else f"{data['machine']}, shared with other jobs")
         + f". Source: `bench/results/{source}.md`; every table: "
         f"[docs/benchmarks.md](docs/benchmarks.md)."])
