@@ -173,12 +173,10 @@ def tracker_command(name: str, data: dict) -> str:
 def other_section(name: str, data: dict) -> tuple[str, str, str]:
     """Title, command and note of a result without an entry in SECTIONS (those being produced now)."""
     if "systems" in data and "sets" in data:  # bench/trackers.py: the presets, or candidates (bench/candidates.py)
-        old_presets = any("method=" in info.get("preset", "") for info in data["sets"].values())
         return (("The tracker suite" if name.startswith("trackers_") else "Candidate settings against the tracker suite")
                 + f", {data['split']} split" + (", quick suite" if data.get("quick") else ""),
                 tracker_command(name, data),
                 (data["note"] + " " if "note" in data else "")
-                + ("Measured with advquery 0.2.0's presets. " if old_presets and "note" not in data else "")
                 + "Heat maps: `bench/results/" + name + "_<preset>.png`."
                 + (" Calibration pairs of `advquery verify --trackers`: `bench/results/" + name
                    + "_calibration_points.json`." if "calibration" in data else ""))
