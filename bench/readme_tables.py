@@ -193,7 +193,9 @@ def other_section(name: str, data: dict) -> tuple[str, str, str]:
         parts = [p for p in ("time", "effect") if p in data]
         photos = {r["photo"] for runs in data.get("time", {}).values() for r in runs}
         command = " ".join(["python bench/speed.py", f"--parts {','.join(parts)}"]
-                           + [f"--photos {len(photos)}"] * bool(photos) + [f"--threads {data['threads']}"]
+                           + [f"--photos {len(photos)}"] * bool(photos)
+                           + [f"--effect-limit {len(data['effect']['queries'])}"] * ("effect" in data)
+                           + [f"--threads {data['threads']}"]
                            * ("threads" in data) + [f"--name {name}"] * (name != "speed"))
         return "Speed of protection: seconds per photo, network passes, float32 against bfloat16", command, \
             "Run alone on the machine (timed figures)."
