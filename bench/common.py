@@ -3,7 +3,6 @@ protection benchmarks' resumable protected-query loop, mAP over the protected qu
 import hashlib
 import json
 import os
-import platform
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import replace
@@ -15,6 +14,7 @@ import torch
 from advquery.evaluation.datasets import load_dataset
 from advquery.evaluation.runner import evaluate
 from advquery.io import atomic_write, read_photo, to_tensor, to_uint8, write_photo_atomic
+from advquery.models.precision import processor
 from advquery.quality import quality_report
 from advquery.transforms import jpeg_round_trip
 
@@ -43,14 +43,7 @@ def content_key(paths: Iterable[Path], settings: dict) -> str:
 
 def machine() -> str:
     """One line naming the processor, core count, device and torch version."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = processor()
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
     return f"{cpu}, {os.cpu_count()} cores, {device}, torch {torch.__version__}, {torch.get_num_threads()} threads"
 

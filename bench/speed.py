@@ -26,7 +26,7 @@ from common import CACHE, RESULTS, WORK, markdown_table, split_dataset, write_re
 from advquery.evaluation.runner import evaluate
 from advquery.io import read_photo
 from advquery.models import DescriptorModel, load_model
-from advquery.models.precision import autocast, autocast_dtype
+from advquery.models.precision import autocast, autocast_dtype, precision_name
 from advquery.protection import OTHER_MODELS, STRENGTHS, attack_model, protect_photo
 
 SIZE = 1024
@@ -176,7 +176,7 @@ def main() -> None:
     parts = set(args.parts.split(","))
     models = all_models()
     # What ``--precision auto`` runs on this machine (measured once per machine: advquery.models.precision).
-    results["auto"] = "float32" if autocast_dtype("auto", models["efficientnet-lite0-gem"]) is None else "bfloat16"
+    results["auto"] = precision_name(autocast_dtype("auto", models["efficientnet-lite0-gem"]))
     if "time" in parts:
         results["time"] = timing(args, split_dataset("validation", args.photos).queries, models)
     if "effect" in parts:

@@ -31,7 +31,7 @@ from ..extraction import DEFAULT_SIZE, MIN_SIZE, cosine_similarity, describe, re
 from ..io import to_tensor, to_uint8
 from ..models import DescriptorModel, ModelEnsemble
 from ..models.descriptor import POOLINGS
-from ..models.precision import autocast, autocast_dtype, check_precision
+from ..models.precision import autocast, autocast_dtype, check_precision, precision_name
 from ..perceptual import flat_gain, ssim_cost_weights
 from ..transforms import quantise, straight_through
 from .robust import RandomEdits
@@ -298,8 +298,7 @@ class PerturbationAttack:
     def passes_precision(self) -> str:
         """What the network passes run in on the model's device: ``float32``, ``bfloat16`` or ``float16`` (``auto``
         resolved; :func:`~advquery.models.precision.autocast_dtype`)."""
-        dtype = autocast_dtype(self.precision, self._members()[0])
-        return "float32" if dtype is None else str(dtype).removeprefix("torch.")
+        return precision_name(autocast_dtype(self.precision, self._members()[0]))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Protected versions of ``images`` (N, 3, H, W) in [0, 1]."""

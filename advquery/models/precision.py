@@ -67,6 +67,12 @@ def autocast_dtype(precision: str, model) -> torch.dtype | None:
     return torch.bfloat16 if native_bfloat16(model.device) and bfloat16_pays(model) else None
 
 
+def precision_name(dtype: torch.dtype | None) -> str:
+    """The precision an autocast dtype of :func:`autocast_dtype` runs the passes in: ``float32`` (None),
+    ``bfloat16`` or ``float16``."""
+    return "float32" if dtype is None else str(dtype).removeprefix("torch.")
+
+
 def processor() -> str:
     """The processor's model name (``/proc/cpuinfo``), else what :mod:`platform` knows."""
     try:
