@@ -10,7 +10,9 @@ import torch
 import torch.nn.functional as F
 
 from advquery.models import GeM, ModelError, Whitening, gem, load_model
+from advquery.models import efficientnet_lite as lite_module
 from advquery.models.cirtorch import build_features
+from advquery.models.efficientnet_lite import relu6_padded
 
 
 def _smooth_images(n: int, h: int, w: int, seed: int) -> torch.Tensor:
@@ -120,6 +122,41 @@ def test_multiscale_descriptor(lite0):
         multi = lite0(x, scales=(1.0, 2 ** -0.5, 0.5))
     torch.testing.assert_close(multi.norm(dim=1), torch.ones(1), atol=1e-5, rtol=0)
     assert (multi - single).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("shape", [(2, 5, 8, 6), (1, 4, 7, 9)])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_relu6_padded_equals_relu6_then_pad(shape, channels_last):
+    g = torch.Generator().manual_seed(8)
+    x = (torch.randn(shape, generator=g, dtype=torch.float64) * 5)
+    x = x.contiguous(memory_format=torch.channels_last) if channels_last else x
+    pads = [0, 1, 2, 1]  # left, right, top, bottom: asymmetric, as "SAME" pads strided convolutions
+    upstream = torch.randn(shape[:2] + (shape[2] + 3, shape[3] + 1), generator=g, dtype=torch.float64)
+    grads = []
+    for fn in (lambda t: relu6_padded(t, pads), lambda t: F.pad(F.relu6(t), pads)):
+        leaf = x.clone().requires_grad_()
+        out = fn(leaf)
+        (out * upstream).sum().backward()
+        grads.append((out.detach(), leaf.grad))
+    torch.testing.assert_close(grads[0][0], grads[1][0], atol=0, rtol=0)
+    torch.testing.assert_close(grads[0][1], grads[1][1], atol=0, rtol=0)
+    assert grads[0][0].is_contiguous(memory_format=torch.channels_last) == channels_last
+
+
+@pytest.mark.parametrize("size", [(96, 128), (75, 101)])
+def test_lite_trunk_equals_explicit_same_padding(lite0, size, monkeypatch):
+    """The trunk with the fused padding computes what ReLU6 followed by F.pad computes, forward and backward."""
+    x = _smooth_images(1, *size, seed=9)
+    results = []
+    for fused in (True, False):
+        if not fused:
+            monkeypatch.setattr(lite_module, "relu6_padded", lambda t, pads: F.pad(F.relu6(t), pads))
+        leaf = x.clone().requires_grad_()
+        out = lite0.feature_map(leaf)
+        out.pow(2).sum().backward()
+        results.append((out.detach(), leaf.grad))
+    torch.testing.assert_close(results[0][0], results[1][0], atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(results[0][1], results[1][1], atol=1e-6, rtol=1e-5)
 
 
 def test_model_rejects_wrong_input_shape(lite0):
