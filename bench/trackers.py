@@ -29,7 +29,7 @@ from common import CACHE, RESULTS, SPLITS, WORK, content_key, markdown_table, sp
 
 from advquery.evaluation.metrics import compute_map
 from advquery.evaluation.runner import evaluate
-from advquery.io import read_photo
+from advquery.io import atomic_write, read_photo
 from advquery.models import DEFAULT_MODEL, load_model
 from advquery.protection import STRENGTHS, Strength, protect_photo
 from advquery.systems import GlobalSystem, SiftHESystem
@@ -154,18 +154,28 @@ def cell_aps(db: np.ndarray, queries: np.ndarray, gnd) -> np.ndarray:
 
 
 def handcrafted_rows(ds, folders: dict[str, Path | None], edits) -> dict:
-    """mAP Medium over the scored queries for SIFT-HE, CEDD and GIST: ``{label: {kind: {system: {edit: map}}}}``."""
+    """mAP Medium over the scored queries for SIFT-HE, CEDD and GIST: ``{label: {kind: {system: {edit: map}}}}``;
+    each cell is kept in bench/.work (keyed by the set's folder and the queries) so that runs resume and a full run
+    reuses the quick run's cells."""
     systems = {"sift-he": SiftHESystem(HANDCRAFTED_SIZE), "cedd": GlobalSystem("cedd", HANDCRAFTED_SIZE),
                "gist": GlobalSystem("gist", HANDCRAFTED_SIZE)}
+    queries = hashlib.sha1(" ".join(q.stem for q in ds.queries).encode()).hexdigest()[:10]
     out = {}
     for label, folder in folders.items():
+        path = WORK / "trackers" / "handcrafted" / f"{folder.name if folder else label}-{queries}.json"
+        known = json.loads(path.read_text()) if path.is_file() else {}
         for kind in KINDS:
             for name, system in systems.items():
                 for e in edits:
-                    r = evaluate(ds, system, HANDCRAFTED_SIZE, queries=kind, protocols=("medium",), query_dir=folder,
-                                 cache_dir=CACHE, progress=False, transform=e.chain)
-                    value = float(r.results["medium"].map)
-                    out.setdefault(label, {}).setdefault(kind, {}).setdefault(name, {})[e.spec] = value
+                    key = f"{kind}|{name}|{e.spec}"
+                    if key not in known:
+                        r = evaluate(ds, system, HANDCRAFTED_SIZE, queries=kind, protocols=("medium",),
+                                     query_dir=folder, cache_dir=CACHE, progress=False, transform=e.chain)
+                        known[key] = float(r.results["medium"].map)
+                        path.parent.mkdir(parents=True, exist_ok=True)
+                        with atomic_write(path) as f:
+                            f.write(json.dumps(known).encode())
+                    out.setdefault(label, {}).setdefault(kind, {}).setdefault(name, {})[e.spec] = known[key]
                 print(f"{label} {kind} {name}: done", flush=True)
     return out
 
