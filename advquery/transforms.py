@@ -103,13 +103,17 @@ def _rotation_crop_scale(h: int, w: int, degrees: float) -> float:
     return min(w / (w * c + h * s), h / (w * s + h * c))
 
 
-def _rotate(x: torch.Tensor, degrees: float) -> torch.Tensor:
-    """Bilinear rotation about the centre, sampled only on the border-free centred crop."""
+def rotate(x: torch.Tensor, degrees: float, window: tuple[int, int, int, int] | None = None) -> torch.Tensor:
+    """Bilinear rotation about the centre, sampled only on the border-free centred crop (its shape:
+    :func:`rotated_shape`); with ``window`` (top, left, height, width in that crop), only that part of it, which
+    costs that part's share."""
     h, w = x.shape[-2:]
-    nh, nw = _rotated_shape((h, w), degrees)
+    nh, nw = rotated_shape((h, w), degrees)
+    top, left, wh, ww = window or (0, 0, nh, nw)
     t = math.radians(degrees)
-    ys = torch.arange(nh, device=x.device, dtype=x.dtype) + 0.5 - nh / 2  # output pixel centres, from the centre
-    xs = torch.arange(nw, device=x.device, dtype=x.dtype) + 0.5 - nw / 2
+    # output pixel centres, from the centre of the rotated crop
+    ys = torch.arange(top, top + wh, device=x.device, dtype=x.dtype) + 0.5 - nh / 2
+    xs = torch.arange(left, left + ww, device=x.device, dtype=x.dtype) + 0.5 - nw / 2
     yy, xx = torch.meshgrid(ys, xs, indexing="ij")
     # output point p' = R p (R rotates counter-clockwise as seen with y pointing down): sample p = R^-1 p'
     src_x = math.cos(t) * xx - math.sin(t) * yy
@@ -118,7 +122,8 @@ def _rotate(x: torch.Tensor, degrees: float) -> torch.Tensor:
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
-def _rotated_shape(shape: tuple[int, int], degrees: float) -> tuple[int, int]:
+def rotated_shape(shape: tuple[int, int], degrees: float) -> tuple[int, int]:
+    """(H, W) of a photo of ``shape`` rotated by ``degrees`` and cropped to remove the borders."""
     h, w = shape
     scale = _rotation_crop_scale(h, w, degrees)
     return max(1, math.floor(h * scale)), max(1, math.floor(w * scale))
@@ -176,7 +181,7 @@ class Transform:
         if k == "flip":
             return x.flip(-1)
         if k == "rotate":
-            return _rotate(x, v)
+            return rotate(x, v)
         if k == "unsharp":
             return (x + v * (x - gaussian_blur(x, 1.0))).clamp(0, 1)
         if k == "brightness":
@@ -202,7 +207,7 @@ class Transform:
         if self.kind in CROPS:
             return _crop_window(self.kind, self.value, shape)[2:]
         if self.kind == "rotate":
-            return _rotated_shape(shape, self.value)
+            return rotated_shape(shape, self.value)
         return shape
 
     def map_box(self, box: Box, shape: tuple[int, int]) -> Box | None:

@@ -7,7 +7,7 @@ from advquery.attacks.views import TrackerViews, View
 from advquery.io import read_photo, to_tensor
 from advquery.models import ModelEnsemble
 from advquery.perceptual import flat_gain
-from advquery.transforms import quantise
+from advquery.transforms import Transform, quantise
 
 SIZE = 96
 
@@ -52,6 +52,21 @@ def test_a_view_crops_at_the_photo_scale_or_describes_the_cropped_file_whole():
     assert tuple(cropped_file(x).shape[-2:]) == (120, 160)
     whole = View(True, 0.0, (0, 0, 1, 1), True, 80, (1, 1, 1), None, 0)
     torch.testing.assert_close(whole(x), x.flip(-1))
+
+
+def test_a_rotated_view_samples_only_its_crop_of_the_rotated_photo():
+    """A view rotates only the part it keeps: the same pixels as rotating the whole photo, then cropping."""
+    x = torch.rand(1, 3, 61, 83, generator=torch.Generator().manual_seed(4))
+    for angle, box in ((2.5, (0.2, 0.7, 0.5, 0.6)), (-3.0, (1.0, 0.0, 0.35, 0.9)), (1.0, (0, 0, 1, 1))):
+        view = View(True, angle, box, True, 83, (1, 1, 1), None, 0)
+        whole = Transform("rotate", angle)(x.flip(-1))
+        h, w = whole.shape[-2:]
+        ch, cw = max(8, round(h * box[2])), max(8, round(w * box[3]))
+        y0, x0 = round((h - ch) * box[0]), round((w - cw) * box[1])
+        expected = whole[..., y0:y0 + ch, x0:x0 + cw]
+        expected = torch.nn.functional.interpolate(expected, size=tuple(view(x).shape[-2:]), mode="bilinear",
+                                                   align_corners=False, antialias=83 / max(ch, cw) < 1)
+        torch.testing.assert_close(view(x), expected, atol=1e-6, rtol=0)
 
 
 def test_view_distance_is_zero_for_the_original_and_grows_with_a_change(model, photo):

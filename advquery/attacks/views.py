@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..transforms import Transform, straight_through
+from ..transforms import Transform, rotate, rotated_shape, straight_through
 
 
 @dataclass(frozen=True)
@@ -36,13 +36,12 @@ class View:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.flip:
             x = x.flip(-1)
-        if self.angle:
-            x = Transform("rotate", self.angle)(x)
-        h, w = x.shape[-2:]
+        h, w = rotated_shape(tuple(x.shape[-2:]), self.angle) if self.angle else x.shape[-2:]
         top, left, fh, fw = self.box
         ch, cw = max(8, round(h * fh)), max(8, round(w * fw))
         y0, x0 = round((h - ch) * top), round((w - cw) * left)
-        crop = x[..., y0:y0 + ch, x0:x0 + cw]
+        # the rotation is sampled on the crop alone
+        crop = rotate(x, self.angle, (y0, x0, ch, cw)) if self.angle else x[..., y0:y0 + ch, x0:x0 + cw]
         for kind, factor in zip(("brightness", "contrast", "saturation"), self.colour):
             if factor != 1:
                 crop = Transform(kind, factor)(crop)
