@@ -83,9 +83,10 @@ class _ReLU6Padded(torch.autograd.Function):
     """ReLU6 written straight into a zero-bordered buffer: ``F.pad(F.relu6(x), pads)`` in one pass over memory.
 
     The strided depthwise convolutions need their input padded asymmetrically, which PyTorch's convolutions
-    cannot do; a separate ``F.pad`` allocates, fills and copies the largest activations of the network again
-    (about a tenth of a forward and backward pass on CPU). Here the ReLU6 before them writes its result into
-    the padded buffer's interior and only the border is zeroed; the gradient is ReLU6's on the interior.
+    cannot do; a separate ``F.pad`` allocates, fills and copies the largest activations of the network again,
+    a sizeable share of a pass on CPU, where memory traffic is what these layers cost. Here the ReLU6 before
+    them writes its result into the padded buffer's interior and only the border is zeroed; the gradient is
+    ReLU6's on the interior.
     """
 
     @staticmethod
