@@ -107,9 +107,9 @@ class _ReLU6Padded(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor):
         (out,) = ctx.saved_tensors
         top, h, left, w = ctx.window
-        inner = (slice(top, top + h), slice(left, left + w))
+        rows, cols = slice(top, top + h), slice(left, left + w)
         # ReLU6's gradient from its output: 0 < out < 6 exactly where 0 < x < 6
-        return torch.ops.aten.hardtanh_backward(grad[..., inner[0], inner[1]], out[..., inner[0], inner[1]], 0.0, 6.0), None
+        return torch.ops.aten.hardtanh_backward(grad[..., rows, cols], out[..., rows, cols], 0.0, 6.0), None
 
 
 def relu6_padded(x: torch.Tensor, pads: list[int]) -> torch.Tensor:

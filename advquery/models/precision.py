@@ -4,8 +4,8 @@ it is measured to be faster, float16 or bfloat16 on CUDA, float32 elsewhere.
 A CPU's bfloat16 instructions do not make every model faster at every thread count (on some CPUs with AVX512-BF16
 and AMX a pass of EfficientNet-Lite takes as long as in float32), so ``auto`` times one forward and backward pass
 of the model in both precisions, once per machine, and remembers the answer in the cache folder
-(``precision.json``, keyed by processor, torch version, threads and model): the same machine then always makes the
-same choice, and the seeds give the same photos.
+(``precision.json``, keyed by processor, torch and advquery version, threads and model): the same machine then
+always makes the same choice, and the seeds give the same photos.
 
 Only the trunk's convolutions run in reduced precision (``torch.autocast``); pooling, normalisation and
 whitening run in float32 (:class:`~advquery.models.DescriptorModel`), and so do the perturbation, its
@@ -86,9 +86,12 @@ def processor() -> str:
 
 def bfloat16_pays(model) -> bool:
     """Whether a forward and backward pass of ``model`` on its CPU is at least :data:`BFLOAT16_GAIN` times faster in
-    bfloat16 than in float32: measured once per processor, torch version, thread count and model, and remembered
-    in ``precision.json`` of the cache folder (:func:`~advquery.cache.default_cache_dir`)."""
-    key = f"{processor()} | torch {torch.__version__} | {torch.get_num_threads()} threads | {model.name}"
+    bfloat16 than in float32: measured once per processor, torch and advquery version (whose model code is part of
+    what is timed), thread count and model, and remembered in ``precision.json`` of the cache folder
+    (:func:`~advquery.cache.default_cache_dir`)."""
+    from .. import __version__
+    key = (f"{processor()} | torch {torch.__version__} | advquery {__version__} | {torch.get_num_threads()} threads"
+           f" | {model.name}")
     path = default_cache_dir() / "precision.json"
     if key not in _CHOICES:
         known = _read_choices(path)
