@@ -34,6 +34,11 @@ CANDIDATES = {
     "low-views": replace(STRENGTHS["low"], patience=None, views=TrackerViews(rotate=0.0, colour=0.0, jpeg=None),
                          description="tracker views without colour, rotation or re-compression, Lite0"),
 }
+# What the full suite on the test split found medium weakest against: queries shrunk to 256 px, average pooling.
+CANDIDATES["medium-sizes256"] = replace(STRENGTHS["medium"], views=replace(STRENGTHS["medium"].views, sizes=(256, 1024)),
+                                        description="medium, tracker working sizes 256-1024 px")
+CANDIDATES["medium-spoc"] = replace(STRENGTHS["medium"], poolings=("gem", "spoc"),
+                                    description="medium, GeM and SPoC pushed away")
 # Leave one model out: medium and high computed without model M, measured with M (the shipped presets use all three).
 LITE = {n: f"efficientnet-{n}-gem" for n in ("lite0", "lite1", "lite2")}
 LEFT_OUT = "-without-"
