@@ -39,6 +39,8 @@ CANDIDATES["medium-sizes256"] = replace(STRENGTHS["medium"], views=replace(STREN
                                         description="medium, tracker working sizes 256-1024 px")
 CANDIDATES["medium-spoc"] = replace(STRENGTHS["medium"], poolings=("gem", "spoc"),
                                     description="medium, GeM and SPoC pushed away")
+CANDIDATES["medium-grid256"] = replace(STRENGTHS["medium"], grid=256,
+                                       description="medium, perturbation on a 256 px grid")
 # Leave one model out: medium and high computed without model M, measured with M (the shipped presets use all three).
 LITE = {n: f"efficientnet-{n}-gem" for n in ("lite0", "lite1", "lite2")}
 LEFT_OUT = "-without-"
