@@ -35,7 +35,8 @@ CANDIDATES = {
                          description="tracker views without colour, rotation or re-compression, Lite0"),
 }
 # What the full suite on the test split found medium weakest against: queries shrunk to 256 px, average pooling.
-CANDIDATES["medium-sizes256"] = replace(STRENGTHS["medium"], views=replace(STRENGTHS["medium"].views, sizes=(256, 1024)),
+CANDIDATES["medium-sizes256"] = replace(STRENGTHS["medium"],
+                                        views=replace(STRENGTHS["medium"].views, sizes=(256, 1024)),
                                         description="medium, tracker working sizes 256-1024 px")
 CANDIDATES["medium-spoc"] = replace(STRENGTHS["medium"], poolings=("gem", "spoc"),
                                     description="medium, GeM and SPoC pushed away")

@@ -134,13 +134,13 @@ class MBConv(nn.Module):
         self.residual = stride == 1 and in_ch == out_ch
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dw = self._depthwise_conv
         if self.expand == 1:
-            y = self._depthwise_conv(x)
-        elif self._depthwise_conv.stride == (1, 1):
-            y = self._depthwise_conv(F.relu6(self._bn0(self._expand_conv(x))))
-        else:  # the expansion's ReLU6 writes the padding "SAME" needs
+            y = dw(x)
+        else:
             y = self._bn0(self._expand_conv(x))
-            y = self._depthwise_conv.forward_padded(relu6_padded(y, self._depthwise_conv.same_pads(y.shape)))
+            # strided: the expansion's ReLU6 writes the padding "SAME" needs
+            y = dw(F.relu6(y)) if dw.stride == (1, 1) else dw.forward_padded(relu6_padded(y, dw.same_pads(y.shape)))
         y = F.relu6(self._bn1(y))
         y = self._bn2(self._project_conv(y))
         return x + y if self.residual else y

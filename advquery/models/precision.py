@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from .. import __version__
 from ..cache import default_cache_dir, save_to_cache
 from ..io import atomic_write
 
@@ -89,7 +90,6 @@ def bfloat16_pays(model) -> bool:
     bfloat16 than in float32: measured once per processor, torch and advquery version (whose model code is part of
     what is timed), thread count and model, and remembered in ``precision.json`` of the cache folder
     (:func:`~advquery.cache.default_cache_dir`)."""
-    from .. import __version__
     key = (f"{processor()} | torch {torch.__version__} | advquery {__version__} | {torch.get_num_threads()} threads"
            f" | {model.name}")
     path = default_cache_dir() / "precision.json"
