@@ -41,7 +41,9 @@ class Strength:
     ssim-pire, which stops on ``patience`` alone (its objective already weighs effect against SSIM; None: it runs
     every step); ``views`` the tracker views (:class:`~advquery.attacks.views.TrackerViews`) drawn in every
     step (None: the saved file alone), with ``poolings`` the poolings pushed away in each view and ``models``
-    the built-in models attacked beside the chosen one (each view drawn for one of them); ``grid`` the largest
+    the built-in models attacked beside the chosen one (each view drawn for one of them), and ``whole_view``
+    whether every step also pushes the chosen model's descriptor of the whole photo at the working size (one more
+    pass per step beside the views); ``grid`` the largest
     long side, in pixels, of the grid the perturbation lives on (None: the working resolution); ``spare_flat``
     the flat-region threshold, in grey levels of local luminance deviation, below which pixels are left
     unchanged (None: none are spared). A JPEG output is in the loop: the views see the file as saved.
@@ -63,6 +65,7 @@ class Strength:
     eps_levels: float
     target_similarity: float
     poolings: tuple[str, ...] = ("gem",)
+    whole_view: bool = True
 
     def budget_levels(self, method: str = DEFAULT_METHOD) -> float:
         """The budget, in grey levels, this preset gives a preset method: ssim-pire's bound, else ``eps_levels``."""
@@ -189,7 +192,8 @@ def make_attack(model: DescriptorModel, method: str | None = None, strength: str
         eps = preset.budget_levels(method) if eps_levels is None else eps_levels
         options = dict(eps=eps / 255, steps=preset.steps if steps is None else steps, edits=edits, **common)
         if views is not None:
-            options.update(tracker_views=views, poolings=preset.poolings, spare_flat=preset.spare_flat)
+            options.update(tracker_views=views, poolings=preset.poolings, spare_flat=preset.spare_flat,
+                           whole_view=preset.whole_view)
         target = attack_model(model, preset.models)
         if method == "ssim-pire":
             return SSIMPIRE(target, ssim_weight=preset.ssim_weight if ssim_weight is None else ssim_weight, **options)

@@ -71,7 +71,7 @@ def test_make_attack_follows_the_preset(model, strength):
         (preset.steps, preset.target_similarity, preset.patience)
     assert (attack.size, attack.seed, attack.codec, attack.edits) == (96, 3, None, None)
     assert attack.tracker_views == preset.views and attack.poolings == preset.poolings
-    assert attack.spare_flat == preset.spare_flat
+    assert attack.spare_flat == preset.spare_flat and attack.whole_view == preset.whole_view
     if preset.models:  # aimed at the other built-in models too
         assert isinstance(attack.model, ModelEnsemble)
         assert [m.name for m in attack.model.members] == [model.name, *preset.models]

@@ -81,6 +81,20 @@ def test_view_distance_is_zero_for_the_original_and_grows_with_a_change(model, p
     assert float(zero) == pytest.approx(0, abs=1e-6) and float(moved) > 1e-3
 
 
+def test_whole_view_adds_one_differentiated_pass_per_step(model, photo):
+    x = torch.nn.functional.interpolate(photo, size=(72, 96), mode="bilinear", antialias=True).clamp(0, 1)
+    passes = []
+    hook = model.features.register_forward_pre_hook(lambda _, inputs: passes.append(torch.is_grad_enabled()))
+    try:
+        for whole in (True, False):
+            passes.clear()
+            PIRE(model, eps=3 / 255, steps=2, size=SIZE, seed=0, whole_view=whole, patience=None,
+                 tracker_views=TrackerViews(count=2, sizes=(64, 96)))(x)
+            assert sum(passes) == 2 * (2 + whole)  # steps x (views + the whole photo)
+    finally:
+        hook.remove()
+
+
 def test_attack_with_tracker_views_moves_the_descriptor_within_its_bound(model, photo):
     attack = PIRE(model, eps=3 / 255, steps=4, size=SIZE, seed=0, tracker_views=TrackerViews(count=2, sizes=(64, 96)))
     x_adv = attack(photo)
