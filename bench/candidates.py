@@ -49,6 +49,8 @@ CANDIDATES["medium-no-whole"] = replace(STRENGTHS["medium"], whole_view=False,
 CANDIDATES["medium-3views"] = replace(STRENGTHS["medium"], whole_view=False,
                                       views=replace(STRENGTHS["medium"].views, count=3),
                                       description="medium, a third view instead of the whole-photo pass")
+CANDIDATES["medium-whole-3views"] = replace(STRENGTHS["medium"], views=replace(STRENGTHS["medium"].views, count=3),
+                                            description="medium, a third view beside the whole-photo pass")
 # Leave one model out: medium and high computed without model M, measured with M (the shipped presets use all three).
 LITE = {n: f"efficientnet-{n}-gem" for n in ("lite0", "lite1", "lite2")}
 LEFT_OUT = "-without-"
