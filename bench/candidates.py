@@ -46,11 +46,15 @@ CANDIDATES["medium-grid256"] = replace(STRENGTHS["medium"], grid=256,
 # three passes per step. Without it a step costs two thirds; with a third view instead, the same as medium.
 CANDIDATES["medium-no-whole"] = replace(STRENGTHS["medium"], whole_view=False,
                                         description="medium, without the whole-photo pass (views only)")
-CANDIDATES["medium-3views"] = replace(STRENGTHS["medium"], whole_view=False,
-                                      views=replace(STRENGTHS["medium"].views, count=3),
+THREE_VIEWS = replace(STRENGTHS["medium"].views, count=3)
+CANDIDATES["medium-3views"] = replace(STRENGTHS["medium"], whole_view=False, views=THREE_VIEWS,
                                       description="medium, a third view instead of the whole-photo pass")
-CANDIDATES["medium-whole-3views"] = replace(STRENGTHS["medium"], views=replace(STRENGTHS["medium"].views, count=3),
+CANDIDATES["medium-whole-3views"] = replace(STRENGTHS["medium"], views=THREE_VIEWS,
                                             description="medium, a third view beside the whole-photo pass")
+# The same four passes a step in 30 steps instead of 40: the cost of medium (120 passes a photo).
+CANDIDATES["medium-whole-3views-steps30"] = replace(STRENGTHS["medium"], views=THREE_VIEWS, steps=30,
+                                                    description="medium, a third view beside the whole-photo pass, "
+                                                                "30 steps (medium's cost)")
 # Leave one model out: medium and high computed without model M, measured with M (the shipped presets use all three).
 LITE = {n: f"efficientnet-{n}-gem" for n in ("lite0", "lite1", "lite2")}
 LEFT_OUT = "-without-"

@@ -6,6 +6,7 @@ import os
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import replace
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -65,9 +66,10 @@ def markdown_table(header: list[str], rows: list[list]) -> str:
 
 
 def write_results(name: str, payload: dict, markdown: str) -> None:
-    """Write bench/results/NAME.json and NAME.md, and print the markdown."""
+    """Write bench/results/NAME.json (with the machine and the UTC time it was measured) and NAME.md, and print
+    the markdown."""
     RESULTS.mkdir(parents=True, exist_ok=True)
-    payload = {"machine": machine(), **payload}
+    payload = {"machine": machine(), "measured": datetime.now(timezone.utc).isoformat(timespec="minutes"), **payload}
     text = f"Machine: {payload['machine']}\n\n{markdown}\n"
     for suffix, content in ((".json", json.dumps(payload, indent=2)), (".md", text)):
         with atomic_write(RESULTS / f"{name}{suffix}") as f:  # an interrupted run leaves the last results whole

@@ -243,10 +243,21 @@ def protection_table() -> str:
         runs = {p.stem: json.loads(p.read_text()) for p in RESULTS.glob(f"trackers_{split}_quick*.json")
                 if not p.stem.endswith("_calibration_points")}
         if runs:
-            source = max(runs, key=lambda n: (len(runs[n]["queries"]), n))
-            return render_protection(runs[source], source)
+            return render_protection(runs, preset_sources(runs))
     return ("The tracker benchmark's results are not there yet (`python bench/trackers.py --split test --quick` "
             "writes them); the earlier measurements are in [docs/benchmarks.md](docs/benchmarks.md).")
+
+
+def preset_sources(runs: dict[str, dict]) -> dict[str, str]:
+    """{preset: the run its row comes from}. The runs considered measured the same queries against the same
+    suite as the run with the most queries; of those, each preset's row comes from the latest that measured it.
+    A preset re-measured after a change of its definition so replaces its row, on the same queries and
+    trackers, without re-running the others."""
+    widest = max(runs, key=lambda n: (len(runs[n]["queries"]), measured_on(n), n))
+    def suite(name):
+        return runs[name]["queries"], runs[name]["systems"], runs[name]["edits"]
+    comparable = sorted((n for n in runs if suite(n) == suite(widest)), key=lambda n: (measured_on(n), n))
+    return {preset: name for name in comparable for preset in runs[name]["sets"] if preset in STRENGTHS}
 
 
 def timed_seconds() -> tuple[dict[str, float], str, str]:
@@ -294,12 +305,13 @@ def held_out_note(sets: list[str]) -> str:
                 for s in sets) + ").")
 
 
-def render_protection(data: dict, source: str) -> str:
+def render_protection(runs: dict[str, dict], sources: dict[str, str]) -> str:
+    """The table and its note; each preset's row (and its held-out column) from its run in ``sources``."""
     rows, held_out_sets = [], []
     timed, precision, timed_on = timed_seconds()
-    for preset, info in data["sets"].items():
-        if preset not in STRENGTHS:  # candidates measured beside the presets (held-out models) are not rows
-            continue
+    for preset in (p for p in STRENGTHS if p in sources):
+        data = runs[sources[preset]]
+        info = data["sets"][preset]
         wi, bb = info["summary"]["wi"], info["summary"]["bb"]
         shares = wi_shares(data, preset)
         blocked = sum(v <= BLOCKED for v in shares)
@@ -310,6 +322,11 @@ def render_protection(data: dict, source: str) -> str:
                      f"{timed.get(preset, info['seconds']):.0f}", f"{blocked} / {len(shares)}",
                      *(f"{100 * wi[k]:.0f}" for k in ("median", "p90", "worst")), f"{100 * bb['median']:.0f}",
                      f"{100 * statistics.median(unseen):.0f}" if unseen else "-"])
+    # The runs share split, queries and suite (preset_sources); the machine and the source are stated per run.
+    used = list(dict.fromkeys(sources.values()))
+    machines = " and ".join(dict.fromkeys(runs[n]["machine"] for n in used))
+    source = "; ".join(f"`bench/results/{n}.md`" + (f" ({', '.join(p for p in sources if sources[p] == n)})"
+                                                    if len(used) > 1 else "") for n in used)
     split = data["split"]
     n_queries = len(data["queries"])
     which = ("the **test** split (queries never used for a choice)" if split == "test" else
@@ -323,15 +340,15 @@ def render_protection(data: dict, source: str) -> str:
         f"from the original (0 % = blocked, 100 % = no protection). Measured on {which}: {n_queries} "
         f"roxford5k-mini queries, protected as `advquery protect` does (1024 px, JPEG q95 output), against the "
         f"quick tracker suite ({cells}: Lite0, Lite1 and Lite2, other working sizes and poolings; crops, flips, "
-        f"rotations, re-compression), on {data['machine']}; trackers blocked: the suite's WI cells left at most {100 * BLOCKED:.0f} % of "
+        f"rotations, re-compression), on {machines}; trackers blocked: the suite's WI cells left at most {100 * BLOCKED:.0f} % of "
         f"their retrieval; median, 90th percentile and worst cell over the suite for whole-image (WI) queries, "
         f"median for bounding-box (BB) queries, the selection of the landmark a tracker would cut out. "
         + held_out_note(held_out_sets) + " Flat "
         f"changed: share of the flat pixels (sky, walls) changed by more than one grey level, and in brackets the "
         f"same for a plain JPEG q95 re-save of the original. Seconds per photo on "
         + (f"{timed_on}, timed alone in {precision} (what `protect` runs there; the speed table "
-           "of docs/benchmarks.md)" if timed else f"{data['machine']}, shared with other jobs")
-        + f". Source: `bench/results/{source}.md`; every table: "
+           "of docs/benchmarks.md)" if timed else f"{machines}, shared with other jobs")
+        + f". Source: {source}; every table: "
         f"[docs/benchmarks.md](docs/benchmarks.md)."])
 
 

@@ -2,6 +2,7 @@
 resolve, the README stays short and its table and docs/benchmarks.md are what bench/results/ gives."""
 import doctest
 import importlib
+import json
 import re
 import subprocess
 import sys
@@ -67,3 +68,18 @@ def test_benchmarks_page_is_what_the_results_give():
         pytest.skip(reason)
     assert _readme_tables().benchmarks_page() == (DOCS / "benchmarks.md").read_text(), \
         "docs/benchmarks.md is out of date: run `python bench/readme_tables.py`"
+
+
+def test_readme_rows_come_from_the_latest_run_of_the_same_queries(tmp_path, monkeypatch):
+    tables = _readme_tables()
+    monkeypatch.setattr(tables, "RESULTS", tmp_path)
+    suite = {"systems": ["efficientnet-lite0-gem@1024"], "edits": ["none"]}
+    runs = {"trackers_test_quick_limit8": {"measured": "2026-12-01", "queries": ["a", "b"], **suite,
+                                           "sets": {"low": {}, "medium": {}, "medium-without-lite2": {}}},
+            "trackers_test_quick_limit8_medium": {"measured": "2026-12-03", "queries": ["a", "b"], **suite,
+                                                  "sets": {"medium": {}}},
+            "trackers_test_quick_limit1": {"measured": "2026-12-04", "queries": ["a"], **suite, "sets": {"high": {}}}}
+    for name, run in runs.items():
+        (tmp_path / f"{name}.json").write_text(json.dumps(run))
+    assert tables.preset_sources(runs) == {"low": "trackers_test_quick_limit8",
+                                           "medium": "trackers_test_quick_limit8_medium"}
