@@ -43,7 +43,8 @@ class Strength:
     step (None: the saved file alone), with ``poolings`` the poolings pushed away in each view and ``models``
     the built-in models attacked beside the chosen one (each view drawn for one of them), and ``whole_view``
     whether every step also pushes the chosen model's descriptor of the whole photo at the working size (one more
-    pass per step beside the views); ``grid`` the largest
+    pass per step beside the views), and ``lr_schedule`` how the step size moves over the steps
+    (:class:`~advquery.attacks.base.PerturbationAttack`); ``grid`` the largest
     long side, in pixels, of the grid the perturbation lives on (None: the working resolution); ``spare_flat``
     the flat-region threshold, in grey levels of local luminance deviation, below which pixels are left
     unchanged (None: none are spared). A JPEG output is in the loop: the views see the file as saved.
@@ -66,6 +67,7 @@ class Strength:
     target_similarity: float
     poolings: tuple[str, ...] = ("gem",)
     whole_view: bool = True
+    lr_schedule: str = "constant"
 
     def budget_levels(self, method: str = DEFAULT_METHOD) -> float:
         """The budget, in grey levels, this preset gives a preset method: ssim-pire's bound, else ``eps_levels``."""
@@ -190,7 +192,8 @@ def make_attack(model: DescriptorModel, method: str | None = None, strength: str
                   on_step=on_step)
     if method in PRESET_METHODS:
         eps = preset.budget_levels(method) if eps_levels is None else eps_levels
-        options = dict(eps=eps / 255, steps=preset.steps if steps is None else steps, edits=edits, **common)
+        options = dict(eps=eps / 255, steps=preset.steps if steps is None else steps, edits=edits,
+                       lr_schedule=preset.lr_schedule, **common)
         if views is not None:
             options.update(tracker_views=views, poolings=preset.poolings, spare_flat=preset.spare_flat,
                            whole_view=preset.whole_view)

@@ -55,6 +55,15 @@ CANDIDATES["medium-whole-3views"] = replace(STRENGTHS["medium"], views=THREE_VIE
 CANDIDATES["medium-whole-3views-steps30"] = replace(STRENGTHS["medium"], views=THREE_VIEWS, steps=30,
                                                     description="medium, a third view beside the whole-photo pass, "
                                                                 "30 steps (medium's cost)")
+# Adam's step is the whole bound (ssim-pire's lr = eps) in every step; decayed to 0 along a cosine, the last steps
+# refine instead of jumping between the views each step draws.
+CANDIDATES["medium-cosine"] = replace(STRENGTHS["medium"], lr_schedule="cosine",
+                                      description="medium, the step size decayed to 0 along a cosine")
+# The SSIM the decay saves, spent on a lower price or a larger bound.
+CANDIDATES["medium-cosine-price20"] = replace(CANDIDATES["medium-cosine"], ssim_weight=20,
+                                              description="medium-cosine at SSIM price 20")
+CANDIDATES["medium-cosine-14-20"] = replace(CANDIDATES["medium-cosine"], ssim_eps_levels=14, ssim_weight=20,
+                                            description="medium-cosine within 14 levels at SSIM price 20")
 # Leave one model out: medium and high computed without model M, measured with M (the shipped presets use all three).
 LITE = {n: f"efficientnet-{n}-gem" for n in ("lite0", "lite1", "lite2")}
 LEFT_OUT = "-without-"

@@ -67,10 +67,31 @@ def _cosine(model, a: torch.Tensor, b: torch.Tensor) -> float:
     ({"coarseness": 0}, "coarseness must be a positive integer, got 0"),
     ({"coarseness": 1.5}, "coarseness must be a positive integer, got 1.5"),
     ({"ssim_weight": -1}, "ssim_weight must be >= 0, got -1"),
+    ({"lr_schedule": "linear"}, r"lr_schedule must be one of \('constant', 'cosine'\), got 'linear'"),
 ])
 def test_pire_rejects_bad_arguments(model, kwargs, message):
     with pytest.raises(ValueError, match=message):
         PIRE(model, **{"eps": EPS, "steps": 2, "size": SIZE, **kwargs})
+
+
+def test_cosine_schedule_shrinks_the_last_steps(model, photo):
+    """Each step moves the image by at most the step size: under ``cosine`` the last move is about half of the
+    first (4 steps: 1, 0.85, 0.5 of ``lr``), under ``constant`` it stays about ``lr``."""
+    x = torch.nn.functional.interpolate(photo, size=(72, 96), mode="bilinear", antialias=True).clamp(0, 1)
+    x = (x * 255).round() / 255
+    moves = {}
+    for schedule in ("constant", "cosine"):
+        inputs = []
+        hook = model.features.register_forward_pre_hook(
+            lambda _, args: inputs.append(args[0].detach().clone()) if torch.is_grad_enabled() else None)
+        try:
+            PIRE(model, eps=40 / 255, lr=8 / 255, steps=4, size=SIZE, seed=0, lr_schedule=schedule)(x)
+        finally:
+            hook.remove()
+        moves[schedule] = [float((b - a).abs().max()) for a, b in zip(inputs, inputs[1:])]
+    assert moves["constant"][0] == pytest.approx(moves["cosine"][0])  # the same first step
+    assert moves["cosine"][-1] < 0.7 * moves["constant"][-1]
+    assert moves["constant"][-1] > 0.8 * moves["constant"][0]
 
 
 @pytest.mark.parametrize("images, message", [

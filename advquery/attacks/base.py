@@ -38,6 +38,7 @@ from .robust import RandomEdits
 from .views import TrackerViews
 
 SAVING_MODES = ("quantised", "refined", "x10")
+LR_SCHEDULES = ("constant", "cosine")
 
 
 @dataclass
@@ -99,6 +100,8 @@ class PerturbationAttack:
         model: descriptor model (images in [0, 1] -> L2-normalised descriptors).
         steps: maximum number of Adam steps.
         lr: Adam learning rate, in [0, 1] pixel units.
+        lr_schedule: ``constant`` (default) or ``cosine``: the rate falls from ``lr`` to 0 along half a cosine over
+            ``steps``, so the last steps refine rather than jump, which matters when every step draws new views.
         size: working size (long side) the retrieval system resizes photos to.
         scales: descriptor scales, as the retrieval system uses them.
         saving: how the result is made 8-bit. ``quantised`` (default): the optimisation sees the
@@ -149,9 +152,11 @@ class PerturbationAttack:
                  edits: RandomEdits | None = None, coarseness: int = 1, ssim_weight: float = 0.0,
                  snapshot_every: int | None = None, precision: str = "auto",
                  on_step: Callable[[int, int], None] | None = None, tracker_views: TrackerViews | None = None,
-                 poolings: Sequence[str] = ("gem",), whole_view: bool = True, spare_flat: float | None = None):
+                 poolings: Sequence[str] = ("gem",), whole_view: bool = True, spare_flat: float | None = None,
+                 lr_schedule: str = "constant"):
         _check(isinstance(steps, int) and not isinstance(steps, bool) and steps >= 1, f"steps must be a positive integer, got {steps!r}")
         _check(lr > 0, f"lr must be positive, got {lr}")
+        _check(lr_schedule in LR_SCHEDULES, f"lr_schedule must be one of {LR_SCHEDULES}, got {lr_schedule!r}")
         _check(isinstance(size, int) and size >= MIN_SIZE, f"size must be an integer >= {MIN_SIZE}, got {size!r}")
         _check(saving in SAVING_MODES, f"saving must be one of {SAVING_MODES}, got {saving!r}")
         _check(target_similarity is None or -1 <= target_similarity <= 1,
@@ -159,6 +164,7 @@ class PerturbationAttack:
         _check(patience is None or (isinstance(patience, int) and patience >= 1),
                f"patience must be a positive integer, got {patience!r}")
         self.model, self.steps, self.lr, self.size, self.scales = model, steps, lr, size, tuple(scales)
+        self.lr_schedule = lr_schedule
         self.saving, self.codec, self.random_start, self.seed = saving, codec, random_start, seed
         _check(edits is None or isinstance(edits, RandomEdits), f"edits must be RandomEdits or None, got {edits!r}")
         self.target_similarity, self.patience, self.edits = target_similarity, patience, edits
@@ -322,6 +328,8 @@ class PerturbationAttack:
         v = (x_pert + v).clamp(0, 1) - x_pert
         v.requires_grad_(True)
         optimiser = torch.optim.Adam([v], lr=self.lr)
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, self.steps) \
+            if self.lr_schedule == "cosine" else None
         best_objective = torch.full((n,), -math.inf, device=x.device)
         best_distance = torch.zeros(n, device=x.device)
         best_v = v.detach().clone()
@@ -356,6 +364,8 @@ class PerturbationAttack:
             optimiser.zero_grad(set_to_none=True)
             (-objective.sum()).backward()
             optimiser.step()
+            if schedule is not None:
+                schedule.step()
             with torch.no_grad():  # project onto the bound and onto valid pixels
                 v.copy_(torch.maximum(torch.minimum(v, bound), -bound))
                 v.copy_((x_pert + v).clamp(0, 1) - x_pert)
