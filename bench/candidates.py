@@ -34,30 +34,37 @@ CANDIDATES = {
     "low-views": replace(STRENGTHS["low"], patience=None, views=TrackerViews(rotate=0.0, colour=0.0, jpeg=None),
                          description="tracker views without colour, rotation or re-compression, Lite0"),
 }
+# medium as shipped until 2026-12-03, which the medium-* candidates below change (the measured ablation).
+PREVIOUS_MEDIUM = Strength(ssim_eps_levels=10, ssim_weight=30, steps=40, patience=None,
+                           views=TrackerViews(jpeg_probability=0.5), models=OTHER_MODELS, grid=512, spare_flat=2.0,
+                           eps_levels=3, target_similarity=0.2,
+                           description="within 10 levels at SSIM price 30 on a 512 px grid, flat regions left alone, "
+                                       "optimised through tracker views (flips, crops and selections of any aspect, "
+                                       "rotations, colour, JPEG, working sizes 448-1024) on Lite0, Lite1 and Lite2")
 # What the full suite on the test split found medium weakest against: queries shrunk to 256 px, average pooling.
-CANDIDATES["medium-sizes256"] = replace(STRENGTHS["medium"],
-                                        views=replace(STRENGTHS["medium"].views, sizes=(256, 1024)),
+CANDIDATES["medium-sizes256"] = replace(PREVIOUS_MEDIUM,
+                                        views=replace(PREVIOUS_MEDIUM.views, sizes=(256, 1024)),
                                         description="medium, tracker working sizes 256-1024 px")
-CANDIDATES["medium-spoc"] = replace(STRENGTHS["medium"], poolings=("gem", "spoc"),
+CANDIDATES["medium-spoc"] = replace(PREVIOUS_MEDIUM, poolings=("gem", "spoc"),
                                     description="medium, GeM and SPoC pushed away")
-CANDIDATES["medium-grid256"] = replace(STRENGTHS["medium"], grid=256,
+CANDIDATES["medium-grid256"] = replace(PREVIOUS_MEDIUM, grid=256,
                                        description="medium, perturbation on a 256 px grid")
 # The pass that describes the whole photo with Lite0 at the working size in every step, beside the views: one of
 # three passes per step. Without it a step costs two thirds; with a third view instead, the same as medium.
-CANDIDATES["medium-no-whole"] = replace(STRENGTHS["medium"], whole_view=False,
+CANDIDATES["medium-no-whole"] = replace(PREVIOUS_MEDIUM, whole_view=False,
                                         description="medium, without the whole-photo pass (views only)")
-THREE_VIEWS = replace(STRENGTHS["medium"].views, count=3)
-CANDIDATES["medium-3views"] = replace(STRENGTHS["medium"], whole_view=False, views=THREE_VIEWS,
+THREE_VIEWS = replace(PREVIOUS_MEDIUM.views, count=3)
+CANDIDATES["medium-3views"] = replace(PREVIOUS_MEDIUM, whole_view=False, views=THREE_VIEWS,
                                       description="medium, a third view instead of the whole-photo pass")
-CANDIDATES["medium-whole-3views"] = replace(STRENGTHS["medium"], views=THREE_VIEWS,
+CANDIDATES["medium-whole-3views"] = replace(PREVIOUS_MEDIUM, views=THREE_VIEWS,
                                             description="medium, a third view beside the whole-photo pass")
 # The same four passes a step in 30 steps instead of 40: the cost of medium (120 passes a photo).
-CANDIDATES["medium-whole-3views-steps30"] = replace(STRENGTHS["medium"], views=THREE_VIEWS, steps=30,
+CANDIDATES["medium-whole-3views-steps30"] = replace(PREVIOUS_MEDIUM, views=THREE_VIEWS, steps=30,
                                                     description="medium, a third view beside the whole-photo pass, "
                                                                 "30 steps (medium's cost)")
 # Adam's step is the whole bound (ssim-pire's lr = eps) in every step; decayed to 0 along a cosine, the last steps
 # refine instead of jumping between the views each step draws.
-CANDIDATES["medium-cosine"] = replace(STRENGTHS["medium"], lr_schedule="cosine",
+CANDIDATES["medium-cosine"] = replace(PREVIOUS_MEDIUM, lr_schedule="cosine",
                                       description="medium, the step size decayed to 0 along a cosine")
 # The SSIM the decay saves, spent on a lower price or a larger bound.
 CANDIDATES["medium-cosine-price20"] = replace(CANDIDATES["medium-cosine"], ssim_weight=20,
