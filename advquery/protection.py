@@ -43,11 +43,11 @@ class Strength:
     step (None: the saved file alone), with ``poolings`` the poolings pushed away in each view and ``models``
     the built-in models attacked beside the chosen one (each view drawn for one of them), and ``whole_view``
     whether every step also pushes the chosen model's descriptor of the whole photo at the working size (one more
-    pass per step beside the views), and ``lr_schedule`` how the step size moves over the steps
-    (:class:`~advquery.attacks.base.PerturbationAttack`); ``grid`` the largest
-    long side, in pixels, of the grid the perturbation lives on (None: the working resolution); ``spare_flat``
-    the flat-region threshold, in grey levels of local luminance deviation, below which pixels are left
-    unchanged (None: none are spared). A JPEG output is in the loop: the views see the file as saved.
+    pass per step beside the views); ``lr_schedule`` how the step size moves over the steps (``constant`` or
+    ``cosine``, :class:`~advquery.attacks.base.PerturbationAttack`); ``grid`` the largest long side, in pixels, of
+    the grid the perturbation lives on (None: the working resolution); ``spare_flat`` the flat-region threshold, in
+    grey levels of local luminance deviation, below which pixels are left unchanged (None: none are spared). A JPEG
+    output is in the loop: the views see the file as saved.
 
     For the research methods run with a preset (``protect --method``): ``eps_levels`` is the flat-region budget
     of masked-pire and the L-infinity bound of pire, ``target_similarity`` the descriptor similarity at which
