@@ -253,10 +253,11 @@ def preset_sources(runs: dict[str, dict]) -> dict[str, str]:
     suite as the run with the most queries; of those, each preset's row comes from the latest that measured it.
     A preset re-measured after a change of its definition so replaces its row, on the same queries and
     trackers, without re-running the others."""
-    widest = max(runs, key=lambda n: (len(runs[n]["queries"]), measured_on(n), n))
+    day = {n: measured_on(n) for n in runs}
+    widest = max(runs, key=lambda n: (len(runs[n]["queries"]), day[n], n))
     def suite(name):
         return runs[name]["queries"], runs[name]["systems"], runs[name]["edits"]
-    comparable = sorted((n for n in runs if suite(n) == suite(widest)), key=lambda n: (measured_on(n), n))
+    comparable = sorted((n for n in runs if suite(n) == suite(widest)), key=lambda n: (day[n], n))
     return {preset: name for name in comparable for preset in runs[name]["sets"] if preset in STRENGTHS}
 
 
