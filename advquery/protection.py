@@ -79,7 +79,7 @@ STRENGTHS = {
     # Chosen on the validation split against the tracker suite (bench/candidates.py, bench/results/candidates_*.md;
     # the figures are in docs/benchmarks.md, the reasoning in docs/methods.md).
     "low": Strength(ssim_eps_levels=3, ssim_weight=300, steps=30, patience=5, views=None, models=(), grid=None,
-                    spare_flat=None, eps_levels=1, target_similarity=0.4,
+                    spare_flat=None, eps_levels=1, target_similarity=0.4, lr_schedule="cosine",
                     description="near-invisible: within 3 grey levels, SSIM priced at 300, optimised through the "
                                 "saved file; blocks the protecting model on the photo as shared"),
     "medium": Strength(ssim_eps_levels=14, ssim_weight=20, steps=40, patience=None,
@@ -91,8 +91,8 @@ STRENGTHS = {
                                    "on Lite0, Lite1 and Lite2"),
     "high": Strength(ssim_eps_levels=16, ssim_weight=15, steps=60, patience=None,
                      views=TrackerViews(jpeg_probability=0.5), models=OTHER_MODELS, grid=512, spare_flat=2.0,
-                     eps_levels=4.5, target_similarity=0.1,
-                     description="as medium with a constant step size, within 16 levels at SSIM price 15, 60 steps"),
+                     eps_levels=4.5, target_similarity=0.1, lr_schedule="cosine",
+                     description="as medium, within 16 levels at SSIM price 15, 60 steps"),
 }
 DEFAULT_STRENGTH = "medium"
 
