@@ -31,7 +31,8 @@ CANDIDATES = {
     "flat-16-15-steps60": replace(FLAT, ssim_eps_levels=16, ssim_weight=15, steps=60,
                                   description="as flat, within 16 levels at SSIM price 15, 60 steps"),
     # low: near-invisible, against the protecting model but through flips and selections too
-    "low-views": replace(STRENGTHS["low"], lr_schedule="constant", patience=None, views=TrackerViews(rotate=0.0, colour=0.0, jpeg=None),
+    "low-views": replace(STRENGTHS["low"], lr_schedule="constant", patience=None,
+                         views=TrackerViews(rotate=0.0, colour=0.0, jpeg=None),
                          description="tracker views without colour, rotation or re-compression, Lite0"),
 }
 # medium as shipped until 2026-12-03 (constant step, 10 levels at price 30), which the medium-* candidates below
@@ -78,7 +79,8 @@ PREVIOUS_HIGH = replace(STRENGTHS["high"], lr_schedule="constant",
 CANDIDATES["high-cosine"] = replace(PREVIOUS_HIGH, lr_schedule="cosine",
                                     description="high, the step size decayed along a cosine")
 CANDIDATES["medium-steps60"] = replace(STRENGTHS["medium"], steps=60, description="medium in 60 steps")
-# low with the decay (low since 2026-12-03): it stops after 5 steps without gain, which a decaying step may reach later, or not at all.
+# low with the decay (low since 2026-12-03): it stops after 5 steps without gain, which a decaying step may reach
+# later, or not at all.
 CANDIDATES["low-cosine"] = replace(STRENGTHS["low"], description="low, the step size decayed along a cosine")
 # Leave one model out: medium and high computed without model M, measured with M (the shipped presets use all three).
 LITE = {n: f"efficientnet-{n}-gem" for n in ("lite0", "lite1", "lite2")}
