@@ -42,6 +42,12 @@ def content_key(paths: Iterable[Path], settings: dict) -> str:
     return digest.hexdigest()[:24]
 
 
+def setting_digest(setting) -> str:
+    """Eight hex digits of a protection setting's definition (its repr): folders of protected photos carry it, so a
+    changed preset or candidate never reuses the files of the old one."""
+    return hashlib.sha256(repr(setting).encode()).hexdigest()[:8]
+
+
 def machine() -> str:
     """One line naming the processor, core count, device and torch version."""
     cpu = processor()

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import CACHE, RESULTS, WORK, markdown_table, split_dataset, write_results
+from common import CACHE, RESULTS, WORK, markdown_table, setting_digest, split_dataset, write_results
 
 from advquery.evaluation.runner import evaluate
 from advquery.io import read_photo
@@ -106,7 +106,7 @@ def effect(args, model) -> dict:
     out = {"queries": [q.stem for q in val.queries], "original": {"wi_medium": float(base.results["medium"].map)}}
     for preset in args.presets:
         for precision in args.precisions:
-            folder = WORK / "speed" / "effect" / f"{preset}-{precision}"
+            folder = WORK / "speed" / "effect" / f"{preset}-{setting_digest(STRENGTHS[preset])}-{precision}"
             stats = []
             for photo in val.queries:
                 target, stats_file = folder / f"{photo.stem}.jpg", folder / f"{photo.stem}.json"
@@ -122,6 +122,16 @@ def effect(args, model) -> dict:
                                             "seconds": float(np.mean([s["seconds"] for s in stats]))}
             print(preset, precision, out[f"{preset} {precision}"], flush=True)
     return out
+
+
+def definitions_note(results: dict, part: str) -> str:
+    """Whether a part was measured with today's definitions of the presets it holds."""
+    recorded = results.get(f"{part}_presets")
+    if recorded is None:
+        return "Preset definitions: not recorded (measured before 2026-12-03); rerun to measure today's presets."
+    changed = [p for p, definition in recorded.items() if STRENGTHS.get(p) is None or repr(STRENGTHS[p]) != definition]
+    return ("Preset definitions: today's." if not changed else
+            f"Preset definitions: {', '.join(changed)} changed since; rerun to measure today's.")
 
 
 def render(results: dict) -> str:
@@ -146,7 +156,7 @@ def render(results: dict) -> str:
         lines += [f"**Time** ({len(next(iter(results['time'].values())))} photos: "
                   f"{', '.join(r['photo'] for r in next(iter(results['time'].values())))})", "",
                   markdown_table(["preset", "precision", "s/photo", "passes/photo", "steps", "bare s", "protect / bare",
-                                  "speed-up vs float32"], rows), ""]
+                                  "speed-up vs float32"], rows), "", definitions_note(results, "time"), ""]
     if "effect" in results:
         e = dict(results["effect"])
         queries = e.pop("queries")
@@ -154,7 +164,8 @@ def render(results: dict) -> str:
                 for k, v in e.items()]
         lines += [f"**Effect** (validation split: its first {len(queries)} standard queries with positives; WI mAP "
                   "Medium of the protected queries, Lite0 GeM at 1024; seconds per photo on a machine that may have "
-                  "been shared)", "", markdown_table(["preset / precision", "WI mAP Medium %", "SSIM", "s/photo"], rows), ""]
+                  "been shared)", "", markdown_table(["preset / precision", "WI mAP Medium %", "SSIM", "s/photo"], rows), "",
+                  definitions_note(results, "effect"), ""]
     return "\n".join(lines)
 
 
@@ -177,10 +188,13 @@ def main() -> None:
     models = all_models()
     # What ``--precision auto`` runs on this machine (measured once per machine: advquery.models.precision).
     results["auto"] = precision_name(autocast_dtype("auto", models["efficientnet-lite0-gem"]))
+    definitions = {preset: repr(STRENGTHS[preset]) for preset in args.presets}
     if "time" in parts:
         results["time"] = timing(args, split_dataset("validation", args.photos).queries, models)
+        results["time_presets"] = definitions
     if "effect" in parts:
         results["effect"] = effect(args, models["efficientnet-lite0-gem"])
+        results["effect_presets"] = definitions
     write_results(args.name, results, render(results))
 
 

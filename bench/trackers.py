@@ -25,7 +25,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from candidates import CANDIDATES, PROTECTING_MODEL
-from common import CACHE, RESULTS, SPLITS, WORK, content_key, markdown_table, split_dataset, write_results
+from common import (CACHE, RESULTS, SPLITS, WORK, content_key, markdown_table, setting_digest, split_dataset,
+                    write_results)
 
 from advquery.evaluation.metrics import compute_map
 from advquery.evaluation.runner import evaluate
@@ -51,8 +52,7 @@ def setting(name: str) -> Strength:
 def setting_folder(name: str) -> Path:
     """Where a setting's protected photos are kept: named by the setting and a digest of its definition, so a
     changed setting never reuses the files of the old one."""
-    digest = hashlib.sha256(repr(setting(name)).encode()).hexdigest()[:8]
-    return WORK / "trackers" / f"{name}-{digest}"
+    return WORK / "trackers" / f"{name}-{setting_digest(setting(name))}"
 
 
 def attacked_models(name: str) -> list[str]:
