@@ -78,6 +78,13 @@ PREVIOUS_HIGH = replace(STRENGTHS["high"], lr_schedule="constant",
                         description="as medium with a constant step size, within 16 levels at SSIM price 15, 60 steps")
 CANDIDATES["high-cosine"] = replace(PREVIOUS_HIGH, lr_schedule="cosine",
                                     description="high, the step size decayed along a cosine")
+# The full suite's weakest cells: a query shrunk to 256 px (then described at the tracker's working size). Views
+# that pass through a copy of 256-640 px (30 % of them) before they are scaled to the working size.
+CANDIDATES["medium-shrink"] = replace(STRENGTHS["medium"],
+                                      views=replace(STRENGTHS["medium"].views, shrink=(256, 640)),
+                                      description="medium, 30 % of the views through a copy of 256-640 px")
+# high's SSIM above its target (0.965 against 0.95 on the validation queries), spent on a larger bound.
+CANDIDATES["high-20"] = replace(STRENGTHS["high"], ssim_eps_levels=20, description="high within 20 levels")
 CANDIDATES["medium-steps60"] = replace(STRENGTHS["medium"], steps=60, description="medium in 60 steps")
 # low with the decay (low since 2026-12-03): it stops after 5 steps without gain, which a decaying step may reach
 # later, or not at all.

@@ -20,7 +20,7 @@ from candidates import LEFT_OUT
 from common import RESULTS, markdown_table
 
 from advquery.protection import STRENGTHS
-from advquery.trackers import system
+from advquery.trackers import EDITS, QUICK_EDITS, system
 
 ROOT = Path(__file__).parents[1]
 README = ROOT / "README.md"
@@ -164,6 +164,9 @@ def tracker_command(name: str, data: dict) -> str:
     parts = ["python bench/trackers.py", f"--split {data['split']}"] + ["--quick"] * bool(data.get("quick")) \
         + [f"--limit {limit.group(1)}"] * bool(limit) + ["--no-handcrafted"] * ("handcrafted" not in data) \
         + ["--calibrate"] * ("calibration" in data)
+    suite_edits = [e.spec for e in (QUICK_EDITS if data.get("quick") else EDITS)]
+    if data["edits"] != suite_edits:
+        parts.append("--edits " + " ".join(data["edits"]))
     if list(data["sets"]) != ["low", "medium", "high"]:
         parts.append("--presets " + " ".join(data["sets"]))
     default = f"trackers_{data['split']}" + "_quick" * bool(data.get("quick")) + (limit.group(0) if limit else "")

@@ -218,6 +218,8 @@ def main() -> None:
                         help="shipped presets and candidates of bench/candidates.py")
     parser.add_argument("--quick", action="store_true", help="the quick subset of systems and edits")
     parser.add_argument("--limit", type=int, help="only the split's first N queries (smoke runs)")
+    parser.add_argument("--edits", nargs="+", choices=[e.spec for e in EDITS], metavar="SPEC",
+                        help="only these edits of the suite (e.g. the cells a candidate is aimed at)")
     parser.add_argument("--no-handcrafted", action="store_true")
     parser.add_argument("--calibrate", action="store_true", help="fit the verify thresholds (validation split only)")
     parser.add_argument("--name")
@@ -226,6 +228,8 @@ def main() -> None:
         parser.error("--calibrate tunes a choice: validation split only")
     name = args.name or f"trackers_{args.split}" + ("_quick" if args.quick else "") + (f"_limit{args.limit}" if args.limit else "")
     systems, edits = (QUICK_SYSTEMS, QUICK_EDITS) if args.quick else (SYSTEMS, EDITS)
+    if args.edits:
+        edits = tuple(e for e in EDITS if e.spec in args.edits)
     ds = split_dataset(args.split, args.limit)
     gnd = ds.ground_truth("medium")
     describer = SuiteDescriber(systems)

@@ -1,6 +1,7 @@
 """Tracker views drawn in the attack loop, the flat-region gain and the grid the steps use, with the real model."""
 import pytest
 import torch
+import torch.nn.functional as F
 
 from advquery import PIRE, load_model
 from advquery.attacks.views import TrackerViews, View
@@ -29,6 +30,9 @@ def photo(ukbench_dir):
     ({"flip": 2}, "flip must be a probability"),
     ({"rotate": 90}, "rotate must be in"),
     ({"jpeg": (0, 90)}, "jpeg must be a quality range"),
+    ({"shrink": (8, 64)}, "shrink must be a range 16 <= low <= high"),
+    ({"shrink": (64, 32)}, "shrink must be a range"),
+    ({"shrink_probability": -0.1}, "shrink_probability must be a probability"),
 ])
 def test_tracker_views_check_their_parameters(kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -42,6 +46,34 @@ def test_views_are_drawn_reproducibly_within_their_ranges():
     assert len(drawn) == 200 and {v.model for v in drawn} == {0, 1, 2}
     assert all(64 <= v.size <= 128 and abs(v.angle) <= 5 and 0.4 <= v.box[2] <= 0.9 for v in drawn)
     assert 50 < sum(v.flip for v in drawn) < 150 and any(v.jpeg for v in drawn) and not all(v.jpeg for v in drawn)
+
+
+def test_shrunk_copies_are_drawn_only_when_asked_and_draw_nothing_otherwise():
+    generator = torch.Generator().manual_seed(5)
+    plain = TrackerViews(count=50).sample(generator)
+    assert all(v.shrunk is None for v in plain)
+    replay = torch.Generator().manual_seed(5)
+    torch.rand(50 * 13, generator=replay)  # 13 draws a view: the stream of views drawn before shrinking existed
+    assert torch.equal(generator.get_state(), replay.get_state())
+    drawn = TrackerViews(count=200, shrink=(32, 64), shrink_probability=0.5).sample(torch.Generator().manual_seed(5))
+    shrunk = [v.shrunk for v in drawn if v.shrunk is not None]
+    assert 50 < len(shrunk) < 150 and all(32 <= s <= 64 for s in shrunk)
+
+
+def test_a_shrunk_view_is_the_small_copy_enlarged_to_the_working_size():
+    x = torch.rand(1, 3, 60, 80, generator=torch.Generator().manual_seed(6))
+    whole = View(False, 0.0, (0, 0, 1, 1), True, 80, (1, 1, 1), None, 0, shrunk=20)
+    small = F.interpolate(x, size=(15, 20), mode="bilinear", align_corners=False, antialias=True)
+    torch.testing.assert_close(whole(x), F.interpolate(small, size=(60, 80), mode="bilinear", align_corners=False))
+    # a selection passes through the same copy of the whole photo: a 20 px photo keeps a 10 x 10 px box of it
+    box = View(False, 0.0, (0.5, 0.5, 0.5, 0.5), False, 160, (1, 1, 1), None, 0, shrunk=40)
+    assert tuple(box(x).shape[-2:]) == (60, 80)
+    expected = F.interpolate(F.interpolate(x[..., 15:45, 20:60], size=(15, 20), mode="bilinear", align_corners=False,
+                                           antialias=True), size=(60, 80), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(box(x), expected)
+    # a copy no smaller than the working size changes nothing
+    unchanged = View(False, 0.0, (0, 0, 1, 1), True, 40, (1, 1, 1), None, 0, shrunk=60)
+    torch.testing.assert_close(unchanged(x), View(False, 0.0, (0, 0, 1, 1), True, 40, (1, 1, 1), None, 0)(x))
 
 
 def test_a_view_crops_at_the_photo_scale_or_describes_the_cropped_file_whole():

@@ -21,7 +21,9 @@ class View:
 
     ``box``: (top, left, height, width) fractions of the (flipped, rotated) photo; ``size``: the long side the
     whole photo gets at the tracker's working size (the crop is scaled by the same factor, as a bounding-box
-    query is) or, with ``crop_file``, the long side of the crop itself (a cropped file described whole).
+    query is) or, with ``crop_file``, the long side of the crop itself (a cropped file described whole);
+    ``shrunk``: the long side, at the same reference, of a smaller copy the view passed through before it was
+    scaled to the working size (a thumbnail or a shrunk query that the tracker enlarges again; None: none).
     """
 
     flip: bool
@@ -32,6 +34,7 @@ class View:
     colour: tuple[float, float, float]  # brightness, contrast, saturation factors
     jpeg: int | None
     model: int  # which member of the attacked models describes this view
+    shrunk: int | None = None
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.flip:
@@ -48,6 +51,12 @@ class View:
         long_side = self.size if self.crop_file else self.size * max(ch, cw) / max(h, w)
         scale = long_side / max(ch, cw)
         shape = (max(16, round(ch * scale)), max(16, round(cw * scale)))
+        reference = max(ch, cw) if self.crop_file else max(h, w)  # what ``size`` and ``shrunk`` are the long side of
+        if self.shrunk is not None and self.shrunk < min(self.size, reference):
+            small = self.shrunk / reference
+            crop = F.interpolate(crop, size=(max(8, round(ch * small)), max(8, round(cw * small))), mode="bilinear",
+                                 align_corners=False, antialias=True)
+            scale = self.size / self.shrunk
         out = F.interpolate(crop, size=shape, mode="bilinear", align_corners=False, antialias=scale < 1)
         # Re-compressed at the size it is described at, as a platform re-encodes the photo it has downscaled:
         # at a smaller size the codec removes more of a perturbation than at the photo's own.
@@ -69,6 +78,9 @@ class TrackerViews:
         rotate: largest rotation, degrees (drawn uniformly in +-rotate).
         colour: largest relative change of brightness, contrast and saturation.
         jpeg: range of JPEG quality and the probability of a re-compression (None: never).
+        shrink: range of the long side (pixels) of a smaller copy the view passes through before it is scaled to
+            the working size, as a tracker enlarges a thumbnail or a shrunk query (None: never), and the
+            probability of that.
     """
 
     count: int = 2
@@ -80,6 +92,8 @@ class TrackerViews:
     colour: float = 0.15
     jpeg: tuple[int, int] | None = (70, 95)
     jpeg_probability: float = 0.3
+    shrink: tuple[int, int] | None = None
+    shrink_probability: float = 0.3
 
     def __post_init__(self):
         if not (isinstance(self.count, int) and self.count >= 1):
@@ -88,13 +102,15 @@ class TrackerViews:
             raise ValueError(f"sizes must be a range 32 <= low <= high, got {self.sizes}")
         if not 0 < self.crop[0] <= self.crop[1] <= 1:
             raise ValueError(f"crop must be a range 0 < low <= high <= 1, got {self.crop}")
-        for name in ("crop_file", "flip", "jpeg_probability"):
+        for name in ("crop_file", "flip", "jpeg_probability", "shrink_probability"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"{name} must be a probability in [0, 1], got {getattr(self, name)}")
         if not 0 <= self.rotate <= 45 or not 0 <= self.colour < 1:
             raise ValueError(f"rotate must be in [0, 45] degrees and colour in [0, 1), got {self.rotate}, {self.colour}")
         if self.jpeg is not None and not 1 <= self.jpeg[0] <= self.jpeg[1] <= 100:
             raise ValueError(f"jpeg must be a quality range 1 <= low <= high <= 100, got {self.jpeg}")
+        if self.shrink is not None and not 16 <= self.shrink[0] <= self.shrink[1]:
+            raise ValueError(f"shrink must be a range 16 <= low <= high, got {self.shrink}")
 
     def sample(self, generator: torch.Generator, models: int = 1) -> list[View]:
         """``count`` views, their models drawn among ``models`` members."""
@@ -109,5 +125,14 @@ class TrackerViews:
                 size=round(self.sizes[0] + (self.sizes[1] - self.sizes[0]) * u[10]), colour=colour,
                 jpeg=None if self.jpeg is None or u[11] >= self.jpeg_probability else
                 round(self.jpeg[0] + (self.jpeg[1] - self.jpeg[0]) * u[11] / self.jpeg_probability),
-                model=min(models - 1, math.floor(u[12] * models))))
+                model=min(models - 1, math.floor(u[12] * models)), shrunk=self._shrunk(generator)))
         return views
+
+    def _shrunk(self, generator: torch.Generator) -> int | None:
+        """A drawn long side of the smaller copy, or None; draws nothing without ``shrink``, so views drawn
+        without it stay those of the same seed before it existed."""
+        if self.shrink is None:
+            return None
+        u = torch.rand(2, generator=generator, device=generator.device).tolist()
+        lo, hi = self.shrink
+        return round(lo + (hi - lo) * u[1]) if u[0] < self.shrink_probability else None
