@@ -128,7 +128,7 @@ def definitions_note(results: dict, part: str) -> str:
     """Whether a part was measured with today's definitions of the presets it holds."""
     recorded = results.get(f"{part}_presets")
     if recorded is None:
-        return "Preset definitions: not recorded (measured before 2026-12-03); rerun to measure today's presets."
+        return "Preset definitions: not recorded; rerun to measure today's presets."
     changed = [p for p, definition in recorded.items() if STRENGTHS.get(p) is None or repr(STRENGTHS[p]) != definition]
     return ("Preset definitions: today's." if not changed else
             f"Preset definitions: {', '.join(changed)} changed since; rerun to measure today's.")
