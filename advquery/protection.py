@@ -45,7 +45,8 @@ class Strength:
     whether every step also pushes the chosen model's descriptor of the whole photo at the working size (one more
     pass per step beside the views); ``lr_schedule`` how the step size moves over the steps (``constant`` or
     ``cosine``, :class:`~advquery.attacks.base.PerturbationAttack`); ``grid`` the largest long side, in pixels, of
-    the grid the perturbation lives on (None: the working resolution); ``spare_flat`` the flat-region threshold, in
+    the grid the perturbation lives on (None: the working resolution), ``coarse_layer`` how many times coarser again
+    a second, low-frequency component is (None: none; :class:`~advquery.attacks.base.PerturbationAttack`); ``spare_flat`` the flat-region threshold, in
     grey levels of local luminance deviation, below which pixels are left unchanged (None: none are spared). A JPEG
     output is in the loop: the views see the file as saved.
 
@@ -68,6 +69,7 @@ class Strength:
     poolings: tuple[str, ...] = ("gem",)
     whole_view: bool = True
     lr_schedule: str = "constant"
+    coarse_layer: int | None = None
 
     def budget_levels(self, method: str = DEFAULT_METHOD) -> float:
         """The budget, in grey levels, this preset gives a preset method: ssim-pire's bound, else ``eps_levels``."""
@@ -194,7 +196,7 @@ def make_attack(model: DescriptorModel, method: str | None = None, strength: str
     if method in PRESET_METHODS:
         eps = preset.budget_levels(method) if eps_levels is None else eps_levels
         options = dict(eps=eps / 255, steps=preset.steps if steps is None else steps, edits=edits,
-                       lr_schedule=preset.lr_schedule, **common)
+                       lr_schedule=preset.lr_schedule, coarse_layer=preset.coarse_layer, **common)
         if views is not None:
             options.update(tracker_views=views, poolings=preset.poolings, spare_flat=preset.spare_flat,
                            whole_view=preset.whole_view)

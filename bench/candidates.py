@@ -83,6 +83,13 @@ CANDIDATES["high-cosine"] = replace(PREVIOUS_HIGH, lr_schedule="cosine",
 CANDIDATES["medium-shrink"] = replace(STRENGTHS["medium"],
                                       views=replace(STRENGTHS["medium"].views, shrink=(256, 640)),
                                       description="medium, 30 % of the views through a copy of 256-640 px")
+# The same cells through the perturbation's parametrisation: a second component on a 256 px grid (under the 512 px
+# one), which Adam moves a whole block at a time, so the change has the low frequencies a 256 px copy keeps; alone
+# and with the shrunk views, whose gradient asks for those frequencies.
+CANDIDATES["medium-coarse"] = replace(STRENGTHS["medium"], coarse_layer=2,
+                                      description="medium plus a second component on a 256 px grid")
+CANDIDATES["medium-coarse-shrink"] = replace(CANDIDATES["medium-shrink"], coarse_layer=2,
+                                             description="medium-shrink plus a second component on a 256 px grid")
 # high's SSIM above its target (0.965 against 0.95 on the validation queries), spent on a larger bound.
 CANDIDATES["high-20"] = replace(STRENGTHS["high"], ssim_eps_levels=20, description="high within 20 levels")
 CANDIDATES["medium-steps60"] = replace(STRENGTHS["medium"], steps=60, description="medium in 60 steps")

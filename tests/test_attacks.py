@@ -68,6 +68,8 @@ def _cosine(model, a: torch.Tensor, b: torch.Tensor) -> float:
     ({"coarseness": 1.5}, "coarseness must be a positive integer, got 1.5"),
     ({"ssim_weight": -1}, "ssim_weight must be >= 0, got -1"),
     ({"lr_schedule": "linear"}, r"lr_schedule must be one of \('constant', 'cosine'\), got 'linear'"),
+    ({"coarse_layer": 1}, "coarse_layer must be an integer >= 2 or None, got 1"),
+    ({"coarse_layer": 2.0}, "coarse_layer must be an integer >= 2 or None, got 2.0"),
 ])
 def test_pire_rejects_bad_arguments(model, kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -250,6 +252,25 @@ def test_coarse_perturbation_is_smoother_within_budget(model, photo):
     upsample = coarse._upsample  # compare both at the working resolution
     assert roughness(upsample(coarse.perturbation, (72, 96))) < 0.7 * roughness(fine.perturbation)
     assert coarse.stats.similarity[0] < 1
+
+
+def test_coarse_layer_adds_low_frequencies_within_budget(model, photo):
+    """The second, 4x coarser component puts more of the change into what survives a 4x downscale, and the
+    sum keeps the bound and the 8-bit grid."""
+    eps = 16 / 255  # a bound the steps (4 levels each) do not fill at once, so the layers' moves show
+    options = dict(eps=eps, lr=4 / 255, steps=6, size=SIZE, seed=0, precision="float32")
+    plain, layered = PIRE(model, **options), PIRE(model, coarse_layer=4, **options)
+    outputs = [attack(photo) for attack in (plain, layered)]
+    for x_adv in outputs:
+        assert x_adv.shape == photo.shape and on_grid(x_adv)
+        assert float((x_adv - photo).abs().max()) <= eps + 1e-6
+    assert layered.perturbation.shape == plain.perturbation.shape  # the sum, at the working resolution
+
+    def low_share(v):  # energy of the 4x block means relative to the whole change's
+        return float(torch.nn.functional.avg_pool2d(v, 4).pow(2).mean() / v.pow(2).mean())
+
+    assert low_share(layered.perturbation) > 1.5 * low_share(plain.perturbation)
+    assert layered.stats.similarity[0] < 1
 
 
 def test_ssim_weight_buys_image_quality_with_part_of_the_budget(model, photo):

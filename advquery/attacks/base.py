@@ -124,6 +124,10 @@ class PerturbationAttack:
         coarseness: the perturbation lives on a grid this many times coarser than the working resolution
             (1: one value per working pixel) and is upsampled bilinearly. A coarser, smoother pattern
             survives JPEG saving, which quantises fine detail away at full resolution.
+        coarse_layer: add a second component to the perturbation, on a grid this many times coarser again
+            (None: none), upsampled bilinearly; the bound, the valid pixel range and the price hold for the sum.
+            Adam moves each coarse value by about one step a time, so the component moves whole blocks: the
+            low-frequency pattern a tracker's strong downscale (a thumbnail query) keeps.
         ssim_weight: weight of an image-quality term in the objective, which becomes
             ``||f(x) - f(x + v)||^2 - ssim_weight * (1 - SSIM(x + v, x))``, with ``1 - SSIM`` of the perturbed
             photo (full resolution, 8 bit, before the codec, whose own loss it cannot change) in its
@@ -153,7 +157,7 @@ class PerturbationAttack:
                  snapshot_every: int | None = None, precision: str = "auto",
                  on_step: Callable[[int, int], None] | None = None, tracker_views: TrackerViews | None = None,
                  poolings: Sequence[str] = ("gem",), whole_view: bool = True, spare_flat: float | None = None,
-                 lr_schedule: str = "constant"):
+                 lr_schedule: str = "constant", coarse_layer: int | None = None):
         _check(isinstance(steps, int) and not isinstance(steps, bool) and steps >= 1, f"steps must be a positive integer, got {steps!r}")
         _check(lr > 0, f"lr must be positive, got {lr}")
         _check(lr_schedule in LR_SCHEDULES, f"lr_schedule must be one of {LR_SCHEDULES}, got {lr_schedule!r}")
@@ -173,7 +177,11 @@ class PerturbationAttack:
         _check(isinstance(coarseness, int) and not isinstance(coarseness, bool) and coarseness >= 1,
                f"coarseness must be a positive integer, got {coarseness!r}")
         _check(ssim_weight >= 0, f"ssim_weight must be >= 0, got {ssim_weight}")
+        _check(coarse_layer is None or (isinstance(coarse_layer, int) and not isinstance(coarse_layer, bool)
+                                        and coarse_layer >= 2),
+               f"coarse_layer must be an integer >= 2 or None, got {coarse_layer!r}")
         self.snapshot_every, self.coarseness, self.ssim_weight = snapshot_every, coarseness, ssim_weight
+        self.coarse_layer = coarse_layer
         check_precision(precision)
         self.precision = precision
         self.on_step = on_step
@@ -327,7 +335,8 @@ class PerturbationAttack:
             if self.random_start else torch.zeros_like(x_pert)
         v = (x_pert + v).clamp(0, 1) - x_pert
         v.requires_grad_(True)
-        optimiser = torch.optim.Adam([v], lr=self.lr)
+        coarse, coarse_bound = self._coarse_layer(bound)
+        optimiser = torch.optim.Adam([v] if coarse is None else [v, coarse], lr=self.lr)
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, self.steps) \
             if self.lr_schedule == "cosine" else None
         best_objective = torch.full((n,), -math.inf, device=x.device)
@@ -338,7 +347,8 @@ class PerturbationAttack:
         done = torch.zeros(n, dtype=torch.bool, device=x.device)
         steps_used = torch.full((n,), self.steps, dtype=torch.long, device=x.device)
         for step in range(self.steps):
-            pixels, adv = self._compose(x, v, gain)
+            total = v if coarse is None else v + self._upsample(coarse, v.shape[-2:])
+            pixels, adv = self._compose(x, total, gain)
             with autocast(amp, x.device):
                 if self.tracker_views is None:
                     distance = (self.views(adv, generator) - target).pow(2).sum(dim=2).mean(dim=1)
@@ -352,7 +362,7 @@ class PerturbationAttack:
                 improved = objective > best_objective
                 best_objective = torch.where(improved, objective, best_objective)
                 best_distance = torch.where(improved, distance, best_distance)
-                best_v[improved] = v.detach()[improved]
+                best_v[improved] = total.detach()[improved]
                 if self.snapshot_every and (step + 1) % self.snapshot_every == 0:
                     self.snapshots.append((step + 1, best_v.clone()))
                 since_best = torch.where(improved, 0, since_best + 1)
@@ -366,9 +376,13 @@ class PerturbationAttack:
             optimiser.step()
             if schedule is not None:
                 schedule.step()
-            with torch.no_grad():  # project onto the bound and onto valid pixels
-                v.copy_(torch.maximum(torch.minimum(v, bound), -bound))
-                v.copy_((x_pert + v).clamp(0, 1) - x_pert)
+            with torch.no_grad():  # project the sum onto the bound and onto valid pixels (through the fine layer)
+                offset = 0
+                if coarse is not None:
+                    coarse.copy_(torch.maximum(torch.minimum(coarse, coarse_bound), -coarse_bound))
+                    offset = self._upsample(coarse, v.shape[-2:])
+                projected = torch.maximum(torch.minimum(v + offset, bound), -bound)
+                v.copy_((x_pert + projected).clamp(0, 1) - x_pert - offset)
             if self.on_step is not None:
                 self.on_step(step + 1, self.steps)
         self.perturbation = best_v
@@ -378,6 +392,15 @@ class PerturbationAttack:
             similarity = (self.describe(out) * target[:, 0]).sum(dim=1)
         self.stats = AttackStats(steps_used.tolist(), similarity.tolist())
         return out.to(images.device, images.dtype)
+
+    def _coarse_layer(self, bound: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """The coarse component (zeros, requiring grad) and its bound, the block means of the perturbation's
+        ``bound``; (None, None) without ``coarse_layer``."""
+        if self.coarse_layer is None:
+            return None, None
+        shape = tuple(max(1, round(side / self.coarse_layer)) for side in bound.shape[-2:])
+        coarse_bound = F.adaptive_avg_pool2d(bound, shape)
+        return torch.zeros_like(coarse_bound, requires_grad=True), coarse_bound
 
     def _finished(self, best_distance: torch.Tensor, since_best: torch.Tensor) -> torch.Tensor:
         finished = torch.zeros_like(since_best, dtype=torch.bool)
