@@ -90,6 +90,12 @@ CANDIDATES["medium-coarse"] = replace(STRENGTHS["medium"], coarse_layer=2,
                                       description="medium plus a second component on a 256 px grid")
 CANDIDATES["medium-coarse-shrink"] = replace(CANDIDATES["medium-shrink"], coarse_layer=2,
                                              description="medium-shrink plus a second component on a 256 px grid")
+# The second weak system: average pooling (SPoC). Today's medium pushing SPoC beside GeM in every view (the same
+# feature map, so no more passes); medium-spoc above was the same on the medium of before the decay.
+CANDIDATES["medium-gem-spoc"] = replace(STRENGTHS["medium"], poolings=("gem", "spoc"),
+                                        description="medium pushing GeM and SPoC away in every view")
+CANDIDATES["medium-gem-spoc-price24"] = replace(CANDIDATES["medium-gem-spoc"], ssim_weight=24,
+                                                description="medium-gem-spoc at SSIM price 24 (medium's SSIM)")
 # high's SSIM above its target (0.965 against 0.95 on the validation queries), spent on a larger bound.
 CANDIDATES["high-20"] = replace(STRENGTHS["high"], ssim_eps_levels=20, description="high within 20 levels")
 CANDIDATES["medium-steps60"] = replace(STRENGTHS["medium"], steps=60, description="medium in 60 steps")
