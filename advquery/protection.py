@@ -43,7 +43,9 @@ class Strength:
     step (None: the saved file alone), with ``poolings`` the poolings pushed away in each view and ``models``
     the built-in models attacked beside the chosen one (each view drawn for one of them), and ``whole_view``
     whether every step also pushes the chosen model's descriptor of the whole photo at the working size (one more
-    pass per step beside the views); ``lr_schedule`` how the step size moves over the steps (``constant`` or
+    pass per step beside the views), ``view_reference`` what each view is pushed away from (``view``: the same view of
+    the original, a forward pass more a view; ``photo``: the original photo's descriptor, computed once;
+    :class:`~advquery.attacks.base.PerturbationAttack`); ``lr_schedule`` how the step size moves over the steps (``constant`` or
     ``cosine``, :class:`~advquery.attacks.base.PerturbationAttack`); ``grid`` the largest long side, in pixels, of
     the grid the perturbation lives on (None: the working resolution), ``coarse_layer`` how many times coarser again
     a second, low-frequency component is (None: none; :class:`~advquery.attacks.base.PerturbationAttack`); ``spare_flat`` the flat-region threshold, in
@@ -70,6 +72,7 @@ class Strength:
     whole_view: bool = True
     lr_schedule: str = "constant"
     coarse_layer: int | None = None
+    view_reference: str = "view"
 
     def budget_levels(self, method: str = DEFAULT_METHOD) -> float:
         """The budget, in grey levels, this preset gives a preset method: ssim-pire's bound, else ``eps_levels``."""
@@ -77,6 +80,9 @@ class Strength:
 
 
 OTHER_MODELS = ("efficientnet-lite1-gem", "efficientnet-lite2-gem")  # medium and high attack all three built-ins
+# high's views pass, 30 % of them, through a copy of this long side (px) before the working size: a query shrunk
+# to a thumbnail and enlarged again by the tracker.
+THUMBNAIL_SHRINK = (256, 640)
 STRENGTHS = {
     # Chosen on the validation split against the tracker suite (bench/candidates.py, bench/results/candidates_*.md;
     # the figures are in docs/benchmarks.md, the reasoning in docs/methods.md).
@@ -92,9 +98,10 @@ STRENGTHS = {
                                    "and selections of any aspect, rotations, colour, JPEG, working sizes 448-1024) "
                                    "on Lite0, Lite1 and Lite2"),
     "high": Strength(ssim_eps_levels=16, ssim_weight=15, steps=60, patience=None,
-                     views=TrackerViews(jpeg_probability=0.5), models=OTHER_MODELS, grid=512, spare_flat=2.0,
-                     eps_levels=4.5, target_similarity=0.1, lr_schedule="cosine",
-                     description="as medium, within 16 levels at SSIM price 15, 60 steps"),
+                     views=TrackerViews(jpeg_probability=0.5, shrink=THUMBNAIL_SHRINK), models=OTHER_MODELS, grid=512,
+                     spare_flat=2.0, eps_levels=4.5, target_similarity=0.1, lr_schedule="cosine",
+                     description="as medium, within 16 levels at SSIM price 15, 60 steps, 30 % of the views through "
+                                 "a copy of 256-640 px (a shrunk query)"),
 }
 DEFAULT_STRENGTH = "medium"
 
@@ -199,7 +206,7 @@ def make_attack(model: DescriptorModel, method: str | None = None, strength: str
                        lr_schedule=preset.lr_schedule, coarse_layer=preset.coarse_layer, **common)
         if views is not None:
             options.update(tracker_views=views, poolings=preset.poolings, spare_flat=preset.spare_flat,
-                           whole_view=preset.whole_view)
+                           whole_view=preset.whole_view, view_reference=preset.view_reference)
         target = attack_model(model, preset.models)
         if method == "ssim-pire":
             return SSIMPIRE(target, ssim_weight=preset.ssim_weight if ssim_weight is None else ssim_weight, **options)

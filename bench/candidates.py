@@ -8,7 +8,7 @@ candidate changes one or two ingredients of one before it, so the table of their
 from dataclasses import replace
 
 from advquery.attacks.views import TrackerViews
-from advquery.protection import OTHER_MODELS, STRENGTHS, Strength
+from advquery.protection import OTHER_MODELS, STRENGTHS, THUMBNAIL_SHRINK, Strength
 
 # ssim-pire through tracker views (flips, crops of any aspect, rotations, colour, JPEG, working sizes 448-1024)
 VIEWS = Strength(ssim_eps_levels=8, ssim_weight=40, steps=40, patience=None, views=TrackerViews(), models=(),
@@ -74,14 +74,14 @@ CANDIDATES["medium-cosine-14-20"] = replace(CANDIDATES["medium-cosine"], ssim_ep
 # Fewer steps at the shipped medium's settings (the decay still ends on refinement): the price of the network.
 CANDIDATES["medium-steps25"] = replace(STRENGTHS["medium"], steps=25, description="medium in 25 steps")
 # Candidates for high: the decay on high's settings (high since 2026-12-03), or medium's settings given 60 steps.
-PREVIOUS_HIGH = replace(STRENGTHS["high"], lr_schedule="constant",
+PREVIOUS_HIGH = replace(STRENGTHS["high"], lr_schedule="constant", views=replace(STRENGTHS["high"].views, shrink=None),
                         description="as medium with a constant step size, within 16 levels at SSIM price 15, 60 steps")
 CANDIDATES["high-cosine"] = replace(PREVIOUS_HIGH, lr_schedule="cosine",
                                     description="high, the step size decayed along a cosine")
 # The full suite's weakest cells: a query shrunk to 256 px (then described at the tracker's working size). Views
 # that pass through a copy of 256-640 px (30 % of them) before they are scaled to the working size.
 CANDIDATES["medium-shrink"] = replace(STRENGTHS["medium"],
-                                      views=replace(STRENGTHS["medium"].views, shrink=(256, 640)),
+                                      views=replace(STRENGTHS["medium"].views, shrink=THUMBNAIL_SHRINK),
                                       description="medium, 30 % of the views through a copy of 256-640 px")
 # The same cells through the perturbation's parametrisation: a second component on a 256 px grid (under the 512 px
 # one), which Adam moves a whole block at a time, so the change has the low frequencies a 256 px copy keeps; alone
@@ -96,15 +96,21 @@ CANDIDATES["medium-gem-spoc"] = replace(STRENGTHS["medium"], poolings=("gem", "s
                                         description="medium pushing GeM and SPoC away in every view")
 CANDIDATES["medium-gem-spoc-price24"] = replace(CANDIDATES["medium-gem-spoc"], ssim_weight=24,
                                                 description="medium-gem-spoc at SSIM price 24 (medium's SSIM)")
-# The shrunk views on high's larger budget and 60 steps, where they may cost the other cells less than in medium.
-CANDIDATES["high-shrink"] = replace(STRENGTHS["high"], views=replace(STRENGTHS["high"].views, shrink=(256, 640)),
-                                    description="high, 30 % of the views through a copy of 256-640 px")
+# The shrunk views on high's larger budget and 60 steps, where they cost the other cells less than in medium: high
+# since 2026-12-03 (its runs under this name: candidates_high_shrink_*).
+CANDIDATES["high-shrink"] = replace(STRENGTHS["high"], description="high, 30 % of the views through a copy of 256-640 px")
 # high's SSIM above its target (0.965 against 0.95 on the validation queries), spent on a larger bound.
 CANDIDATES["high-20"] = replace(STRENGTHS["high"], ssim_eps_levels=20, description="high within 20 levels")
 CANDIDATES["medium-steps60"] = replace(STRENGTHS["medium"], steps=60, description="medium in 60 steps")
 # low with the decay (low since 2026-12-03): it stops after 5 steps without gain, which a decaying step may reach
 # later, or not at all.
 CANDIDATES["low-cosine"] = replace(STRENGTHS["low"], description="low, the step size decayed along a cosine")
+# The cost beside the network: every view of the perturbed photo was compared with the same view of the original,
+# a forward pass more a view (medium: 80 of them). Pushing each view from the original photo's descriptor instead
+# (computed once) leaves only the differentiated passes; the gradient differs only in the reference it points from.
+CANDIDATES["medium-photo-reference"] = replace(STRENGTHS["medium"], view_reference="photo",
+                                               description="medium, each view pushed from the original photo's "
+                                                           "descriptor")
 # Leave one model out: medium and high computed without model M, measured with M (the shipped presets use all three).
 LITE = {n: f"efficientnet-{n}-gem" for n in ("lite0", "lite1", "lite2")}
 LEFT_OUT = "-without-"
@@ -117,3 +123,8 @@ for preset in ("medium", "high"):
         CANDIDATES[name] = replace(STRENGTHS[preset], models=tuple(kept[1:]),
                                    description=f"{preset}, computed without {held_out}")
         PROTECTING_MODEL[name] = kept[0]
+
+
+def setting(name: str) -> Strength:
+    """A shipped preset, or a candidate above."""
+    return STRENGTHS.get(name) or CANDIDATES[name]

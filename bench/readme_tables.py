@@ -348,8 +348,8 @@ def render_protection(runs: dict[str, dict], sources: dict[str, str]) -> str:
         f"their retrieval; median, 90th percentile and worst cell over the suite for whole-image (WI) queries, "
         f"median for bounding-box (BB) queries, the selection of the landmark a tracker would cut out. "
         + held_out_note(held_out_sets) + " Flat "
-        f"changed: share of the flat pixels (sky, walls) changed by more than one grey level, and in brackets the "
-        f"same for a plain JPEG q95 re-save of the original. Seconds per photo on "
+        "changed: share of the flat pixels (sky, walls) changed by more than one grey level, and in brackets the "
+        "same for a plain JPEG q95 re-save of the original. Seconds per photo on "
         + (f"{timed_on}, timed alone in {precision} (what `protect` runs there; the speed table "
            "of docs/benchmarks.md)" if timed else f"{machines}, shared with other jobs")
         + f". Source: {source}; every table: "

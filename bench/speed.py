@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from candidates import CANDIDATES, setting
 from common import CACHE, RESULTS, WORK, markdown_table, setting_digest, split_dataset, write_results
 
 from advquery.evaluation.runner import evaluate
@@ -82,13 +83,13 @@ def timing(args, photos: list[Path], models: dict) -> dict:
                 recorder.watch(m)  # the other models of medium and high are loaded here, not while timing
             warm_up = WORK / "speed" / "time" / "warm-up.jpg"  # first passes of each shape set the kernels up
             protect_photo(read_photo(photos[0]), warm_up, models["efficientnet-lite0-gem"], "JPEG", 95,
-                          strength=preset, size=SIZE, seed=0, steps=2, precision=precision)
+                          strength=setting(preset), size=SIZE, seed=0, steps=2, precision=precision)
             rows = []
             for photo in photos:
                 recorder.passes.clear()
                 target = WORK / "speed" / "time" / f"{preset}-{precision}" / f"{photo.stem}.jpg"
                 record = protect_photo(read_photo(photo), target, models["efficientnet-lite0-gem"], "JPEG", 95,
-                                       strength=preset, size=SIZE, seed=0, precision=precision)
+                                       strength=setting(preset), size=SIZE, seed=0, precision=precision)
                 passes = list(recorder.passes)
                 bare = bare_seconds(models, passes, dtype)
                 rows.append({"photo": photo.stem, "seconds": record.seconds, "steps": record.steps,
@@ -106,13 +107,13 @@ def effect(args, model) -> dict:
     out = {"queries": [q.stem for q in val.queries], "original": {"wi_medium": float(base.results["medium"].map)}}
     for preset in args.presets:
         for precision in args.precisions:
-            folder = WORK / "speed" / "effect" / f"{preset}-{setting_digest(STRENGTHS[preset])}-{precision}"
+            folder = WORK / "speed" / "effect" / f"{preset}-{setting_digest(setting(preset))}-{precision}"
             stats = []
             for photo in val.queries:
                 target, stats_file = folder / f"{photo.stem}.jpg", folder / f"{photo.stem}.json"
                 if not stats_file.is_file():
-                    record = protect_photo(read_photo(photo), target, model, "JPEG", 95, strength=preset, size=SIZE,
-                                           seed=0, precision=precision)
+                    record = protect_photo(read_photo(photo), target, model, "JPEG", 95, strength=setting(preset),
+                                           size=SIZE, seed=0, precision=precision)
                     stats_file.write_text(json.dumps(record.to_json()))
                 stats.append(json.loads(stats_file.read_text()))
             r = evaluate(val, model, SIZE, queries="wi", protocols=("medium",), query_dir=folder, cache_dir=CACHE,
@@ -129,7 +130,7 @@ def definitions_note(results: dict, part: str) -> str:
     recorded = results.get(f"{part}_presets")
     if recorded is None:
         return "Preset definitions: not recorded; rerun to measure today's presets."
-    changed = [p for p, definition in recorded.items() if STRENGTHS.get(p) is None or repr(STRENGTHS[p]) != definition]
+    changed = [p for p, definition in recorded.items() if repr(setting(p)) != definition]
     return ("Preset definitions: today's." if not changed else
             f"Preset definitions: {', '.join(changed)} changed since; rerun to measure today's.")
 
@@ -175,7 +176,8 @@ def main() -> None:
     parser.add_argument("--photos", type=int, default=3, help="validation photos timed")
     parser.add_argument("--effect-limit", type=int, help="only the validation split's first N scored queries")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--presets", nargs="+", default=list(STRENGTHS))
+    parser.add_argument("--presets", nargs="+", default=list(STRENGTHS), choices=[*STRENGTHS, *CANDIDATES],
+                        help="presets, or candidates of bench/candidates.py")
     parser.add_argument("--precisions", nargs="+", default=["float32", "bfloat16"])
     parser.add_argument("--name", default="speed")
     args = parser.parse_args()
@@ -188,7 +190,7 @@ def main() -> None:
     models = all_models()
     # What ``--precision auto`` runs on this machine (measured once per machine: advquery.models.precision).
     results["auto"] = precision_name(autocast_dtype("auto", models["efficientnet-lite0-gem"]))
-    definitions = {preset: repr(STRENGTHS[preset]) for preset in args.presets}
+    definitions = {preset: repr(setting(preset)) for preset in args.presets}
     if "time" in parts:
         results["time"] = timing(args, split_dataset("validation", args.photos).queries, models)
         results["time_presets"] = definitions

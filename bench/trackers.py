@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from candidates import CANDIDATES, PROTECTING_MODEL
+from candidates import CANDIDATES, PROTECTING_MODEL, setting
 from common import (CACHE, RESULTS, SPLITS, WORK, content_key, markdown_table, setting_digest, split_dataset,
                     write_results)
 
@@ -32,7 +32,7 @@ from advquery.evaluation.metrics import compute_map
 from advquery.evaluation.runner import evaluate
 from advquery.io import atomic_write, read_photo
 from advquery.models import DEFAULT_MODEL, load_model
-from advquery.protection import STRENGTHS, Strength, protect_photo
+from advquery.protection import STRENGTHS, protect_photo
 from advquery.systems import GlobalSystem, SiftHESystem
 from advquery.trackers import (EDITS, POOLED, QUICK_EDITS, QUICK_SYSTEMS, SYSTEMS, SuiteDescriber,
                                System, share_summary)
@@ -42,11 +42,6 @@ KINDS = ("wi", "bb")
 HANDCRAFTED_SIZE = 1024
 CALIBRATION_SHARES = {"blocked": 0.25, "found": 0.75}  # verdict bounds on the share of the original AP kept
 PACKAGE_CALIBRATION = Path(__file__).parents[1] / "advquery" / "data" / "tracker_calibration.json"
-
-
-def setting(name: str) -> Strength:
-    """A shipped preset, or a candidate of ``bench/candidates.py``."""
-    return STRENGTHS.get(name) or CANDIDATES[name]
 
 
 def setting_folder(name: str) -> Path:

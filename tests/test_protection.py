@@ -91,6 +91,8 @@ def test_a_strength_of_ones_own_is_run_like_a_preset(model):
     attack = make_attack(model, strength=own, size=96)
     assert attack.eps == pytest.approx(5 / 255) and attack.steps == 3 and attack.model is model
     assert attack.tracker_views == STRENGTHS["medium"].views
+    assert attack.view_reference == "view"
+    assert make_attack(model, strength=replace(own, view_reference="photo"), size=96).view_reference == "photo"
 
 
 def test_presets_grow_in_budget_and_robustness():
@@ -100,6 +102,7 @@ def test_presets_grow_in_budget_and_robustness():
     assert low.ssim_weight > medium.ssim_weight >= high.ssim_weight  # and SSIM priced lower
     assert low.views is None and medium.views is not None and high.views is not None
     assert len(low.models) <= len(medium.models) <= len(high.models)
+    assert medium.views.shrink is None and high.views.shrink is not None  # high: also queries shrunk to thumbnails
 
 
 def test_presets_keep_their_perturbation_grid_at_any_working_size(model):

@@ -127,6 +127,39 @@ def test_whole_view_adds_one_differentiated_pass_per_step(model, photo):
         hook.remove()
 
 
+def test_photo_reference_drops_the_forward_pass_of_each_view_of_the_original(model, photo):
+    """view_reference="photo": each view is pushed from the original photo's descriptor, computed once, so a step
+    runs the differentiated passes alone; "view" adds one pass without gradient a view."""
+    x = torch.nn.functional.interpolate(photo, size=(72, 96), mode="bilinear", antialias=True).clamp(0, 1)
+    passes = []
+    hook = model.features.register_forward_pre_hook(lambda _, inputs: passes.append(torch.is_grad_enabled()))
+    try:
+        counts = {}
+        for reference in ("view", "photo"):
+            passes.clear()
+            PIRE(model, eps=3 / 255, steps=3, size=SIZE, seed=0, patience=None, view_reference=reference,
+                 tracker_views=TrackerViews(count=2, sizes=(64, 96)))(x)
+            counts[reference] = (sum(passes), len(passes) - sum(passes))  # (with gradient, without)
+    finally:
+        hook.remove()
+    assert counts["view"][0] == counts["photo"][0] == 3 * (2 + 1)  # steps x (views + the whole photo)
+    assert counts["view"][1] - counts["photo"][1] == 3 * 2 - 1  # a pass per view, less the photo's one
+
+
+def test_photo_reference_distance_is_to_the_photo_descriptor(model, photo):
+    attack = PIRE(model, eps=4 / 255, steps=2, size=SIZE, seed=0, poolings=("gem", "spoc"), view_reference="photo",
+                  tracker_views=TrackerViews(count=1, sizes=(96, 96), crop=(1.0, 1.0), flip=0, rotate=0, colour=0,
+                                             jpeg_probability=0), whole_view=False)
+    x = torch.nn.functional.interpolate(photo, size=(72, 96), mode="bilinear", antialias=True).clamp(0, 1)
+    references = attack.photo_references(x)
+    assert len(references) == 1 and [r.shape for r in references[0]] == [(1, model(x).shape[1])] * 2
+    # the only view is the whole photo at the working size: the photo's own descriptor, distance 0
+    zero = attack.view_distance(x, x, torch.Generator().manual_seed(0), model(x), references)
+    assert float(zero) == pytest.approx(0, abs=1e-5)
+    with pytest.raises(ValueError, match="view_reference must be one of"):
+        PIRE(model, view_reference="crop")
+
+
 def test_attack_with_tracker_views_moves_the_descriptor_within_its_bound(model, photo):
     attack = PIRE(model, eps=3 / 255, steps=4, size=SIZE, seed=0, tracker_views=TrackerViews(count=2, sizes=(64, 96)))
     x_adv = attack(photo)

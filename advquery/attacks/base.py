@@ -39,6 +39,7 @@ from .views import TrackerViews
 
 SAVING_MODES = ("quantised", "refined", "x10")
 LR_SCHEDULES = ("constant", "cosine")
+VIEW_REFERENCES = ("view", "photo")
 
 
 @dataclass
@@ -144,6 +145,19 @@ class PerturbationAttack:
             The perturbation, its projection, the objective and the reported similarity stay float32.
         on_step: called after every optimiser step with ``(steps done, steps)``, e.g. for a progress bar;
             early stopping may end the run before ``steps``. An exception it raises ends the call.
+        tracker_views: :class:`~advquery.attacks.views.TrackerViews` drawn in every step instead of ``edits``: each
+            view's descriptors (one per pooling of ``poolings``) are pushed away from ``view_reference``.
+        poolings: the poolings pushed away in each tracker view (one feature map, pooled each way).
+        whole_view: with tracker views, also push the whole photo at the working size away from the original's
+            descriptor in every step (one more forward and backward pass a step).
+        view_reference: what a view of the perturbed photo is pushed away from: ``view`` (default), the same view
+            of the original, one more forward pass a view; ``photo``, the original photo's descriptor at the working
+            size under the view's model and pooling, computed once. The descriptors are L2-normalised, so the
+            gradient of the distance is the Jacobian times the reference alone: the two differ in where they point
+            (a view's own descriptor or the photo's a tracker's database matches), not in the network passes a
+            step needs beside them.
+        spare_flat: leave pixels whose local luminance deviation is below this many grey levels unchanged (None:
+            none are spared).
 
     Shape:
         input (N, 3, H, W) float in [0, 1] on the 8-bit grid; output the same shape, on the 8-bit grid.
@@ -157,7 +171,7 @@ class PerturbationAttack:
                  snapshot_every: int | None = None, precision: str = "auto",
                  on_step: Callable[[int, int], None] | None = None, tracker_views: TrackerViews | None = None,
                  poolings: Sequence[str] = ("gem",), whole_view: bool = True, spare_flat: float | None = None,
-                 lr_schedule: str = "constant", coarse_layer: int | None = None):
+                 lr_schedule: str = "constant", coarse_layer: int | None = None, view_reference: str = "view"):
         _check(isinstance(steps, int) and not isinstance(steps, bool) and steps >= 1, f"steps must be a positive integer, got {steps!r}")
         _check(lr > 0, f"lr must be positive, got {lr}")
         _check(lr_schedule in LR_SCHEDULES, f"lr_schedule must be one of {LR_SCHEDULES}, got {lr_schedule!r}")
@@ -188,6 +202,8 @@ class PerturbationAttack:
         _check(tracker_views is None or edits is None, "give edits or tracker_views, not both")
         _check(set(poolings) <= set(POOLINGS) and len(poolings) > 0, f"poolings must be among {tuple(POOLINGS)}")
         self.tracker_views, self.poolings, self.whole_view = tracker_views, tuple(poolings), whole_view
+        _check(view_reference in VIEW_REFERENCES, f"view_reference must be one of {VIEW_REFERENCES}, got {view_reference!r}")
+        self.view_reference = view_reference
         _check(spare_flat is None or spare_flat > 0, f"spare_flat must be positive grey levels or None, got {spare_flat}")
         self.spare_flat = spare_flat
         self.snapshots: list[tuple[int, torch.Tensor]] = []  # (steps, working-resolution v) of the last call
@@ -233,18 +249,29 @@ class PerturbationAttack:
         fmap = model.feature_map(x)
         return [model.pool_map(fmap, p) for p in self.poolings]
 
+    def photo_references(self, x: torch.Tensor) -> list[list[torch.Tensor]]:
+        """Per member model, per pooling: (N, D) descriptors of the original photo ``x`` at the working size, the
+        references of ``view_reference="photo"`` (no gradient)."""
+        work = resize_long_side(x, self.size)
+        with torch.no_grad():
+            return [self._pooled(model, work) for model in self._members()]
+
     def view_distance(self, adv: torch.Tensor, x: torch.Tensor, generator: torch.Generator,
-                      target: torch.Tensor) -> torch.Tensor:
+                      target: torch.Tensor, photo_references: list[list[torch.Tensor]] | None = None) -> torch.Tensor:
         """(N,) mean squared descriptor distance, over the drawn tracker views and the poolings, between each view
-        of ``adv`` and the same view of the original ``x``; with ``whole_view``, also
+        of ``adv`` and its reference: the same view of the original ``x``, or with ``photo_references``
+        (:meth:`photo_references`) the original photo's descriptor under the view's model; with ``whole_view``, also
         the whole photo at the working size against ``target``, the original's descriptor."""
         members = self._members()
         views = self.tracker_views.sample(generator, len(members))
         total = torch.zeros(adv.shape[0], device=adv.device)
         for view in views:
             model = members[view.model]
-            with torch.no_grad():
-                reference = self._pooled(model, view(x))
+            if photo_references is None:
+                with torch.no_grad():
+                    reference = self._pooled(model, view(x))
+            else:
+                reference = photo_references[view.model]
             moved = self._pooled(model, view(adv))
             total = total + sum((a - b).pow(2).sum(dim=1) for a, b in zip(moved, reference)) / len(self.poolings)
         if self.whole_view:
@@ -328,6 +355,8 @@ class PerturbationAttack:
         with torch.no_grad():
             target = self.describe(x)[:, None]
             whole_target = None if self.tracker_views is None else describe(self._members()[0], x, self.size, self.scales)
+            photo_references = self.photo_references(x) \
+                if self.tracker_views is not None and self.view_reference == "photo" else None
             gain = self._gain(x)
             x_pert, bound = self._perturbation_bound(x)
             cost = ssim_cost_weights(x) * 255 ** 2 if self.ssim_weight else None  # per squared [0, 1] unit
@@ -353,7 +382,7 @@ class PerturbationAttack:
                 if self.tracker_views is None:
                     distance = (self.views(adv, generator) - target).pow(2).sum(dim=2).mean(dim=1)
                 else:
-                    distance = self.view_distance(adv, x, generator, whole_target)
+                    distance = self.view_distance(adv, x, generator, whole_target, photo_references)
             # The SSIM cost of the perturbation, before the codec: the codec's own loss is there with or
             # without it, and a straight-through codec cannot be steered to lose less.
             objective = distance if cost is None else \
