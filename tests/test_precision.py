@@ -44,7 +44,7 @@ def test_auto_measures_bfloat16_once_per_machine_and_remembers_it(model, tmp_pat
     monkeypatch.setattr(precision, "_CHOICES", {})
     choice = bfloat16_pays(model)
     (key, entry), = json.loads((tmp_path / "precision.json").read_text()).items()
-    assert model.name in key and f"{torch.get_num_threads()} threads" in key
+    assert model.name in key and f"{torch.get_num_threads()} threads" in key and "probe 448x448 + 768x1024" in key
     assert entry["float32_s"] > 0 and entry["bfloat16_s"] > 0
     assert choice is entry["bfloat16"] is (entry["float32_s"] >= precision.BFLOAT16_GAIN * entry["bfloat16_s"])
     (tmp_path / "precision.json").write_text(json.dumps({key: {**entry, "bfloat16": not choice}}))

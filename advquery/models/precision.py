@@ -1,11 +1,12 @@
 """Reduced precision for the network passes of an attack: bfloat16 on a CPU that computes it natively and where
 it is measured to be faster, float16 or bfloat16 on CUDA, float32 elsewhere.
 
-A CPU's bfloat16 instructions do not make every model faster at every thread count (on some CPUs with AVX512-BF16
-and AMX a pass of EfficientNet-Lite takes as long as in float32), so ``auto`` times one forward and backward pass
-of the model in both precisions, once per machine, and remembers the answer in the cache folder
-(``precision.json``, keyed by processor, torch and advquery version, threads and model): the same machine then
-always makes the same choice, and the seeds give the same photos.
+A CPU's bfloat16 instructions do not make every model faster at every size and thread count (on some CPUs with
+AVX512-BF16 and AMX a pass of EfficientNet-Lite is slower in bfloat16 at 448-512 px and faster at 1024 px), so
+``auto`` times forward and backward passes of the model in both precisions at the sizes an attack's passes have
+(:data:`PROBE_SHAPES`), once per machine, and remembers the answer in the cache folder (``precision.json``, keyed by
+processor, torch and advquery version, threads, model and the probe): the same machine then always makes the same
+choice, and the seeds give the same photos.
 
 Only the trunk's convolutions run in reduced precision (``torch.autocast``); pooling, normalisation and
 whitening run in float32 (:class:`~advquery.models.DescriptorModel`), and so do the perturbation, its
@@ -28,8 +29,10 @@ from ..cache import default_cache_dir, save_to_cache
 from ..io import atomic_write
 
 PRECISIONS = ("auto", "float32", "bfloat16", "float16")
-BFLOAT16_GAIN = 1.15  # auto takes bfloat16 on a CPU when a pass is at least this much faster than in float32
-PROBE_SIDE = 512  # the measured pass: one square image of this side (the attack works at 512-1024 px)
+BFLOAT16_GAIN = 1.15  # auto takes bfloat16 on a CPU when the probe is at least this much faster than in float32
+# The measured passes, (height, width): a tracker view at a small working size and a whole 1024 px photo, the two
+# ends of what an attack step runs; one pass of each, their times summed.
+PROBE_SHAPES = ((448, 448), (768, 1024))
 _CHOICES: dict[str, dict] = {}  # this process's measured choices, by cache key
 
 
@@ -86,12 +89,12 @@ def processor() -> str:
 
 
 def bfloat16_pays(model) -> bool:
-    """Whether a forward and backward pass of ``model`` on its CPU is at least :data:`BFLOAT16_GAIN` times faster in
-    bfloat16 than in float32: measured once per processor, torch and advquery version (whose model code is part of
-    what is timed), thread count and model, and remembered in ``precision.json`` of the cache folder
+    """Whether forward and backward passes of ``model`` on its CPU (:data:`PROBE_SHAPES`) are at least
+    :data:`BFLOAT16_GAIN` times faster in bfloat16 than in float32: measured once per processor, torch and advquery
+    version (whose model code is part of what is timed), thread count, model and probe, and remembered in ``precision.json`` of the cache folder
     (:func:`~advquery.cache.default_cache_dir`)."""
     key = (f"{processor()} | torch {torch.__version__} | advquery {__version__} | {torch.get_num_threads()} threads"
-           f" | {model.name}")
+           f" | {model.name} | probe {' + '.join(f'{h}x{w}' for h, w in PROBE_SHAPES)}")
     path = default_cache_dir() / "precision.json"
     if key not in _CHOICES:
         known = _read_choices(path)
@@ -118,21 +121,26 @@ def _read_choices(path: Path) -> dict:
     return known if isinstance(known, dict) else {}
 
 
-def _pass_seconds(model, repeats: int = 2) -> tuple[float, float]:
-    """The fastest of ``repeats`` forward and backward passes of one :data:`PROBE_SIDE` square image, in float32 and in
-    bfloat16, interleaved so that other load on the machine weighs on both; the first pass of each sets its
-    kernels up and is not counted."""
-    x = torch.rand(1, 3, PROBE_SIDE, PROBE_SIDE, generator=torch.Generator().manual_seed(0)).to(model.device)
-    best = {None: float("inf"), torch.bfloat16: float("inf")}
-    for repeat in range(repeats + 1):
-        for dtype in best:
-            probe = x.clone().requires_grad_(True)
-            start = time.perf_counter()
-            with autocast(dtype, model.device):
-                model(probe).sum().backward()
-            if repeat:
-                best[dtype] = min(best[dtype], time.perf_counter() - start)
-    return best[None], best[torch.bfloat16]
+def _pass_seconds(model, repeats: int = 3) -> tuple[float, float]:
+    """Seconds of one forward and backward pass at each of :data:`PROBE_SHAPES`, summed, in float32 and in
+    bfloat16: of each, the fastest of ``repeats``, interleaved so that other load on the machine weighs on both; the
+    first pass of each sets its kernels up and is not counted."""
+    generator = torch.Generator().manual_seed(0)
+    totals = {None: 0.0, torch.bfloat16: 0.0}
+    for shape in PROBE_SHAPES:
+        x = torch.rand(1, 3, *shape, generator=generator).to(model.device)
+        best = dict.fromkeys(totals, float("inf"))
+        for repeat in range(repeats + 1):
+            for dtype in best:
+                probe = x.clone().requires_grad_(True)
+                start = time.perf_counter()
+                with autocast(dtype, model.device):
+                    model(probe).sum().backward()
+                if repeat:
+                    best[dtype] = min(best[dtype], time.perf_counter() - start)
+        for dtype in totals:
+            totals[dtype] += best[dtype]
+    return totals[None], totals[torch.bfloat16]
 
 
 def autocast(dtype: torch.dtype | None, device: torch.device):
