@@ -83,6 +83,11 @@ CANDIDATES["high-cosine"] = replace(PREVIOUS_HIGH, lr_schedule="cosine",
 CANDIDATES["medium-shrink"] = replace(STRENGTHS["medium"],
                                       views=replace(STRENGTHS["medium"].views, shrink=THUMBNAIL_SHRINK),
                                       description="medium, 30 % of the views through a copy of 256-640 px")
+# Half as many shrunk views: what they took from the other cells in medium-shrink, for part of their gain.
+CANDIDATES["medium-shrink15"] = replace(STRENGTHS["medium"],
+                                        views=replace(STRENGTHS["medium"].views, shrink=THUMBNAIL_SHRINK,
+                                                      shrink_probability=0.15),
+                                        description="medium, 15 % of the views through a copy of 256-640 px")
 # The same cells through the perturbation's parametrisation: a second component on a 256 px grid (under the 512 px
 # one), which Adam moves a whole block at a time, so the change has the low frequencies a 256 px copy keeps; alone
 # and with the shrunk views, whose gradient asks for those frequencies.
