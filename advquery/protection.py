@@ -39,18 +39,19 @@ class Strength:
 
     ``ssim_eps_levels`` and ``ssim_weight`` are the L-infinity bound, in grey levels, and the SSIM price of
     ssim-pire, which stops on ``patience`` alone (its objective already weighs effect against SSIM; None: it runs
-    every step); ``views`` the tracker views (:class:`~advquery.attacks.views.TrackerViews`) drawn in every
-    step (None: the saved file alone), with ``poolings`` the poolings pushed away in each view and ``models``
-    the built-in models attacked beside the chosen one (each view drawn for one of them), and ``whole_view``
-    whether every step also pushes the chosen model's descriptor of the whole photo at the working size (one more
-    pass per step beside the views), ``view_reference`` what each view is pushed away from (``view``: the same view of
-    the original, a forward pass more a view; ``photo``: the original photo's descriptor, computed once;
-    :class:`~advquery.attacks.base.PerturbationAttack`); ``lr_schedule`` how the step size moves over the steps (``constant`` or
-    ``cosine``, :class:`~advquery.attacks.base.PerturbationAttack`); ``grid`` the largest long side, in pixels, of
-    the grid the perturbation lives on (None: the working resolution), ``coarse_layer`` how many times coarser again
-    a second, low-frequency component is (None: none; :class:`~advquery.attacks.base.PerturbationAttack`); ``spare_flat`` the flat-region threshold, in
-    grey levels of local luminance deviation, below which pixels are left unchanged (None: none are spared). A JPEG
-    output is in the loop: the views see the file as saved.
+    every step); ``views`` the tracker views (:class:`~advquery.attacks.views.TrackerViews`) drawn in every step
+    (None: the saved file alone), with ``poolings`` the poolings pushed away in each view and ``models`` the
+    built-in models attacked beside the chosen one (each view drawn for one of them), and ``whole_view`` whether
+    every step also pushes the chosen model's descriptor of the whole photo at the working size (one more pass per
+    step beside the views), ``view_reference`` what each view is pushed away from (``view``, every preset's: the
+    same view of the original; ``photo``: the original photo's descriptor, computed once;
+    :class:`~advquery.attacks.base.PerturbationAttack`); ``lr_schedule`` how the step size moves over the steps
+    (``constant`` or ``cosine``, :class:`~advquery.attacks.base.PerturbationAttack`); ``grid`` the largest long
+    side, in pixels, of the grid the perturbation lives on (None: the working resolution), ``coarse_layer`` how many
+    times coarser again a second, low-frequency component is (None: none;
+    :class:`~advquery.attacks.base.PerturbationAttack`); ``spare_flat`` the flat-region threshold, in grey levels of
+    local luminance deviation, below which pixels are left unchanged (None: none are spared). A JPEG output is in
+    the loop: the views see the file as saved.
 
     For the research methods run with a preset (``protect --method``): ``eps_levels`` is the flat-region budget
     of masked-pire and the L-infinity bound of pire, ``target_similarity`` the descriptor similarity at which

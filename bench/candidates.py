@@ -103,7 +103,8 @@ CANDIDATES["medium-gem-spoc-price24"] = replace(CANDIDATES["medium-gem-spoc"], s
                                                 description="medium-gem-spoc at SSIM price 24 (medium's SSIM)")
 # The shrunk views on high's larger budget and 60 steps, where they cost the other cells less than in medium: high
 # since 2026-12-03 (its runs under this name: candidates_high_shrink_*).
-CANDIDATES["high-shrink"] = replace(STRENGTHS["high"], description="high, 30 % of the views through a copy of 256-640 px")
+CANDIDATES["high-shrink"] = replace(STRENGTHS["high"],
+                                    description="high, 30 % of the views through a copy of 256-640 px")
 # high's SSIM above its target (0.965 against 0.95 on the validation queries), spent on a larger bound.
 CANDIDATES["high-20"] = replace(STRENGTHS["high"], ssim_eps_levels=20, description="high within 20 levels")
 CANDIDATES["medium-steps60"] = replace(STRENGTHS["medium"], steps=60, description="medium in 60 steps")

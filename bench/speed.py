@@ -130,7 +130,8 @@ def definitions_note(results: dict, part: str) -> str:
     recorded = results.get(f"{part}_presets")
     if recorded is None:
         return "Preset definitions: not recorded; rerun to measure today's presets."
-    changed = [p for p, definition in recorded.items() if repr(setting(p)) != definition]
+    changed = [p for p, definition in recorded.items()
+               if (p not in STRENGTHS and p not in CANDIDATES) or repr(setting(p)) != definition]
     return ("Preset definitions: today's." if not changed else
             f"Preset definitions: {', '.join(changed)} changed since; rerun to measure today's.")
 

@@ -152,10 +152,8 @@ class PerturbationAttack:
             descriptor in every step (one more forward and backward pass a step).
         view_reference: what a view of the perturbed photo is pushed away from: ``view`` (default), the same view
             of the original, one more forward pass a view; ``photo``, the original photo's descriptor at the working
-            size under the view's model and pooling, computed once. The descriptors are L2-normalised, so the
-            gradient of the distance is the Jacobian times the reference alone: the two differ in where they point
-            (a view's own descriptor or the photo's a tracker's database matches), not in the network passes a
-            step needs beside them.
+            size under the view's model and pooling, computed once (no pass a view; for research: it left more
+            retrieval on the validation split, docs/methods.md).
         spare_flat: leave pixels whose local luminance deviation is below this many grey levels unchanged (None:
             none are spared).
 

@@ -91,8 +91,8 @@ def processor() -> str:
 def bfloat16_pays(model) -> bool:
     """Whether forward and backward passes of ``model`` on its CPU (:data:`PROBE_SHAPES`) are at least
     :data:`BFLOAT16_GAIN` times faster in bfloat16 than in float32: measured once per processor, torch and advquery
-    version (whose model code is part of what is timed), thread count, model and probe, and remembered in ``precision.json`` of the cache folder
-    (:func:`~advquery.cache.default_cache_dir`)."""
+    version (whose model code is part of what is timed), thread count, model and probe, and remembered in
+    ``precision.json`` of the cache folder (:func:`~advquery.cache.default_cache_dir`)."""
     key = (f"{processor()} | torch {torch.__version__} | advquery {__version__} | {torch.get_num_threads()} threads"
            f" | {model.name} | probe {' + '.join(f'{h}x{w}' for h, w in PROBE_SHAPES)}")
     path = default_cache_dir() / "precision.json"
