@@ -162,7 +162,7 @@ def tracker_command(name: str, data: dict) -> str:
     """The command that wrote a tracker benchmark's results, read back from what they hold."""
     limit = re.search(r"_limit(\d+)", name)
     parts = ["python bench/trackers.py", f"--split {data['split']}"] + ["--quick"] * bool(data.get("quick")) \
-        + [f"--limit {limit.group(1)}"] * bool(limit) + ["--no-handcrafted"] * ("handcrafted" not in data) \
+        + ([f"--limit {limit.group(1)}"] if limit else []) + ["--no-handcrafted"] * ("handcrafted" not in data) \
         + ["--calibrate"] * ("calibration" in data)
     suite_edits = [e.spec for e in (QUICK_EDITS if data.get("quick") else EDITS)]
     if data["edits"] != suite_edits:
@@ -299,14 +299,28 @@ def held_out(data: dict, preset: str) -> tuple[list[float], list[str]]:
     return shares, sources
 
 
-def held_out_note(sets: list[str]) -> str:
-    """What the held-out column measures, from the sets the run has."""
+def held_out_note(sets: list[tuple[str, str | None]]) -> str:
+    """What the held-out column measures, from the (set, the other run it comes from or None) pairs."""
     if not sets:
         return "Held-out model: not measured in this run."
+
+    def described(label: str, other: str | None) -> str:
+        cells = ("models other than those it attacks" if LEFT_OUT not in label else label.partition(LEFT_OUT)[2])
+        return f"`{label}`: its cells of {cells}" + (f", on {other}" if other else "")
     return ("Held-out model: median over the WI cells of the models a preset was not computed against, as a "
-            "tracker with a model of its own would be (" + "; ".join(
-                f"`{s}`: its cells of {'models other than those it attacks' if LEFT_OUT not in s else s.partition(LEFT_OUT)[2]}"
-                for s in sets) + ").")
+            "tracker with a model of its own would be (" + "; ".join(described(*s) for s in sets) + ").")
+
+
+def held_out_elsewhere(runs: dict[str, dict], preset: str) -> tuple[list[float], list[str], str | None]:
+    """:func:`held_out` from the run of the same split with the most queries that has held-out cells of
+    ``preset`` (leave-one-model-out sets cost a protection each, so the widest run may not repeat them), and
+    which queries those are."""
+    candidates = [(len(data["queries"]), measured_on(name), name) for name, data in runs.items()
+                  if held_out(data, preset)[0]]
+    if not candidates:
+        return [], [], None
+    count, _, name = max(candidates)
+    return *held_out(runs[name], preset), f"the {count} queries of `{name}`"
 
 
 def render_protection(runs: dict[str, dict], sources: dict[str, str]) -> str:
@@ -320,7 +334,10 @@ def render_protection(runs: dict[str, dict], sources: dict[str, str]) -> str:
         shares = wi_shares(data, preset)
         blocked = sum(v <= BLOCKED for v in shares)
         unseen, sets = held_out(data, preset)
-        held_out_sets += sets
+        other = None
+        if not unseen:
+            unseen, sets, other = held_out_elsewhere(runs, preset)
+        held_out_sets += [(s, other) for s in sets]
         rows.append([f"`{preset}`", f"{info['ssim']:.3f}",
                      f"{100 * info['flat_changed']:.0f} ({100 * info['flat_changed_resave']:.0f})",
                      f"{timed.get(preset, info['seconds']):.0f}", f"{blocked} / {len(shares)}",

@@ -7,7 +7,9 @@ Two parts, one results file (``bench/results/speed.json`` / ``.md``):
   JPEG q95 output, as ``advquery protect`` does) with ``advquery.protection.protect_photo`` in every
   precision, in one run. Every network pass the protection makes is recorded (model, input shape, with
   or without backward), then replayed bare (random input of that shape, same precision, forward and,
-  where the protection differentiated it, backward): protect time / bare time is the overhead ratio.
+  where the protection differentiated it, backward): protect time / bare time is the overhead ratio. The
+  replay runs twice: warm (the shapes just met) and fresh (each shape new to the process, as every drawn view
+  is to the protection: a network pass at a shape its kernels meet for the first time costs more).
 - ``effect``: the validation split's scored queries (``--effect-limit``: the first N) protected with each preset in
   every precision; mAP Medium of the whole-image queries (Lite0 GeM at 1024) from the written files,
   so float32 and bfloat16 are compared at the same effect. Resumable (files kept in ``bench/.work``).
@@ -49,12 +51,25 @@ class PassRecorder:
             h.remove()
 
 
-def bare_seconds(models: dict[str, DescriptorModel], passes, dtype) -> float:
+def bare_seconds(models: dict[str, DescriptorModel], passes, dtype, used_shapes: set | None = None) -> float:
     """Seconds of the recorded passes alone: the trunk on a random input of each shape, in ``dtype``,
-    with a backward pass where the protection made one."""
+    with a backward pass where the protection made one.
+
+    With ``used_shapes`` (every input shape the process has run so far; updated here) each distinct recorded
+    shape is replaced by one a few rows taller that no pass has had yet, so the kernels meet it for the first
+    time, as the protection's passes met the views it drew; a shape the protection repeated (the whole photo,
+    every step) is repeated in the replay too. Without it the replay follows the protection and meets every
+    shape warm."""
     generator = torch.Generator().manual_seed(0)
+    stand_ins: dict[tuple[int, ...], tuple[int, ...]] = {}
     total = 0.0
     for name, shape, backward in passes:
+        if used_shapes is not None:
+            if shape not in stand_ins:
+                n, c, h, w = shape
+                stand_ins[shape] = next((n, c, h + k, w) for k in range(1, h + 1) if (n, c, h + k, w) not in used_shapes)
+                used_shapes.add(stand_ins[shape])
+            shape = stand_ins[shape]
         features = models[name].features
         x = torch.rand(shape, generator=generator).contiguous(memory_format=torch.channels_last)
         start = time.perf_counter()
@@ -75,6 +90,7 @@ def all_models() -> dict[str, DescriptorModel]:
 
 def timing(args, photos: list[Path], models: dict) -> dict:
     out = {}
+    used_shapes: set[tuple[int, ...]] = set()
     for preset in args.presets:
         for precision in args.precisions:
             dtype = autocast_dtype(precision, models["efficientnet-lite0-gem"])
@@ -84,6 +100,7 @@ def timing(args, photos: list[Path], models: dict) -> dict:
             warm_up = WORK / "speed" / "time" / "warm-up.jpg"  # first passes of each shape set the kernels up
             protect_photo(read_photo(photos[0]), warm_up, models["efficientnet-lite0-gem"], "JPEG", 95,
                           strength=setting(preset), size=SIZE, seed=0, steps=2, precision=precision)
+            used_shapes |= {shape for _, shape, _ in recorder.passes}
             rows = []
             for photo in photos:
                 recorder.passes.clear()
@@ -91,10 +108,12 @@ def timing(args, photos: list[Path], models: dict) -> dict:
                 record = protect_photo(read_photo(photo), target, models["efficientnet-lite0-gem"], "JPEG", 95,
                                        strength=setting(preset), size=SIZE, seed=0, precision=precision)
                 passes = list(recorder.passes)
+                used_shapes |= {shape for _, shape, _ in passes}
+                bare_fresh = bare_seconds(models, passes, dtype, used_shapes)
                 bare = bare_seconds(models, passes, dtype)
                 rows.append({"photo": photo.stem, "seconds": record.seconds, "steps": record.steps,
                              "passes": sum(b for *_, b in passes), "forward_only": sum(not b for *_, b in passes),
-                             "bare_seconds": bare, "ssim": record.ssim, "similarity": record.similarity})
+                             "bare_seconds": bare, "bare_fresh_seconds": bare_fresh, "ssim": record.ssim, "similarity": record.similarity})
                 print(preset, precision, rows[-1], flush=True)
             recorder.close()
             out[f"{preset} {precision}"] = rows
@@ -142,7 +161,9 @@ def render(results: dict) -> str:
              f"output, {results['threads']} threads, nothing else running. Seconds: `protect_photo` end to end "
              "(attack, writing, measuring the written file). Passes: trunk passes with a backward pass (views x "
              "steps); bare: those passes and the forward-only ones (describing the original and the written "
-             "file) replayed alone on random inputs of the same shapes."
+             "file) replayed alone on random inputs of the same shapes, once right after the protection (warm: every "
+             "shape's kernels set up) and once with each shape a few rows taller, new to the process (fresh: the "
+             "kernels meet each view's shape for the first time, as the protection's passes did)."
              + (f" `--precision auto` runs {results['auto']} on this machine." if "auto" in results else ""), ""]
     if "time" in results:
         rows = []
@@ -150,14 +171,18 @@ def render(results: dict) -> str:
             preset, precision = key.split()
             secs = float(np.mean([r["seconds"] for r in recs]))
             bare = float(np.mean([r["bare_seconds"] for r in recs]))
+            fresh = [r["bare_fresh_seconds"] for r in recs if "bare_fresh_seconds" in r]
+            fresh = float(np.mean(fresh)) if len(fresh) == len(recs) else None
             fp32 = results["time"].get(f"{preset} float32")
             speedup = float(np.mean([r["seconds"] for r in fp32])) / secs if fp32 else None
             rows.append([preset, precision, round(secs, 1), round(float(np.mean([r["passes"] for r in recs])), 1),
                          round(float(np.mean([r["steps"] for r in recs])), 1), round(bare, 1), round(secs / bare, 3),
+                         "" if fresh is None else round(fresh, 1), "" if fresh is None else round(secs / fresh, 3),
                          "" if speedup is None else round(speedup, 2)])
         lines += [f"**Time** ({len(next(iter(results['time'].values())))} photos: "
                   f"{', '.join(r['photo'] for r in next(iter(results['time'].values())))})", "",
-                  markdown_table(["preset", "precision", "s/photo", "passes/photo", "steps", "bare s", "protect / bare",
+                  markdown_table(["preset", "precision", "s/photo", "passes/photo", "steps", "bare s (warm)",
+                                  "protect / bare warm", "bare s (fresh shapes)", "protect / bare fresh",
                                   "speed-up vs float32"], rows), "", definitions_note(results, "time"), ""]
     if "effect" in results:
         e = dict(results["effect"])
