@@ -315,12 +315,13 @@ def held_out_elsewhere(runs: dict[str, dict], preset: str) -> tuple[list[float],
     """:func:`held_out` from the run of the same split with the most queries that has held-out cells of
     ``preset`` (leave-one-model-out sets cost a protection each, so the widest run may not repeat them), and
     which queries those are."""
-    candidates = [(len(data["queries"]), measured_on(name), name) for name, data in runs.items()
-                  if held_out(data, preset)[0]]
+    found = {name: held_out(data, preset) for name, data in runs.items()}
+    candidates = [(len(runs[name]["queries"]), measured_on(name), name)
+                  for name, (shares, _) in found.items() if shares]
     if not candidates:
         return [], [], None
     count, _, name = max(candidates)
-    return *held_out(runs[name], preset), f"the {count} queries of `{name}`"
+    return *found[name], f"the {count} queries of `{name}`"
 
 
 def render_protection(runs: dict[str, dict], sources: dict[str, str]) -> str:

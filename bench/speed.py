@@ -9,7 +9,7 @@ Two parts, one results file (``bench/results/speed.json`` / ``.md``):
   or without backward), then replayed bare (random input of that shape, same precision, forward and,
   where the protection differentiated it, backward): protect time / bare time is the overhead ratio. The
   replay runs twice: warm (the shapes just met) and fresh (each shape new to the process, as every drawn view
-  is to the protection: a network pass at a shape its kernels meet for the first time costs more).
+  is to the protection), which tells whether meeting a shape for the first time is part of the overhead.
 - ``effect``: the validation split's scored queries (``--effect-limit``: the first N) protected with each preset in
   every precision; mAP Medium of the whole-image queries (Lite0 GeM at 1024) from the written files,
   so float32 and bfloat16 are compared at the same effect. Resumable (files kept in ``bench/.work``).
@@ -67,7 +67,8 @@ def bare_seconds(models: dict[str, DescriptorModel], passes, dtype, used_shapes:
         if used_shapes is not None:
             if shape not in stand_ins:
                 n, c, h, w = shape
-                stand_ins[shape] = next((n, c, h + k, w) for k in range(1, h + 1) if (n, c, h + k, w) not in used_shapes)
+                taller = ((n, c, h + k, w) for k in range(1, h + 1))
+                stand_ins[shape] = next(t for t in taller if t not in used_shapes)
                 used_shapes.add(stand_ins[shape])
             shape = stand_ins[shape]
         features = models[name].features
@@ -113,7 +114,8 @@ def timing(args, photos: list[Path], models: dict) -> dict:
                 bare = bare_seconds(models, passes, dtype)
                 rows.append({"photo": photo.stem, "seconds": record.seconds, "steps": record.steps,
                              "passes": sum(b for *_, b in passes), "forward_only": sum(not b for *_, b in passes),
-                             "bare_seconds": bare, "bare_fresh_seconds": bare_fresh, "ssim": record.ssim, "similarity": record.similarity})
+                             "bare_seconds": bare, "bare_fresh_seconds": bare_fresh, "ssim": record.ssim,
+                             "similarity": record.similarity})
                 print(preset, precision, rows[-1], flush=True)
             recorder.close()
             out[f"{preset} {precision}"] = rows
@@ -171,13 +173,12 @@ def render(results: dict) -> str:
             preset, precision = key.split()
             secs = float(np.mean([r["seconds"] for r in recs]))
             bare = float(np.mean([r["bare_seconds"] for r in recs]))
-            fresh = [r["bare_fresh_seconds"] for r in recs if "bare_fresh_seconds" in r]
-            fresh = float(np.mean(fresh)) if len(fresh) == len(recs) else None
+            fresh = float(np.mean([r["bare_fresh_seconds"] for r in recs]))
             fp32 = results["time"].get(f"{preset} float32")
             speedup = float(np.mean([r["seconds"] for r in fp32])) / secs if fp32 else None
             rows.append([preset, precision, round(secs, 1), round(float(np.mean([r["passes"] for r in recs])), 1),
                          round(float(np.mean([r["steps"] for r in recs])), 1), round(bare, 1), round(secs / bare, 3),
-                         "" if fresh is None else round(fresh, 1), "" if fresh is None else round(secs / fresh, 3),
+                         round(fresh, 1), round(secs / fresh, 3),
                          "" if speedup is None else round(speedup, 2)])
         lines += [f"**Time** ({len(next(iter(results['time'].values())))} photos: "
                   f"{', '.join(r['photo'] for r in next(iter(results['time'].values())))})", "",
