@@ -1,4 +1,6 @@
 """Tracker views drawn in the attack loop, the flat-region gain and the grid the steps use, with the real model."""
+import dataclasses
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -8,7 +10,7 @@ from advquery.attacks.views import TrackerViews, View
 from advquery.io import read_photo, to_tensor
 from advquery.models import ModelEnsemble
 from advquery.perceptual import flat_gain
-from advquery.transforms import Transform, quantise
+from advquery.transforms import Transform, quantise, webp_round_trip
 
 SIZE = 96
 
@@ -45,7 +47,7 @@ def test_views_are_drawn_reproducibly_within_their_ranges():
     assert drawn == views.sample(torch.Generator().manual_seed(3), models=3)
     assert len(drawn) == 200 and {v.model for v in drawn} == {0, 1, 2}
     assert all(64 <= v.size <= 128 and abs(v.angle) <= 5 and 0.4 <= v.box[2] <= 0.9 for v in drawn)
-    assert 50 < sum(v.flip for v in drawn) < 150 and any(v.jpeg for v in drawn) and not all(v.jpeg for v in drawn)
+    assert 50 < sum(v.flip for v in drawn) < 150 and any(v.recompression for v in drawn) and not all(v.recompression for v in drawn)
 
 
 def test_shrunk_copies_are_drawn_only_when_asked_and_draw_nothing_otherwise():
@@ -181,3 +183,24 @@ def test_spare_flat_leaves_flat_regions_untouched(model):
     x_adv = attack(x)
     assert torch.equal(x_adv[..., :40], x[..., :40])
     assert float((x_adv[..., 56:] - x[..., 56:]).abs().max()) > 0
+
+
+def test_webp_share_turns_that_share_of_the_recompressions_into_webp():
+    plain = TrackerViews(count=300, jpeg_probability=1.0).sample(torch.Generator().manual_seed(2))
+    assert {v.recompression.kind for v in plain} == {"jpeg"}
+    mixed = TrackerViews(count=300, jpeg_probability=1.0, webp_share=0.5).sample(torch.Generator().manual_seed(2))
+    webp = [v for v in mixed if v.recompression.kind == "webp"]
+    assert 100 < len(webp) < 200 and all(70 <= v.recompression.value <= 95 for v in webp)
+    with pytest.raises(ValueError, match="webp_share must be a probability"):
+        TrackerViews(webp_share=1.5)
+
+
+def test_a_webp_view_is_the_webp_round_trip_of_the_plain_view_with_the_identity_gradient():
+    x = torch.nn.functional.avg_pool2d(torch.rand(1, 3, 64, 96), 3, 1, 1).requires_grad_(True)
+    base = View(flip=False, angle=0.0, box=(0, 0, 1, 1), crop_file=False, size=96, colour=(1, 1, 1),
+                recompression=None, model=0)
+    webp = dataclasses.replace(base, recompression=Transform("webp", 75))
+    out = webp(x)
+    assert torch.allclose(out, webp_round_trip(base(x).detach(), 75), atol=1e-6)
+    out.sum().backward()
+    assert torch.allclose(x.grad, torch.ones_like(x))

@@ -17,7 +17,8 @@ from ..transforms import Transform, rotate, rotated_shape, straight_through
 @dataclass(frozen=True)
 class View:
     """One drawn view: a differentiable function of a (N, 3, H, W) photo: flipped, rotated, cropped, filtered,
-    scaled to the tracker's working size and re-compressed.
+    scaled to the tracker's working size and re-compressed (``recompression``: JPEG or WebP at a quality; None:
+    not re-compressed).
 
     ``box``: (top, left, height, width) fractions of the (flipped, rotated) photo; ``size``: the long side the
     whole photo gets at the tracker's working size (the crop is scaled by the same factor, as a bounding-box
@@ -32,7 +33,7 @@ class View:
     crop_file: bool
     size: int
     colour: tuple[float, float, float]  # brightness, contrast, saturation factors
-    jpeg: int | None
+    recompression: Transform | None
     model: int  # which member of the attacked models describes this view
     shrunk: int | None = None
 
@@ -60,7 +61,7 @@ class View:
         out = F.interpolate(crop, size=shape, mode="bilinear", align_corners=False, antialias=scale < 1)
         # Re-compressed at the size it is described at, as a platform re-encodes the photo it has downscaled:
         # at a smaller size the codec removes more of a perturbation than at the photo's own.
-        return out if self.jpeg is None else straight_through(out, Transform("jpeg", self.jpeg))
+        return out if self.recompression is None else straight_through(out, self.recompression)
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,8 @@ class TrackerViews:
         rotate: largest rotation, degrees (drawn uniformly in +-rotate).
         colour: largest relative change of brightness, contrast and saturation.
         jpeg: range of JPEG quality and the probability of a re-compression (None: never).
+        webp_share: the share of the re-compressions that are WebP (at a quality drawn from the same range)
+            instead of JPEG: a platform's other codec, which removes more of a perturbation than JPEG does.
         shrink: range of the long side (pixels) of a smaller copy the view passes through before it is scaled to
             the working size, as a tracker enlarges a thumbnail or a shrunk query (None: never), and the
             probability of that.
@@ -94,6 +97,7 @@ class TrackerViews:
     jpeg_probability: float = 0.3
     shrink: tuple[int, int] | None = None
     shrink_probability: float = 0.3
+    webp_share: float = 0.0
 
     def __post_init__(self):
         if not (isinstance(self.count, int) and self.count >= 1):
@@ -102,7 +106,7 @@ class TrackerViews:
             raise ValueError(f"sizes must be a range 32 <= low <= high, got {self.sizes}")
         if not 0 < self.crop[0] <= self.crop[1] <= 1:
             raise ValueError(f"crop must be a range 0 < low <= high <= 1, got {self.crop}")
-        for name in ("crop_file", "flip", "jpeg_probability", "shrink_probability"):
+        for name in ("crop_file", "flip", "jpeg_probability", "shrink_probability", "webp_share"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"{name} must be a probability in [0, 1], got {getattr(self, name)}")
         if not 0 <= self.rotate <= 45 or not 0 <= self.colour < 1:
@@ -119,14 +123,22 @@ class TrackerViews:
             u = torch.rand(13, generator=generator, device=generator.device).tolist()
             lo, hi = self.crop
             colour = tuple(1 + self.colour * (2 * c - 1) for c in u[7:10])
+            quality = None if self.jpeg is None or u[11] >= self.jpeg_probability else \
+                round(self.jpeg[0] + (self.jpeg[1] - self.jpeg[0]) * u[11] / self.jpeg_probability)
+            shrunk = self._shrunk(generator)
             views.append(View(
                 flip=u[0] < self.flip, angle=self.rotate * (2 * u[1] - 1),
                 box=(u[2], u[3], lo + (hi - lo) * u[4], lo + (hi - lo) * u[5]), crop_file=u[6] < self.crop_file,
                 size=round(self.sizes[0] + (self.sizes[1] - self.sizes[0]) * u[10]), colour=colour,
-                jpeg=None if self.jpeg is None or u[11] >= self.jpeg_probability else
-                round(self.jpeg[0] + (self.jpeg[1] - self.jpeg[0]) * u[11] / self.jpeg_probability),
-                model=min(models - 1, math.floor(u[12] * models)), shrunk=self._shrunk(generator)))
+                recompression=None if quality is None else Transform(self._codec(generator), quality),
+                model=min(models - 1, math.floor(u[12] * models)), shrunk=shrunk))
         return views
+
+    def _codec(self, generator: torch.Generator) -> str:
+        """The codec of a re-compression, drawn only with a ``webp_share`` (draws of before stay the same)."""
+        if not self.webp_share:
+            return "jpeg"
+        return "webp" if torch.rand(1, generator=generator, device=generator.device).item() < self.webp_share else "jpeg"
 
     def _shrunk(self, generator: torch.Generator) -> int | None:
         """A drawn long side of the smaller copy, or None; draws nothing without ``shrink``, so views drawn
