@@ -98,10 +98,10 @@ STRENGTHS = {
                                    "a cosine, flat regions left alone, optimised through tracker views (flips, crops "
                                    "and selections of any aspect, rotations, colour, JPEG, working sizes 448-1024) "
                                    "on Lite0, Lite1 and Lite2"),
-    "high": Strength(ssim_eps_levels=16, ssim_weight=15, steps=60, patience=None,
+    "high": Strength(ssim_eps_levels=20, ssim_weight=15, steps=60, patience=None,
                      views=TrackerViews(jpeg_probability=0.5, shrink=THUMBNAIL_SHRINK), models=OTHER_MODELS, grid=512,
                      spare_flat=2.0, eps_levels=4.5, target_similarity=0.1, lr_schedule="cosine",
-                     description="as medium, within 16 levels at SSIM price 15, 60 steps, 30 % of the views through "
+                     description="as medium, within 20 levels at SSIM price 15, 60 steps, 30 % of the views through "
                                  "a copy of 256-640 px (a shrunk query)"),
 }
 DEFAULT_STRENGTH = "medium"

@@ -74,7 +74,8 @@ CANDIDATES["medium-cosine-14-20"] = replace(CANDIDATES["medium-cosine"], ssim_ep
 # Fewer steps at the shipped medium's settings (the decay still ends on refinement): the price of the network.
 CANDIDATES["medium-steps25"] = replace(STRENGTHS["medium"], steps=25, description="medium in 25 steps")
 # Candidates for high: the decay on high's settings (high since 2026-12-03), or medium's settings given 60 steps.
-PREVIOUS_HIGH = replace(STRENGTHS["high"], lr_schedule="constant", views=replace(STRENGTHS["high"].views, shrink=None),
+PREVIOUS_HIGH = replace(STRENGTHS["high"], ssim_eps_levels=16, lr_schedule="constant",
+                        views=replace(STRENGTHS["high"].views, shrink=None),
                         description="as medium with a constant step size, within 16 levels at SSIM price 15, 60 steps")
 CANDIDATES["high-cosine"] = replace(PREVIOUS_HIGH, lr_schedule="cosine",
                                     description="high, the step size decayed along a cosine")
@@ -102,11 +103,12 @@ CANDIDATES["medium-gem-spoc"] = replace(STRENGTHS["medium"], poolings=("gem", "s
 CANDIDATES["medium-gem-spoc-price24"] = replace(CANDIDATES["medium-gem-spoc"], ssim_weight=24,
                                                 description="medium-gem-spoc at SSIM price 24 (medium's SSIM)")
 # The shrunk views on high's larger budget and 60 steps, where they cost the other cells less than in medium: high
-# since 2026-12-03 (its runs under this name: candidates_high_shrink_*).
-CANDIDATES["high-shrink"] = replace(STRENGTHS["high"],
-                                    description="high, 30 % of the views through a copy of 256-640 px")
-# high's SSIM above its target (0.965 against 0.95 on the validation queries), spent on a larger bound.
-CANDIDATES["high-20"] = replace(STRENGTHS["high"], ssim_eps_levels=20, description="high within 20 levels")
+# from 2026-12-03 to 2026-12-04, within 16 levels (its runs under this name: candidates_high_shrink_*).
+CANDIDATES["high-shrink"] = replace(STRENGTHS["high"], ssim_eps_levels=16,
+                                    description="high within 16 levels, 30 % of the views through a copy of 256-640 px")
+# high's SSIM above its target (0.966 against 0.95 on the validation queries), spent on a larger bound: 20 levels
+# (high since 2026-12-04; its run: candidates_high20_shrink_validation_quick_limit8, beside high-shrink under the
+# name high; candidates_high20_validation_quick_limit8 was the same bound on high-cosine).
 CANDIDATES["medium-steps60"] = replace(STRENGTHS["medium"], steps=60, description="medium in 60 steps")
 # low with the decay (low since 2026-12-03): it stops after 5 steps without gain, which a decaying step may reach
 # later, or not at all.
