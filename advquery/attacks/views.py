@@ -138,7 +138,8 @@ class TrackerViews:
         """The codec of a re-compression, drawn only with a ``webp_share`` (draws of before stay the same)."""
         if not self.webp_share:
             return "jpeg"
-        return "webp" if torch.rand(1, generator=generator, device=generator.device).item() < self.webp_share else "jpeg"
+        u = torch.rand(1, generator=generator, device=generator.device).item()
+        return "webp" if u < self.webp_share else "jpeg"
 
     def _shrunk(self, generator: torch.Generator) -> int | None:
         """A drawn long side of the smaller copy, or None; draws nothing without ``shrink``, so views drawn
