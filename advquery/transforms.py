@@ -58,9 +58,12 @@ def jpeg_round_trip(x: torch.Tensor, quality: int = 95) -> torch.Tensor:
     return torch.stack(out).to(x.device, x.dtype) / 255
 
 
-def straight_through(x: torch.Tensor, transform: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
-    """``transform(x)`` in the forward pass, gradient of the identity in the backward pass."""
-    return x + (transform(x.detach()) - x).detach()
+def straight_through(x: torch.Tensor, transform: Callable[[torch.Tensor], torch.Tensor],
+                     surrogate: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+    """``transform(x)`` in the forward pass; in the backward pass the gradient of ``surrogate``, a differentiable
+    stand-in for ``transform`` (BPDA), or of the identity without one."""
+    stand_in = x if surrogate is None else surrogate(x)
+    return stand_in + (transform(x.detach()) - stand_in).detach()
 
 
 def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:

@@ -16,8 +16,9 @@ import subprocess
 from datetime import datetime, timezone
 from pathlib import Path
 
-from candidates import LEFT_OUT
+from candidates import LEFT_OUT, setting
 from common import RESULTS, markdown_table
+from speed import changed_presets
 
 from advquery.protection import STRENGTHS
 from advquery.trackers import EDITS, QUICK_EDITS, system
@@ -266,13 +267,16 @@ def preset_sources(runs: dict[str, dict]) -> dict[str, str]:
 
 def timed_seconds() -> tuple[dict[str, float], str, str]:
     """Seconds per photo of each preset timed alone in the precision ``protect --precision auto`` ran on the
-    machine of bench/speed.py, that precision, and the machine (with the photos timed)."""
+    machine of bench/speed.py, that precision, and the machine (with the photos timed); presets whose definition
+    changed since they were timed have none."""
     path = RESULTS / "speed.json"
     if not path.is_file():
         return {}, "", ""
     data = json.loads(path.read_text())
     auto = data["auto"]
-    timed = {key: rows for key, rows in data.get("time", {}).items() if key.endswith(auto)}
+    changed = changed_presets(data, "time") or []
+    timed = {key: rows for key, rows in data.get("time", {}).items()
+             if key.endswith(auto) and key.split()[0] not in changed}
     photos = {r["photo"] for rows in timed.values() for r in rows}
     return ({key.split()[0]: sum(r["seconds"] for r in rows) / len(rows) for key, rows in timed.items()}, auto,
             f"{data['machine']} ({len(photos)} validation photo{'s' * (len(photos) != 1)} at 1024 px)")
@@ -288,10 +292,13 @@ def wi_shares(data: dict, label: str, models_left_out: list[str] = ()) -> list[f
 def held_out(data: dict, preset: str) -> tuple[list[float], list[str]]:
     """WI shares of the cells whose model a preset's protection never saw, and the sets they come from: the
     preset's own cells of the models it does not attack, and model M's cells of each ``PRESET-without-M`` set
-    (leave one model out), all in the same run. Runs that did not record the attacked models give none."""
+    (leave one model out), all in the same run. Runs that did not record the attacked models give none, nor
+    leave-one-model-out sets of a definition other than today's (of a preset changed since)."""
     shares, sources = [], []
     for label, info in data["sets"].items():
         if (label != preset and not label.startswith(f"{preset}{LEFT_OUT}")) or "models" not in info:
+            continue
+        if label != preset and info.get("preset") != repr(setting(label)):
             continue
         cells = wi_shares(data, label, info["models"])
         shares += cells
@@ -322,6 +329,22 @@ def held_out_elsewhere(runs: dict[str, dict], preset: str) -> tuple[list[float],
         return [], [], None
     count, _, name = max(candidates)
     return *found[name], f"the {count} queries of `{name}`"
+
+
+def seconds_note(presets: list[str], timed: dict[str, float], precision: str, timed_on: str, machines: str) -> str:
+    """Where the s/photo column comes from: the speed benchmark for the presets timed alone with today's
+    definition, the tracker run itself for the others."""
+    alone = [p for p in presets if p in timed]
+    shared = [p for p in presets if p not in timed]
+    parts = []
+    if alone:
+        parts.append(f"Seconds per photo{' of ' + ', '.join(alone) if shared else ''} on {timed_on}, timed alone in "
+                     f"{precision} (what `protect` runs there; the speed table of docs/benchmarks.md)")
+    if shared:
+        parts.append(f"{'S' if not alone else 's'}econds per photo{' of ' + ', '.join(shared) if alone else ''} "
+                     f"from the tracker run on {machines}, which other jobs may have shared"
+                     + (" (changed since they were timed alone)" if alone else ""))
+    return "; ".join(parts)
 
 
 def render_protection(runs: dict[str, dict], sources: dict[str, str]) -> str:
@@ -367,9 +390,8 @@ def render_protection(runs: dict[str, dict], sources: dict[str, str]) -> str:
         f"median for bounding-box (BB) queries, the selection of the landmark a tracker would cut out. "
         + held_out_note(held_out_sets) + " Flat "
         "changed: share of the flat pixels (sky, walls) changed by more than one grey level, and in brackets the "
-        "same for a plain JPEG q95 re-save of the original. Seconds per photo on "
-        + (f"{timed_on}, timed alone in {precision} (what `protect` runs there; the speed table "
-           "of docs/benchmarks.md)" if timed else f"{machines}, shared with other jobs")
+        "same for a plain JPEG q95 re-save of the original. " + seconds_note(list(sources), timed, precision, timed_on,
+                                                                             machines)
         + f". Source: {source}; every table: "
         f"[docs/benchmarks.md](docs/benchmarks.md)."])
 

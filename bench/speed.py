@@ -146,13 +146,20 @@ def effect(args, model) -> dict:
     return out
 
 
-def definitions_note(results: dict, part: str) -> str:
-    """Whether a part was measured with today's definitions of the presets it holds."""
+def changed_presets(results: dict, part: str) -> list[str] | None:
+    """The presets of a part whose definition changed since it was measured (None: definitions not recorded)."""
     recorded = results.get(f"{part}_presets")
     if recorded is None:
+        return None
+    return [p for p, definition in recorded.items()
+            if (p not in STRENGTHS and p not in CANDIDATES) or repr(setting(p)) != definition]
+
+
+def definitions_note(results: dict, part: str) -> str:
+    """Whether a part was measured with today's definitions of the presets it holds."""
+    changed = changed_presets(results, part)
+    if changed is None:
         return "Preset definitions: not recorded; rerun to measure today's presets."
-    changed = [p for p, definition in recorded.items()
-               if (p not in STRENGTHS and p not in CANDIDATES) or repr(setting(p)) != definition]
     return ("Preset definitions: today's." if not changed else
             f"Preset definitions: {', '.join(changed)} changed since; rerun to measure today's.")
 

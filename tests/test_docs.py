@@ -83,3 +83,33 @@ def test_readme_rows_come_from_the_latest_run_of_the_same_queries(tmp_path, monk
         (tmp_path / f"{name}.json").write_text(json.dumps(run))
     assert tables.preset_sources(runs) == {"low": "trackers_test_quick_limit8",
                                            "medium": "trackers_test_quick_limit8_medium"}
+
+
+def test_held_out_cells_come_only_from_leave_one_out_sets_of_todays_definition():
+    tables = _readme_tables()
+    candidates = importlib.import_module("candidates")
+    systems = ["lite0 gem 1024", "lite1 gem 1024"]
+    maps = {label: {"wi": {s: {"none": share} for s in systems}}
+            for label, share in (("original", 0.5), ("high-without-lite1", 0.2))}
+    today = {"preset": repr(candidates.setting("high-without-lite1")),
+             "models": ["efficientnet-lite0-gem", "efficientnet-lite2-gem"]}
+    run = {"systems": systems, "edits": ["none"], "map": maps, "sets": {"high-without-lite1": today}}
+    assert tables.held_out(run, "high") == ([0.4], ["high-without-lite1"])  # lite1's cell alone
+    run["sets"]["high-without-lite1"] = {**today, "preset": today["preset"].replace("whole=0.5", "whole=0.0")}
+    assert tables.held_out(run, "high") == ([], [])
+
+
+def test_seconds_timed_alone_are_quoted_only_for_presets_timed_as_defined_today():
+    note = _readme_tables().seconds_note(["low", "medium"], {"low": 11.0}, "bfloat16", "the CPU", "the CPU")
+    assert note.startswith("Seconds per photo of low on the CPU, timed alone in bfloat16")
+    assert "seconds per photo of medium from the tracker run" in note
+    assert _readme_tables().seconds_note(["low"], {}, "", "", "the CPU").startswith(
+        "Seconds per photo from the tracker run on the CPU")
+
+
+def test_presets_timed_under_another_definition_are_named_changed():
+    _readme_tables()  # imports bench/speed.py and bench/candidates.py with it
+    speed, candidates = importlib.import_module("speed"), importlib.import_module("candidates")
+    results = {"time_presets": {"low": repr(candidates.setting("low")), "high": "an older definition"}}
+    assert speed.changed_presets(results, "time") == ["high"]
+    assert speed.changed_presets({}, "time") is None

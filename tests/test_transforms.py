@@ -116,6 +116,14 @@ def test_straight_through_forward_value_and_identity_gradient(transform):
     torch.testing.assert_close(x.grad, torch.full_like(x, 3.0), atol=0, rtol=0)
 
 
+def test_straight_through_takes_the_surrogates_gradient_when_given_one():
+    x = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(0), requires_grad=True)
+    y = straight_through(x, quantise, surrogate=lambda t: t ** 2)
+    torch.testing.assert_close(y, quantise(x.detach()), atol=1e-6, rtol=0)
+    y.sum().backward()
+    torch.testing.assert_close(x.grad, 2 * x.detach())
+
+
 def test_apply_edits_a_decoded_photo_and_its_box_together():
     import numpy as np
     rgb = (np.arange(40 * 60 * 3) % 251).astype(np.uint8).reshape(40, 60, 3)

@@ -10,7 +10,7 @@ from advquery.attacks.views import TrackerViews, View
 from advquery.io import read_photo, to_tensor
 from advquery.models import ModelEnsemble
 from advquery.perceptual import flat_gain
-from advquery.transforms import Transform, quantise, webp_round_trip
+from advquery.transforms import Transform, gaussian_blur, jpeg_round_trip, quantise, webp_round_trip
 
 SIZE = 96
 
@@ -35,6 +35,8 @@ def photo(ukbench_dir):
     ({"shrink": (8, 64)}, "shrink must be a range 16 <= low <= high"),
     ({"shrink": (64, 32)}, "shrink must be a range"),
     ({"shrink_probability": -0.1}, "shrink_probability must be a probability"),
+    ({"whole": 1.5}, "whole must be a probability"),
+    ({"codec_blur": -1}, "codec_blur must be a blur sigma"),
 ])
 def test_tracker_views_check_their_parameters(kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -61,6 +63,16 @@ def test_shrunk_copies_are_drawn_only_when_asked_and_draw_nothing_otherwise():
     drawn = TrackerViews(count=200, shrink=(32, 64), shrink_probability=0.5).sample(torch.Generator().manual_seed(5))
     shrunk = [v.shrunk for v in drawn if v.shrunk is not None]
     assert 50 < len(shrunk) < 150 and all(32 <= s <= 64 for s in shrunk)
+
+
+def test_a_whole_share_of_the_views_keeps_the_whole_photo_and_draws_nothing_without_it():
+    crops = TrackerViews(count=300).sample(torch.Generator().manual_seed(4))
+    assert crops == TrackerViews(count=300, whole=0.0).sample(torch.Generator().manual_seed(4))
+    assert sum(v.box[2:] == (1.0, 1.0) for v in crops) == 0
+    drawn = TrackerViews(count=300, whole=0.5).sample(torch.Generator().manual_seed(4))
+    whole = [v for v in drawn if v.box == (0.0, 0.0, 1.0, 1.0)]
+    assert 100 < len(whole) < 200
+    assert all(0.3 <= v.box[2] <= 1 and v.box[2:] != (1.0, 1.0) for v in drawn if v not in whole)
 
 
 def test_a_shrunk_view_is_the_small_copy_enlarged_to_the_working_size():
@@ -205,3 +217,22 @@ def test_a_webp_view_is_the_webp_round_trip_of_the_plain_view_with_the_identity_
     assert torch.allclose(out, webp_round_trip(base(x).detach(), 75), atol=1e-6)
     out.sum().backward()
     assert torch.allclose(x.grad, torch.ones_like(x))
+
+
+def test_a_codec_blur_gives_the_recompressed_views_the_gradient_of_that_blur_and_leaves_the_others_alone():
+    x = F.avg_pool2d(torch.rand(1, 3, 64, 96), 3, 1, 1).requires_grad_(True)
+    jpeg = View(flip=False, angle=0.0, box=(0, 0, 1, 1), crop_file=False, size=96, colour=(1, 1, 1),
+                recompression=Transform("jpeg", 80), model=0, codec_blur=1.5)
+    weight = torch.rand(1, 3, 64, 96, generator=torch.Generator().manual_seed(1))
+    out = jpeg(x)
+    assert torch.allclose(out, jpeg_round_trip(x.detach(), 80), atol=1e-6)  # forward: the codec itself
+    (out * weight).sum().backward()
+    inner = (..., slice(6, -6), slice(6, -6))  # away from the reflected borders, the blur is its own adjoint
+    assert torch.allclose(x.grad[inner], gaussian_blur(weight, 1.5)[inner], atol=1e-5)  # backward: the blur's
+    assert x.grad.std() < weight.std() / 2  # the high frequencies the codec removes get no push
+    plain = dataclasses.replace(jpeg, recompression=None)
+    assert torch.equal(plain(x), x)  # a view that is not re-compressed is not blurred
+    drawn = TrackerViews(count=20, codec_blur=1.0).sample(torch.Generator().manual_seed(0))
+    assert {v.codec_blur for v in drawn} == {1.0}
+    again = TrackerViews(count=20).sample(torch.Generator().manual_seed(0))
+    assert [dataclasses.replace(v, codec_blur=0.0) for v in drawn] == again  # the same draws as without it

@@ -11,14 +11,15 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..transforms import Transform, rotate, rotated_shape, straight_through
+from ..transforms import Transform, gaussian_blur, rotate, rotated_shape, straight_through
 
 
 @dataclass(frozen=True)
 class View:
     """One drawn view: a differentiable function of a (N, 3, H, W) photo: flipped, rotated, cropped, filtered,
     scaled to the tracker's working size and re-compressed (``recompression``: JPEG or WebP at a quality; None:
-    not re-compressed).
+    not re-compressed). The codec has no gradient: the backward pass takes that of a Gaussian blur of
+    ``codec_blur`` pixels at the working size (a codec keeps the low frequencies), or of the identity at 0.
 
     ``box``: (top, left, height, width) fractions of the (flipped, rotated) photo; ``size``: the long side the
     whole photo gets at the tracker's working size (the crop is scaled by the same factor, as a bounding-box
@@ -36,6 +37,7 @@ class View:
     recompression: Transform | None
     model: int  # which member of the attacked models describes this view
     shrunk: int | None = None
+    codec_blur: float = 0.0
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.flip:
@@ -61,7 +63,10 @@ class View:
         out = F.interpolate(crop, size=shape, mode="bilinear", align_corners=False, antialias=scale < 1)
         # Re-compressed at the size it is described at, as a platform re-encodes the photo it has downscaled:
         # at a smaller size the codec removes more of a perturbation than at the photo's own.
-        return out if self.recompression is None else straight_through(out, self.recompression)
+        if self.recompression is None:
+            return out
+        surrogate = (lambda y: gaussian_blur(y, self.codec_blur)) if self.codec_blur else None
+        return straight_through(out, self.recompression, surrogate)
 
 
 @dataclass(frozen=True)
@@ -84,6 +89,11 @@ class TrackerViews:
         shrink: range of the long side (pixels) of a smaller copy the view passes through before it is scaled to
             the working size, as a tracker enlarges a thumbnail or a shrunk query (None: never), and the
             probability of that.
+        whole: probability that a view keeps the whole photo instead of a crop (a query of the photo as shared;
+            with crops of each side drawn independently in ``crop`` alone, nearly every view is a crop).
+        codec_blur: sigma (pixels at the working size) of the Gaussian blur whose gradient stands in for a
+            re-compression's (which has none) in the backward pass; 0: the identity's (straight through), which
+            spends steps on high frequencies that the codec removes.
     """
 
     count: int = 2
@@ -98,6 +108,8 @@ class TrackerViews:
     shrink: tuple[int, int] | None = None
     shrink_probability: float = 0.3
     webp_share: float = 0.0
+    whole: float = 0.0
+    codec_blur: float = 0.0
 
     def __post_init__(self):
         if not (isinstance(self.count, int) and self.count >= 1):
@@ -106,13 +118,15 @@ class TrackerViews:
             raise ValueError(f"sizes must be a range 32 <= low <= high, got {self.sizes}")
         if not 0 < self.crop[0] <= self.crop[1] <= 1:
             raise ValueError(f"crop must be a range 0 < low <= high <= 1, got {self.crop}")
-        for name in ("crop_file", "flip", "jpeg_probability", "shrink_probability", "webp_share"):
+        for name in ("crop_file", "flip", "jpeg_probability", "shrink_probability", "webp_share", "whole"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"{name} must be a probability in [0, 1], got {getattr(self, name)}")
         if not 0 <= self.rotate <= 45 or not 0 <= self.colour < 1:
             raise ValueError(f"rotate must be in [0, 45] degrees and colour in [0, 1), got {self.rotate}, {self.colour}")
         if self.jpeg is not None and not 1 <= self.jpeg[0] <= self.jpeg[1] <= 100:
             raise ValueError(f"jpeg must be a quality range 1 <= low <= high <= 100, got {self.jpeg}")
+        if not 0 <= self.codec_blur <= 8:
+            raise ValueError(f"codec_blur must be a blur sigma in [0, 8] pixels, got {self.codec_blur}")
         if self.shrink is not None and not 16 <= self.shrink[0] <= self.shrink[1]:
             raise ValueError(f"shrink must be a range 16 <= low <= high, got {self.shrink}")
 
@@ -126,12 +140,13 @@ class TrackerViews:
             quality = None if self.jpeg is None or u[11] >= self.jpeg_probability else \
                 round(self.jpeg[0] + (self.jpeg[1] - self.jpeg[0]) * u[11] / self.jpeg_probability)
             shrunk = self._shrunk(generator)
+            box = (0.0, 0.0, 1.0, 1.0) if self._keeps_whole(generator) else \
+                (u[2], u[3], lo + (hi - lo) * u[4], lo + (hi - lo) * u[5])
             views.append(View(
-                flip=u[0] < self.flip, angle=self.rotate * (2 * u[1] - 1),
-                box=(u[2], u[3], lo + (hi - lo) * u[4], lo + (hi - lo) * u[5]), crop_file=u[6] < self.crop_file,
+                flip=u[0] < self.flip, angle=self.rotate * (2 * u[1] - 1), box=box, crop_file=u[6] < self.crop_file,
                 size=round(self.sizes[0] + (self.sizes[1] - self.sizes[0]) * u[10]), colour=colour,
                 recompression=None if quality is None else Transform(self._codec(generator), quality),
-                model=min(models - 1, math.floor(u[12] * models)), shrunk=shrunk))
+                model=min(models - 1, math.floor(u[12] * models)), shrunk=shrunk, codec_blur=self.codec_blur))
         return views
 
     def _codec(self, generator: torch.Generator) -> str:
@@ -140,6 +155,10 @@ class TrackerViews:
             return "jpeg"
         u = torch.rand(1, generator=generator, device=generator.device).item()
         return "webp" if u < self.webp_share else "jpeg"
+
+    def _keeps_whole(self, generator: torch.Generator) -> bool:
+        """Whether a view keeps the whole photo; draws nothing without ``whole`` (draws of before stay the same)."""
+        return bool(self.whole) and torch.rand(1, generator=generator, device=generator.device).item() < self.whole
 
     def _shrunk(self, generator: torch.Generator) -> int | None:
         """A drawn long side of the smaller copy, or None; draws nothing without ``shrink``, so views drawn
