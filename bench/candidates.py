@@ -168,3 +168,8 @@ for preset in ("medium", "high"):
 def setting(name: str) -> Strength:
     """A shipped preset, or a candidate above."""
     return STRENGTHS.get(name) or CANDIDATES[name]
+
+
+def defined_as_today(name: str, definition: str | None) -> bool:
+    """Whether a recorded definition (the repr a result stored) is today's definition of the setting ``name``."""
+    return (name in STRENGTHS or name in CANDIDATES) and repr(setting(name)) == definition

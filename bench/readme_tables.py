@@ -16,7 +16,7 @@ import subprocess
 from datetime import datetime, timezone
 from pathlib import Path
 
-from candidates import LEFT_OUT, setting
+from candidates import LEFT_OUT, defined_as_today
 from common import RESULTS, markdown_table
 from speed import changed_presets
 
@@ -298,7 +298,7 @@ def held_out(data: dict, preset: str) -> tuple[list[float], list[str]]:
     for label, info in data["sets"].items():
         if (label != preset and not label.startswith(f"{preset}{LEFT_OUT}")) or "models" not in info:
             continue
-        if label != preset and info.get("preset") != repr(setting(label)):
+        if label != preset and not defined_as_today(label, info.get("preset")):
             continue
         cells = wi_shares(data, label, info["models"])
         shares += cells
@@ -338,13 +338,12 @@ def seconds_note(presets: list[str], timed: dict[str, float], precision: str, ti
     shared = [p for p in presets if p not in timed]
     parts = []
     if alone:
-        parts.append(f"Seconds per photo{' of ' + ', '.join(alone) if shared else ''} on {timed_on}, timed alone in "
-                     f"{precision} (what `protect` runs there; the speed table of docs/benchmarks.md)")
+        parts.append(f"of {', '.join(alone)} on {timed_on}, timed alone in {precision} (what `protect` runs there; "
+                     "the speed table of docs/benchmarks.md)")
     if shared:
-        parts.append(f"{'S' if not alone else 's'}econds per photo{' of ' + ', '.join(shared) if alone else ''} "
-                     f"from the tracker run on {machines}, which other jobs may have shared"
+        parts.append(f"of {', '.join(shared)} from the tracker run on {machines}, which other jobs may have shared"
                      + (" (changed since they were timed alone)" if alone else ""))
-    return "; ".join(parts)
+    return "Seconds per photo " + "; seconds per photo ".join(parts)
 
 
 def render_protection(runs: dict[str, dict], sources: dict[str, str]) -> str:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from candidates import CANDIDATES, setting
+from candidates import CANDIDATES, defined_as_today, setting
 from common import CACHE, RESULTS, WORK, markdown_table, setting_digest, split_dataset, write_results
 
 from advquery.evaluation.runner import evaluate
@@ -151,8 +151,7 @@ def changed_presets(results: dict, part: str) -> list[str] | None:
     recorded = results.get(f"{part}_presets")
     if recorded is None:
         return None
-    return [p for p, definition in recorded.items()
-            if (p not in STRENGTHS and p not in CANDIDATES) or repr(setting(p)) != definition]
+    return [p for p, definition in recorded.items() if not defined_as_today(p, definition)]
 
 
 def definitions_note(results: dict, part: str) -> str:

@@ -104,7 +104,7 @@ def test_seconds_timed_alone_are_quoted_only_for_presets_timed_as_defined_today(
     assert note.startswith("Seconds per photo of low on the CPU, timed alone in bfloat16")
     assert "seconds per photo of medium from the tracker run" in note
     assert _readme_tables().seconds_note(["low"], {}, "", "", "the CPU").startswith(
-        "Seconds per photo from the tracker run on the CPU")
+        "Seconds per photo of low from the tracker run on the CPU")
 
 
 def test_presets_timed_under_another_definition_are_named_changed():

@@ -7,6 +7,7 @@ the whole family, not only for the one pixel grid it was computed on.
 """
 import math
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -65,7 +66,7 @@ class View:
         # at a smaller size the codec removes more of a perturbation than at the photo's own.
         if self.recompression is None:
             return out
-        surrogate = (lambda y: gaussian_blur(y, self.codec_blur)) if self.codec_blur else None
+        surrogate = partial(gaussian_blur, sigma=self.codec_blur) if self.codec_blur else None
         return straight_through(out, self.recompression, surrogate)
 
 
