@@ -80,11 +80,15 @@ def test_batch_killed_at_random_points_then_rerun_ends_complete(photos, tmp_path
         _, stderr = process.communicate(timeout=120)
         kills.append((sig.name, round(delay, 3), process.returncode, len(_outputs(out))))
         assert "Traceback" not in stderr, (kills, stderr)
-        if process.returncode != 0:  # the signal came before the batch was done
-            assert process.returncode == (-9 if sig == signal.SIGKILL else 128 + sig), (kills, stderr)
+        # The batch summary printed without an interrupt: the signal came after the work, while the interpreter
+        # exited with the default handler back in place, so the process may end killed by it.
+        finished = "interrupted" not in stderr and "failed 0" in stderr
+        if process.returncode != 0:
+            expected = {-9} if sig == signal.SIGKILL else {128 + sig} | ({-sig} if finished else set())
+            assert process.returncode in expected, (kills, stderr)
         if sig != signal.SIGKILL:  # handled: it cleaned up and said so
             assert leftovers(tmp_path) == [], kills
-            assert process.returncode == 0 or "interrupted after" in stderr, (kills, stderr)
+            assert process.returncode == 0 or finished or "interrupted after" in stderr, (kills, stderr)
         _check_outputs_and_report(photos, out, report)
     # What a killed process can leave (its PID no longer runs), planted for certain:
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
