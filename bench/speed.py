@@ -71,8 +71,9 @@ def bare_seconds(models: dict[str, DescriptorModel], passes, dtype, used_shapes:
                 stand_ins[shape] = next(t for t in taller if t not in used_shapes)
                 used_shapes.add(stand_ins[shape])
             shape = stand_ins[shape]
-        features = models[name].features
-        x = torch.rand(shape, generator=generator).contiguous(memory_format=torch.channels_last)
+        features, device = models[name].features, models[name].device
+        x = torch.rand(shape, generator=generator).to(device, memory_format=torch.channels_last)
+        synchronize(device)
         start = time.perf_counter()
         with torch.set_grad_enabled(backward):
             x.requires_grad_(backward)
@@ -80,8 +81,15 @@ def bare_seconds(models: dict[str, DescriptorModel], passes, dtype, used_shapes:
                 out = features(x)
             if backward:
                 out.float().sum().backward()
+        synchronize(device)
         total += time.perf_counter() - start
     return total
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (CUDA runs it asynchronously), so that the clock reads what it cost."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def all_models() -> dict[str, DescriptorModel]:
