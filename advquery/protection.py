@@ -91,10 +91,10 @@ STRENGTHS = {
                     spare_flat=None, eps_levels=1, target_similarity=0.4, lr_schedule="cosine",
                     description="near-invisible: within 3 grey levels, SSIM priced at 300, optimised through the "
                                 "saved file; blocks the protecting model on the photo as shared"),
-    "medium": Strength(ssim_eps_levels=14, ssim_weight=20, steps=40, patience=None,
+    "medium": Strength(ssim_eps_levels=16, ssim_weight=20, steps=40, patience=None,
                        views=TrackerViews(jpeg_probability=0.5, whole=0.5), models=OTHER_MODELS, grid=512,
                        spare_flat=2.0, eps_levels=3, target_similarity=0.2, lr_schedule="cosine",
-                       description="within 14 levels at SSIM price 20 on a 512 px grid, the step size decayed along "
+                       description="within 16 levels at SSIM price 20 on a 512 px grid, the step size decayed along "
                                    "a cosine, flat regions left alone, optimised through tracker views (the whole "
                                    "photo or crops and selections of any aspect, half and half; flips, rotations, "
                                    "colour, JPEG, working sizes 448-1024) on Lite0, Lite1 and Lite2"),
