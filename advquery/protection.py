@@ -43,12 +43,12 @@ class Strength:
     (None: the saved file alone), with ``poolings`` the poolings pushed away in each view and ``models`` the
     built-in models attacked beside the chosen one (each view drawn for one of them), and ``whole_view`` whether
     every step also pushes the chosen model's descriptor of the whole photo at the working size (one more pass per
-    step beside the views), ``view_reference`` what each view is pushed away from (``view``, every preset's: the
-    same view of the original; ``photo``: the original photo's descriptor, computed once;
-    :class:`~advquery.attacks.base.PerturbationAttack`); ``lr_schedule`` how the step size moves over the steps
-    (``constant`` or ``cosine``, :class:`~advquery.attacks.base.PerturbationAttack`); ``grid`` the largest long
-    side, in pixels, of the grid the perturbation lives on (None: the working resolution), ``coarse_layer`` how many
-    times coarser again a second, low-frequency component is (None: none;
+    step beside the views; ``"cycle"``: each attacked model's in turn), ``view_reference`` what each view is
+    pushed away from (``view``, every preset's: the same view of the original; ``photo``: the original photo's
+    descriptor, computed once; :class:`~advquery.attacks.base.PerturbationAttack`); ``lr_schedule`` how the step
+    size moves over the steps (``constant`` or ``cosine``, :class:`~advquery.attacks.base.PerturbationAttack`);
+    ``grid`` the largest long side, in pixels, of the grid the perturbation lives on (None: the working
+    resolution), ``coarse_layer`` how many times coarser again a second, low-frequency component is (None: none;
     :class:`~advquery.attacks.base.PerturbationAttack`); ``spare_flat`` the flat-region threshold, in grey levels of
     local luminance deviation, below which pixels are left unchanged (None: none are spared). A JPEG output is in
     the loop: the views see the file as saved.
@@ -70,7 +70,7 @@ class Strength:
     eps_levels: float
     target_similarity: float
     poolings: tuple[str, ...] = ("gem",)
-    whole_view: bool = True
+    whole_view: bool | str = True
     lr_schedule: str = "constant"
     coarse_layer: int | None = None
     view_reference: str = "view"
@@ -93,11 +93,12 @@ STRENGTHS = {
                                 "saved file; blocks the protecting model on the photo as shared"),
     "medium": Strength(ssim_eps_levels=16, ssim_weight=20, steps=40, patience=None,
                        views=TrackerViews(jpeg_probability=0.5, whole=0.5), models=OTHER_MODELS, grid=512,
-                       spare_flat=2.0, eps_levels=3, target_similarity=0.2, lr_schedule="cosine",
+                       spare_flat=2.0, eps_levels=3, target_similarity=0.2, lr_schedule="cosine", whole_view="cycle",
                        description="within 16 levels at SSIM price 20 on a 512 px grid, the step size decayed along "
                                    "a cosine, flat regions left alone, optimised through tracker views (the whole "
                                    "photo or crops and selections of any aspect, half and half; flips, rotations, "
-                                   "colour, JPEG, working sizes 448-1024) on Lite0, Lite1 and Lite2"),
+                                   "colour, JPEG, working sizes 448-1024) on Lite0, Lite1 and Lite2, and through "
+                                   "the photo as shared, under each of them in turn"),
     "high": Strength(ssim_eps_levels=20, ssim_weight=15, steps=60, patience=None,
                      views=TrackerViews(jpeg_probability=0.5, shrink=THUMBNAIL_SHRINK, whole=0.5),
                      models=OTHER_MODELS, grid=512, spare_flat=2.0, eps_levels=4.5, target_similarity=0.1,

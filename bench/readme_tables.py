@@ -254,15 +254,19 @@ def protection_table() -> str:
 
 def preset_sources(runs: dict[str, dict]) -> dict[str, str]:
     """{preset: the run its row comes from}. The runs considered measured the same queries against the same
-    suite as the run with the most queries; of those, each preset's row comes from the latest that measured it.
-    A preset re-measured after a change of its definition so replaces its row, on the same queries and
-    trackers, without re-running the others."""
+    suite as the run with the most queries; of those, each preset's row comes from the latest that measured its
+    definition of today (else, until it is re-measured, from the latest that measured it at all). A preset
+    re-measured after a change of its definition so replaces its row, on the same queries and trackers, without
+    re-running the others."""
     day = {n: measured_on(n) for n in runs}
     widest = max(runs, key=lambda n: (len(runs[n]["queries"]), day[n], n))
     def suite(name):
         return runs[name]["queries"], runs[name]["systems"], runs[name]["edits"]
     comparable = sorted((n for n in runs if suite(n) == suite(widest)), key=lambda n: (day[n], n))
-    return {preset: name for name in comparable for preset in runs[name]["sets"] if preset in STRENGTHS}
+    measured = [(preset, name, defined_as_today(preset, info.get("preset")))
+                for name in comparable for preset, info in runs[name]["sets"].items() if preset in STRENGTHS]
+    latest = {preset: name for preset, name, _ in measured}
+    return latest | {preset: name for preset, name, today in measured if today}
 
 
 def timed_seconds() -> tuple[dict[str, float], str, str]:
@@ -361,7 +365,8 @@ def render_protection(runs: dict[str, dict], sources: dict[str, str]) -> str:
         if not unseen:
             unseen, sets, other = held_out_elsewhere(runs, preset)
         held_out_sets += [(s, other) for s in sets]
-        rows.append([f"`{preset}`", f"{info['ssim']:.3f}",
+        label = f"`{preset}`" if defined_as_today(preset, info.get("preset")) else f"`{preset}` (an earlier definition)"
+        rows.append([label, f"{info['ssim']:.3f}",
                      f"{100 * info['flat_changed']:.0f} ({100 * info['flat_changed_resave']:.0f})",
                      f"{timed.get(preset, info['seconds']):.0f}", f"{blocked} / {len(shares)}",
                      *(f"{100 * wi[k]:.0f}" for k in ("median", "p90", "worst")), f"{100 * bb['median']:.0f}",

@@ -85,6 +85,24 @@ def test_readme_rows_come_from_the_latest_run_of_the_same_queries(tmp_path, monk
                                            "medium": "trackers_test_quick_limit8_medium"}
 
 
+def test_readme_rows_prefer_the_run_of_todays_definition(tmp_path, monkeypatch):
+    """A later run of a preset's earlier definition (e.g. a candidate run that measured the preset beside a
+    candidate) does not replace the row of today's definition."""
+    tables = _readme_tables()
+    candidates = importlib.import_module("candidates")
+    monkeypatch.setattr(tables, "RESULTS", tmp_path)
+    suite = {"queries": ["a", "b"], "systems": ["efficientnet-lite0-gem@1024"], "edits": ["none"]}
+    today = {"preset": repr(candidates.setting("medium"))}
+    earlier = {"preset": today["preset"].replace("ssim_eps_levels=16", "ssim_eps_levels=14")}
+    runs = {"trackers_test_quick_a": {"measured": "2026-12-01", **suite, "sets": {"medium": today}},
+            "trackers_test_quick_b": {"measured": "2026-12-03", **suite, "sets": {"medium": earlier}}}
+    for name, run in runs.items():
+        (tmp_path / f"{name}.json").write_text(json.dumps(run))
+    assert tables.preset_sources(runs) == {"medium": "trackers_test_quick_a"}
+    runs["trackers_test_quick_a"]["sets"]["medium"] = earlier
+    assert tables.preset_sources(runs) == {"medium": "trackers_test_quick_b"}  # neither is today's: the latest
+
+
 def test_held_out_cells_come_only_from_leave_one_out_sets_of_todays_definition():
     tables = _readme_tables()
     candidates = importlib.import_module("candidates")

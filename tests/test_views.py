@@ -121,10 +121,10 @@ def test_view_distance_is_zero_for_the_original_and_grows_with_a_change(model, p
     attack = PIRE(both, eps=4 / 255, steps=2, size=SIZE, seed=0, poolings=("gem", "mac", "rmac"),
                   tracker_views=TrackerViews(count=3, sizes=(64, 96)))
     x = torch.nn.functional.interpolate(photo, size=(72, 96), mode="bilinear", antialias=True).clamp(0, 1)
-    target = model(x)
-    zero = attack.view_distance(x, x, torch.Generator().manual_seed(0), target)
+    targets = attack.whole_targets(x)
+    zero = attack.view_distance(x, x, torch.Generator().manual_seed(0), targets)
     noisy = quantise(x + torch.rand(x.shape, generator=torch.Generator().manual_seed(1)) * 0.1)
-    moved = attack.view_distance(noisy, x, torch.Generator().manual_seed(0), target)
+    moved = attack.view_distance(noisy, x, torch.Generator().manual_seed(0), targets)
     assert float(zero) == pytest.approx(0, abs=1e-6) and float(moved) > 1e-3
 
 
@@ -140,6 +140,35 @@ def test_whole_view_adds_one_differentiated_pass_per_step(model, photo):
             assert sum(passes) == 2 * (2 + whole)  # steps x (views + the whole photo)
     finally:
         hook.remove()
+
+
+def test_cycled_whole_view_gives_each_member_the_photo_in_turn(model, photo):
+    """whole_view="cycle": the whole photo's differentiated pass goes to the ensemble's members in turn, one a
+    step, instead of to the first member in every step; the views (same seed) are the same draws."""
+    lite1 = load_model("efficientnet-lite1-gem", device="cpu")
+    x = torch.nn.functional.interpolate(photo, size=(72, 96), mode="bilinear", antialias=True).clamp(0, 1)
+    counts = {}
+    for whole in (True, "cycle"):
+        passes = {0: 0, 1: 0}
+        hooks = [m.features.register_forward_pre_hook(
+            lambda _, inputs, k=k: passes.__setitem__(k, passes[k] + torch.is_grad_enabled()))
+            for k, m in enumerate((model, lite1))]
+        try:
+            PIRE(ModelEnsemble([model, lite1]), eps=3 / 255, steps=4, size=SIZE, seed=0, whole_view=whole,
+                 patience=None, target_similarity=None, tracker_views=TrackerViews(count=1, sizes=(64, 96)))(x)
+        finally:
+            for hook in hooks:
+                hook.remove()
+        counts[whole] = passes
+    assert counts[True][0] - counts["cycle"][0] == 2 and counts["cycle"][1] - counts[True][1] == 2
+    # each step's member is compared with its own descriptor of the original: the original is at distance 0
+    cycled = PIRE(ModelEnsemble([model, lite1]), eps=3 / 255, steps=2, size=SIZE, seed=0, whole_view="cycle",
+                  tracker_views=TrackerViews(count=1, sizes=(64, 96)))
+    for step in (0, 1):
+        zero = cycled.view_distance(x, x, torch.Generator().manual_seed(0), cycled.whole_targets(x), step=step)
+        assert float(zero) == pytest.approx(0, abs=1e-5)
+    with pytest.raises(ValueError, match="whole_view must be one of"):
+        PIRE(model, whole_view="each")
 
 
 def test_photo_reference_drops_the_forward_pass_of_each_view_of_the_original(model, photo):
@@ -169,7 +198,7 @@ def test_photo_reference_distance_is_to_the_photo_descriptor(model, photo):
     references = attack.photo_references(x)
     assert len(references) == 1 and [r.shape for r in references[0]] == [(1, model(x).shape[1])] * 2
     # the only view is the whole photo at the working size: the photo's own descriptor, distance 0
-    zero = attack.view_distance(x, x, torch.Generator().manual_seed(0), model(x), references)
+    zero = attack.view_distance(x, x, torch.Generator().manual_seed(0), attack.whole_targets(x), references)
     assert float(zero) == pytest.approx(0, abs=1e-5)
     with pytest.raises(ValueError, match="view_reference must be one of"):
         PIRE(model, view_reference="crop")

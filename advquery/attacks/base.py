@@ -40,6 +40,7 @@ from .views import TrackerViews
 SAVING_MODES = ("quantised", "refined", "x10")
 LR_SCHEDULES = ("constant", "cosine")
 VIEW_REFERENCES = ("view", "photo")
+WHOLE_VIEWS = (True, False, "cycle")
 
 
 @dataclass
@@ -149,7 +150,9 @@ class PerturbationAttack:
             view's descriptors (one per pooling of ``poolings``) are pushed away from ``view_reference``.
         poolings: the poolings pushed away in each tracker view (one feature map, pooled each way).
         whole_view: with tracker views, also push the whole photo at the working size away from the original's
-            descriptor in every step (one more forward and backward pass a step).
+            descriptor in every step (one more forward and backward pass a step): ``True``, under ``model`` (the
+            first of an ensemble's members); ``"cycle"``, under the ensemble's members in turn, one a step, so that
+            every attacked model meets the photo as shared as often; ``False``, not at all.
         view_reference: what a view of the perturbed photo is pushed away from: ``view`` (default), the same view
             of the original, one more forward pass a view; ``photo``, the original photo's descriptor at the working
             size under the view's model and pooling, computed once (no pass a view; for research: it left more
@@ -168,7 +171,7 @@ class PerturbationAttack:
                  edits: RandomEdits | None = None, coarseness: int = 1, ssim_weight: float = 0.0,
                  snapshot_every: int | None = None, precision: str = "auto",
                  on_step: Callable[[int, int], None] | None = None, tracker_views: TrackerViews | None = None,
-                 poolings: Sequence[str] = ("gem",), whole_view: bool = True, spare_flat: float | None = None,
+                 poolings: Sequence[str] = ("gem",), whole_view: bool | str = True, spare_flat: float | None = None,
                  lr_schedule: str = "constant", coarse_layer: int | None = None, view_reference: str = "view"):
         _check(isinstance(steps, int) and not isinstance(steps, bool) and steps >= 1, f"steps must be a positive integer, got {steps!r}")
         _check(lr > 0, f"lr must be positive, got {lr}")
@@ -199,6 +202,7 @@ class PerturbationAttack:
         self.on_step = on_step
         _check(tracker_views is None or edits is None, "give edits or tracker_views, not both")
         _check(set(poolings) <= set(POOLINGS) and len(poolings) > 0, f"poolings must be among {tuple(POOLINGS)}")
+        _check(whole_view in WHOLE_VIEWS, f"whole_view must be one of {WHOLE_VIEWS}, got {whole_view!r}")
         self.tracker_views, self.poolings, self.whole_view = tracker_views, tuple(poolings), whole_view
         _check(view_reference in VIEW_REFERENCES, f"view_reference must be one of {VIEW_REFERENCES}, got {view_reference!r}")
         self.view_reference = view_reference
@@ -254,12 +258,22 @@ class PerturbationAttack:
         with torch.no_grad():
             return [self._pooled(model, work) for model in self._members()]
 
+    def whole_targets(self, x: torch.Tensor) -> list[torch.Tensor | None]:
+        """Per member model: (N, D) descriptor of the original photo ``x`` at the working size where ``whole_view``
+        pushes that member's whole view away from it, else None (no gradient)."""
+        members = self._members()
+        used = range(len(members)) if self.whole_view == "cycle" else range(1) if self.whole_view else ()
+        with torch.no_grad():
+            return [describe(m, x, self.size, self.scales) if i in used else None for i, m in enumerate(members)]
+
     def view_distance(self, adv: torch.Tensor, x: torch.Tensor, generator: torch.Generator,
-                      target: torch.Tensor, photo_references: list[list[torch.Tensor]] | None = None) -> torch.Tensor:
+                      whole_targets: list[torch.Tensor | None],
+                      photo_references: list[list[torch.Tensor]] | None = None, step: int = 0) -> torch.Tensor:
         """(N,) mean squared descriptor distance, over the drawn tracker views and the poolings, between each view
         of ``adv`` and its reference: the same view of the original ``x``, or with ``photo_references``
         (:meth:`photo_references`) the original photo's descriptor under the view's model; with ``whole_view``, also
-        the whole photo at the working size against ``target``, the original's descriptor."""
+        the whole photo at the working size under the step's whole-view model against that model's descriptor of
+        the original (``whole_targets``, :meth:`whole_targets`)."""
         members = self._members()
         views = self.tracker_views.sample(generator, len(members))
         total = torch.zeros(adv.shape[0], device=adv.device)
@@ -273,9 +287,10 @@ class PerturbationAttack:
             moved = self._pooled(model, view(adv))
             total = total + sum((a - b).pow(2).sum(dim=1) for a, b in zip(moved, reference)) / len(self.poolings)
         if self.whole_view:
-            whole = members[0](resize_long_side(adv, self.size), scales=self.scales)
-            total = total + (whole - target).pow(2).sum(dim=1)
-        return total / (len(views) + self.whole_view)
+            k = step % len(members) if self.whole_view == "cycle" else 0
+            whole = members[k](resize_long_side(adv, self.size), scales=self.scales)
+            total = total + (whole - whole_targets[k]).pow(2).sum(dim=1)
+        return total / (len(views) + bool(self.whole_view))
 
     def similarity_to_original(self, images: torch.Tensor) -> list[float]:
         """Descriptor cosine similarity of ``images`` (e.g. the decoded output files) to the last call's input."""
@@ -352,7 +367,7 @@ class PerturbationAttack:
         amp = autocast_dtype(self.precision, self._members()[0])  # the same as passes_precision says
         with torch.no_grad():
             target = self.describe(x)[:, None]
-            whole_target = None if self.tracker_views is None else describe(self._members()[0], x, self.size, self.scales)
+            whole_targets = None if self.tracker_views is None else self.whole_targets(x)
             photo_references = self.photo_references(x) \
                 if self.tracker_views is not None and self.view_reference == "photo" else None
             gain = self._gain(x)
@@ -380,7 +395,7 @@ class PerturbationAttack:
                 if self.tracker_views is None:
                     distance = (self.views(adv, generator) - target).pow(2).sum(dim=2).mean(dim=1)
                 else:
-                    distance = self.view_distance(adv, x, generator, whole_target, photo_references)
+                    distance = self.view_distance(adv, x, generator, whole_targets, photo_references, step)
             # The SSIM cost of the perturbation, before the codec: the codec's own loss is there with or
             # without it, and a straight-through codec cannot be steered to lose less.
             objective = distance if cost is None else \
