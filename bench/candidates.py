@@ -15,12 +15,17 @@ VIEWS = Strength(ssim_eps_levels=8, ssim_weight=40, steps=40, patience=None, vie
                  grid=512, spare_flat=None, eps_levels=3, target_similarity=0.2, description="tracker views, Lite0")
 FLAT = replace(VIEWS, models=OTHER_MODELS, spare_flat=2.0, views=TrackerViews(jpeg_probability=0.5),
                description="tracker views (JPEG half the time), three models, flat regions spared")
+
+
+def _medium_description(levels: int) -> str:
+    """medium's description while its whole-photo pass went to Lite0 alone (part of the pinned definitions below)."""
+    return (f"within {levels} levels at SSIM price 20 on a 512 px grid, the step size decayed along a cosine, flat "
+            "regions left alone, optimised through tracker views (the whole photo or crops and selections of any "
+            "aspect, half and half; flips, rotations, colour, JPEG, working sizes 448-1024) on Lite0, Lite1 and Lite2")
+
+
 # medium as shipped until 2026-12-04 (within 14 levels), which the medium candidates measured until then change.
-MEDIUM_14 = replace(STRENGTHS["medium"], ssim_eps_levels=14, whole_view=True,
-                    description="within 14 levels at SSIM price 20 on a 512 px grid, the step size decayed along a "
-                                "cosine, flat regions left alone, optimised through tracker views (the whole photo or "
-                                "crops and selections of any aspect, half and half; flips, rotations, colour, JPEG, "
-                                "working sizes 448-1024) on Lite0, Lite1 and Lite2")
+MEDIUM_14 = replace(STRENGTHS["medium"], ssim_eps_levels=14, whole_view=True, description=_medium_description(14))
 # medium and high as they were until 2026-12-04, before half of their views kept the whole photo: the candidates
 # measured before then are changes of these (so their definitions, and the folders of their protected photos,
 # stay those of the runs in bench/results).
@@ -167,11 +172,7 @@ CANDIDATES["medium-price17"] = replace(MEDIUM_14, ssim_weight=17, description="m
 # (trackers_test_quick_medium). The whole photo through the three models in turn, at the same number of passes:
 # (medium since 2026-12-04: candidates_cycle_validation_quick_limit8, confirmed by candidates_cycle_test_quick,
 # where medium is MEDIUM_16.)
-MEDIUM_16 = replace(MEDIUM_14, ssim_eps_levels=16,
-                    description="within 16 levels at SSIM price 20 on a 512 px grid, the step size decayed along a "
-                                "cosine, flat regions left alone, optimised through tracker views (the whole photo or "
-                                "crops and selections of any aspect, half and half; flips, rotations, colour, JPEG, "
-                                "working sizes 448-1024) on Lite0, Lite1 and Lite2")
+MEDIUM_16 = replace(MEDIUM_14, ssim_eps_levels=16, description=_medium_description(16))
 CANDIDATES["medium-cycle"] = replace(MEDIUM_16, whole_view="cycle",
                                      description="medium, the whole photo through Lite0, Lite1 and Lite2 in turn")
 # Leave one model out: medium and high computed without model M, measured with M (the shipped presets use all three).
