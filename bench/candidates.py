@@ -26,6 +26,10 @@ def _medium_description(levels: int) -> str:
 
 # medium as shipped until 2026-12-04 (within 14 levels), which the medium candidates measured until then change.
 MEDIUM_14 = replace(STRENGTHS["medium"], ssim_eps_levels=14, whole_view=True, description=_medium_description(14))
+# high as shipped until 2026-12-04 evening (20 levels, the photo as shared under Lite0 alone), which high-cycle
+# changes; its description ("as medium") is that of the time, kept so the repr of every candidate derived from it
+# stays that of its runs. high-without-* follow today's high, as medium-without-* follow today's medium.
+HIGH_20 = replace(STRENGTHS["high"], whole_view=True)
 # medium and high as they were until 2026-12-04, before half of their views kept the whole photo: the candidates
 # measured before then are changes of these (so their definitions, and the folders of their protected photos,
 # stay those of the runs in bench/results).
@@ -35,7 +39,7 @@ CROPS_ONLY = {
                                   "cosine, flat regions left alone, optimised through tracker views (flips, crops and "
                                   "selections of any aspect, rotations, colour, JPEG, working sizes 448-1024) on "
                                   "Lite0, Lite1 and Lite2"),
-    "high": replace(STRENGTHS["high"], views=replace(STRENGTHS["high"].views, whole=0.0)),
+    "high": replace(HIGH_20, views=replace(HIGH_20.views, whole=0.0)),
 }
 CANDIDATES = {
     "views": VIEWS,
@@ -175,6 +179,24 @@ CANDIDATES["medium-price17"] = replace(MEDIUM_14, ssim_weight=17, description="m
 MEDIUM_16 = replace(MEDIUM_14, ssim_eps_levels=16, description=_medium_description(16))
 CANDIDATES["medium-cycle"] = replace(MEDIUM_16, whole_view="cycle",
                                      description="medium, the whole photo through Lite0, Lite1 and Lite2 in turn")
+# high pushed the whole photo through Lite0 alone beside its views: the cycle that won for medium, on high's
+# larger bound and 60 steps (each model's whole-photo pass 20 times). high since 2026-12-04 evening
+# (candidates_high_cycle_validation_quick_limit8).
+CANDIDATES["high-cycle"] = replace(HIGH_20, whole_view="cycle",
+                                   description="high, the whole photo through Lite0, Lite1 and Lite2 in turn")
+# low's flip and bounding-box targets were out of reach through views at 3 levels (low-views). The same views at
+# a larger bound, still at low's SSIM price and with flat regions left alone, on the working sizes near the
+# protecting tracker's.
+for levels in (6, 10):
+    CANDIDATES[f"low-views{levels}"] = replace(
+        STRENGTHS["low"], ssim_eps_levels=levels, patience=None, spare_flat=2.0,
+        views=TrackerViews(sizes=(768, 1024), rotate=0.0, colour=0.0, jpeg=None, whole=0.5),
+        description=f"low within {levels} levels, flat regions left alone, through flips and selections on Lite0")
+# At price 300 the SSIM term, not the bound, held low-views10 above low's SSIM (candidates_low_views_validation_
+# quick_limit8): the price lowered towards low's 0.99 target.
+for price in (150, 100):
+    CANDIDATES[f"low-views10-price{price}"] = replace(
+        CANDIDATES["low-views10"], ssim_weight=price, description=f"low-views10 at SSIM price {price}")
 # Leave one model out: medium and high computed without model M, measured with M (the shipped presets use all three).
 LITE = {n: f"efficientnet-{n}-gem" for n in ("lite0", "lite1", "lite2")}
 LEFT_OUT = "-without-"
