@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .attacks import CVPIRE, PIRE, SDPIRE, SSIMPIRE, GaussianNoise, KeypointAttack, MaskedPIRE, PerturbationAttack, RandomEdits
+from .attacks import CVPIRE, PIRE, SDPIRE, SSIMPIRE, GaussianNoise, KeypointAttack, MaskedPIRE, PerturbationAttack
 from .attacks.views import TrackerViews
 from .attacks.keypoints import METHODS as KEYPOINT_METHODS
 from .extraction import DEFAULT_SIZE, cosine_similarity, describe
@@ -87,10 +87,13 @@ THUMBNAIL_SHRINK = (256, 640)
 STRENGTHS = {
     # Chosen on the validation split against the tracker suite (bench/candidates.py, bench/results/candidates_*.md;
     # the figures are in docs/benchmarks.md, the reasoning in docs/methods.md).
-    "low": Strength(ssim_eps_levels=3, ssim_weight=300, steps=30, patience=5, views=None, models=(), grid=None,
-                    spare_flat=None, eps_levels=1, target_similarity=0.4, lr_schedule="cosine",
-                    description="near-invisible: within 3 grey levels, SSIM priced at 300, optimised through the "
-                                "saved file; blocks the protecting model on the photo as shared"),
+    "low": Strength(ssim_eps_levels=10, ssim_weight=150, steps=30, patience=None,
+                    views=TrackerViews(sizes=(768, 1024), rotate=0.0, colour=0.0, jpeg=None, whole=0.5), models=(),
+                    grid=None, spare_flat=2.0, eps_levels=1, target_similarity=0.4, lr_schedule="cosine",
+                    description="near-invisible: within 10 grey levels at SSIM price 150, the step size decayed along "
+                                "a cosine, flat regions left alone, optimised through the saved file and through "
+                                "flips and selections (the whole photo or crops of any aspect, half and half; working "
+                                "sizes 768-1024) on Lite0"),
     "medium": Strength(ssim_eps_levels=16, ssim_weight=20, steps=40, patience=None,
                        views=TrackerViews(jpeg_probability=0.5, whole=0.5), models=OTHER_MODELS, grid=512,
                        spare_flat=2.0, eps_levels=3, target_similarity=0.2, lr_schedule="cosine", whole_view="cycle",
@@ -129,23 +132,18 @@ def preset_coarseness(preset: Strength, size: int) -> int:
 
 
 def check_method_options(method: str, target_ssim: float | None = None, ssim_weight: float | None = None,
-                         robust: bool = False, eps_levels: float | None = None, steps: int | None = None,
-                         names: dict[str, str] | None = None, preset: Strength | None = None) -> None:
+                         eps_levels: float | None = None, steps: int | None = None,
+                         names: dict[str, str] | None = None) -> None:
     """Raise ValueError for an option that ``method`` does not take; ``names``: how to call each option in
     the message (the command line's flags), else its keyword. One rule set for :func:`make_attack` and
     ``advquery protect``, which checks before it reads any photo."""
-    n = {k: k for k in ("target_ssim", "ssim_weight", "robust", "eps_levels", "steps")} | (names or {})
+    n = {k: k for k in ("target_ssim", "ssim_weight", "eps_levels", "steps")} | (names or {})
     if target_ssim is not None and method != "noise":
         raise ValueError(f"{n['target_ssim']} applies to the noise method only, not to {method}")
     if ssim_weight is not None and method != "ssim-pire":
         raise ValueError(f"{n['ssim_weight']} applies to ssim-pire only, not to {method}")
     if ssim_weight is not None and not ssim_weight > 0:
         raise ValueError(f"{n['ssim_weight']} must be positive (0 is pire), got {ssim_weight}")
-    if robust and method not in PRESET_METHODS:
-        raise ValueError(f"{n['robust']} applies to {', '.join(PRESET_METHODS)} only, not to {method}")
-    if robust and preset is not None and preset.views is not None:
-        raise ValueError(f"{n['robust']} adds random edits to a preset without tracker views (low); this one draws "
-                         "tracker views, which include those edits")
     if method not in GRADIENT_METHODS and (eps_levels is not None or steps is not None):
         raise ValueError(f"{n['eps_levels']} and {n['steps']} apply to {', '.join(GRADIENT_METHODS)} only, "
                          f"not to {method}")
@@ -154,14 +152,14 @@ def check_method_options(method: str, target_ssim: float | None = None, ssim_wei
 def make_attack(model: DescriptorModel, method: str | None = None, strength: str | Strength = DEFAULT_STRENGTH,
                 eps_levels: float | None = None, steps: int | None = None, size: int = DEFAULT_SIZE,
                 seed: int | None = None, target_ssim: float | None = None, jpeg_quality: int | None = None,
-                robust: bool = False, coarseness: int | None = None, ssim_weight: float | None = None,
+                coarseness: int | None = None, ssim_weight: float | None = None,
                 precision: str = "auto",
                 on_step: Callable[[int, int], None] | None = None) -> PerturbationAttack | KeypointAttack | GaussianNoise:
     """The attack a preset stands for, with optional overrides; ``method`` None: ssim-pire, every preset's
     method. ``strength``: the name of a preset of :data:`STRENGTHS`, or a :class:`Strength` of one's own.
 
     A gradient attack optimises the 8-bit image it will be saved as: with ``jpeg_quality`` (the output
-    is a JPEG of that quality) and no random edits, the decoded JPEG, through a straight-through real
+    is a JPEG of that quality), the decoded JPEG, through a straight-through real
     JPEG in every step (at full resolution JPEG quantises a plain 8-bit perturbation away: compare ``low``
     and ``low+jpeg`` in ``bench/results/protect_pire_1024_limit10.md``); a preset's tracker views are drawn
     from that decoded file.
@@ -175,8 +173,7 @@ def make_attack(model: DescriptorModel, method: str | None = None, strength: str
     ``rmd+ls``, ``ls+fmd``) run :class:`KeypointAttack` with its defaults on the photo's own
     resolution, ``noise`` adds Gaussian noise matched to ``target_ssim`` (default
     :data:`DEFAULT_NOISE_SSIM`). ``eps_levels`` and ``steps`` apply to the gradient methods only,
-    ``target_ssim`` to ``noise`` only; the model-free methods ignore ``jpeg_quality``. ``robust`` adds
-    the random edits (:class:`RandomEdits` defaults) to a preset without tracker views (``low``).
+    ``target_ssim`` to ``noise`` only; the model-free methods ignore ``jpeg_quality``.
     ``coarseness`` overrides the preset's perturbation grid (:func:`preset_coarseness`).
     ``precision`` is that of the gradient methods' network passes (:mod:`advquery.models.precision`).
     The gradient methods call ``on_step(steps done, step limit)`` after every step (progress); the
@@ -188,15 +185,14 @@ def make_attack(model: DescriptorModel, method: str | None = None, strength: str
     method = method or DEFAULT_METHOD
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; available: {', '.join(METHODS)}")
-    check_method_options(method, target_ssim=target_ssim, ssim_weight=ssim_weight, robust=robust,
-                         eps_levels=eps_levels, steps=steps, preset=preset)
+    check_method_options(method, target_ssim=target_ssim, ssim_weight=ssim_weight, eps_levels=eps_levels,
+                         steps=steps)
     if method in KEYPOINT_METHODS:
         return KeypointAttack(method)
     if method == "noise":
         return GaussianNoise(target_ssim=DEFAULT_NOISE_SSIM if target_ssim is None else target_ssim, seed=seed)
     views = preset.views if method in PRESET_METHODS else None
-    edits = RandomEdits() if robust else None
-    codec = partial(jpeg_round_trip, quality=jpeg_quality) if jpeg_quality is not None and edits is None else None
+    codec = partial(jpeg_round_trip, quality=jpeg_quality) if jpeg_quality is not None else None
     if coarseness is None:  # CV-/SD-PIRE keep the thesis's per-pixel maps at the working resolution
         coarseness = preset_coarseness(preset, size) if method in PRESET_METHODS else 1
     # ssim-pire stops on patience alone: its objective already weighs effect against SSIM
@@ -205,7 +201,7 @@ def make_attack(model: DescriptorModel, method: str | None = None, strength: str
                   on_step=on_step)
     if method in PRESET_METHODS:
         eps = preset.budget_levels(method) if eps_levels is None else eps_levels
-        options = dict(eps=eps / 255, steps=preset.steps if steps is None else steps, edits=edits,
+        options = dict(eps=eps / 255, steps=preset.steps if steps is None else steps,
                        lr_schedule=preset.lr_schedule, coarse_layer=preset.coarse_layer, **common)
         if views is not None:
             options.update(tracker_views=views, poolings=preset.poolings, spare_flat=preset.spare_flat,
@@ -283,7 +279,7 @@ def protect_photo(photo: Photo, target: Path, model: DescriptorModel, fmt: str, 
     """Protect a decoded photo into the file ``target`` and measure the decoded output against the original.
 
     ``attack_options`` go to :func:`make_attack` (method, strength, eps_levels, steps, size, seed,
-    target_ssim, robust, ssim_weight, precision, on_step); a JPEG output passes its quality, so the attack optimises that JPEG. The alpha channel is kept unchanged (PNG); metadata is dropped unless ``keep_metadata``.
+    target_ssim, ssim_weight, precision, on_step); a JPEG output passes its quality, so the attack optimises that JPEG. The alpha channel is kept unchanged (PNG); metadata is dropped unless ``keep_metadata``.
     The descriptor similarity is measured with ``model`` at the working size for every method, the
     keypoint changes (keypoint methods) on the decoded output too.
     With ``map_target``, the budget map (:func:`budget_image`) is written there as a greyscale PNG.

@@ -30,6 +30,12 @@ MEDIUM_14 = replace(STRENGTHS["medium"], ssim_eps_levels=14, whole_view=True, de
 # changes; its description ("as medium") is that of the time, kept so the repr of every candidate derived from it
 # stays that of its runs. high-without-* follow today's high, as medium-without-* follow today's medium.
 HIGH_20 = replace(STRENGTHS["high"], whole_view=True)
+# low as shipped until 2026-12-05 (within 3 levels, through the saved file alone), which the low candidates measured
+# until then change; kept as the candidate low-3levels.
+LOW_3 = Strength(ssim_eps_levels=3, ssim_weight=300, steps=30, patience=5, views=None, models=(), grid=None,
+                 spare_flat=None, eps_levels=1, target_similarity=0.4, lr_schedule="cosine",
+                 description="near-invisible: within 3 grey levels, SSIM priced at 300, optimised through the saved "
+                             "file; blocks the protecting model on the photo as shared")
 # medium and high as they were until 2026-12-04, before half of their views kept the whole photo: the candidates
 # measured before then are changes of these (so their definitions, and the folders of their protected photos,
 # stay those of the runs in bench/results).
@@ -57,7 +63,7 @@ CANDIDATES = {
     "flat-16-15-steps60": replace(FLAT, ssim_eps_levels=16, ssim_weight=15, steps=60,
                                   description="as flat, within 16 levels at SSIM price 15, 60 steps"),
     # low: near-invisible, against the protecting model but through flips and selections too
-    "low-views": replace(STRENGTHS["low"], lr_schedule="constant", patience=None,
+    "low-views": replace(LOW_3, lr_schedule="constant", patience=None,
                          views=TrackerViews(rotate=0.0, colour=0.0, jpeg=None),
                          description="tracker views without colour, rotation or re-compression, Lite0"),
 }
@@ -138,7 +144,7 @@ CANDIDATES["high-shrink"] = replace(CROPS_ONLY["high"], ssim_eps_levels=16,
 CANDIDATES["medium-steps60"] = replace(CROPS_ONLY["medium"], steps=60, description="medium in 60 steps")
 # low with the decay (low since 2026-12-03): it stops after 5 steps without gain, which a decaying step may reach
 # later, or not at all.
-CANDIDATES["low-cosine"] = replace(STRENGTHS["low"], description="low, the step size decayed along a cosine")
+CANDIDATES["low-cosine"] = replace(LOW_3, description="low, the step size decayed along a cosine")
 # The cost beside the network: every view of the perturbed photo was compared with the same view of the original,
 # a forward pass more a view (medium: 80 of them). Pushing each view from the original photo's descriptor instead
 # (computed once) leaves only the differentiated passes; the gradient differs only in the reference it points from.
@@ -189,7 +195,7 @@ CANDIDATES["high-cycle"] = replace(HIGH_20, whole_view="cycle",
 # protecting tracker's.
 for levels in (6, 10):
     CANDIDATES[f"low-views{levels}"] = replace(
-        STRENGTHS["low"], ssim_eps_levels=levels, patience=None, spare_flat=2.0,
+        LOW_3, ssim_eps_levels=levels, patience=None, spare_flat=2.0,
         views=TrackerViews(sizes=(768, 1024), rotate=0.0, colour=0.0, jpeg=None, whole=0.5),
         description=f"low within {levels} levels, flat regions left alone, through flips and selections on Lite0")
 # At price 300 the SSIM term, not the bound, held low-views10 above low's SSIM (candidates_low_views_validation_
@@ -197,6 +203,17 @@ for levels in (6, 10):
 for price in (150, 100):
     CANDIDATES[f"low-views10-price{price}"] = replace(
         CANDIDATES["low-views10"], ssim_weight=price, description=f"low-views10 at SSIM price {price}")
+# The bounding-box cell stayed at 87 % there: a quarter of those views were selections, each side 30-100 %, while
+# 20 of roxford5k-mini's 58 query boxes (gnd_roxford5k-mini.json) keep less than 30 % of a side. Selections down
+# to 15 % of a side, drawn more often (crop_file 0.25: three crops in four are selections) or always (0).
+for crop_file in (0.25, 0.0):
+    base = CANDIDATES["low-views10-price150"]
+    CANDIDATES[f"low-views10-price150-select{round(100 * (1 - crop_file))}"] = replace(
+        base, views=replace(base.views, crop=(0.15, 1.0), crop_file=crop_file),
+        description=f"low-views10-price150, {round(100 * (1 - crop_file))} % of the crops selections down to 15 % "
+                    f"of a side")
+# low until 2026-12-05, measured beside today's (through flips and selections since, low-views10-price150)
+CANDIDATES["low-3levels"] = LOW_3
 # Leave one model out: medium and high computed without model M, measured with M (the shipped presets use all three).
 LITE = {n: f"efficientnet-{n}-gem" for n in ("lite0", "lite1", "lite2")}
 LEFT_OUT = "-without-"

@@ -339,7 +339,6 @@ def test_noise_method_matches_the_target_ssim(tmp_path):
     (["--method", "noise", "--target-ssim", "1.5"],
      "argument --target-ssim: expected a number in (0, 1), got '1.5' (see advquery protect --help)"),
     (["--method", "rmd", "--steps", "3"], "--eps and --steps apply to ssim-pire, pire, masked-pire, cv-pire, sd-pire only, not to rmd"),
-    (["--method", "cv-pire", "--robust"], "--robust applies to ssim-pire, pire, masked-pire only, not to cv-pire"),
     (["--method", "pire", "--ssim-weight", "10"], "--ssim-weight applies to ssim-pire only, not to pire"),
     (["--method", "ssim-pire", "--ssim-weight", "0"], "--ssim-weight must be positive (0 is pire), got 0.0"),
 ])
@@ -372,7 +371,7 @@ def test_save_map_refused_for_a_method_without_budget(tmp_path):
 # ------------------------------------------------------------------------------ reruns, reports, output folder
 
 
-QUICK = [*FAST, "--strength", "low"]  # no random edits: steady and quick
+QUICK = [*FAST, "--strength", "low"]  # the quickest preset
 
 
 def _error_lines(stderr: str) -> list[str]:
@@ -470,7 +469,7 @@ def test_report_lines_record_input_and_settings(tmp_path):
     line = _strict_json(report.read_text())
     assert line["input"] == str(tmp_path / "x.png") and line["output"] == str(tmp_path / "out" / "x.png")
     assert line["settings"] == {"model": "efficientnet-lite0-gem", "method": "ssim-pire", "strength": "low", "eps": None,
-                                "ssim_weight": None, "steps": 3, "robust": False, "target_ssim": None, "size": 96,
+                                "ssim_weight": None, "steps": 3, "target_ssim": None, "size": 96,
                                 "precision": None, "format": None, "quality": 95, "keep_metadata": False, "seed": 0, "save_map": False}
 
 

@@ -9,7 +9,7 @@ import torch
 
 from advquery import PIRE, SSIMPIRE, load_model
 from advquery.io import Photo
-from advquery.attacks import KeypointAttack, MaskedPIRE, RandomEdits
+from advquery.attacks import KeypointAttack, MaskedPIRE
 from advquery.models import ModelEnsemble
 from advquery.protection import (DEFAULT_METHOD, GRADIENT_METHODS, MASK_GAIN, STRENGTHS, ProtectionRecord, make_attack, output_format,
                                  output_path)
@@ -100,7 +100,8 @@ def test_presets_grow_in_budget_and_robustness():
     assert low.eps_levels < medium.eps_levels < high.eps_levels
     assert low.ssim_eps_levels < medium.ssim_eps_levels <= high.ssim_eps_levels  # ssim-pire: a wider bound,
     assert low.ssim_weight > medium.ssim_weight >= high.ssim_weight  # and SSIM priced lower
-    assert low.views is None and medium.views is not None and high.views is not None
+    assert low.views is not None and medium.views is not None and high.views is not None  # every preset: flips, crops
+    assert low.views.jpeg is None and medium.views.jpeg is not None  # low: not through re-compressed copies
     assert len(low.models) <= len(medium.models) <= len(high.models)
     assert medium.views.shrink is None and high.views.shrink is not None  # high: also queries shrunk to thumbnails
 
@@ -142,15 +143,14 @@ def test_make_attack_overrides(model):
     assert attack.eps == pytest.approx(3 / 255) and attack.steps == 7 and attack.codec is None
 
 
-def test_a_jpeg_output_is_optimised_where_there_are_no_random_edits(model):
+def test_a_jpeg_output_is_optimised(model):
     x = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(0))
-    for method in GRADIENT_METHODS:  # without random edits the attack optimises the JPEG it is saved as
+    for method in GRADIENT_METHODS:  # the attack optimises the JPEG it is saved as
         codec = make_attack(model, method=method, strength="low", size=96, jpeg_quality=90).codec
         assert torch.equal(codec(x), jpeg_round_trip(x, 90)) and not torch.equal(codec(x), jpeg_round_trip(x, 95))
     assert make_attack(model, strength="low", size=96).codec is None  # lossless output
     assert make_attack(model, strength="medium", size=96, jpeg_quality=90).codec is not None  # its views see the file
-    assert make_attack(model, strength="low", size=96, jpeg_quality=90, robust=True).codec is None
-    assert make_attack(model, method="cv-pire", size=96, jpeg_quality=90).codec is not None  # cv-pire has no edits
+    assert make_attack(model, method="cv-pire", size=96, jpeg_quality=90).codec is not None  # the thesis methods too
     assert isinstance(make_attack(model, method="rmd", jpeg_quality=90), KeypointAttack)  # nothing to optimise
 
 
@@ -184,13 +184,3 @@ def test_make_attack_model_free_methods(model):
         make_attack(model, target_ssim=0.9)
     with pytest.raises(ValueError, match="eps_levels and steps apply to ssim-pire, pire, masked-pire, cv-pire, sd-pire only, not to rmd"):
         make_attack(model, method="rmd", steps=3)
-
-
-def test_robust_adds_random_edits_to_a_preset_without_views(model):
-    assert make_attack(model, strength="low", size=96).edits is None
-    assert make_attack(model, strength="low", size=96, robust=True).edits == RandomEdits()
-    assert make_attack(model, method="masked-pire", strength="low", size=96, robust=True).edits == RandomEdits()
-    with pytest.raises(ValueError, match="robust adds random edits to a preset without tracker views"):
-        make_attack(model, strength="high", size=96, robust=True)
-    with pytest.raises(ValueError, match="robust applies to ssim-pire, pire, masked-pire only, not to sd-pire"):
-        make_attack(model, method="sd-pire", robust=True)

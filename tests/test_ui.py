@@ -229,13 +229,25 @@ def test_the_check_is_in_plain_words():
         verdict_summary(["blocked", "lost"])
 
 
+# a pass's compute against Lite0's: EfficientNet-Lite1 is 1.1 times as deep, Lite2 1.2 times as deep and 1.1 wide
+COMPUTE = {"efficientnet-lite0-gem": 1.0, "efficientnet-lite1-gem": 1.1, "efficientnet-lite2-gem": 1.2 * 1.1 ** 2}
+
+
+def _mean_compute(preset) -> float:
+    """The mean compute of the models a preset's passes go through: the page's (Lite0) and the preset's others."""
+    members = {"efficientnet-lite0-gem", *preset.models}
+    return sum(COMPUTE[m] for m in members) / len(members)
+
+
 JARGON = ("SSIM", "Lite", "grid", "price", "optimis", "view", "GeM", "epsilon", "L-inf", "grey level")
 
 
 def test_strength_lines_state_each_presets_purpose_and_cost():
-    # the cost in time: model passes (steps x (tracker views + the whole photo)) beside low's, the quickest
+    # the cost in time: model passes (steps x (tracker views + the whole photo)), each weighted by its model's
+    # compute (depth x width^2 of the EfficientNet-Lite variant; spread over the models), beside low's, the quickest
     passes = {n: p.steps * ((p.views.count if p.views else 0) + 1) for n, p in STRENGTHS.items()}
-    assert min(passes, key=passes.get) == "low"
+    cost = {n: passes[n] * _mean_compute(p) for n, p in STRENGTHS.items()}
+    assert min(cost, key=cost.get) == "low"
     strongest = max(STRENGTHS, key=lambda n: bound(n))
     for name, preset in STRENGTHS.items():
         line = strength_line(name, preset)
@@ -244,7 +256,9 @@ def test_strength_lines_state_each_presets_purpose_and_cost():
         assert f"at most {bound(name):g} of 255 brightness levels" in line
         assert ("flat areas (clear sky, plain walls) not at all" in line) == (preset.spare_flat is not None)
         if preset.views is None:  # what it is for
-            assert "protects the photo posted as it is, against the search model it was computed with" in line
+            assert "protects the photo posted as it is" in line
+        elif preset.views.jpeg is None:
+            assert "also when a site crops or flips it" in line and "re-compresses or shrinks the photo can undo" in line
         else:
             assert "also when a site re-compresses, resizes, crops or flips it" in line
         assert ("against other search models" in line) == bool(preset.models)
@@ -252,34 +266,49 @@ def test_strength_lines_state_each_presets_purpose_and_cost():
         if name == "low":  # what it costs
             assert f"Time: the quickest (up to {passes['low']} passes of the photo" in line
         else:
-            ratio = round(passes[name] / passes["low"], 1)
+            ratio = round(cost[name] / cost["low"], 1)
             assert f"Time: about {ratio:g} times low's (up to {passes[name]} passes" in line and ratio > 1
     # derived from the configuration, not written per preset: fewer steps, a smaller share of low's time
     halved = replace(STRENGTHS["high"], steps=STRENGTHS["high"].steps // 2)
     line = strength_line("high", halved, STRENGTHS | {"high": halved})
-    assert f"about {round(passes['high'] / 2 / passes['low'], 1):g} times low's" in line
+    assert f"about {round(cost['high'] / 2 / cost['low'], 1):g} times low's" in line
     assert "re-save" in JPEG_NOTE
+
+
+def test_strength_lines_weigh_passes_by_the_pages_model():
+    """low's passes all go through the page's model; medium spreads its passes over that model and its others."""
+    lite2 = "efficientnet-lite2-gem"
+    low, medium = STRENGTHS["low"], STRENGTHS["medium"]
+    members = {lite2, *medium.models}
+    low_cost = low.steps * (low.views.count + 1) * COMPUTE[lite2]
+    medium_cost = medium.steps * (medium.views.count + 1) * sum(COMPUTE[m] for m in members) / len(members)
+    line = strength_line("medium", medium, model=lite2)
+    assert f"Time: about {round(medium_cost / low_cost, 1):g} times low's" in line
+    assert round(medium_cost / low_cost, 1) < round(medium.steps * (medium.views.count + 1) * _mean_compute(medium)
+                                                    / (low.steps * (low.views.count + 1)), 1)  # nearer low's than with Lite0
 
 
 def test_other_models_are_named_with_or_without_tracker_views():
     """The models clause follows the preset's models alone, not whether it also has tracker views."""
-    for views in (None, STRENGTHS["high"].views):
+    for views in (None, STRENGTHS["low"].views, STRENGTHS["high"].views):
         preset = replace(STRENGTHS["low"], views=views, models=STRENGTHS["high"].models)
         assert preset.models and "against other search models" in strength_line("low", preset), views
-        assert "against other search models" not in strength_line("low", replace(preset, models=()))
-    line = strength_line("low", replace(STRENGTHS["low"], models=STRENGTHS["high"].models))
+        alone = strength_line("low", replace(preset, models=()))
+        assert "against other search models" not in alone and "against the search model it was computed with" in alone
+    line = strength_line("low", replace(STRENGTHS["low"], views=None, models=STRENGTHS["high"].models))
     assert line.count("can undo it") == 1 and not [w for w in JARGON if w in line], line
 
 
 def test_strength_lines_follow_the_steps_override_of_the_page():
     """``advquery ui --steps N`` runs every preset N steps: the page's passes and ratios say so."""
     per_step = {n: (p.views.count if p.views else 0) + 1 for n, p in STRENGTHS.items()}  # passes per step
+    ratio = per_step["high"] * _mean_compute(STRENGTHS["high"]) / (per_step["low"] * _mean_compute(STRENGTHS["low"]))
     assert strength_line("low", STRENGTHS["low"], steps=2).endswith(
         f"Time: the quickest (up to {2 * per_step['low']} passes of the photo through a search model).")
     line = strength_line("high", STRENGTHS["high"], steps=2)
-    assert (f"about {round(per_step['high'] / per_step['low'], 1):g} times low's (up to {2 * per_step['high']} passes "
+    assert (f"about {round(ratio, 1):g} times low's (up to {2 * per_step['high']} passes "
             f"of the photo through a search model, against {2 * per_step['low']})") in line
-    page = build_page(SimpleNamespace(steps=2))  # the page's lines are those of its queue's override
+    page = build_page(SimpleNamespace(steps=2, model=SimpleNamespace(name="efficientnet-lite0-gem")))  # the page's lines are those of its queue's override
     shown = "\n".join(str(block.value) for block in page.blocks.values() if isinstance(block, gr.Markdown))
     assert f"- {line}" in shown and f"- {strength_line('high', STRENGTHS['high'])}" not in shown
 

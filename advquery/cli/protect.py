@@ -50,9 +50,6 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--ssim-weight", type=number(float), metavar="W",
                    help="ssim-pire only: override the preset's price on SSIM (more: higher SSIM, less effect; "
                         "0 is pire)")
-    p.add_argument("--robust", action="store_true",
-                   help="ssim-pire/pire/masked-pire: optimise through random JPEG, downscaling and crops with the low "
-                        "preset (medium and high draw tracker views, which include them)")
     p.add_argument("--steps", type=step_count,
                    help=f"override the maximum number of optimisation steps (at most {MAX_STEPS})")
     p.add_argument("--target-ssim", type=number(float, 0, 1, low_open=True, high_open=True), metavar="S",
@@ -101,10 +98,10 @@ def summary_table(records: list[ProtectionRecord]) -> str:
     return "\n".join(printable(line) for line in lines)
 
 
-OPTION_FLAGS = {"target_ssim": "--target-ssim", "ssim_weight": "--ssim-weight", "robust": "--robust",
-                "eps_levels": "--eps", "steps": "--steps"}
+OPTION_FLAGS = {"target_ssim": "--target-ssim", "ssim_weight": "--ssim-weight", "eps_levels": "--eps",
+                "steps": "--steps"}
 # What makes an output what it is: recorded in the report and beside the outputs (with the model's name).
-SETTINGS = ("method", "strength", "eps", "ssim_weight", "steps", "robust", "target_ssim", "size", "precision", "format",
+SETTINGS = ("method", "strength", "eps", "ssim_weight", "steps", "target_ssim", "size", "precision", "format",
             "quality", "keep_metadata", "seed", "save_map")
 BUSY = "another advquery process is protecting it"
 
@@ -115,8 +112,7 @@ def run_protect(args: argparse.Namespace) -> int:
     ray = ray_target(args)
     try:
         check_method_options(args.method, target_ssim=args.target_ssim, ssim_weight=args.ssim_weight,
-                             robust=args.robust, eps_levels=args.eps, steps=args.steps, names=OPTION_FLAGS,
-                             preset=STRENGTHS[args.strength])
+                             eps_levels=args.eps, steps=args.steps, names=OPTION_FLAGS)
     except ValueError as exc:
         raise CommandError(str(exc)) from None
     if args.precision is not None:
@@ -296,7 +292,7 @@ def _protect_one(job: Job, photo: Photo | ImageError, args: argparse.Namespace, 
                 record = protect_photo(photo, target, model, job.fmt, args.quality, args.keep_metadata,
                                        job.map_target, method=args.method, strength=args.strength, eps_levels=args.eps,
                                        steps=args.steps, size=args.size, seed=args.seed, target_ssim=args.target_ssim,
-                                       robust=args.robust, ssim_weight=args.ssim_weight,
+                                       ssim_weight=args.ssim_weight,
                                        precision=args.precision or "auto")
                 if made_by:
                     made_by.write(target, f.path, settings)

@@ -17,13 +17,13 @@ from torch import nn
 
 from .cirtorch import ARCHITECTURES, OUTPUT_DIMS, build_features
 from .descriptor import DescriptorModel
-from .efficientnet_lite import EfficientNetLiteFeatures
+from .efficientnet_lite import SCALINGS, EfficientNetLiteFeatures
 from .ensemble import ModelEnsemble
 from .fusion import fold_batchnorm
 from .pooling import GeM, Whitening, gem, l2n
 from .precision import PRECISIONS, autocast_dtype, check_precision
 
-__all__ = ["load_model", "DescriptorModel", "ModelEnsemble", "GeM", "Whitening", "gem", "l2n", "BUILTIN_MODELS",
+__all__ = ["load_model", "relative_compute", "DescriptorModel", "ModelEnsemble", "GeM", "Whitening", "gem", "l2n", "BUILTIN_MODELS",
            "DEFAULT_MODEL", "resolve_device", "available_devices", "DeviceError", "ModelError", "PRECISIONS",
            "autocast_dtype", "check_precision"]
 
@@ -31,6 +31,13 @@ DEFAULT_MODEL = "efficientnet-lite0-gem"
 # TF-Lite training input is (255 x - 127) / 128, i.e. mean 127/255 and std 128/255 on [0, 1] pixels.
 _LITE_MEAN, _LITE_STD = (127 / 255,) * 3, (128 / 255,) * 3
 BUILTIN_MODELS = {f"efficientnet-lite{i}-gem": f"lite{i}" for i in range(3)}
+
+
+def relative_compute(name: str) -> float:
+    """A pass's compute through the built-in model ``name`` against Lite0's at the same input size; 1 for any other
+    model (a checkpoint)."""
+    variant = BUILTIN_MODELS.get(name)
+    return SCALINGS[variant].compute() if variant else 1.0
 
 
 class ModelError(ValueError):

@@ -32,6 +32,11 @@ class LiteScaling:
     width: float
     depth: float
 
+    def compute(self) -> float:
+        """A pass's compute against Lite0's at the same input size: EfficientNet's grows as depth x width^2 (the
+        compound scaling rule of Tan and Le, 2019)."""
+        return self.depth * self.width ** 2
+
 
 SCALINGS = {
     "lite0": LiteScaling(1.0, 1.0),

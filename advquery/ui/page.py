@@ -9,6 +9,7 @@ from pathlib import Path
 
 import gradio as gr
 
+from ..models import DEFAULT_MODEL, relative_compute
 from ..protection import DEFAULT_STRENGTH, STRENGTHS, Strength
 from ..trackers import verdict_summary
 from .jobs import DIFFERENCE_GAINS, JobQueue, NoPhotoError
@@ -35,32 +36,42 @@ def model_passes(preset: Strength, steps: int | None = None) -> int:
     return (preset.steps if steps is None else steps) * ((preset.views.count if preset.views is not None else 0) + 1)
 
 
+def relative_time(preset: Strength, steps: int | None = None, model: str = DEFAULT_MODEL) -> float:
+    """What one protection's time grows with: its passes (:func:`model_passes`), each weighted by the compute of
+    the model it goes through (spread evenly over ``model``, the page's, and the preset's others; Lite0's = 1)."""
+    members = list(dict.fromkeys((model, *preset.models)))
+    return model_passes(preset, steps) * sum(map(relative_compute, members)) / len(members)
+
+
 def strength_line(name: str, preset: Strength, presets: dict[str, Strength] = STRENGTHS,
-                  steps: int | None = None) -> str:
+                  steps: int | None = None, model: str = DEFAULT_MODEL) -> str:
     """One line in plain words on what a preset protects against and what it costs (how much it may change the
-    photo and its time, as model passes beside those of the quickest of ``presets``; ``steps``: the override of
-    every preset's steps the page's protections run with), read from its configuration."""
+    photo and its time, as model passes and their compute beside those of the quickest of ``presets``; ``steps``: the override of
+    every preset's steps the page's protections run with; ``model``: the page's), read from its configuration."""
     budget, budgets = preset.budget_levels(), [p.budget_levels() for p in presets.values()]
     if preset.views is None:
-        protects = "protects the photo posted as it is, against the search model it was computed with"
-    else:
-        protects = "protects the photo as posted and also when a site re-compresses, resizes, crops or flips it"
-    if preset.models:
-        protects += ", and against other search models than the one it was computed with"
+        protects = "protects the photo posted as it is"
+    else:  # the edits its views draw; without re-compressed views, a re-compressed or shrunk photo gives much back
+        edits = "crops or flips" if preset.views.jpeg is None else "re-compresses, resizes, crops or flips"
+        protects = f"protects the photo as posted and also when a site {edits} it"
+    protects += (", and against other search models than the one it was computed with" if preset.models
+                 else ", against the search model it was computed with")
     if preset.views is None:
         protects += "; a site that re-compresses, resizes or crops the photo can undo it"
+    elif preset.views.jpeg is None:
+        protects += "; a site that re-compresses or shrinks the photo can undo much of it"
     look = ("near-invisible; " if budget == min(budgets) else
             "the strongest, and a close look can see the change in smooth areas; " if budget == max(budgets) else "")
     changes = f"Changes a pixel by at most {budget:g} of 255 brightness levels"
     if preset.spare_flat is not None:
         changes += ", flat areas (clear sky, plain walls) not at all"
-    passes = model_passes(preset, steps)
-    quickest = min(presets, key=lambda n: model_passes(presets[n], steps))
-    fewest = model_passes(presets[quickest], steps)
-    if passes == fewest:
+    passes, cost = model_passes(preset, steps), relative_time(preset, steps, model)
+    quickest = min(presets, key=lambda n: relative_time(presets[n], steps, model))
+    fewest, least = model_passes(presets[quickest], steps), relative_time(presets[quickest], steps, model)
+    if cost == least:
         time = f"the quickest (up to {passes} passes of the photo through a search model)"
     else:
-        time = (f"about {round(passes / fewest, 1):g} times {quickest}'s (up to {passes} passes of the photo "
+        time = (f"about {round(cost / least, 1):g} times {quickest}'s (up to {passes} passes of the photo "
                 f"through a search model, against {fewest})")
     default = " (the default)" if name == DEFAULT_STRENGTH else ""
     return f"**{name}**{default}: {look}{protects}. {changes}. Time: {time}."
@@ -150,7 +161,7 @@ def build_page(jobs: JobQueue) -> gr.Blocks:
             files = gr.File(file_count="multiple", label="Photos", elem_id="photos")
             with gr.Column():
                 strength = gr.Radio(list(STRENGTHS), value=DEFAULT_STRENGTH, label="Strength", elem_id="strength")
-                lines = (strength_line(n, s, steps=jobs.steps) for n, s in STRENGTHS.items())
+                lines = (strength_line(n, s, steps=jobs.steps, model=jobs.model.name) for n, s in STRENGTHS.items())
                 gr.Markdown("\n".join(f"- {line}" for line in lines) + f"\n\n{JPEG_NOTE}")
                 keep = gr.Checkbox(label="Keep metadata (camera, date, colour profile); the GPS location is "
                                          "always removed", elem_id="keep-metadata")
