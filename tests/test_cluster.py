@@ -26,7 +26,7 @@ from advquery.io import OUTPUT_RECORDS, read_photo, write_photo_atomic
 from helpers import leftovers, run_cli
 
 N_PHOTOS = 4
-QUICK = ["--size", "64", "--steps", "2", "--seed", "0", "--strength", "low", "--threads", "1"]
+QUICK = ["--size", "64", "--steps", "2", "--seed", "0", "--method", "cv-pire", "--threads", "1"]  # no views: quick
 INDEX_QUICK = ["--size", "64", "--threads", "1"]
 BROKEN = "broken.png"
 TASK_TITLE = b"ray::_run_task"  # the process title of a Ray worker while it runs a photo

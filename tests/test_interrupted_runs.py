@@ -36,7 +36,7 @@ def photos(ukbench_dir, tmp_path) -> Path:
 
 def _protect(photos: Path, out: Path, report: Path) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "advquery.cli.main", "protect", str(photos), "-o", str(out),
-                             "--report", str(report), "--size", "32", "--steps", "3", "--seed", "0", "--strength", "low"],
+                             "--report", str(report), "--size", "32", "--steps", "3", "--seed", "0", "--method", "cv-pire"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -122,7 +122,7 @@ def test_output_written_but_not_recorded_when_killed_is_made_again(photos, tmp_p
     """The window between writing an output and recording which input made it: a rerun must not take the
     unrecorded output for finished, least of all after its input changed."""
     out = tmp_path / "out"
-    argv = [str(photos / "p0.jpg"), "-o", str(out), "--size", "32", "--steps", "3", "--seed", "0", "--strength", "low"]
+    argv = [str(photos / "p0.jpg"), "-o", str(out), "--size", "32", "--steps", "3", "--seed", "0", "--method", "cv-pire"]
     killed = subprocess.run([sys.executable, "-c", KILLED_BEFORE_RECORDING, "protect", *argv], capture_output=True,
                             text=True, timeout=120)
     assert killed.returncode == -signal.SIGKILL, killed.stderr

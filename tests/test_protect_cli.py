@@ -371,7 +371,7 @@ def test_save_map_refused_for_a_method_without_budget(tmp_path):
 # ------------------------------------------------------------------------------ reruns, reports, output folder
 
 
-QUICK = [*FAST, "--strength", "low"]  # the quickest preset
+QUICK = [*FAST, "--method", "cv-pire"]  # no tracker views: quick
 
 
 def _error_lines(stderr: str) -> list[str]:
@@ -468,7 +468,7 @@ def test_report_lines_record_input_and_settings(tmp_path):
     assert code == 0, stderr
     line = _strict_json(report.read_text())
     assert line["input"] == str(tmp_path / "x.png") and line["output"] == str(tmp_path / "out" / "x.png")
-    assert line["settings"] == {"model": "efficientnet-lite0-gem", "method": "ssim-pire", "strength": "low", "eps": None,
+    assert line["settings"] == {"model": "efficientnet-lite0-gem", "method": "cv-pire", "strength": "medium", "eps": None,
                                 "ssim_weight": None, "steps": 3, "target_ssim": None, "size": 96,
                                 "precision": None, "format": None, "quality": 95, "keep_metadata": False, "seed": 0, "save_map": False}
 
