@@ -117,10 +117,16 @@ def _builtin_model(name: str, device: str) -> DescriptorModel:
     return load_model(name, device=device)
 
 
+def attacked_models(model: str, others: tuple[str, ...] = ()) -> list[str]:
+    """The names of the models an attack with ``model`` and the built-in ``others`` goes through: ``model`` first,
+    each once."""
+    return list(dict.fromkeys((model, *others)))
+
+
 def attack_model(model: DescriptorModel, others: tuple[str, ...] = ()) -> DescriptorModel | ModelEnsemble:
     """The model an attack aims at: ``model``, with the built-in models named in ``others`` (an ensemble;
-    ``model`` itself is never added twice)."""
-    names = [n for n in dict.fromkeys(others) if n != model.name]
+    :func:`attacked_models`)."""
+    names = attacked_models(model.name, others)[1:]
     if not names:
         return model
     return ModelEnsemble([model, *(_builtin_model(n, str(model.device)) for n in names)])

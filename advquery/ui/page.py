@@ -10,7 +10,7 @@ from pathlib import Path
 import gradio as gr
 
 from ..models import DEFAULT_MODEL, relative_compute
-from ..protection import DEFAULT_STRENGTH, STRENGTHS, Strength
+from ..protection import DEFAULT_STRENGTH, STRENGTHS, Strength, attacked_models
 from ..trackers import verdict_summary
 from .jobs import DIFFERENCE_GAINS, JobQueue, NoPhotoError
 
@@ -39,7 +39,7 @@ def model_passes(preset: Strength, steps: int | None = None) -> int:
 def relative_time(preset: Strength, steps: int | None = None, model: str = DEFAULT_MODEL) -> float:
     """What one protection's time grows with: its passes (:func:`model_passes`), each weighted by the compute of
     the model it goes through (spread evenly over ``model``, the page's, and the preset's others; Lite0's = 1)."""
-    members = list(dict.fromkeys((model, *preset.models)))
+    members = attacked_models(model, preset.models)
     return model_passes(preset, steps) * sum(map(relative_compute, members)) / len(members)
 
 
