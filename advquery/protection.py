@@ -7,7 +7,7 @@ quality and effect on the file as written.
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from functools import lru_cache, partial
 from pathlib import Path
 
@@ -33,7 +33,7 @@ MASK_GAIN = 4.0  # masked-pire: texture may take up to 4x the flat-region budget
 DEFAULT_METHOD = "ssim-pire"  # every preset's: the others stay for research (protect --method)
 
 
-@dataclass(frozen=True, repr=False)
+@dataclass(frozen=True)
 class Strength:
     """One configuration of the protection method (ssim-pire through tracker views): a preset.
 
@@ -50,9 +50,8 @@ class Strength:
     ``grid`` the largest long side, in pixels, of the grid the perturbation lives on (None: the working
     resolution), ``coarse_layer`` how many times coarser again a second, low-frequency component is (None: none;
     :class:`~advquery.attacks.base.PerturbationAttack`); ``spare_flat`` the flat-region threshold, in grey levels of
-    local luminance deviation, below which pixels are left unchanged (None: none are spared); ``keep`` which step's
-    perturbation ssim-pire returns (``best`` or ``last``, :class:`~advquery.attacks.base.PerturbationAttack`). A JPEG
-    output is in the loop: the views see the file as saved.
+    local luminance deviation, below which pixels are left unchanged (None: none are spared). A JPEG output is in
+    the loop: the views see the file as saved.
 
     For the research methods run with a preset (``protect --method``): ``eps_levels`` is the flat-region budget
     of masked-pire and the L-infinity bound of pire, ``target_similarity`` the descriptor similarity at which
@@ -75,20 +74,12 @@ class Strength:
     lr_schedule: str = "constant"
     coarse_layer: int | None = None
     view_reference: str = "view"
-    keep: str = "best"
-
-    def __repr__(self) -> str:
-        # A definition is recorded and digested by its repr (bench/): a field added later is named only away from
-        # its default, so that every definition recorded before it keeps its repr.
-        shown = [f for f in fields(self) if f.name not in LATER_FIELDS or getattr(self, f.name) != f.default]
-        return f"{type(self).__name__}({', '.join(f'{f.name}={getattr(self, f.name)!r}' for f in shown)})"
 
     def budget_levels(self, method: str = DEFAULT_METHOD) -> float:
         """The budget, in grey levels, this preset gives a preset method: ssim-pire's bound, else ``eps_levels``."""
         return self.ssim_eps_levels if method == "ssim-pire" else self.eps_levels
 
 
-LATER_FIELDS = ("keep",)  # Strength fields added after definitions were recorded: in its repr only when set
 OTHER_MODELS = ("efficientnet-lite1-gem", "efficientnet-lite2-gem")  # medium and high attack all three built-ins
 # high's views pass, 30 % of them, through a copy of this long side (px) before the working size: a query shrunk
 # to a thumbnail and enlarged again by the tracker.
@@ -223,8 +214,7 @@ def make_attack(model: DescriptorModel, method: str | None = None, strength: str
                            whole_view=preset.whole_view, view_reference=preset.view_reference)
         target = attack_model(model, preset.models)
         if method == "ssim-pire":
-            return SSIMPIRE(target, ssim_weight=preset.ssim_weight if ssim_weight is None else ssim_weight,
-                            keep=preset.keep, **options)
+            return SSIMPIRE(target, ssim_weight=preset.ssim_weight if ssim_weight is None else ssim_weight, **options)
         return MaskedPIRE(target, max_gain=MASK_GAIN, **options) if method == "masked-pire" else PIRE(target, **options)
     attack = CVPIRE if method == "cv-pire" else SDPIRE
     return attack(model, m=THESIS_M if eps_levels is None else eps_levels,

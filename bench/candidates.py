@@ -212,12 +212,6 @@ for crop_file in (0.25, 0.0):
         base, views=replace(base.views, crop=(0.15, 1.0), crop_file=crop_file),
         description=f"low-views10-price150, {round(100 * (1 - crop_file))} % of the crops selections down to 15 % "
                     f"of a side")
-# Every preset returned the step with the highest objective, but each step measures it on the views it drew: the best
-# step is partly the one that drew the easiest views. The final step instead, which the cosine decay has made a
-# refinement of the ones before (keep="last").
-for preset in ("low", "medium", "high"):
-    CANDIDATES[f"{preset}-last"] = replace(STRENGTHS[preset], keep="last",
-                                           description=f"{preset}, the final step's perturbation kept")
 # low's time (90 passes and 60 reference passes a photo, three times the 3-level low's) against issue 13's 15 s: one
 # view a step instead of two, fewer steps, or both (the cosine decay still ends each on refinement).
 LOW_1VIEW = replace(STRENGTHS["low"], views=replace(STRENGTHS["low"].views, count=1),

@@ -70,9 +70,6 @@ def _cosine(model, a: torch.Tensor, b: torch.Tensor) -> float:
     ({"lr_schedule": "linear"}, r"lr_schedule must be one of \('constant', 'cosine'\), got 'linear'"),
     ({"coarse_layer": 1}, "coarse_layer must be an integer >= 2 or None, got 1"),
     ({"coarse_layer": 2.0}, "coarse_layer must be an integer >= 2 or None, got 2.0"),
-    ({"keep": "first"}, r"keep must be one of \('best', 'last'\), got 'first'"),
-    ({"keep": "last", "patience": 3}, "keep='last' runs every step and keeps no snapshots"),
-    ({"keep": "last", "snapshot_every": 1}, "keep='last' runs every step and keeps no snapshots"),
 ])
 def test_pire_rejects_bad_arguments(model, kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -196,22 +193,6 @@ def test_snapshots_are_the_results_of_shorter_runs(model, photo):
     short = PIRE(model, eps=EPS, steps=2, size=SIZE, seed=0)
     assert torch.equal(attack.render(photo, attack.snapshots[0][1]), short(photo))
     assert short.snapshots == []  # off by default
-
-
-def test_keep_last_returns_the_final_update(model, photo):
-    """``keep="last"`` returns the perturbation after the last step's update: the one a run of a step more
-    evaluates in its last step (and keeps as its best where that step improved); the best of the same 3 steps
-    can be at most the one after 2 updates."""
-    last = PIRE(model, eps=EPS, steps=3, size=SIZE, seed=0, keep="last")
-    longer = PIRE(model, eps=EPS, steps=4, size=SIZE, seed=0, snapshot_every=1)
-    best = PIRE(model, eps=EPS, steps=3, size=SIZE, seed=0)
-    out = last(photo)
-    longer(photo)
-    best(photo)
-    assert not torch.equal(longer.snapshots[-1][1], longer.snapshots[-2][1])  # the longer run's 4th step improved
-    assert torch.equal(last.perturbation, longer.perturbation)
-    assert torch.equal(out, last.render(photo, last.perturbation))
-    assert not torch.equal(last.perturbation, best.perturbation)
 
 
 # ------------------------------------------------------------------------------ early stopping, batches, codec

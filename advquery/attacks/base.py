@@ -41,7 +41,6 @@ SAVING_MODES = ("quantised", "refined", "x10")
 LR_SCHEDULES = ("constant", "cosine")
 VIEW_REFERENCES = ("view", "photo")
 WHOLE_VIEWS = (True, False, "cycle")
-KEEPS = ("best", "last")
 
 
 @dataclass
@@ -160,11 +159,6 @@ class PerturbationAttack:
             retrieval on the validation split, docs/methods.md).
         spare_flat: leave pixels whose local luminance deviation is below this many grey levels unchanged (None:
             none are spared).
-        keep: which perturbation a call returns: ``best`` (default), that of the step with the highest objective;
-            ``last``, the final one, after every step. With views drawn afresh in every step (``edits``,
-            ``tracker_views``) each step's objective is measured on other views, so the best step is partly the one
-            that drew the easiest views; ``last`` runs every step (no ``patience``, ``target_similarity`` or
-            ``snapshot_every``).
 
     Shape:
         input (N, 3, H, W) float in [0, 1] on the 8-bit grid; output the same shape, on the 8-bit grid.
@@ -178,8 +172,7 @@ class PerturbationAttack:
                  snapshot_every: int | None = None, precision: str = "auto",
                  on_step: Callable[[int, int], None] | None = None, tracker_views: TrackerViews | None = None,
                  poolings: Sequence[str] = ("gem",), whole_view: bool | str = True, spare_flat: float | None = None,
-                 lr_schedule: str = "constant", coarse_layer: int | None = None, view_reference: str = "view",
-                 keep: str = "best"):
+                 lr_schedule: str = "constant", coarse_layer: int | None = None, view_reference: str = "view"):
         _check(isinstance(steps, int) and not isinstance(steps, bool) and steps >= 1, f"steps must be a positive integer, got {steps!r}")
         _check(lr > 0, f"lr must be positive, got {lr}")
         _check(lr_schedule in LR_SCHEDULES, f"lr_schedule must be one of {LR_SCHEDULES}, got {lr_schedule!r}")
@@ -215,11 +208,6 @@ class PerturbationAttack:
         self.view_reference = view_reference
         _check(spare_flat is None or spare_flat > 0, f"spare_flat must be positive grey levels or None, got {spare_flat}")
         self.spare_flat = spare_flat
-        _check(keep in KEEPS, f"keep must be one of {KEEPS}, got {keep!r}")
-        _check(keep == "best" or (patience is None and target_similarity is None and snapshot_every is None),
-               "keep='last' runs every step and keeps no snapshots: give no patience, target_similarity or "
-               "snapshot_every")
-        self.keep = keep
         self.snapshots: list[tuple[int, torch.Tensor]] = []  # (steps, working-resolution v) of the last call
         self.stats = AttackStats([], [])
         self.perturbation: torch.Tensor | None = None  # best working-resolution perturbation of the last call
@@ -401,7 +389,7 @@ class PerturbationAttack:
         done = torch.zeros(n, dtype=torch.bool, device=x.device)
         steps_used = torch.full((n,), self.steps, dtype=torch.long, device=x.device)
         for step in range(self.steps):
-            total = self._iterate(v, coarse)
+            total = v if coarse is None else v + self._upsample(coarse, v.shape[-2:])
             pixels, adv = self._compose(x, total, gain)
             with autocast(amp, x.device):
                 if self.tracker_views is None:
@@ -416,8 +404,7 @@ class PerturbationAttack:
                 improved = objective > best_objective
                 best_objective = torch.where(improved, objective, best_objective)
                 best_distance = torch.where(improved, distance, best_distance)
-                if self.keep == "best":
-                    best_v[improved] = total.detach()[improved]
+                best_v[improved] = total.detach()[improved]
                 if self.snapshot_every and (step + 1) % self.snapshot_every == 0:
                     self.snapshots.append((step + 1, best_v.clone()))
                 since_best = torch.where(improved, 0, since_best + 1)
@@ -440,8 +427,6 @@ class PerturbationAttack:
                 v.copy_((x_pert + projected).clamp(0, 1) - x_pert - offset)
             if self.on_step is not None:
                 self.on_step(step + 1, self.steps)
-        if self.keep == "last":
-            best_v = self._iterate(v, coarse).detach().clone()
         self.perturbation = best_v
         self.original_descriptor = target[:, 0]
         with torch.no_grad():
@@ -449,10 +434,6 @@ class PerturbationAttack:
             similarity = (self.describe(out) * target[:, 0]).sum(dim=1)
         self.stats = AttackStats(steps_used.tolist(), similarity.tolist())
         return out.to(images.device, images.dtype)
-
-    def _iterate(self, v: torch.Tensor, coarse: torch.Tensor | None) -> torch.Tensor:
-        """The perturbation the optimised ``v`` and ``coarse`` component (or None) stand for, on ``v``'s grid."""
-        return v if coarse is None else v + self._upsample(coarse, v.shape[-2:])
 
     def _coarse_layer(self, bound: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """The coarse component (zeros, requiring grad) and its bound, the block means of the perturbation's
