@@ -19,7 +19,7 @@ demo: install
 	$(VENV)/bin/advquery demo
 
 test: install
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
 
 bench: install
 	cd bench && ../$(PY) baseline_retrieval.py \

@@ -196,9 +196,11 @@ def other_section(name: str, data: dict) -> tuple[str, str, str]:
     if name.startswith("speed") and isinstance(data.get("time", {}), dict):
         parts = [p for p in ("time", "effect") if p in data]
         photos = {r["photo"] for runs in data.get("time", {}).values() for r in runs}
+        precisions = [p for p in ("float32", "bfloat16") if any(k.endswith(f" {p}") for k in data.get("time", {}))]
         command = " ".join(["python bench/speed.py", f"--parts {','.join(parts)}"]
                            + [f"--photos {len(photos)}"] * bool(photos)
-                           + [f"--effect-limit {len(data['effect']['queries'])}"] * ("effect" in data)
+                           + ([f"--effect-limit {len(data['effect']['queries'])}"] if "effect" in data else [])
+                           + [f"--precisions {' '.join(precisions)}"] * (len(precisions) == 1)
                            + [f"--threads {data['threads']}"]
                            * ("threads" in data) + [f"--name {name}"] * (name != "speed"))
         return "Speed of protection: seconds per photo, network passes, float32 against bfloat16", command, \
@@ -271,19 +273,24 @@ def preset_sources(runs: dict[str, dict]) -> dict[str, str]:
 
 def timed_seconds() -> tuple[dict[str, float], str, str]:
     """Seconds per photo of each preset timed alone in the precision ``protect --precision auto`` ran on the
-    machine of bench/speed.py, that precision, and the machine (with the photos timed); presets whose definition
+    machine of bench/speed.py, that precision, and the machine (with the photos timed and the file), from the latest
+    speed run (``speed.json`` or ``speed_*.json``) that timed a preset as defined today; presets whose definition
     changed since they were timed have none."""
-    path = RESULTS / "speed.json"
-    if not path.is_file():
+    found = []
+    for path in RESULTS.glob("speed*.json"):
+        data = json.loads(path.read_text())
+        auto, changed = data.get("auto"), changed_presets(data, "time") or []
+        timed = {key: rows for key, rows in data.get("time", {}).items()
+                 if auto and key.endswith(auto) and key.split()[0] not in changed}
+        if timed:
+            found.append((measured_on(path.stem), path.stem, data, timed))
+    if not found:
         return {}, "", ""
-    data = json.loads(path.read_text())
-    auto = data["auto"]
-    changed = changed_presets(data, "time") or []
-    timed = {key: rows for key, rows in data.get("time", {}).items()
-             if key.endswith(auto) and key.split()[0] not in changed}
+    _, name, data, timed = max(found, key=lambda f: f[:2])
     photos = {r["photo"] for rows in timed.values() for r in rows}
-    return ({key.split()[0]: sum(r["seconds"] for r in rows) / len(rows) for key, rows in timed.items()}, auto,
-            f"{data['machine']} ({len(photos)} validation photo{'s' * (len(photos) != 1)} at 1024 px)")
+    return ({key.split()[0]: sum(r["seconds"] for r in rows) / len(rows) for key, rows in timed.items()},
+            data["auto"], f"{data['machine']} ({len(photos)} validation photo{'s' * (len(photos) != 1)} at 1024 px, "
+                          f"`bench/results/{name}.md`)")
 
 
 def wi_shares(data: dict, label: str, models_left_out: list[str] = ()) -> list[float]:
@@ -342,8 +349,7 @@ def seconds_note(presets: list[str], timed: dict[str, float], precision: str, ti
     shared = [p for p in presets if p not in timed]
     parts = []
     if alone:
-        parts.append(f"of {', '.join(alone)} on {timed_on}, timed alone in {precision} (what `protect` runs there; "
-                     "the speed table of docs/benchmarks.md)")
+        parts.append(f"of {', '.join(alone)} on {timed_on}, timed alone in {precision} (what `protect` runs there)")
     if shared:
         parts.append(f"of {', '.join(shared)} from the tracker run on {machines}, which other jobs may have shared"
                      + (" (changed since they were timed alone)" if alone else ""))
