@@ -213,7 +213,8 @@ for crop_file in (0.25, 0.0):
         description=f"low-views10-price150, {round(100 * (1 - crop_file))} % of the crops selections down to 15 % "
                     f"of a side")
 # low's time (90 passes and 60 reference passes a photo, three times the 3-level low's) against issue 13's 15 s: one
-# view a step instead of two, fewer steps, or both (the cosine decay still ends each on refinement).
+# view a step instead of two, fewer steps, or both (the cosine decay still ends each on refinement). Not kept
+# (candidates_low_time_validation_quick_limit8, candidates_low_1view_test_quick; docs/methods.md).
 LOW_1VIEW = replace(STRENGTHS["low"], views=replace(STRENGTHS["low"].views, count=1),
                     description="low, one tracker view a step beside the whole photo")
 CANDIDATES["low-1view"] = LOW_1VIEW
