@@ -196,14 +196,16 @@ def other_section(name: str, data: dict) -> tuple[str, str, str]:
     if name.startswith("speed") and isinstance(data.get("time", {}), dict):
         parts = [p for p in ("time", "effect") if p in data]
         photos = {r["photo"] for runs in data.get("time", {}).values() for r in runs}
-        precisions = [p for p in ("float32", "bfloat16") if any(k.endswith(f" {p}") for k in data.get("time", {}))]
+        precisions = [p for p in ("float32", "bfloat16", "float16") if any(k.endswith(f" {p}") for k in data.get("time", {}))]
         command = " ".join(["python bench/speed.py", f"--parts {','.join(parts)}"]
                            + [f"--photos {len(photos)}"] * bool(photos)
                            + ([f"--effect-limit {len(data['effect']['queries'])}"] if "effect" in data else [])
                            + [f"--precisions {' '.join(precisions)}"] * (len(precisions) == 1)
                            + [f"--threads {data['threads']}"]
                            * ("threads" in data) + [f"--name {name}"] * (name != "speed"))
-        return "Speed of protection: seconds per photo, network passes, float32 against bfloat16", command, \
+        return ("Speed of protection: seconds per photo, network passes"
+                + (", " + " against ".join(precisions) if len(precisions) > 1 else f", in {precisions[0]}"
+                   if precisions else "")), command, \
             "Run alone on the machine (timed figures)."
     if name == "cluster_throughput" and isinstance(data.get("photos"), list):
         images = data.get("describe", {}).get("images")
@@ -273,17 +275,21 @@ def preset_sources(runs: dict[str, dict]) -> dict[str, str]:
 
 def timed_seconds() -> tuple[dict[str, float], str, str]:
     """Seconds per photo of each preset timed alone in the precision ``protect --precision auto`` ran on the
-    machine of bench/speed.py, that precision, and the machine (with the photos timed and the file), from the latest
-    speed run (``speed.json`` or ``speed_*.json``) that timed a preset as defined today; presets whose definition
-    changed since they were timed have none."""
+    machine of bench/speed.py, that precision, and the machine (with the photos timed and the file). All from one
+    speed run (``speed.json`` or ``speed_*.json``): the latest that recorded its definitions and timed a preset as
+    defined today; its presets whose definition changed since, or that it did not time, have none."""
     found = []
     for path in RESULTS.glob("speed*.json"):
         data = json.loads(path.read_text())
-        auto, changed = data.get("auto"), changed_presets(data, "time") or []
-        timed = {key: rows for key, rows in data.get("time", {}).items()
-                 if auto and key.endswith(auto) and key.split()[0] not in changed}
+        if not isinstance(data, dict) or not isinstance(data.get("time"), dict):
+            continue
+        auto, changed = data.get("auto"), changed_presets(data, "time")
+        if changed is None:  # definitions not recorded
+            continue
+        timed = {key: rows for key, rows in data["time"].items()
+                 if key.split()[0] in STRENGTHS and key.split()[0] not in changed and key.split()[1:] == [auto]}
         if timed:
-            found.append((measured_on(path.stem), path.stem, data, timed))
+            found.append((data.get("measured") or measured_on(path.stem), path.stem, data, timed))
     if not found:
         return {}, "", ""
     _, name, data, timed = max(found, key=lambda f: f[:2])

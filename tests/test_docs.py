@@ -125,6 +125,29 @@ def test_seconds_timed_alone_are_quoted_only_for_presets_timed_as_defined_today(
         "Seconds per photo of low from the tracker run on the CPU")
 
 
+def test_seconds_come_from_the_latest_speed_run_of_todays_definitions(tmp_path, monkeypatch):
+    tables = _readme_tables()
+    candidates = importlib.import_module("candidates")
+    today = {p: repr(candidates.setting(p)) for p in ("low", "medium")}
+    rows = [{"photo": "a", "seconds": 10.0}, {"photo": "b", "seconds": 20.0}]
+
+    def run(name, measured, time, presets):
+        (tmp_path / f"{name}.json").write_text(json.dumps(
+            {"machine": name, "measured": measured, "auto": "float32", "time": time, "time_presets": presets}))
+    run("speed", "2026-12-03T15:10+00:00", {"low float32": rows, "medium float32": rows}, today)
+    run("speed_later", "2026-12-05T04:53+00:00", {"low float32": rows, "medium bfloat16": rows}, today)
+    run("speed_candidate_only", "2026-12-06T00:00+00:00", {"low-1view float32": rows},
+        {"low-1view": repr(candidates.setting("low-1view"))})
+    run("speed_unrecorded", "2026-12-07T00:00+00:00", {"low float32": rows}, None)
+    (tmp_path / "speed_other.json").write_text(json.dumps({"time": "not a speed run"}))
+    monkeypatch.setattr(tables, "RESULTS", tmp_path)
+    seconds, precision, machine = tables.timed_seconds()  # the latest run that timed a preset as defined today
+    assert seconds == {"low": 15.0} and precision == "float32"  # medium was timed there in another precision
+    assert machine == "speed_later (2 validation photos at 1024 px, `bench/results/speed_later.md`)"
+    run("speed_later", "2026-12-05T04:53+00:00", {"low float32": rows}, {"low": "an older definition"})
+    assert tables.timed_seconds()[0] == {"low": 15.0, "medium": 15.0}  # back to the earlier run
+
+
 def test_presets_timed_under_another_definition_are_named_changed():
     _readme_tables()  # imports bench/speed.py and bench/candidates.py with it
     speed, candidates = importlib.import_module("speed"), importlib.import_module("candidates")
