@@ -361,8 +361,9 @@ def test_eval_unknown_model(tmp_path, capsys):
 
 
 def test_demo(capsys):
-    assert main(["demo", "--size", str(SIZE)]) == 0
+    assert main(["demo", "--size", str(SIZE), "--steps", "2"]) == 0  # the preset's steps: minutes of tracker views
     out = capsys.readouterr().out
+    assert out.count("  protected ") == 6  # every sample photo
     match = re.search(r"Retrieval found (\d+) of (\d+) edited copies", out)
     assert match, out
     found, total = map(int, match.groups())

@@ -339,6 +339,12 @@ def add_model_options(parser: argparse.ArgumentParser, size_default: int | None 
                         help="torch device (default: cuda if available, else cpu)")
 
 
+def add_steps_option(parser: argparse.ArgumentParser, whose: str = "preset's") -> None:
+    """--steps, shared by every command that protects photos: ``whose`` step limit it overrides."""
+    parser.add_argument("--steps", type=step_count,
+                        help=f"override the {whose} maximum number of optimisation steps (at most {MAX_STEPS})")
+
+
 def add_features_options(parser: argparse.ArgumentParser, database: bool = True) -> None:
     """--features, and for commands that describe a database --vocab and --vocab-size."""
     default = "neural" if database else None

@@ -18,7 +18,7 @@ from ..io import read_photo, write_photo_atomic
 from ..models import DEFAULT_MODEL, load_model
 from ..protection import STRENGTHS, protect_photo
 from ..retrieval import ImageIndex, Manifest
-from .common import add_model_options, positive_int, user_errors
+from .common import add_model_options, add_steps_option, positive_int, user_errors
 
 COPIES_PER_PHOTO = 3  # see edited_copies
 SAMPLES = ("astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "motorcycle_left.png", "hubble_deep_field.jpg")
@@ -33,6 +33,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     demo.add_argument("-k", type=positive_int, default=3, help="results shown per query (default: 3)")
     demo.add_argument("--strength", choices=tuple(STRENGTHS), default="low", help="protection preset (default: low)")
     add_model_options(demo, size_default=512)
+    add_steps_option(demo)
     demo.set_defaults(run=run_demo, model=DEFAULT_MODEL)
 
 
@@ -97,7 +98,7 @@ def run_demo(args: argparse.Namespace) -> int:
         for photo in originals:
             target = root / "protected" / photo.name
             record = protect_photo(read_photo(photo), target, model, "PNG", strength=args.strength, size=args.size,
-                                   seed=0)
+                                   seed=0, steps=args.steps)
             print(f"  protected {photo.name}: SSIM {record.ssim:.4f}, PSNR {record.psnr:.1f} dB, "
                   f"max change {record.linf:.0f} grey levels, {record.seconds:.1f} s")
             protected.append(target)

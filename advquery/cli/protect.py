@@ -17,9 +17,9 @@ from ..models import PRECISIONS, check_precision, load_model, resolve_device
 from ..outputs import OutputRecords
 from ..protection import DEFAULT_METHOD, DEFAULT_NOISE_SSIM, DEFAULT_STRENGTH, GRADIENT_METHODS, MASK_GAIN, METHODS, STRENGTHS, \
     ProtectionRecord, check_method_options, map_path, output_format, output_path, protect_photo
-from .common import MAX_STEPS, CommandError, JsonLines, add_model_options, check_output_file, check_output_folder, \
-    collect_or_fail, describe_out_of_memory, error, interrupt_exit_code, number, out_of_memory, positive_int, \
-    process_count, seed_number, step_count, user_errors
+from .common import CommandError, JsonLines, add_model_options, add_steps_option, check_output_file, \
+    check_output_folder, collect_or_fail, describe_out_of_memory, error, interrupt_exit_code, number, out_of_memory, \
+    positive_int, process_count, seed_number, user_errors
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -50,8 +50,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--ssim-weight", type=number(float), metavar="W",
                    help="ssim-pire only: override the preset's price on SSIM (more: higher SSIM, less effect; "
                         "0 is pire)")
-    p.add_argument("--steps", type=step_count,
-                   help=f"override the maximum number of optimisation steps (at most {MAX_STEPS})")
+    add_steps_option(p)
     p.add_argument("--target-ssim", type=number(float, 0, 1, low_open=True, high_open=True), metavar="S",
                    help=f"noise only: SSIM the noise is matched to, in (0, 1) (default: {DEFAULT_NOISE_SSIM})")
     p.add_argument("--format", choices=("png", "jpg"), help="output format (default: JPEG stays JPEG, others PNG)")

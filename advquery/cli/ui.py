@@ -5,7 +5,7 @@ import sys
 from ..extraction import DEFAULT_SIZE
 from ..io import DEFAULT_MAX_PIXELS
 from ..models import DEFAULT_MODEL, load_model
-from .common import (MAX_STEPS, SIZE_RANGE, CommandError, device_name, error, number, positive_int, step_count,
+from .common import (SIZE_RANGE, CommandError, add_steps_option, device_name, error, number, positive_int,
                      upload_mb, user_errors, working_size)
 
 DEFAULT_PORT = 7860  # Gradio's
@@ -26,8 +26,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     u.add_argument("--size", type=working_size, default=DEFAULT_SIZE,
                    help=f"working size of the protection: long side in pixels, {SIZE_RANGE} "
                         f"(default: {DEFAULT_SIZE})")
-    u.add_argument("--steps", type=step_count,
-                   help=f"override the presets' maximum number of optimisation steps (at most {MAX_STEPS})")
+    add_steps_option(u, "presets'")
     u.add_argument("--device", type=device_name, default=None, help="torch device (default: cuda if available, else cpu)")
     u.add_argument("--max-upload-mb", type=upload_mb, default=DEFAULT_MAX_UPLOAD_MB,
                    help=f"refuse larger uploads (default: {DEFAULT_MAX_UPLOAD_MB:g} MB per file)")
