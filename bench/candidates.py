@@ -212,6 +212,13 @@ for crop_file in (0.25, 0.0):
         base, views=replace(base.views, crop=(0.15, 1.0), crop_file=crop_file),
         description=f"low-views10-price150, {round(100 * (1 - crop_file))} % of the crops selections down to 15 % "
                     f"of a side")
+# Regional pooling: R-MAC (max over a grid of regions, each L2-normalised) pushed away beside GeM in every view, from
+# the same feature map (no more passes). The regions stand for the selections and crops a tracker cuts, and the
+# R-MAC tracker is medium's weakest row after Lite2 at 512 px (trackers_test_quick_medium_cycle).
+# Validation: WI p90 and worst cell lower at the same SSIM, median within the noise (candidates_rmac_validation_quick_
+# limit8); not yet confirmed on the test split.
+CANDIDATES["medium-gem-rmac"] = replace(STRENGTHS["medium"], poolings=("gem", "rmac"),
+                                        description="medium pushing GeM and R-MAC away in every view")
 # low's time (90 passes and 60 reference passes a photo, three times the 3-level low's) against issue 13's 15 s: one
 # view a step instead of two, fewer steps, or both (the cosine decay still ends each on refinement). Not kept
 # (candidates_low_time_validation_quick_limit8, candidates_low_1view_test_quick; docs/methods.md).
