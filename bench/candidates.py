@@ -216,7 +216,8 @@ for crop_file in (0.25, 0.0):
 # the same feature map (no more passes). The regions stand for the selections and crops a tracker cuts, and the
 # R-MAC tracker is medium's weakest row after Lite2 at 512 px (trackers_test_quick_medium_cycle).
 # Validation: WI p90 and worst cell lower at the same SSIM, median within the noise (candidates_rmac_validation_quick_
-# limit8); not yet confirmed on the test split.
+# limit8); the first 14 test queries: BB clearly lower, WI split (candidates_rmac_test_quick_limit14). To confirm on
+# all 28.
 CANDIDATES["medium-gem-rmac"] = replace(STRENGTHS["medium"], poolings=("gem", "rmac"),
                                         description="medium pushing GeM and R-MAC away in every view")
 # low's time (90 passes and 60 reference passes a photo, three times the 3-level low's) against issue 13's 15 s: one
