@@ -196,7 +196,8 @@ def other_section(name: str, data: dict) -> tuple[str, str, str]:
     if name.startswith("speed") and isinstance(data.get("time", {}), dict):
         parts = [p for p in ("time", "effect") if p in data]
         photos = {r["photo"] for runs in data.get("time", {}).values() for r in runs}
-        precisions = [p for p in ("float32", "bfloat16", "float16") if any(k.endswith(f" {p}") for k in data.get("time", {}))]
+        precisions = [p for p in ("float32", "bfloat16", "float16")
+                      if any(k.endswith(f" {p}") for k in data.get("time", {}))]
         command = " ".join(["python bench/speed.py", f"--parts {','.join(parts)}"]
                            + [f"--photos {len(photos)}"] * bool(photos)
                            + ([f"--effect-limit {len(data['effect']['queries'])}"] if "effect" in data else [])

@@ -23,8 +23,8 @@ from .fusion import fold_batchnorm
 from .pooling import GeM, Whitening, gem, l2n
 from .precision import PRECISIONS, autocast_dtype, check_precision
 
-__all__ = ["load_model", "relative_compute", "DescriptorModel", "ModelEnsemble", "GeM", "Whitening", "gem", "l2n", "BUILTIN_MODELS",
-           "DEFAULT_MODEL", "resolve_device", "available_devices", "DeviceError", "ModelError", "PRECISIONS",
+__all__ = ["load_model", "relative_compute", "DescriptorModel", "ModelEnsemble", "GeM", "Whitening", "gem", "l2n",
+           "BUILTIN_MODELS", "DEFAULT_MODEL", "resolve_device", "available_devices", "DeviceError", "ModelError", "PRECISIONS",
            "autocast_dtype", "check_precision"]
 
 DEFAULT_MODEL = "efficientnet-lite0-gem"

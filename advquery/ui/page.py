@@ -46,8 +46,9 @@ def relative_time(preset: Strength, steps: int | None = None, model: str = DEFAU
 def strength_line(name: str, preset: Strength, presets: dict[str, Strength] = STRENGTHS,
                   steps: int | None = None, model: str = DEFAULT_MODEL) -> str:
     """One line in plain words on what a preset protects against and what it costs (how much it may change the
-    photo and its time, as model passes and their compute beside those of the quickest of ``presets``; ``steps``: the override of
-    every preset's steps the page's protections run with; ``model``: the page's), read from its configuration."""
+    photo and its time, as model passes and their compute beside those of the quickest of ``presets``; ``steps``:
+    the override of every preset's steps the page's protections run with; ``model``: the page's), read from its
+    configuration."""
     budget, budgets = preset.budget_levels(), [p.budget_levels() for p in presets.values()]
     if preset.views is None:
         protects = "protects the photo posted as it is"
