@@ -24,8 +24,8 @@ def _medium_description(levels: int) -> str:
             "aspect, half and half; flips, rotations, colour, JPEG, working sizes 448-1024) on Lite0, Lite1 and Lite2")
 
 
-# medium as shipped until R-MAC joined it on 2026-12-05 (GeM alone pushed away), which medium-gem-rmac changes and the earlier
-# medium candidates derive from.
+# medium as shipped until R-MAC joined it on 2026-12-05 (GeM alone pushed away), which medium-gem-rmac changes and
+# the earlier medium candidates derive from.
 MEDIUM_CYCLE = replace(STRENGTHS["medium"], poolings=("gem",),
                        description="within 16 levels at SSIM price 20 on a 512 px grid, the step size decayed along a "
                                    "cosine, flat regions left alone, optimised through tracker views (the whole photo "
@@ -231,7 +231,9 @@ for crop_file in (0.25, 0.0):
 # against 21 %, BB median 24 % against 28 %, BB worst 44 % against 56 %, at the same SSIM).
 CANDIDATES["medium-gem-rmac"] = replace(MEDIUM_CYCLE, poolings=("gem", "rmac"),
                                         description="medium pushing GeM and R-MAC away in every view")
-# The same in high (GeM alone there until then).
+# The same in high (GeM alone there). Validation (candidates_high_rmac_validation_quick_limit8): WI median and p90
+# lower, BB median lower on the GeM rows too, the worst WI cell higher (Lite1 after a square crop); to confirm on the
+# test split.
 CANDIDATES["high-gem-rmac"] = replace(STRENGTHS["high"], poolings=("gem", "rmac"),
                                       description="high pushing GeM and R-MAC away in every view")
 # low's time (90 passes and 60 reference passes a photo, three times the 3-level low's) against issue 13's 15 s: one

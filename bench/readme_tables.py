@@ -244,19 +244,20 @@ def section(name: str) -> tuple[str, str]:
     lines = [f"### {title}", "", f"- File: `bench/results/{name}.md` (`.json`)", f"- Reproduce: {reproduce}",
              f"- Comparable with today's database: {comparability(day)}"]
     if earlier := earlier_definitions(data):
-        lines.append(f"- Definitions: {', '.join(f'`{p}`' for p in earlier)} measured as defined before today (the "
-                     f".json records the definition): the command above runs today's; at the commit of this result "
-                     f"(`git log` on its .json) it runs the one measured")
+        lines.append(f"- Definitions: {', '.join(f'`{p}`' for p in earlier)} measured with an earlier definition "
+                     f"(the .json records it; git history has the code): the command above runs today's")
     return day, "\n".join(lines + ([f"- Note: {note}"] if note else []) + ["", body, ""])
 
 
 def earlier_definitions(data: dict) -> list[str]:
-    """The shipped presets a tracker result measured under a recorded definition other than today's."""
+    """The shipped presets, and the leave-one-model-out sets that follow them, a tracker result measured under a
+    recorded definition other than today's."""
     sets = data.get("sets")
     if not isinstance(sets, dict):
         return []
-    return [preset for preset, info in sets.items() if preset in STRENGTHS and isinstance(info, dict)
-            and info.get("preset") is not None and not defined_as_today(preset, info["preset"])]
+    return [label for label, info in sets.items()
+            if (label in STRENGTHS or LEFT_OUT in label) and isinstance(info, dict) and info.get("preset") is not None
+            and not defined_as_today(label, info["preset"])]
 
 
 def protection_table() -> str:

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from advquery.models import GeM, ModelError, Whitening, gem, load_model
 from advquery.models import efficientnet_lite as lite_module
+from advquery.models import pooling
 from advquery.models.cirtorch import build_features
 from advquery.models.efficientnet_lite import relu6_padded
 
@@ -51,6 +52,22 @@ def test_gem_gradcheck():
     x = (torch.rand(2, 3, 3, 4, generator=g, dtype=torch.float64) + 0.1).requires_grad_()
     p = torch.tensor([2.5], dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda x, p: gem(x, p), (x, p))
+
+
+@pytest.mark.parametrize("p", [3.0, 2.7])
+def test_frozen_gem_takes_the_scalar_exponent_with_the_same_values_and_gradient(monkeypatch, p):
+    exponents = []
+    real = pooling.gem
+    monkeypatch.setattr(pooling, "gem", lambda x, p, eps: exponents.append(p) or real(x, p, eps))
+    x = torch.rand(2, 6, 5, 4, generator=torch.Generator().manual_seed(3), dtype=torch.float64) + 0.01
+    learnable, frozen = GeM(p=p).double(), GeM(p=p).double().requires_grad_(False)
+    a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
+    learnable(a).sum().backward()
+    frozen(b).sum().backward()
+    assert isinstance(exponents[0], torch.Tensor) and type(exponents[1]) is float and exponents[1] == frozen.p.item()
+    torch.testing.assert_close(frozen(x), learnable(x))
+    torch.testing.assert_close(b.grad, a.grad)
+    assert learnable.p.grad is not None
 
 
 @pytest.mark.parametrize("p", [0.0, -1.0])

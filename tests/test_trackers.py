@@ -45,6 +45,21 @@ def test_poolings_against_direct_computations():
     torch.testing.assert_close(rmac(x), expected)
 
 
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
+def test_rmac_gradient_is_that_of_each_region_max(memory_format):
+    """R-MAC gathers each region's maximum in one step; its gradient is that of pooling region by region (the
+    random map has no ties), also on a channels-last map as the models give."""
+    x = torch.rand(2, 7, 9, 13, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    x = x.contiguous(memory_format=memory_format)
+    weights = torch.randn(2, 7, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
+    (rmac(a) * weights).sum().backward()
+    regions = [(0, 0, 9, 13), *rmac_regions(9, 13)]
+    (sum(l2n(mac(b[..., t:t + h, left:left + w])) for t, left, h, w in regions) * weights).sum().backward()
+    torch.testing.assert_close(a.grad, b.grad)
+    assert torch.count_nonzero(a.grad) > 0
+
+
 @pytest.fixture(scope="module")
 def photos(data_root):
     jpg = data_root / "roxford5k-mini" / "jpg"
