@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 
 def l2n(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """L2-normalise the rows of a (N, D) tensor."""
+    """L2-normalise the rows of a (N, D) tensor (along dim 1: also each column of a (N, D, R) one)."""
     return x / (x.norm(p=2, dim=1, keepdim=True) + eps)
 
 
@@ -68,7 +68,7 @@ def rmac(x: torch.Tensor, levels: int = 3, eps: float = 1e-6) -> torch.Tensor:
             i = x[..., top:top + hh, left:left + ww].flatten(-2).argmax(-1)
             places.append((i // ww + top) * w + i % ww + left)
     maxima = x.flatten(-2).gather(-1, torch.stack(places, -1))  # (N, C, regions)
-    return (maxima / (maxima.norm(dim=1, keepdim=True) + eps)).sum(-1)
+    return l2n(maxima, eps).sum(-1)  # each region's column normalised over the channels
 
 
 class GeM(nn.Module):
