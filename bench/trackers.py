@@ -39,6 +39,7 @@ from advquery.trackers import (EDITS, POOLED, QUICK_EDITS, QUICK_SYSTEMS, SYSTEM
 
 SIZE = 1024  # protect's default working size
 KINDS = ("wi", "bb")
+DATABASE_CHUNK = 100  # database images between two saves of a run describing it
 HANDCRAFTED_SIZE = 1024
 CALIBRATION_SHARES = {"blocked": 0.25, "found": 0.75}  # verdict bounds on the share of the original AP kept
 PACKAGE_CALIBRATION = Path(__file__).parents[1] / "advquery" / "data" / "tracker_calibration.json"
@@ -95,20 +96,27 @@ def _whiten(describer: SuiteDescriber, s: System, rows: np.ndarray) -> np.ndarra
 
 def database(describer: SuiteDescriber, images: list[Path]) -> dict[System, np.ndarray]:
     """(n_db, D) descriptors of the unedited database under each system; the whitened systems' whitening is
-    learned here, on their base system's rows, as a tracker learns it on its collection."""
-    path = CACHE / "trackers" / f"{content_key(images, {'v': 1})}.npz"
+    learned here, on their base system's rows, as a tracker learns it on its collection. The rows of systems not yet
+    described are saved every ``DATABASE_CHUNK`` images beside the cache, so that a stopped run resumes there."""
+    key = content_key(images, {'v': 1})
+    path, partial = CACHE / "trackers" / f"{key}.npz", CACHE / "trackers" / f"{key}.partial.npz"
     known = _load_npz(path)
     todo = [s for s in describer.systems if not s.whitened and s.name not in known]
     if todo:
-        rows = {s: [] for s in todo}
+        done = _load_npz(partial)
+        rows = {s: list(done[s.name]) if s.name in done else [] for s in todo}
+        first = min(len(r) for r in rows.values())
+        rows = {s: r[:first] for s, r in rows.items()}
         start = time.perf_counter()
-        for i, image in enumerate(images):
-            for s, v in describer.describe(read_photo(image).rgb, systems=todo).items():
+        for i in range(first, len(images)):
+            for s, v in describer.describe(read_photo(images[i]).rgb, systems=todo).items():
                 rows[s].append(v)
-            if i % 100 == 0:
-                print(f"database {i}/{len(images)}, {time.perf_counter() - start:.0f} s", flush=True)
+            if (i + 1) % DATABASE_CHUNK == 0 and i + 1 < len(images):
+                _save_npz(partial, {s.name: np.stack(r) for s, r in rows.items()})
+                print(f"database {i + 1}/{len(images)}, {time.perf_counter() - start:.0f} s", flush=True)
         known.update({s.name: np.stack(r) for s, r in rows.items()})
         _save_npz(path, known)
+        partial.unlink(missing_ok=True)
     db = {s: known[s.name] for s in describer.systems if not s.whitened}
     describer.fit_whitening(db)
     db.update({s: _whiten(describer, s, db[s.base]) for s in describer.systems if s.whitened})
