@@ -83,10 +83,8 @@ def _load_npz(path: Path) -> dict[str, np.ndarray]:
 
 
 def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.npz")
-    np.savez(tmp, **arrays)
-    tmp.replace(path)
+    with atomic_write(path) as f:
+        np.savez(f, **arrays)
 
 
 def _whiten(describer: SuiteDescriber, s: System, rows: np.ndarray) -> np.ndarray:
@@ -97,16 +95,21 @@ def _whiten(describer: SuiteDescriber, s: System, rows: np.ndarray) -> np.ndarra
 def database(describer: SuiteDescriber, images: list[Path]) -> dict[System, np.ndarray]:
     """(n_db, D) descriptors of the unedited database under each system; the whitened systems' whitening is
     learned here, on their base system's rows, as a tracker learns it on its collection. The rows of systems not yet
-    described are saved every ``DATABASE_CHUNK`` images beside the cache, so that a stopped run resumes there."""
+    described are saved every ``DATABASE_CHUNK`` images beside the cache (one file per set of such systems), so
+    that a stopped run resumes there."""
     key = content_key(images, {'v': 1})
-    path, partial = CACHE / "trackers" / f"{key}.npz", CACHE / "trackers" / f"{key}.partial.npz"
+    path = CACHE / "trackers" / f"{key}.npz"
     known = _load_npz(path)
     todo = [s for s in describer.systems if not s.whitened and s.name not in known]
     if todo:
+        names = hashlib.sha1(" ".join(sorted(s.name for s in todo)).encode()).hexdigest()[:8]
+        partial = CACHE / "trackers" / f"{key}-{names}.partial.npz"
         done = _load_npz(partial)
-        rows = {s: list(done[s.name]) if s.name in done else [] for s in todo}
+        rows = {s: list(done.get(s.name, ())) for s in todo}
         first = min(len(r) for r in rows.values())
         rows = {s: r[:first] for s, r in rows.items()}
+        if first:
+            print(f"database: resuming at {first}/{len(images)}", flush=True)
         start = time.perf_counter()
         for i in range(first, len(images)):
             for s, v in describer.describe(read_photo(images[i]).rgb, systems=todo).items():

@@ -131,3 +131,54 @@ def test_check_protection_tells_the_same_photo_from_another_place(photos, quick_
     assert any(c.verdict == "blocked" for c in other)
     with pytest.raises(ValueError, match="suite must be one of quick, full"):
         check_protection(photos["all_souls_000013"], photos["all_souls_000013"], "medium")
+
+
+def test_the_benchmark_database_resumes_where_a_stopped_run_left_it(tmp_path, monkeypatch):
+    import importlib
+    import sys
+    from dataclasses import dataclass
+    from pathlib import Path
+
+    from PIL import Image
+    sys.path.insert(0, str(Path(__file__).parents[1] / "bench"))
+    try:
+        bench = importlib.import_module("trackers")
+    finally:
+        sys.path.pop(0)
+    monkeypatch.setattr(bench, "CACHE", tmp_path / "cache")
+    monkeypatch.setattr(bench, "DATABASE_CHUNK", 3)
+    images = []
+    for i in range(8):  # synthetic photos: each one's descriptor is its mean grey level
+        images.append(tmp_path / f"{i}.png")
+        Image.fromarray(np.full((32, 32, 3), 10 * i, np.uint8)).save(images[-1])
+
+    @dataclass(frozen=True)
+    class Plain:
+        name: str
+        whitened: bool = False
+
+    class Describer:
+        systems = [Plain("a"), Plain("b")]
+
+        def __init__(self, stop_at=None):
+            self.calls, self.stop_at = 0, stop_at
+
+        def describe(self, rgb, systems):
+            self.calls += 1
+            if self.calls == self.stop_at:
+                raise KeyboardInterrupt
+            return {s: np.array([rgb.mean() / 255, float(s.name == "b")], np.float32) for s in systems}
+
+        def fit_whitening(self, db):
+            pass
+
+    with pytest.raises(KeyboardInterrupt):
+        bench.database(Describer(stop_at=8), images)  # stopped on the 8th image: rows of the first 6 were saved
+    resumed = Describer()
+    db = bench.database(resumed, images)
+    assert resumed.calls == 2 and not list((tmp_path / "cache").rglob("*.partial.npz"))
+    expected = np.array([10 * i / 255 for i in range(8)], np.float32)
+    for s in Describer.systems:
+        assert db[s].shape == (8, 2) and np.allclose(db[s][:, 0], expected)
+    again = Describer()
+    assert all(np.array_equal(bench.database(again, images)[s], db[s]) for s in Describer.systems) and not again.calls
