@@ -235,8 +235,9 @@ for crop_file in (0.25, 0.0):
 # against 21 %, BB median 24 % against 28 %, BB worst 44 % against 56 %, at the same SSIM).
 CANDIDATES["medium-gem-rmac"] = replace(MEDIUM_CYCLE, poolings=("gem", "rmac"),
                                         description="medium pushing GeM and R-MAC away in every view")
-# The same in high (GeM alone there until 2026-12-05). Validation (candidates_high_rmac_validation_quick_limit8): WI median and p90
-# lower, BB median lower on the GeM rows too, the worst WI cell higher (Lite1 after a square crop). high since
+# The same in high (GeM alone there until 2026-12-05). Validation (candidates_high_rmac_validation_quick_limit8):
+# WI median and p90 lower, BB median lower on the GeM rows too, the worst WI cell higher (Lite1 after a square crop).
+# high since
 # 2026-12-05 (confirmed by candidates_high_rmac_test_quick, all 28 test queries: every WI and BB figure lower at the
 # same SSIM, on the GeM rows too).
 CANDIDATES["high-gem-rmac"] = replace(HIGH_CYCLE, poolings=("gem", "rmac"),

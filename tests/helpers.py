@@ -1,6 +1,8 @@
 """Small builders shared by several test modules."""
+import importlib
 import os
 import re
+import sys
 from contextlib import redirect_stderr, redirect_stdout
 from io import StringIO
 from pathlib import Path
@@ -13,6 +15,16 @@ from advquery.cli.main import main
 from advquery.io import read_photo, write_photo_atomic
 
 LEFTOVER = re.compile(r"\.advquery-(\d+-[^.]+\.tmp|claim)$")  # temporaries and claims of advquery
+
+
+def bench_module(name: str):
+    """A script of bench/ imported as a module (``bench`` on the path only while it imports)."""
+    bench = str(Path(__file__).parents[1] / "bench")
+    sys.path.insert(0, bench)
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.remove(bench)
 
 
 def run_cli(argv: list[str]) -> tuple[int, str, str]:

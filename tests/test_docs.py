@@ -5,10 +5,11 @@ import importlib
 import json
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from helpers import bench_module
 
 from advquery.cli.main import build_parser
 from advquery.cli.reference import markdown_reference
@@ -46,16 +47,8 @@ def test_readme_is_short_and_links_resolve():
                 assert (page.parent / target).exists(), f"{page.relative_to(ROOT)} links to missing {target}"
 
 
-def _readme_tables():
-    sys.path.insert(0, str(ROOT / "bench"))
-    try:
-        return importlib.import_module("readme_tables")
-    finally:
-        sys.path.remove(str(ROOT / "bench"))
-
-
 def test_readme_table_is_what_the_results_give():
-    assert _readme_tables().readme_text() == (ROOT / "README.md").read_text(), \
+    assert bench_module("readme_tables").readme_text() == (ROOT / "README.md").read_text(), \
         "the README's table is out of date: run `python bench/readme_tables.py`"
 
 
@@ -66,12 +59,12 @@ def test_benchmarks_page_is_what_the_results_give():
         reason = "docs/benchmarks.md dates its results from the git history, which this checkout does not have"
         print(reason)
         pytest.skip(reason)
-    assert _readme_tables().benchmarks_page() == (DOCS / "benchmarks.md").read_text(), \
+    assert bench_module("readme_tables").benchmarks_page() == (DOCS / "benchmarks.md").read_text(), \
         "docs/benchmarks.md is out of date: run `python bench/readme_tables.py`"
 
 
 def test_readme_rows_come_from_the_latest_run_of_the_same_queries(tmp_path, monkeypatch):
-    tables = _readme_tables()
+    tables = bench_module("readme_tables")
     monkeypatch.setattr(tables, "RESULTS", tmp_path)
     suite = {"systems": ["efficientnet-lite0-gem@1024"], "edits": ["none"]}
     runs = {"trackers_test_quick_limit8": {"measured": "2026-12-01", "queries": ["a", "b"], **suite,
@@ -88,7 +81,7 @@ def test_readme_rows_come_from_the_latest_run_of_the_same_queries(tmp_path, monk
 def test_readme_rows_prefer_the_run_of_todays_definition(tmp_path, monkeypatch):
     """A later run of a preset's earlier definition (e.g. a candidate run that measured the preset beside a
     candidate) does not replace the row of today's definition."""
-    tables = _readme_tables()
+    tables = bench_module("readme_tables")
     candidates = importlib.import_module("candidates")
     monkeypatch.setattr(tables, "RESULTS", tmp_path)
     suite = {"queries": ["a", "b"], "systems": ["efficientnet-lite0-gem@1024"], "edits": ["none"]}
@@ -104,7 +97,7 @@ def test_readme_rows_prefer_the_run_of_todays_definition(tmp_path, monkeypatch):
 
 
 def test_held_out_cells_come_only_from_leave_one_out_sets_of_todays_definition():
-    tables = _readme_tables()
+    tables = bench_module("readme_tables")
     candidates = importlib.import_module("candidates")
     systems = ["lite0 gem 1024", "lite1 gem 1024"]
     maps = {label: {"wi": {s: {"none": share} for s in systems}}
@@ -118,15 +111,15 @@ def test_held_out_cells_come_only_from_leave_one_out_sets_of_todays_definition()
 
 
 def test_seconds_timed_alone_are_quoted_only_for_presets_timed_as_defined_today():
-    note = _readme_tables().seconds_note(["low", "medium"], {"low": 11.0}, "bfloat16", "the CPU", "the CPU")
+    note = bench_module("readme_tables").seconds_note(["low", "medium"], {"low": 11.0}, "bfloat16", "the CPU", "the CPU")
     assert note.startswith("Seconds per photo of low on the CPU, timed alone in bfloat16")
     assert "seconds per photo of medium from the tracker run" in note
-    assert _readme_tables().seconds_note(["low"], {}, "", "", "the CPU").startswith(
+    assert bench_module("readme_tables").seconds_note(["low"], {}, "", "", "the CPU").startswith(
         "Seconds per photo of low from the tracker run on the CPU")
 
 
 def test_seconds_come_from_the_latest_speed_run_of_todays_definitions(tmp_path, monkeypatch):
-    tables = _readme_tables()
+    tables = bench_module("readme_tables")
     candidates = importlib.import_module("candidates")
     today = {p: repr(candidates.setting(p)) for p in ("low", "medium")}
     rows = [{"photo": "a", "seconds": 10.0}, {"photo": "b", "seconds": 20.0}]
@@ -149,7 +142,7 @@ def test_seconds_come_from_the_latest_speed_run_of_todays_definitions(tmp_path, 
 
 
 def test_presets_timed_under_another_definition_are_named_changed():
-    _readme_tables()  # imports bench/speed.py and bench/candidates.py with it
+    bench_module("readme_tables")  # imports bench/speed.py and bench/candidates.py with it
     speed, candidates = importlib.import_module("speed"), importlib.import_module("candidates")
     results = {"time_presets": {"low": repr(candidates.setting("low")), "high": "an older definition"}}
     assert speed.changed_presets(results, "time") == ["high"]

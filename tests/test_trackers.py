@@ -4,6 +4,8 @@ import numpy as np
 import pytest
 import torch
 
+from helpers import bench_module
+
 from advquery.extraction import describe
 from advquery.io import read_photo, to_tensor
 from advquery.models import load_model
@@ -134,17 +136,10 @@ def test_check_protection_tells_the_same_photo_from_another_place(photos, quick_
 
 
 def test_the_benchmark_database_resumes_where_a_stopped_run_left_it(tmp_path, monkeypatch):
-    import importlib
-    import sys
     from dataclasses import dataclass
-    from pathlib import Path
 
     from PIL import Image
-    sys.path.insert(0, str(Path(__file__).parents[1] / "bench"))
-    try:
-        bench = importlib.import_module("trackers")
-    finally:
-        sys.path.pop(0)
+    bench = bench_module("trackers")
     monkeypatch.setattr(bench, "CACHE", tmp_path / "cache")
     monkeypatch.setattr(bench, "DATABASE_CHUNK", 3)
     images = []
