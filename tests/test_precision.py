@@ -49,6 +49,7 @@ def test_auto_measures_bfloat16_once_per_machine_and_remembers_it(model, tmp_pat
     assert bfloat16_pays(model) is True and measured == [model.name]  # 1.0 s >= BFLOAT16_GAIN x 0.8 s
     (key, entry), = json.loads((tmp_path / "precision.json").read_text()).items()
     assert model.name in key and f"{torch.get_num_threads()} threads" in key and "probe 448x448 + 768x1024" in key
+    assert f"trunk {precision.trunk_code(model)}" in key and len(precision.trunk_code(model)) == 8
     assert entry == {"float32_s": 1.0, "bfloat16_s": 0.8, "bfloat16": True}
     (tmp_path / "precision.json").write_text(json.dumps({key: {**entry, "bfloat16": False}}))
     monkeypatch.setattr(precision, "_CHOICES", {})

@@ -5,8 +5,8 @@ A CPU's bfloat16 instructions do not make every model faster at every size and t
 AVX512-BF16 and AMX a pass of EfficientNet-Lite is slower in bfloat16 at 448-512 px and faster at 1024 px), so
 ``auto`` times forward and backward passes of the model in both precisions at the sizes an attack's passes have
 (:data:`PROBE_SHAPES`), once per machine, and remembers the answer in the cache folder (``precision.json``, keyed by
-processor, torch and advquery version, threads, model and the probe): the same machine then always makes the same
-choice, and the seeds give the same photos.
+processor, torch and advquery version, the trunk's code, threads, model and the probe): the same machine then always
+makes the same choice, and the seeds give the same photos.
 
 Only the trunk's convolutions run in reduced precision (``torch.autocast``); pooling, normalisation and
 whitening run in float32 (:class:`~advquery.models.DescriptorModel`), and so do the perturbation, its
@@ -16,6 +16,8 @@ projection, the SSIM price and every reported descriptor and similarity.
 Traceback (most recent call last):
 ValueError: precision float16 needs a CUDA device, got cpu; use bfloat16 or float32
 """
+import hashlib
+import inspect
 import json
 import platform
 import time
@@ -88,13 +90,20 @@ def processor() -> str:
     return platform.processor() or platform.machine()
 
 
+def trunk_code(model) -> str:
+    """A digest of the source file of ``model``'s trunk: a change to its layers (e.g. which of them run fused in
+    float32) can change which precision is faster, between releases too."""
+    return hashlib.sha1(Path(inspect.getfile(type(model.features))).read_bytes()).hexdigest()[:8]
+
+
 def bfloat16_pays(model) -> bool:
     """Whether forward and backward passes of ``model`` on its CPU (:data:`PROBE_SHAPES`) are at least
     :data:`BFLOAT16_GAIN` times faster in bfloat16 than in float32: measured once per processor, torch and advquery
-    version (whose model code is part of what is timed), thread count, model and probe, and remembered in
-    ``precision.json`` of the cache folder (:func:`~advquery.cache.default_cache_dir`)."""
-    key = (f"{processor()} | torch {torch.__version__} | advquery {__version__} | {torch.get_num_threads()} threads"
-           f" | {model.name} | probe {' + '.join(f'{h}x{w}' for h, w in PROBE_SHAPES)}")
+    version and trunk code (:func:`trunk_code`, part of what is timed), thread count, model and probe, and remembered
+    in ``precision.json`` of the cache folder (:func:`~advquery.cache.default_cache_dir`)."""
+    probe = " + ".join(f"{h}x{w}" for h, w in PROBE_SHAPES)
+    key = (f"{processor()} | torch {torch.__version__} | advquery {__version__} | trunk {trunk_code(model)}"
+           f" | {torch.get_num_threads()} threads | {model.name} | probe {probe}")
     path = default_cache_dir() / "precision.json"
     if key not in _CHOICES:
         known = _read_choices(path)
