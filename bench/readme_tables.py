@@ -194,7 +194,7 @@ def other_section(name: str, data: dict) -> tuple[str, str, str]:
     if isinstance(recorded, str):
         return name.replace("_", " "), recorded, ""
     if name.startswith("speed") and isinstance(data.get("time", {}), dict):
-        parts = [p for p in ("time", "effect", "fusion") if p in data]
+        parts = [p for p in ("time", "effect") if p in data]
         photos = {r["photo"] for runs in data.get("time", {}).values() for r in runs}
         precisions = [p for p in ("float32", "bfloat16", "float16")
                       if any(k.endswith(f" {p}") for k in data.get("time", {}))]

@@ -1,6 +1,6 @@
 """Speed of protection: seconds per photo, network passes, overhead beside them, float32 against bfloat16.
 
-Three parts, one results file (``bench/results/speed.json`` / ``.md``):
+Two parts, one results file (``bench/results/speed.json`` / ``.md``):
 
 - ``time`` (run alone on the machine: it takes ``/work``-wide nothing, but two heavy jobs at once make
   every figure wrong): each preset protects the same ``--photos`` validation query photos (working size 1024 px,
@@ -13,17 +13,12 @@ Three parts, one results file (``bench/results/speed.json`` / ``.md``):
 - ``effect``: the validation split's scored queries (``--effect-limit``: the first N) protected with each preset in
   every precision; mAP Medium of the whole-image queries (Lite0 GeM at 1024) from the written files,
   so float32 and bfloat16 are compared at the same effect. Resumable (files kept in ``bench/.work``).
-- ``fusion`` (alone too; CPU): one descriptor pass (trunk and GeM), forward and backward as an attack step makes
-  it, of each built-in model at working sizes of the views (float32), with the convolutions carrying their ReLU6
-  (the library's trunk) against the plain layers (:func:`advquery.models.efficientnet_lite.unfused`), the two
-  alternating in one run.
 
-Run: ``python bench/speed.py [--parts time,effect,fusion] [--photos 3] [--threads 2]``.
+Run: ``python bench/speed.py [--parts time,effect] [--photos 3] [--threads 2]``.
 """
 import argparse
 import json
 import time
-from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -34,13 +29,10 @@ from common import CACHE, RESULTS, WORK, markdown_table, setting_digest, split_d
 from advquery.evaluation.runner import evaluate
 from advquery.io import read_photo
 from advquery.models import DescriptorModel, load_model
-from advquery.models.efficientnet_lite import unfused
 from advquery.models.precision import autocast, autocast_dtype, precision_name
 from advquery.protection import OTHER_MODELS, STRENGTHS, attack_model, protect_photo
 
 SIZE = 1024
-FUSION_SHAPES = ((768, 1024), (576, 768), (336, 448))  # the whole photo and views down to the smallest working size
-FUSION_REPEATS = 5
 
 
 class PassRecorder:
@@ -162,29 +154,6 @@ def effect(args, model) -> dict:
     return out
 
 
-def fusion(models: dict) -> dict:
-    """Median seconds of one descriptor pass with backward, fused and plain layers alternating, per model and shape
-    (the fusion is oneDNN's, for the CPU)."""
-    rows = []
-    for name, model in models.items():
-        if model.device.type != "cpu":
-            continue
-        for shape in FUSION_SHAPES:
-            x = torch.rand((1, 3, *shape), generator=torch.Generator().manual_seed(0))
-            seconds: dict[str, list[float]] = {"fused": [], "plain": []}
-            for _ in range(FUSION_REPEATS + 1):  # the first round sets the kernels up and is not counted
-                for layers, context in (("fused", nullcontext), ("plain", unfused)):
-                    with context():
-                        leaf = x.clone().requires_grad_()
-                        start = time.perf_counter()
-                        model(leaf).sum().backward()
-                        seconds[layers].append(time.perf_counter() - start)
-            fused, plain = (float(np.median(seconds[k][1:])) for k in ("fused", "plain"))
-            rows.append({"model": name, "shape": list(shape), "fused_s": fused, "plain_s": plain})
-            print(rows[-1], flush=True)
-    return {"repeats": FUSION_REPEATS, "passes": rows}
-
-
 def changed_presets(results: dict, part: str) -> list[str] | None:
     """The presets of a part whose definition changed since it was measured (None: definitions not recorded)."""
     recorded = results.get(f"{part}_presets")
@@ -239,13 +208,6 @@ def render(results: dict) -> str:
                   "Medium of the protected queries, Lite0 GeM at 1024; seconds per photo on a machine that may have "
                   "been shared)", "", markdown_table(["preset / precision", "WI mAP Medium %", "SSIM", "s/photo"], rows), "",
                   definitions_note(results, "effect"), ""]
-    if "fusion" in results:
-        rows = [[r["model"], "x".join(map(str, r["shape"][::-1])), round(r["plain_s"], 3), round(r["fused_s"], 3),
-                 round(r["plain_s"] / r["fused_s"], 3)] for r in results["fusion"]["passes"]]
-        lines += [f"**Convolutions carrying their ReLU6** (one descriptor pass, trunk and GeM, with backward, "
-                  f"float32, median of {results['fusion']['repeats']}, fused and plain layers alternating in one run)",
-                  "",
-                  markdown_table(["model", "input (w x h)", "plain s", "fused s", "plain / fused"], rows), ""]
     return "\n".join(lines)
 
 
@@ -277,8 +239,6 @@ def main() -> None:
     if "effect" in parts:
         results["effect"] = effect(args, models["efficientnet-lite0-gem"])
         results["effect_presets"] = definitions
-    if "fusion" in parts:
-        results["fusion"] = fusion(models)
     write_results(args.name, results, render(results))
 
 

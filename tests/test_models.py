@@ -1,6 +1,5 @@
 """Descriptor models: GeM and whitening against hand-written references, the built-in
 EfficientNet-Lite model's contract, and cirtorch checkpoints built here with random weights."""
-import contextlib
 import io
 import re
 import zipfile
@@ -14,7 +13,7 @@ from advquery.models import GeM, ModelError, Whitening, gem, load_model
 from advquery.models import efficientnet_lite as lite_module
 from advquery.models import pooling
 from advquery.models.cirtorch import build_features
-from advquery.models.efficientnet_lite import Conv2dSame, conv_relu6, relu6_padded
+from advquery.models.efficientnet_lite import relu6_padded
 
 
 def _smooth_images(n: int, h: int, w: int, seed: int) -> torch.Tensor:
@@ -175,59 +174,6 @@ def test_lite_trunk_equals_explicit_same_padding(lite0, size, monkeypatch):
         results.append((out.detach(), leaf.grad))
     torch.testing.assert_close(results[0][0], results[1][0], atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(results[0][1], results[1][1], atol=1e-6, rtol=1e-5)
-
-
-def _count_fused(monkeypatch) -> list[int]:
-    """Counts the calls of the fused convolution from here on."""
-    calls = []
-    fused = lite_module._ConvReLU6.apply
-    monkeypatch.setattr(lite_module._ConvReLU6, "apply", lambda *args: calls.append(1) or fused(*args))
-    return calls
-
-
-@pytest.mark.parametrize("kernel,stride,groups,channels_last",
-                         [(1, 1, 1, True), (3, 1, 6, True), (5, 2, 6, True), (3, 2, 1, False)])
-def test_fused_convolution_with_relu6_equals_the_three_steps(kernel, stride, groups, channels_last, monkeypatch):
-    """One oneDNN convolution with ReLU6 as post-op gives the output and input gradient of conv, then ReLU6."""
-    g = torch.Generator().manual_seed(11)
-    conv = Conv2dSame(6, 12, kernel, stride=stride, groups=groups, bias=True).requires_grad_(False)
-    with torch.no_grad():
-        conv.weight.copy_(torch.randn(conv.weight.shape, generator=g))
-        conv.bias.copy_(torch.randn(12, generator=g))
-    x = torch.randn(2, 6, 15, 18, generator=g) * 2
-    x = x.contiguous(memory_format=torch.channels_last) if channels_last else x
-    calls = _count_fused(monkeypatch)
-    results = []
-    for fused in (True, False):
-        leaf = x.clone().requires_grad_()
-        out = conv_relu6(conv, torch.nn.Identity(), leaf) if fused else F.relu6(conv(leaf))
-        upstream = torch.randn(out.shape, generator=torch.Generator().manual_seed(12))
-        (out * upstream).sum().backward()
-        results.append((out.detach(), leaf.grad))
-    assert calls == [1]
-    assert 0 < (results[0][0] == 6).float().mean() < 0.5 and 0 < (results[0][0] == 0).float().mean() < 0.9
-    torch.testing.assert_close(results[0][0], results[1][0], atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(results[0][1], results[1][1], atol=1e-5, rtol=1e-5)
-
-
-def test_lite_trunk_fused_equals_unfused(lite0, monkeypatch):
-    """The trunk whose convolutions carry their ReLU6 computes the descriptor and gradient the plain layers do."""
-    x = _smooth_images(1, 75, 101, seed=10)
-    calls = _count_fused(monkeypatch)
-    results = []
-    for context in (contextlib.nullcontext, lite_module.unfused):
-        with context():
-            leaf = x.clone().requires_grad_()
-            out = lite0(leaf)
-            out.pow(3).sum().backward()
-        results.append((out.detach(), leaf.grad))
-        if context is contextlib.nullcontext:
-            assert len(calls) > 20  # stem, head and two per block but the strided expansions
-            fused_calls = len(calls)
-    assert len(calls) == fused_calls  # none within unfused()
-    assert results[0][1].abs().max() > 0
-    torch.testing.assert_close(results[0][0], results[1][0], atol=1e-6, rtol=1e-5)
-    torch.testing.assert_close(results[0][1], results[1][1], atol=1e-6, rtol=1e-4)
 
 
 def test_model_rejects_wrong_input_shape(lite0):

@@ -5,13 +5,11 @@ A small re-implementation whose parameter names match the ImageNet state dicts s
 from the actual input size (so any resolution works, not only the 224-260 px of training).
 """
 import math
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 import torch.nn.functional as F
-from torch.autograd.function import once_differentiable
 
 # (repeats, kernel, stride, expand ratio, in filters, out filters) of the Lite0 stages.
 _STAGES = (
@@ -76,19 +74,14 @@ class Conv2dSame(nn.Conv2d):
             pads += [total // 2, total - total // 2]
         return pads
 
-    def padded_input(self, x: torch.Tensor, padded: bool = False) -> tuple[torch.Tensor, tuple[int, int]]:
-        """The input the convolution runs on and the zero padding it adds itself: a strided convolution's "SAME"
-        padding is made explicit (:meth:`same_pads`) unless ``padded`` says ``x`` has it already (e.g. from
-        :func:`relu6_padded`); a stride-1 one pads symmetrically."""
-        if padded:
-            return x, (0, 0)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.stride == (1, 1):
-            return x, self.padding
-        return F.pad(x, self.same_pads(x.shape)), (0, 0)
+            return super().forward(x)
+        return self.forward_padded(F.pad(x, self.same_pads(x.shape)))
 
-    def forward(self, x: torch.Tensor, padded: bool = False) -> torch.Tensor:
-        x, padding = self.padded_input(x, padded)
-        return F.conv2d(x, self.weight, self.bias, self.stride, padding, self.dilation, self.groups)
+    def forward_padded(self, x: torch.Tensor) -> torch.Tensor:
+        """The convolution of an input already padded by :meth:`same_pads` (e.g. by :func:`relu6_padded`)."""
+        return F.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
 
 
 class _ReLU6Padded(torch.autograd.Function):
@@ -129,71 +122,6 @@ def relu6_padded(x: torch.Tensor, pads: list[int]) -> torch.Tensor:
     return _ReLU6Padded.apply(x, pads)
 
 
-class _ConvReLU6(torch.autograd.Function):
-    """``F.relu6(F.conv2d(x, weight, bias, ...))`` as one oneDNN convolution with the ReLU6 as its post-op.
-
-    On CPU the separate ReLU6 is a pass of its own over the largest activations of the network (a sizeable share
-    of a pass's time, which these layers spend on memory traffic); fused, the convolution writes its result
-    clamped. The gradient is ReLU6's from the output, then the convolution's with respect to its input only
-    (the frozen weights need none; no second derivative).
-    """
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, padding: tuple[int, int],
-                stride: tuple[int, int], groups: int) -> torch.Tensor:
-        out = torch.ops.mkldnn._convolution_pointwise(x, weight, bias, padding, stride, [1, 1], groups,
-                                                      "hardtanh", [0.0, 6.0], "")
-        ctx.save_for_backward(x, weight, out)
-        ctx.geometry = (list(stride), list(padding), groups)
-        return out
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad: torch.Tensor):
-        x, weight, out = ctx.saved_tensors
-        stride, padding, groups = ctx.geometry
-        grad = torch.ops.aten.hardtanh_backward(grad, out, 0.0, 6.0)
-        grad_x = torch.ops.aten.convolution_backward(grad, x, weight, None, stride, padding, [1, 1], False, [0, 0],
-                                                     groups, [True, False, False])[0]
-        return grad_x, None, None, None, None, None
-
-
-_FUSION = {"on": True}  # switched off within :func:`unfused`
-
-
-@contextmanager
-def unfused():
-    """Within it the trunks run their convolution, BatchNorm and ReLU6 as separate layers (what
-    :class:`_ConvReLU6` is checked and timed against); process-wide, for tests and benchmarks."""
-    before = _FUSION["on"]
-    _FUSION["on"] = False
-    try:
-        yield
-    finally:
-        _FUSION["on"] = before
-
-
-def _fusable(conv: nn.Conv2d, after: nn.Module, x: torch.Tensor) -> bool:
-    """Whether :class:`_ConvReLU6` computes ``relu6(after(conv(x)))``: a frozen float32 convolution with its
-    BatchNorm folded (``after`` an Identity; :func:`~advquery.models.fusion.fold_batchnorm`), on a CPU with oneDNN
-    enabled, outside autocast (reduced precision runs the convolutions as autocast decides)."""
-    return (_FUSION["on"] and isinstance(after, nn.Identity) and conv.bias is not None
-            and not any(p.requires_grad for p in conv.parameters()) and conv.dilation == (1, 1)
-            and conv.weight.dtype == x.dtype == torch.float32 and x.device.type == "cpu"
-            and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled
-            and not torch.is_autocast_enabled("cpu"))
-
-
-def conv_relu6(conv: Conv2dSame, after: nn.Module, x: torch.Tensor, padded: bool = False) -> torch.Tensor:
-    """``F.relu6(after(conv(x)))``, ``after`` the BatchNorm behind ``conv`` or the Identity folding left: one fused
-    convolution where :func:`_fusable`, else the three steps. ``padded``: a strided ``conv``'s input already padded
-    (:meth:`Conv2dSame.padded_input`)."""
-    if not _fusable(conv, after, x):
-        return F.relu6(after(conv(x, padded=padded)))
-    x, padding = conv.padded_input(x, padded)
-    return _ConvReLU6.apply(x, conv.weight, conv.bias, padding, conv.stride, conv.groups)
-
-
 class MBConv(nn.Module):
     """Mobile inverted bottleneck: 1x1 expand, depthwise k x k, 1x1 project, residual when shapes match."""
 
@@ -213,12 +141,12 @@ class MBConv(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dw = self._depthwise_conv
         if self.expand == 1:
-            y = conv_relu6(dw, self._bn1, x)
-        elif dw.stride == (1, 1):
-            y = conv_relu6(dw, self._bn1, conv_relu6(self._expand_conv, self._bn0, x))
-        else:  # strided: the expansion's ReLU6 writes the padding "SAME" needs
+            y = dw(x)
+        else:
             y = self._bn0(self._expand_conv(x))
-            y = conv_relu6(dw, self._bn1, relu6_padded(y, dw.same_pads(y.shape)), padded=True)
+            # strided: the expansion's ReLU6 writes the padding "SAME" needs
+            y = dw(F.relu6(y)) if dw.stride == (1, 1) else dw.forward_padded(relu6_padded(y, dw.same_pads(y.shape)))
+        y = F.relu6(self._bn1(y))
         y = self._bn2(self._project_conv(y))
         return x + y if self.residual else y
 
@@ -247,7 +175,7 @@ class EfficientNetLiteFeatures(nn.Module):
         self._bn1 = nn.BatchNorm2d(OUT_CHANNELS, eps=_BN_EPS)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = conv_relu6(self._conv_stem, self._bn0, x)
+        x = F.relu6(self._bn0(self._conv_stem(x)))
         for block in self._blocks:
             x = block(x)
-        return conv_relu6(self._conv_head, self._bn1, x)
+        return F.relu6(self._bn1(self._conv_head(x)))
