@@ -91,8 +91,9 @@ def processor() -> str:
 
 
 def trunk_code(model) -> str:
-    """A digest of the source file of ``model``'s trunk: a change to its layers (e.g. which of them run fused in
-    float32) can change which precision is faster, between releases too."""
+    """A digest of the source file of the class of ``model``'s trunk (EfficientNet-Lite's for the built-in models;
+    for a cirtorch checkpoint torch's ``Sequential``, whose version the key holds anyway): a change to its layers can
+    change which precision is faster, between releases too."""
     return hashlib.sha1(Path(inspect.getfile(type(model.features))).read_bytes()).hexdigest()[:8]
 
 
