@@ -46,6 +46,9 @@ R = TypeVar("R")
 INSTALL_HINT = "pip install 'advquery[cluster]'"
 RETRIES = 3  # a task whose worker dies (killed, out of memory, node lost) runs again up to this often
 CANCEL_GRACE_S = 10.0  # how long interrupted tasks get to remove their temporary files
+# The driver waits for a task in steps of this many seconds, back in Python between them, so that an interrupt
+# (Ctrl-C, SIGTERM) stops the batch at once: inside one ray.get, Ray looks at signals only about once a second.
+INTERRUPT_POLL_S = 0.05
 CONNECT_TIMEOUT_S = 10.0  # how long a cluster's address may take to answer
 CLIENT_TRIES = 3  # connections to a Ray Client head before giving up (see ray_session)
 CLIENT_RETRY_WAIT_S = 2.0
@@ -287,6 +290,8 @@ def map_on_ray(fn: Callable[..., R], items: Iterable[T], *shared, threads: int, 
             return failed(item, f"{type(exc).__name__} after {RETRIES + 1} tries ({_line(exc)})")
 
     def first() -> R:  # the oldest task's result; it leaves ``pending`` only once it has one
+        while not ray.wait([pending[0][1]], timeout=INTERRUPT_POLL_S)[0]:
+            pass
         result = one(*pending[0])
         pending.popleft()
         return result
