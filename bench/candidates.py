@@ -237,9 +237,8 @@ CANDIDATES["medium-gem-rmac"] = replace(MEDIUM_CYCLE, poolings=("gem", "rmac"),
                                         description="medium pushing GeM and R-MAC away in every view")
 # The same in high (GeM alone there until 2026-12-05). Validation (candidates_high_rmac_validation_quick_limit8):
 # WI median and p90 lower, BB median lower on the GeM rows too, the worst WI cell higher (Lite1 after a square crop).
-# high since
-# 2026-12-05 (confirmed by candidates_high_rmac_test_quick, all 28 test queries: every WI and BB figure lower at the
-# same SSIM, on the GeM rows too).
+# high since 2026-12-05 (confirmed by candidates_high_rmac_test_quick, all 28 test queries: every WI and BB figure
+# lower at the same SSIM, on the GeM rows too).
 CANDIDATES["high-gem-rmac"] = replace(HIGH_CYCLE, poolings=("gem", "rmac"),
                                       description="high pushing GeM and R-MAC away in every view")
 # low's time (90 passes and 60 reference passes a photo, three times the 3-level low's) against issue 13's 15 s: one

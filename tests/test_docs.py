@@ -111,10 +111,11 @@ def test_held_out_cells_come_only_from_leave_one_out_sets_of_todays_definition()
 
 
 def test_seconds_timed_alone_are_quoted_only_for_presets_timed_as_defined_today():
-    note = bench_module("readme_tables").seconds_note(["low", "medium"], {"low": 11.0}, "bfloat16", "the CPU", "the CPU")
+    tables = bench_module("readme_tables")
+    note = tables.seconds_note(["low", "medium"], {"low": 11.0}, "bfloat16", "the CPU", "the CPU")
     assert note.startswith("Seconds per photo of low on the CPU, timed alone in bfloat16")
     assert "seconds per photo of medium from the tracker run" in note
-    assert bench_module("readme_tables").seconds_note(["low"], {}, "", "", "the CPU").startswith(
+    assert tables.seconds_note(["low"], {}, "", "", "the CPU").startswith(
         "Seconds per photo of low from the tracker run on the CPU")
 
 

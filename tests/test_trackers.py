@@ -1,8 +1,11 @@
 """The tracker suite: its definitions, the poolings, the many-systems describer against the single-system path,
 and the users' check (``check_protection``, ``verify --trackers``) on real photos."""
+from dataclasses import dataclass
+
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from helpers import bench_module
 
@@ -136,9 +139,6 @@ def test_check_protection_tells_the_same_photo_from_another_place(photos, quick_
 
 
 def test_the_benchmark_database_resumes_where_a_stopped_run_left_it(tmp_path, monkeypatch):
-    from dataclasses import dataclass
-
-    from PIL import Image
     bench = bench_module("trackers")
     monkeypatch.setattr(bench, "CACHE", tmp_path / "cache")
     monkeypatch.setattr(bench, "DATABASE_CHUNK", 3)

@@ -22,6 +22,7 @@ import json
 import platform
 import time
 from contextlib import nullcontext
+from functools import lru_cache
 from pathlib import Path
 
 import torch
@@ -94,7 +95,12 @@ def trunk_code(model) -> str:
     """A digest of the source file of the class of ``model``'s trunk (EfficientNet-Lite's for the built-in models;
     for a cirtorch checkpoint torch's ``Sequential``, whose version the key holds anyway): a change to its layers can
     change which precision is faster, between releases too."""
-    return hashlib.sha1(Path(inspect.getfile(type(model.features))).read_bytes()).hexdigest()[:8]
+    return _file_digest(inspect.getfile(type(model.features)))
+
+
+@lru_cache
+def _file_digest(path: str) -> str:  # read once per process, not at every protection
+    return hashlib.sha1(Path(path).read_bytes()).hexdigest()[:8]
 
 
 def bfloat16_pays(model) -> bool:
