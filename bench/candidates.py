@@ -251,6 +251,19 @@ CANDIDATES["low-steps20"] = replace(STRENGTHS["low"], steps=20, description="low
 CANDIDATES["low-1view-steps20"] = replace(LOW_1VIEW, steps=20, description="low-1view in 20 steps")
 # low until 2026-12-05, measured beside today's (through flips and selections since, low-views10-price150)
 CANDIDATES["low-3levels"] = LOW_3
+# The full suite's worst column for medium (test split, trackers_test): a query shrunk to 256 px, which the tracker
+# enlarges to its working size. medium-shrink sent 30 % of medium's own views through a small copy, which took them
+# from the other cells; here one view more a step always passes through a copy of 224-384 px and is described at a
+# small working size (448-768 px), so it costs a smaller pass of its own (about a third of a 1024 px one).
+# Two such views a step (medium-thumb2): whether more of them buys more.
+for thumbs in (1, 2):
+    CANDIDATES[f"medium-thumb{'' if thumbs == 1 else thumbs}"] = replace(
+        STRENGTHS["medium"],
+        views=replace(STRENGTHS["medium"].views,
+                      extra=TrackerViews(count=thumbs, sizes=(448, 768), shrink=(224, 384), shrink_probability=1.0,
+                                         jpeg_probability=0.5, whole=0.5)),
+        description=f"medium, {'one view' if thumbs == 1 else f'{thumbs} views'} more a step through a copy of "
+                    f"224-384 px, described at 448-768 px")
 # Leave one model out: medium and high computed without model M, measured with M (the shipped presets use all three).
 LITE = {n: f"efficientnet-{n}-gem" for n in ("lite0", "lite1", "lite2")}
 LEFT_OUT = "-without-"

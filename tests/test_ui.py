@@ -245,7 +245,7 @@ JARGON = ("SSIM", "Lite", "grid", "price", "optimis", "view", "GeM", "epsilon", 
 def test_strength_lines_state_each_presets_purpose_and_cost():
     # the cost in time: model passes (steps x (tracker views + the whole photo)), each weighted by its model's
     # compute (depth x width^2 of the EfficientNet-Lite variant; spread over the models), beside low's, the quickest
-    passes = {n: p.steps * ((p.views.count if p.views else 0) + 1) for n, p in STRENGTHS.items()}
+    passes = {n: p.steps * ((p.views.per_step if p.views else 0) + 1) for n, p in STRENGTHS.items()}
     cost = {n: passes[n] * _mean_compute(p) for n, p in STRENGTHS.items()}
     assert min(cost, key=cost.get) == "low"
     strongest = max(STRENGTHS, key=lambda n: bound(n))
@@ -280,12 +280,13 @@ def test_strength_lines_weigh_passes_by_the_pages_model():
     lite2 = "efficientnet-lite2-gem"
     low, medium = STRENGTHS["low"], STRENGTHS["medium"]
     members = {lite2, *medium.models}
-    low_cost = low.steps * (low.views.count + 1) * COMPUTE[lite2]
-    medium_cost = medium.steps * (medium.views.count + 1) * sum(COMPUTE[m] for m in members) / len(members)
+    low_cost = low.steps * (low.views.per_step + 1) * COMPUTE[lite2]
+    medium_cost = medium.steps * (medium.views.per_step + 1) * sum(COMPUTE[m] for m in members) / len(members)
     line = strength_line("medium", medium, model=lite2)
     assert f"Time: about {round(medium_cost / low_cost, 1):g} times low's" in line
-    assert round(medium_cost / low_cost, 1) < round(medium.steps * (medium.views.count + 1) * _mean_compute(medium)
-                                                    / (low.steps * (low.views.count + 1)), 1)  # nearer low's than with Lite0
+    with_lite0 = (medium.steps * (medium.views.per_step + 1) * _mean_compute(medium)
+                  / (low.steps * (low.views.per_step + 1)))
+    assert round(medium_cost / low_cost, 1) < round(with_lite0, 1)  # nearer low's than with Lite0
 
 
 def test_other_models_are_named_with_or_without_tracker_views():
@@ -301,7 +302,7 @@ def test_other_models_are_named_with_or_without_tracker_views():
 
 def test_strength_lines_follow_the_steps_override_of_the_page():
     """``advquery ui --steps N`` runs every preset N steps: the page's passes and ratios say so."""
-    per_step = {n: (p.views.count if p.views else 0) + 1 for n, p in STRENGTHS.items()}  # passes per step
+    per_step = {n: (p.views.per_step if p.views else 0) + 1 for n, p in STRENGTHS.items()}  # passes per step
     ratio = per_step["high"] * _mean_compute(STRENGTHS["high"]) / (per_step["low"] * _mean_compute(STRENGTHS["low"]))
     assert strength_line("low", STRENGTHS["low"], steps=2).endswith(
         f"Time: the quickest (up to {2 * per_step['low']} passes of the photo through a search model).")

@@ -37,6 +37,7 @@ def photo(ukbench_dir):
     ({"shrink_probability": -0.1}, "shrink_probability must be a probability"),
     ({"whole": 1.5}, "whole must be a probability"),
     ({"codec_blur": -1}, "codec_blur must be a blur sigma"),
+    ({"extra": {"count": 1}}, "extra must be TrackerViews or None"),
 ])
 def test_tracker_views_check_their_parameters(kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -73,6 +74,22 @@ def test_a_whole_share_of_the_views_keeps_the_whole_photo_and_draws_nothing_with
     whole = [v for v in drawn if v.box == (0.0, 0.0, 1.0, 1.0)]
     assert 100 < len(whole) < 200
     assert all(0.3 <= v.box[2] <= 1 and v.box[2:] != (1.0, 1.0) for v in drawn if v not in whole)
+
+
+def test_an_extra_family_is_drawn_after_the_views_and_leaves_the_definition_without_it_as_it_was():
+    views = TrackerViews(count=4, sizes=(64, 128))
+    thumbs = TrackerViews(count=2, sizes=(32, 48), shrink=(16, 24), shrink_probability=1.0)
+    both = dataclasses.replace(views, extra=thumbs)
+    drawn = both.sample(torch.Generator().manual_seed(7), models=2)
+    assert both.per_step == views.per_step + 2 == 6 and len(drawn) == 6
+    assert drawn[:4] == views.sample(torch.Generator().manual_seed(7), models=2)
+    assert all(32 <= v.size <= 48 and 16 <= v.shrunk <= 24 for v in drawn[4:])
+    # the definition (which names cached results) reads as it did before the field existed where there is none
+    assert repr(TrackerViews()) == (
+        "TrackerViews(count=2, sizes=(448, 1024), crop=(0.3, 1.0), crop_file=0.5, flip=0.5, rotate=3.0, colour=0.15, "
+        "jpeg=(70, 95), jpeg_probability=0.3, shrink=None, shrink_probability=0.3, webp_share=0.0, whole=0.0, "
+        "codec_blur=0.0)")
+    assert "extra=TrackerViews(count=2" in repr(both) and eval(repr(both)) == both
 
 
 def test_a_shrunk_view_is_the_small_copy_enlarged_to_the_working_size():
@@ -138,6 +155,10 @@ def test_whole_view_adds_one_differentiated_pass_per_step(model, photo):
             PIRE(model, eps=3 / 255, steps=2, size=SIZE, seed=0, whole_view=whole, patience=None,
                  tracker_views=TrackerViews(count=2, sizes=(64, 96)))(x)
             assert sum(passes) == 2 * (2 + whole)  # steps x (views + the whole photo)
+        passes.clear()
+        PIRE(model, eps=3 / 255, steps=2, size=SIZE, seed=0, whole_view=False, patience=None,
+             tracker_views=TrackerViews(count=2, sizes=(64, 96), extra=TrackerViews(count=1, sizes=(32, 48))))(x)
+        assert sum(passes) == 2 * 3  # an extra family's view is one differentiated pass more a step
     finally:
         hook.remove()
 

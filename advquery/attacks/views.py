@@ -6,7 +6,7 @@ that pushes the descriptors of such views away from those of the same views of t
 the whole family, not only for the one pixel grid it was computed on.
 """
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from functools import partial
 
 import torch
@@ -95,6 +95,8 @@ class TrackerViews:
         codec_blur: sigma (pixels at the working size) of the Gaussian blur whose gradient stands in for a
             re-compression's (which has none) in the backward pass; 0: the identity's (straight through), which
             spends steps on high frequencies that the codec removes.
+        extra: another family of views drawn in every step beside these (None: none), e.g. a shrunk query at
+            small working sizes, which then costs passes of its own size instead of taking views from this family.
     """
 
     count: int = 2
@@ -111,6 +113,7 @@ class TrackerViews:
     webp_share: float = 0.0
     whole: float = 0.0
     codec_blur: float = 0.0
+    extra: "TrackerViews | None" = None
 
     def __post_init__(self):
         if not (isinstance(self.count, int) and self.count >= 1):
@@ -130,9 +133,24 @@ class TrackerViews:
             raise ValueError(f"codec_blur must be a blur sigma in [0, 8] pixels, got {self.codec_blur}")
         if self.shrink is not None and not 16 <= self.shrink[0] <= self.shrink[1]:
             raise ValueError(f"shrink must be a range 16 <= low <= high, got {self.shrink}")
+        if self.extra is not None and not isinstance(self.extra, TrackerViews):
+            raise ValueError(f"extra must be TrackerViews or None, got {self.extra!r}")
+
+    def __repr__(self) -> str:
+        # ``extra`` shows only where it is set: the definitions of the views without it, which name the benchmarks'
+        # cached photos and results, stay those recorded before it existed.
+        shown = (f.name for f in fields(self) if f.name != "extra" or self.extra is not None)
+        return f"TrackerViews({', '.join(f'{name}={getattr(self, name)!r}' for name in shown)})"
+
+    @property
+    def per_step(self) -> int:
+        """Views drawn in every step, those of ``extra`` included."""
+        return self.count + (self.extra.per_step if self.extra is not None else 0)
 
     def sample(self, generator: torch.Generator, models: int = 1) -> list[View]:
-        """``count`` views, their models drawn among ``models`` members."""
+        """``count`` views, then those of ``extra``, their models drawn among ``models`` members. Within one call the
+        family's own views are those it draws without ``extra`` (drawn first); the calls after it start further along
+        the generator's stream."""
         views = []
         for _ in range(self.count):
             u = torch.rand(13, generator=generator, device=generator.device).tolist()
@@ -148,7 +166,7 @@ class TrackerViews:
                 size=round(self.sizes[0] + (self.sizes[1] - self.sizes[0]) * u[10]), colour=colour,
                 recompression=None if quality is None else Transform(self._codec(generator), quality),
                 model=min(models - 1, math.floor(u[12] * models)), shrunk=shrunk, codec_blur=self.codec_blur))
-        return views
+        return views if self.extra is None else views + self.extra.sample(generator, models)
 
     def _codec(self, generator: torch.Generator) -> str:
         """The codec of a re-compression, drawn only with a ``webp_share`` (draws of before stay the same)."""

@@ -33,7 +33,7 @@ def model_passes(preset: Strength, steps: int | None = None) -> int:
     """The most passes of the photo through a search model one protection with ``preset`` makes, what its time
     grows with: per step (``steps`` overrides the preset's, as ``advquery ui --steps`` does) each tracker view and
     the whole photo, or without views the saved file alone."""
-    return (preset.steps if steps is None else steps) * ((preset.views.count if preset.views is not None else 0) + 1)
+    return (preset.steps if steps is None else steps) * ((preset.views.per_step if preset.views is not None else 0) + 1)
 
 
 def relative_time(preset: Strength, steps: int | None = None, model: str = DEFAULT_MODEL) -> float:
