@@ -256,17 +256,14 @@ CANDIDATES["low-3levels"] = LOW_3
 # from the other cells; here one view more a step always passes through a copy of 224-384 px and is described at a
 # small working size (448-768 px), so it costs a smaller pass of its own (about a third of a 1024 px one).
 # Two such views a step (medium-thumb2): whether more of them buys more.
-for thumbs in (1, 2):
-    CANDIDATES[f"medium-thumb{'' if thumbs == 1 else thumbs}"] = replace(
-        STRENGTHS["medium"],
-        views=replace(STRENGTHS["medium"].views,
-                      extra=TrackerViews(count=thumbs, sizes=(448, 768), shrink=(224, 384), shrink_probability=1.0,
-                                         jpeg_probability=0.5, whole=0.5)),
-        description=f"medium, {'one view' if thumbs == 1 else f'{thumbs} views'} more a step through a copy of "
-                    f"224-384 px, described at 448-768 px")
-# The two thumbnail views' time (medium-thumb2: 40 s a photo against medium's 27 s): described at 320-512 px instead
-# (medium-thumb2-small); and the same two on high, whose worst cells are the 256 px query too (high-thumb2).
-THUMBNAILS = CANDIDATES["medium-thumb2"].views.extra
+THUMBNAILS = TrackerViews(count=2, sizes=(448, 768), shrink=(224, 384), shrink_probability=1.0, jpeg_probability=0.5,
+                          whole=0.5)
+CANDIDATES["medium-thumb"] = replace(
+    STRENGTHS["medium"], views=replace(STRENGTHS["medium"].views, extra=replace(THUMBNAILS, count=1)),
+    description="medium, one view more a step through a copy of 224-384 px, described at 448-768 px")
+CANDIDATES["medium-thumb2"] = replace(
+    STRENGTHS["medium"], views=replace(STRENGTHS["medium"].views, extra=THUMBNAILS),
+    description="medium, 2 views more a step through a copy of 224-384 px, described at 448-768 px")
 CANDIDATES["medium-thumb2-small"] = replace(
     STRENGTHS["medium"], views=replace(STRENGTHS["medium"].views, extra=replace(THUMBNAILS, sizes=(320, 512))),
     description="medium, 2 views more a step through a copy of 224-384 px, described at 320-512 px")
