@@ -19,7 +19,8 @@ from advquery.io import read_photo, write_photo_atomic
 from advquery.protection import DEFAULT_STRENGTH, STRENGTHS
 from advquery.trackers import SUITES, VERDICTS, TrackerCheck, verdict_summary
 from advquery.ui.jobs import Job, PhotoTask, photo_entry
-from advquery.ui.page import JPEG_NOTE, build_page, check_html, model_passes, status_html, strength_line
+from advquery.ui.page import (JPEG_NOTE, build_page, check_html, model_passes, status_html, strength_line,
+                              weighted_passes)
 from advquery.ui.server import host_warning
 from helpers import exif_with_gps
 
@@ -243,10 +244,11 @@ JARGON = ("SSIM", "Lite", "grid", "price", "optimis", "view", "GeM", "epsilon", 
 
 
 def test_strength_lines_state_each_presets_purpose_and_cost():
-    # the cost in time: model passes (steps x (tracker views + the whole photo)), each weighted by its model's
-    # compute (depth x width^2 of the EfficientNet-Lite variant; spread over the models), beside low's, the quickest
+    # the cost in time: model passes (steps x (tracker views + the whole photo)), weighed by their pixels and by their
+    # model's compute (depth x width^2 of the EfficientNet-Lite variant; spread over the models), beside low's, the
+    # quickest
     passes = {n: model_passes(p) for n, p in STRENGTHS.items()}
-    cost = {n: passes[n] * _mean_compute(p) for n, p in STRENGTHS.items()}
+    cost = {n: weighted_passes(p) * _mean_compute(p) for n, p in STRENGTHS.items()}
     assert min(cost, key=cost.get) == "low"
     strongest = max(STRENGTHS, key=lambda n: bound(n))
     for name, preset in STRENGTHS.items():
@@ -280,11 +282,11 @@ def test_strength_lines_weigh_passes_by_the_pages_model():
     lite2 = "efficientnet-lite2-gem"
     low, medium = STRENGTHS["low"], STRENGTHS["medium"]
     members = {lite2, *medium.models}
-    low_cost = model_passes(low) * COMPUTE[lite2]
-    medium_cost = model_passes(medium) * sum(COMPUTE[m] for m in members) / len(members)
+    low_cost = weighted_passes(low) * COMPUTE[lite2]
+    medium_cost = weighted_passes(medium) * sum(COMPUTE[m] for m in members) / len(members)
     line = strength_line("medium", medium, model=lite2)
     assert f"Time: about {round(medium_cost / low_cost, 1):g} times low's" in line
-    with_lite0 = model_passes(medium) * _mean_compute(medium) / model_passes(low)
+    with_lite0 = weighted_passes(medium) * _mean_compute(medium) / weighted_passes(low)
     assert round(medium_cost / low_cost, 1) < round(with_lite0, 1)  # nearer low's than with Lite0
 
 
@@ -302,7 +304,8 @@ def test_other_models_are_named_with_or_without_tracker_views():
 def test_strength_lines_follow_the_steps_override_of_the_page():
     """``advquery ui --steps N`` runs every preset N steps: the page's passes and ratios say so."""
     per_step = {n: model_passes(p, steps=1) for n, p in STRENGTHS.items()}  # passes per step
-    ratio = per_step["high"] * _mean_compute(STRENGTHS["high"]) / (per_step["low"] * _mean_compute(STRENGTHS["low"]))
+    cost = {n: weighted_passes(p, steps=1) * _mean_compute(p) for n, p in STRENGTHS.items()}
+    ratio = cost["high"] / cost["low"]
     assert strength_line("low", STRENGTHS["low"], steps=2).endswith(
         f"Time: the quickest (up to {2 * per_step['low']} passes of the photo through a search model).")
     line = strength_line("high", STRENGTHS["high"], steps=2)

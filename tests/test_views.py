@@ -7,6 +7,7 @@ import torch.nn.functional as F
 
 from advquery import PIRE, load_model
 from advquery.attacks.views import TrackerViews, View
+from advquery.extraction import describe
 from advquery.io import read_photo, to_tensor
 from advquery.models import ModelEnsemble
 from advquery.perceptual import flat_gain
@@ -82,6 +83,8 @@ def test_an_extra_family_is_drawn_after_the_views_and_leaves_the_definition_with
     both = dataclasses.replace(views, extra=thumbs)
     drawn = both.sample(torch.Generator().manual_seed(7), models=2)
     assert both.per_step == views.per_step + 2 == 6 and len(drawn) == 6
+    # their passes weighed by pixels: working sizes of 32-48 against 64-128 px are (80 / 192)^2 of one of the family's
+    assert views.pass_cost == 4 and both.pass_cost == pytest.approx(4 + 2 * (80 / 192) ** 2)
     assert drawn[:4] == views.sample(torch.Generator().manual_seed(7), models=2)
     assert all(32 <= v.size <= 48 and 16 <= v.shrunk <= 24 for v in drawn[4:])
     # the definition (which names cached results) reads as it did before the field existed where there is none
@@ -190,6 +193,28 @@ def test_cycled_whole_view_gives_each_member_the_photo_in_turn(model, photo):
         assert float(zero) == pytest.approx(0, abs=1e-5)
     with pytest.raises(ValueError, match="whole_view must be one of"):
         PIRE(model, whole_view="each")
+
+
+def test_the_original_is_described_once_per_member_when_every_member_has_a_whole_view(model, photo):
+    """With whole_view="cycle" the members' descriptors of the original (whole_targets) are the ensemble's own
+    descriptor of it: the attack describes the original once per member, not a second time as the ensemble."""
+    lite1 = load_model("efficientnet-lite1-gem", device="cpu")
+    ensemble = ModelEnsemble([model, lite1])
+    x = torch.nn.functional.interpolate(photo, size=(72, 96), mode="bilinear", antialias=True).clamp(0, 1)
+    passes = {0: 0, 1: 0}
+    hooks = [m.features.register_forward_pre_hook(
+        lambda _, inputs, k=k: passes.__setitem__(k, passes[k] + (not torch.is_grad_enabled())))
+        for k, m in enumerate((model, lite1))]
+    try:
+        attack = PIRE(ensemble, eps=3 / 255, steps=1, size=SIZE, seed=0, whole_view="cycle", patience=None,
+                      target_similarity=None, view_reference="photo", tracker_views=TrackerViews(count=1, sizes=(64, 96)))
+        attack(x)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    # without gradient, per member: the original (once), its photo reference and the output's similarity at the end
+    assert passes == {0: 3, 1: 3}
+    torch.testing.assert_close(attack.original_descriptor, describe(ensemble, x, SIZE), rtol=0, atol=1e-6)
 
 
 def test_photo_reference_drops_the_forward_pass_of_each_view_of_the_original(model, photo):

@@ -147,6 +147,14 @@ class TrackerViews:
         """Views drawn in every step, those of ``extra`` included."""
         return self.count + (self.extra.per_step if self.extra is not None else 0)
 
+    @property
+    def pass_cost(self) -> float:
+        """Views drawn in every step, each weighed by its pixels against a view of this family (a pass's compute
+        grows with its pixels): a view of ``extra`` at half these working sizes counts a quarter."""
+        if self.extra is None:
+            return float(self.count)
+        return self.count + (sum(self.extra.sizes) / sum(self.sizes)) ** 2 * self.extra.pass_cost
+
     def sample(self, generator: torch.Generator, models: int = 1) -> list[View]:
         """``count`` views, then those of ``extra``, their models drawn among ``models`` members. Within one call the
         family's own views are those it draws without ``extra`` (drawn first); the calls after it start further along

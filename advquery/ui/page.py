@@ -36,11 +36,18 @@ def model_passes(preset: Strength, steps: int | None = None) -> int:
     return (preset.steps if steps is None else steps) * ((preset.views.per_step if preset.views is not None else 0) + 1)
 
 
+def weighted_passes(preset: Strength, steps: int | None = None) -> float:
+    """:func:`model_passes` with the passes of smaller views weighed by their pixels (``TrackerViews.pass_cost``;
+    the whole photo and the preset's own views count one each)."""
+    return (preset.steps if steps is None else steps) * ((preset.views.pass_cost if preset.views is not None else 0) + 1)
+
+
 def relative_time(preset: Strength, steps: int | None = None, model: str = DEFAULT_MODEL) -> float:
-    """What one protection's time grows with: its passes (:func:`model_passes`), each weighted by the compute of
-    the model it goes through (spread evenly over ``model``, the page's, and the preset's others; Lite0's = 1)."""
+    """What one protection's time grows with: its passes weighed by their pixels (:func:`weighted_passes`) and by
+    the compute of the model each goes through (spread evenly over ``model``, the page's, and the preset's others;
+    Lite0's = 1)."""
     members = attacked_models(model, preset.models)
-    return model_passes(preset, steps) * sum(map(relative_compute, members)) / len(members)
+    return weighted_passes(preset, steps) * sum(map(relative_compute, members)) / len(members)
 
 
 def strength_line(name: str, preset: Strength, presets: dict[str, Strength] = STRENGTHS,
