@@ -366,8 +366,11 @@ class PerturbationAttack:
             generator.manual_seed(self.seed)
         amp = autocast_dtype(self.precision, self._members()[0])  # the same as passes_precision says
         with torch.no_grad():
-            target = self.describe(x)[:, None]
             whole_targets = None if self.tracker_views is None else self.whole_targets(x)
+            if whole_targets is not None and all(t is not None for t in whole_targets):  # the members described once
+                target = ModelEnsemble.combine(whole_targets)[:, None]
+            else:
+                target = self.describe(x)[:, None]
             photo_references = self.photo_references(x) \
                 if self.tracker_views is not None and self.view_reference == "photo" else None
             gain = self._gain(x)

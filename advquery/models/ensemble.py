@@ -30,4 +30,9 @@ class ModelEnsemble(nn.Module):
         return self.members[0].device
 
     def forward(self, x: torch.Tensor, scales: Sequence[float] = (1.0,)) -> torch.Tensor:
-        return torch.cat([m(x, scales=scales) for m in self.members], dim=1) / len(self.members) ** 0.5
+        return self.combine([m(x, scales=scales) for m in self.members])
+
+    @staticmethod
+    def combine(descriptors: Sequence[torch.Tensor]) -> torch.Tensor:
+        """The ensemble's descriptor (N, D) from its members' (N, D_i), in the members' order."""
+        return torch.cat(list(descriptors), dim=1) / len(descriptors) ** 0.5
