@@ -84,6 +84,10 @@ OTHER_MODELS = ("efficientnet-lite1-gem", "efficientnet-lite2-gem")  # medium an
 # high's views pass, 30 % of them, through a copy of this long side (px) before the working size: a query shrunk
 # to a thumbnail and enlarged again by the tracker.
 THUMBNAIL_SHRINK = (256, 640)
+# medium's and high's views beside their own, two a step: a query shrunk to a thumbnail of 224-384 px and described
+# at a small working size (448-768 px), a pass of about a third of a 1024 px one.
+THUMBNAILS = TrackerViews(count=2, sizes=(448, 768), shrink=(224, 384), shrink_probability=1.0, jpeg_probability=0.5,
+                          whole=0.5)
 STRENGTHS = {
     # Chosen on the validation split against the tracker suite (bench/candidates.py, bench/results/candidates_*.md;
     # the figures are in docs/benchmarks.md, the reasoning in docs/methods.md).
@@ -95,20 +99,21 @@ STRENGTHS = {
                                 "flips and selections (the whole photo or crops of any aspect, half and half; working "
                                 "sizes 768-1024) on Lite0"),
     "medium": Strength(ssim_eps_levels=16, ssim_weight=20, steps=40, patience=None,
-                       views=TrackerViews(jpeg_probability=0.5, whole=0.5), models=OTHER_MODELS, grid=512,
-                       spare_flat=2.0, eps_levels=3, target_similarity=0.2, lr_schedule="cosine", whole_view="cycle",
-                       poolings=("gem", "rmac"),
+                       views=TrackerViews(jpeg_probability=0.5, whole=0.5, extra=THUMBNAILS), models=OTHER_MODELS,
+                       grid=512, spare_flat=2.0, eps_levels=3, target_similarity=0.2, lr_schedule="cosine",
+                       whole_view="cycle", poolings=("gem", "rmac"),
                        description="within 16 levels at SSIM price 20 on a 512 px grid, the step size decayed along "
                                    "a cosine, flat regions left alone, optimised through tracker views (the whole "
                                    "photo or crops and selections of any aspect, half and half; flips, rotations, "
                                    "colour, JPEG, working sizes 448-1024) on Lite0, Lite1 and Lite2, and through "
-                                   "the photo as shared, under each of them in turn; GeM and R-MAC pushed away in "
-                                   "every view"),
+                                   "the photo as shared, under each of them in turn, and through two thumbnails a "
+                                   "step (a copy of 224-384 px described at 448-768 px); GeM and R-MAC pushed away "
+                                   "in every view"),
     "high": Strength(ssim_eps_levels=20, ssim_weight=15, steps=60, patience=None,
-                     views=TrackerViews(jpeg_probability=0.5, shrink=THUMBNAIL_SHRINK, whole=0.5),
+                     views=TrackerViews(jpeg_probability=0.5, shrink=THUMBNAIL_SHRINK, whole=0.5, extra=THUMBNAILS),
                      models=OTHER_MODELS, grid=512, spare_flat=2.0, eps_levels=4.5, target_similarity=0.1,
                      lr_schedule="cosine", whole_view="cycle", poolings=("gem", "rmac"),
-                     description="as medium, within 20 levels at SSIM price 15, 60 steps, 30 % of the views "
+                     description="as medium, within 20 levels at SSIM price 15, 60 steps, 30 % of its own views "
                                  "through a copy of 256-640 px (a shrunk query)"),
 }
 DEFAULT_STRENGTH = "medium"

@@ -8,7 +8,7 @@ candidate changes one or two ingredients of one before it, so the table of their
 from dataclasses import replace
 
 from advquery.attacks.views import TrackerViews
-from advquery.protection import OTHER_MODELS, STRENGTHS, THUMBNAIL_SHRINK, Strength
+from advquery.protection import OTHER_MODELS, STRENGTHS, THUMBNAIL_SHRINK, THUMBNAILS, Strength
 
 # ssim-pire through tracker views (flips, crops of any aspect, rotations, colour, JPEG, working sizes 448-1024)
 VIEWS = Strength(ssim_eps_levels=8, ssim_weight=40, steps=40, patience=None, views=TrackerViews(), models=(),
@@ -24,9 +24,21 @@ def _medium_description(levels: int) -> str:
             "aspect, half and half; flips, rotations, colour, JPEG, working sizes 448-1024) on Lite0, Lite1 and Lite2")
 
 
+# medium and high as shipped until their thumbnail views on 2026-12-05, which medium-thumb* and high-thumb2 change and
+# the earlier candidates derive from (kept as the candidates medium-rmac and high-rmac).
+MEDIUM_RMAC = replace(STRENGTHS["medium"], views=replace(STRENGTHS["medium"].views, extra=None),
+                      description="within 16 levels at SSIM price 20 on a 512 px grid, the step size decayed along "
+                                  "a cosine, flat regions left alone, optimised through tracker views (the whole "
+                                  "photo or crops and selections of any aspect, half and half; flips, rotations, "
+                                  "colour, JPEG, working sizes 448-1024) on Lite0, Lite1 and Lite2, and through "
+                                  "the photo as shared, under each of them in turn; GeM and R-MAC pushed away in "
+                                  "every view")
+HIGH_RMAC = replace(STRENGTHS["high"], views=replace(STRENGTHS["high"].views, extra=None),
+                    description="as medium, within 20 levels at SSIM price 15, 60 steps, 30 % of the views "
+                                "through a copy of 256-640 px (a shrunk query)")
 # medium as shipped until R-MAC joined it on 2026-12-05 (GeM alone pushed away), which medium-gem-rmac changes and
 # the earlier medium candidates derive from.
-MEDIUM_CYCLE = replace(STRENGTHS["medium"], poolings=("gem",),
+MEDIUM_CYCLE = replace(MEDIUM_RMAC, poolings=("gem",),
                        description="within 16 levels at SSIM price 20 on a 512 px grid, the step size decayed along a "
                                    "cosine, flat regions left alone, optimised through tracker views (the whole photo "
                                    "or crops and selections of any aspect, half and half; flips, rotations, colour, "
@@ -35,7 +47,7 @@ MEDIUM_CYCLE = replace(STRENGTHS["medium"], poolings=("gem",),
 # medium as shipped until 2026-12-04 (within 14 levels), which the medium candidates measured until then change.
 MEDIUM_14 = replace(MEDIUM_CYCLE, ssim_eps_levels=14, whole_view=True, description=_medium_description(14))
 # high as shipped until 2026-12-05 (GeM alone pushed away), which high-gem-rmac changes.
-HIGH_CYCLE = replace(STRENGTHS["high"], poolings=("gem",),
+HIGH_CYCLE = replace(HIGH_RMAC, poolings=("gem",),
                      description="as medium with GeM alone pushed away, within 20 levels at SSIM price 15, 60 steps, "
                                  "30 % of the views through a copy of 256-640 px (a shrunk query)")
 # high as shipped until 2026-12-04 evening (20 levels, the photo as shared under Lite0 alone), which high-cycle
@@ -255,19 +267,20 @@ CANDIDATES["low-3levels"] = LOW_3
 # enlarges to its working size. medium-shrink sent 30 % of medium's own views through a small copy, which took them
 # from the other cells; here one view more a step always passes through a copy of 224-384 px and is described at a
 # small working size (448-768 px), so it costs a smaller pass of its own (about a third of a 1024 px one).
-# Two such views a step (medium-thumb2): whether more of them buys more.
-THUMBNAILS = TrackerViews(count=2, sizes=(448, 768), shrink=(224, 384), shrink_probability=1.0, jpeg_probability=0.5,
-                          whole=0.5)
+# Two such views a step (medium-thumb2, medium and high since 2026-12-05: advquery.protection.THUMBNAILS): whether
+# more of them buys more.
+CANDIDATES["medium-rmac"] = MEDIUM_RMAC
+CANDIDATES["high-rmac"] = HIGH_RMAC
 CANDIDATES["medium-thumb"] = replace(
-    STRENGTHS["medium"], views=replace(STRENGTHS["medium"].views, extra=replace(THUMBNAILS, count=1)),
+    MEDIUM_RMAC, views=replace(MEDIUM_RMAC.views, extra=replace(THUMBNAILS, count=1)),
     description="medium, one view more a step through a copy of 224-384 px, described at 448-768 px")
 CANDIDATES["medium-thumb2"] = replace(
-    STRENGTHS["medium"], views=replace(STRENGTHS["medium"].views, extra=THUMBNAILS),
+    MEDIUM_RMAC, views=replace(MEDIUM_RMAC.views, extra=THUMBNAILS),
     description="medium, 2 views more a step through a copy of 224-384 px, described at 448-768 px")
 CANDIDATES["medium-thumb2-small"] = replace(
-    STRENGTHS["medium"], views=replace(STRENGTHS["medium"].views, extra=replace(THUMBNAILS, sizes=(320, 512))),
+    MEDIUM_RMAC, views=replace(MEDIUM_RMAC.views, extra=replace(THUMBNAILS, sizes=(320, 512))),
     description="medium, 2 views more a step through a copy of 224-384 px, described at 320-512 px")
-CANDIDATES["high-thumb2"] = replace(STRENGTHS["high"], views=replace(STRENGTHS["high"].views, extra=THUMBNAILS),
+CANDIDATES["high-thumb2"] = replace(HIGH_RMAC, views=replace(HIGH_RMAC.views, extra=THUMBNAILS),
                                     description="high, 2 views more a step through a copy of 224-384 px, described "
                                                 "at 448-768 px")
 # Leave one model out: medium and high computed without model M, measured with M (the shipped presets use all three).

@@ -15,6 +15,7 @@ import pytest
 from PIL import ExifTags, Image
 
 import ui_browser
+from advquery.attacks.views import TrackerViews
 from advquery.io import read_photo, write_photo_atomic
 from advquery.protection import DEFAULT_STRENGTH, STRENGTHS
 from advquery.trackers import SUITES, VERDICTS, TrackerCheck, verdict_summary
@@ -275,6 +276,15 @@ def test_strength_lines_state_each_presets_purpose_and_cost():
     line = strength_line("high", halved, STRENGTHS | {"high": halved})
     assert f"about {round(cost['high'] / 2 / cost['low'], 1):g} times low's" in line
     assert "re-save" in JPEG_NOTE
+
+
+def test_a_smaller_views_pass_counts_by_its_pixels():
+    """weighted_passes: per step the whole photo and each own view count one, a view of an extra family at half the
+    working sizes a quarter; model_passes counts every pass."""
+    halves = TrackerViews(count=2, sizes=(500, 1000), extra=TrackerViews(count=1, sizes=(250, 500)))
+    preset = replace(STRENGTHS["low"], steps=10, views=halves)
+    assert weighted_passes(preset) == pytest.approx(10 * (1 + 2 + 0.25)) and model_passes(preset) == 10 * (1 + 3)
+    assert weighted_passes(replace(preset, views=None), steps=4) == model_passes(replace(preset, views=None), 4) == 4
 
 
 def test_strength_lines_weigh_passes_by_the_pages_model():

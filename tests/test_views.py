@@ -83,8 +83,9 @@ def test_an_extra_family_is_drawn_after_the_views_and_leaves_the_definition_with
     both = dataclasses.replace(views, extra=thumbs)
     drawn = both.sample(torch.Generator().manual_seed(7), models=2)
     assert both.per_step == views.per_step + 2 == 6 and len(drawn) == 6
-    # their passes weighed by pixels: working sizes of 32-48 against 64-128 px are (80 / 192)^2 of one of the family's
-    assert views.pass_cost == 4 and both.pass_cost == pytest.approx(4 + 2 * (80 / 192) ** 2)
+    # their passes weighed by pixels: the mean squared working size, 32-48 px against 64-128 px
+    assert views.pass_cost == 4 and both.pass_cost == pytest.approx(4 + 2 * (32 * 32 + 32 * 48 + 48 * 48)
+                                                                    / (64 * 64 + 64 * 128 + 128 * 128))
     assert drawn[:4] == views.sample(torch.Generator().manual_seed(7), models=2)
     assert all(32 <= v.size <= 48 and 16 <= v.shrunk <= 24 for v in drawn[4:])
     # the definition (which names cached results) reads as it did before the field existed where there is none
@@ -196,25 +197,31 @@ def test_cycled_whole_view_gives_each_member_the_photo_in_turn(model, photo):
 
 
 def test_the_original_is_described_once_per_member_when_every_member_has_a_whole_view(model, photo):
-    """With whole_view="cycle" the members' descriptors of the original (whole_targets) are the ensemble's own
-    descriptor of it: the attack describes the original once per member, not a second time as the ensemble."""
+    """Where every member has a whole view (an ensemble with whole_view="cycle", one model with whole_view=True) the
+    members' descriptors of the original (whole_targets) are the model's own descriptor of it: the attack describes
+    the original once per member, not a second time as the model; with an ensemble's first member alone
+    (whole_view=True) it describes the ensemble's as before."""
     lite1 = load_model("efficientnet-lite1-gem", device="cpu")
-    ensemble = ModelEnsemble([model, lite1])
     x = torch.nn.functional.interpolate(photo, size=(72, 96), mode="bilinear", antialias=True).clamp(0, 1)
-    passes = {0: 0, 1: 0}
-    hooks = [m.features.register_forward_pre_hook(
-        lambda _, inputs, k=k: passes.__setitem__(k, passes[k] + (not torch.is_grad_enabled())))
-        for k, m in enumerate((model, lite1))]
-    try:
-        attack = PIRE(ensemble, eps=3 / 255, steps=1, size=SIZE, seed=0, whole_view="cycle", patience=None,
-                      target_similarity=None, view_reference="photo", tracker_views=TrackerViews(count=1, sizes=(64, 96)))
-        attack(x)
-    finally:
-        for hook in hooks:
-            hook.remove()
-    # without gradient, per member: the original (once), its photo reference and the output's similarity at the end
-    assert passes == {0: 3, 1: 3}
-    torch.testing.assert_close(attack.original_descriptor, describe(ensemble, x, SIZE), rtol=0, atol=1e-6)
+    for attacked, whole, expected in ((ModelEnsemble([model, lite1]), "cycle", {0: 3, 1: 3}), (model, True, {0: 3}),
+                                      (ModelEnsemble([model, lite1]), True, {0: 4, 1: 3})):
+        members = (model, lite1)[:len(expected)]
+        passes = {k: 0 for k in expected}
+        hooks = [m.features.register_forward_pre_hook(
+            lambda _, inputs, k=k: passes.__setitem__(k, passes[k] + (not torch.is_grad_enabled())))
+            for k, m in enumerate(members)]
+        try:
+            attack = PIRE(attacked, eps=3 / 255, steps=1, size=SIZE, seed=0, whole_view=whole, patience=None,
+                          target_similarity=None, view_reference="photo",
+                          tracker_views=TrackerViews(count=1, sizes=(64, 96)))
+            attack(x)
+        finally:
+            for hook in hooks:
+                hook.remove()
+        # without gradient, per member: the original (its whole target), its photo reference and the output's
+        # similarity at the end; with the first member's whole target alone, the model's descriptor once more
+        assert passes == expected, (whole, passes)
+        torch.testing.assert_close(attack.original_descriptor, describe(attacked, x, SIZE), rtol=0, atol=1e-6)
 
 
 def test_photo_reference_drops_the_forward_pass_of_each_view_of_the_original(model, photo):

@@ -153,7 +153,12 @@ class TrackerViews:
         grows with its pixels): a view of ``extra`` at half these working sizes counts a quarter."""
         if self.extra is None:
             return float(self.count)
-        return self.count + (sum(self.extra.sizes) / sum(self.sizes)) ** 2 * self.extra.pass_cost
+        return self.count + self.extra._mean_square_size() / self._mean_square_size() * self.extra.pass_cost
+
+    def _mean_square_size(self) -> float:
+        """The mean of the squared working size drawn uniformly in ``sizes`` (what a pass's pixels grow with)."""
+        lo, hi = self.sizes
+        return (lo * lo + lo * hi + hi * hi) / 3
 
     def sample(self, generator: torch.Generator, models: int = 1) -> list[View]:
         """``count`` views, then those of ``extra``, their models drawn among ``models`` members. Within one call the

@@ -39,7 +39,8 @@ def model_passes(preset: Strength, steps: int | None = None) -> int:
 def weighted_passes(preset: Strength, steps: int | None = None) -> float:
     """:func:`model_passes` with the passes of smaller views weighed by their pixels (``TrackerViews.pass_cost``;
     the whole photo and the preset's own views count one each)."""
-    return (preset.steps if steps is None else steps) * ((preset.views.pass_cost if preset.views is not None else 0) + 1)
+    per_step = preset.views.pass_cost if preset.views is not None else 0
+    return (preset.steps if steps is None else steps) * (per_step + 1)
 
 
 def relative_time(preset: Strength, steps: int | None = None, model: str = DEFAULT_MODEL) -> float:
