@@ -286,7 +286,7 @@ CANDIDATES["high-thumb2"] = replace(HIGH_RMAC, views=replace(HIGH_RMAC.views, ex
 # The full suite's residue for today's medium (test split, trackers_test_thumbs): average pooling (SPoC), worst
 # after re-compression. SPoC pushed away beside GeM and R-MAC (the same feature map, no more passes); medium-gem-spoc
 # above was the same on the medium of before the cycle and R-MAC. Not kept (candidates_spoc_validation_limit8:
-# a small gain for a lower SSIM and a quarter more time).
+# a small gain for a lower SSIM).
 CANDIDATES["medium-gem-rmac-spoc"] = replace(STRENGTHS["medium"], poolings=("gem", "rmac", "spoc"),
                                              description="medium pushing GeM, R-MAC and SPoC away in every view")
 # Leave one model out: medium and high computed without model M, measured with M (the shipped presets use all three).
