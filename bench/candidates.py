@@ -285,12 +285,12 @@ CANDIDATES["high-thumb2"] = replace(HIGH_RMAC, views=replace(HIGH_RMAC.views, ex
                                                 "at 448-768 px")
 # The full suite's residue for today's medium (test split, trackers_test_thumbs): average pooling (SPoC), worst
 # after re-compression. SPoC pushed away beside GeM and R-MAC (the same feature map, no more passes); medium-gem-spoc
-# above was the same on the medium of before the cycle and R-MAC. Not kept (candidates_spoc_validation_limit8:
-# a small gain for a lower SSIM).
+# above pushed SPoC beside GeM on an older medium (crop views only, 14 levels). Not kept
+# (candidates_spoc_validation_limit8: a small gain, a worse BB worst cell, a lower SSIM).
 CANDIDATES["medium-gem-rmac-spoc"] = replace(STRENGTHS["medium"], poolings=("gem", "rmac", "spoc"),
                                              description="medium pushing GeM, R-MAC and SPoC away in every view")
 # Issue 13's 30 s for the default: medium in 30 steps instead of 40 (each step's passes unchanged). Not kept
-# (candidates_steps30_validation_quick_limit8: worse in every column).
+# (candidates_steps30_validation_quick_limit8: worse in every robustness column and in SSIM).
 CANDIDATES["medium-steps30"] = replace(STRENGTHS["medium"], steps=30, description="medium in 30 steps")
 # Leave one model out: medium and high computed without model M, measured with M (the shipped presets use all three).
 LITE = {n: f"efficientnet-{n}-gem" for n in ("lite0", "lite1", "lite2")}
