@@ -253,13 +253,18 @@ CANDIDATES["medium-gem-rmac"] = replace(MEDIUM_CYCLE, poolings=("gem", "rmac"),
 # lower at the same SSIM, on the GeM rows too).
 CANDIDATES["high-gem-rmac"] = replace(HIGH_CYCLE, poolings=("gem", "rmac"),
                                       description="high pushing GeM and R-MAC away in every view")
+# low in 30 steps, until 2026-12-06; 25 steps since (low-steps25 of the validation run, issue 13's 15 s;
+# candidates_low_steps25_validation_quick_limit8, docs/methods.md).
+LOW_30 = replace(STRENGTHS["low"], steps=30)
+CANDIDATES["low-steps30"] = LOW_30
+CANDIDATES["low-steps25"] = replace(LOW_30, steps=25, description="low in 25 steps")
 # low's time (90 passes and 60 reference passes a photo, three times the 3-level low's) against issue 13's 15 s: one
 # view a step instead of two, fewer steps, or both (the cosine decay still ends each on refinement). Not kept
 # (candidates_low_time_validation_quick_limit8, candidates_low_1view_test_quick; docs/methods.md).
-LOW_1VIEW = replace(STRENGTHS["low"], views=replace(STRENGTHS["low"].views, count=1),
+LOW_1VIEW = replace(LOW_30, views=replace(LOW_30.views, count=1),
                     description="low, one tracker view a step beside the whole photo")
 CANDIDATES["low-1view"] = LOW_1VIEW
-CANDIDATES["low-steps20"] = replace(STRENGTHS["low"], steps=20, description="low in 20 steps")
+CANDIDATES["low-steps20"] = replace(LOW_30, steps=20, description="low in 20 steps")
 CANDIDATES["low-1view-steps20"] = replace(LOW_1VIEW, steps=20, description="low-1view in 20 steps")
 # low until 2026-12-05, measured beside today's (through flips and selections since, low-views10-price150)
 CANDIDATES["low-3levels"] = LOW_3
