@@ -91,7 +91,7 @@ THUMBNAILS = TrackerViews(count=2, sizes=(448, 768), shrink=(224, 384), shrink_p
 STRENGTHS = {
     # Chosen on the validation split against the tracker suite (bench/candidates.py, bench/results/candidates_*.md;
     # the figures are in docs/benchmarks.md, the reasoning in docs/methods.md).
-    "low": Strength(ssim_eps_levels=10, ssim_weight=150, steps=30, patience=None,
+    "low": Strength(ssim_eps_levels=10, ssim_weight=150, steps=25, patience=None,
                     views=TrackerViews(sizes=(768, 1024), rotate=0.0, colour=0.0, jpeg=None, whole=0.5), models=(),
                     grid=None, spare_flat=2.0, eps_levels=1, target_similarity=0.4, lr_schedule="cosine",
                     description="near-invisible: within 10 grey levels at SSIM price 150, the step size decayed along "
