@@ -214,19 +214,26 @@ class TrackerCheck:
     tracker: str
     similarity: float
     verdict: str  # blocked | weakened | still found
+    firm: bool  # False: the similarity is within a threshold's calibration interval, the verdict could go either way
 
 
-def verdict_summary(verdicts: Iterable[str]) -> str:
-    """How many trackers gave each verdict, in the order of :data:`VERDICTS`: "2 blocked, 1 weakened, 3 still
-    found" (``advquery verify``'s summary line and the web page's)."""
+def verdict_summary(verdicts: Iterable[str], near: int = 0) -> str:
+    """How many trackers gave each verdict, in the order of :data:`VERDICTS`, and how many of those verdicts
+    (``near``) are not firm: "2 blocked, 1 weakened, 3 still found; 1 near a threshold" (``advquery verify``'s
+    summary line and the web page's)."""
     verdicts = list(verdicts)
     unknown = set(verdicts) - set(VERDICTS)
     if unknown:
         raise ValueError(f"unknown verdicts {sorted(unknown)}; expected {', '.join(VERDICTS)}")
-    return ", ".join(f"{verdicts.count(v)} {v}" for v in VERDICTS)
+    if not 0 <= near <= len(verdicts):
+        raise ValueError(f"near must count some of the {len(verdicts)} verdicts, got {near}")
+    return ", ".join(f"{verdicts.count(v)} {v}" for v in VERDICTS) + f"; {near} near a threshold" * bool(near)
 
 
 POOLED = "all systems"  # the thresholds fitted on every system's pairs together
+CALIBRATION_SHARES = {"blocked": 0.25, "found": 0.75}  # verdict bounds on the share of the original AP kept
+CALIBRATION_ROUNDS = 200  # bootstrap resamplings of the queries behind each threshold's interval
+CALIBRATION_PERCENTILES = (5.0, 95.0)  # of the resampled thresholds: a 90 % interval
 
 
 @dataclass(frozen=True)
@@ -234,20 +241,99 @@ class Calibration:
     """Similarity thresholds of the verdicts, per system: at or below ``blocked`` the tracker keeps at most the
     calibrated share of its retrieval (``shares['blocked']`` of the original's AP), at or above ``found`` at
     least ``shares['found']``; between them, weakened. A system the benchmark did not calibrate on its own
-    takes the thresholds fitted on all systems' pairs together (:data:`POOLED`)."""
+    takes the thresholds fitted on all systems' pairs together (:data:`POOLED`).
+
+    ``intervals`` holds, per system, the range each threshold moves over when the calibration queries are drawn
+    again (a bootstrap): a similarity inside one of them gives a verdict that other calibration queries could
+    have turned (:meth:`firm`)."""
 
     thresholds: dict[str, tuple[float, float]]  # system name (or POOLED) -> (blocked, found)
+    intervals: dict[str, tuple[tuple[float, float], tuple[float, float]]]  # the same keys -> (blocked's, found's)
     shares: dict[str, float]
     source: str
 
     @classmethod
     def load(cls) -> "Calibration":
         data = json.loads(resources.files("advquery").joinpath("data", CALIBRATION).read_text())
-        return cls({k: tuple(v) for k, v in data["thresholds"].items()}, data["shares"], data["source"])
+        return cls({k: tuple(v) for k, v in data["thresholds"].items()},
+                   {k: tuple(map(tuple, v)) for k, v in data["intervals"].items()}, data["shares"], data["source"])
+
+    @classmethod
+    def fit(cls, points: Sequence[dict], systems: Sequence[str], source: str, rounds: int = CALIBRATION_ROUNDS,
+            seed: int = 0) -> "Calibration":
+        """The thresholds of each of ``systems`` (names) and of :data:`POOLED`, from (similarity, share of the
+        original AP kept) pairs: ``points`` as dicts with ``system``, ``query``, ``similarity`` and ``share``. A
+        threshold is where an isotonic (non-decreasing) fit of share on similarity crosses its bound; its
+        interval spans the middle 90 % of the thresholds fitted on ``rounds`` resamplings of the queries (with
+        replacement: the pairs of one query are not independent of each other)."""
+        if rounds < 1:
+            raise ValueError(f"rounds must be at least 1, got {rounds}")
+        names = [*systems, POOLED]
+        thresholds = _fit_thresholds(points, names)
+        by_query: dict[str, list[dict]] = {}
+        for p in points:
+            by_query.setdefault(p["query"], []).append(p)
+        queries = sorted(by_query)
+        generator = np.random.default_rng(seed)
+        resampled: dict[str, list[tuple[float, float]]] = {n: [] for n in thresholds}
+        for _ in range(rounds):
+            drawn = [p for i in generator.integers(len(queries), size=len(queries)) for p in by_query[queries[i]]]
+            for n, fitted in _fit_thresholds(drawn, list(thresholds)).items():
+                resampled[n].append(fitted)
+        intervals = {}
+        for n, (blocked, found) in thresholds.items():
+            spans = []
+            for point, values in ((blocked, [r[0] for r in resampled[n]]), (found, [r[1] for r in resampled[n]])):
+                low, high = np.percentile(values, CALIBRATION_PERCENTILES) if values else (point, point)
+                spans.append((min(float(low), point), max(float(high), point)))
+            intervals[n] = tuple(spans)
+        return cls(thresholds, intervals, dict(CALIBRATION_SHARES), source)
+
+    def to_json(self) -> str:
+        return json.dumps({"thresholds": self.thresholds, "intervals": self.intervals, "shares": self.shares,
+                           "source": self.source}, indent=1)
+
+    def _key(self, system: System) -> str:
+        return system.name if system.name in self.thresholds else POOLED
 
     def verdict(self, system: System, similarity: float) -> str:
-        blocked, found = self.thresholds.get(system.name, self.thresholds[POOLED])
+        blocked, found = self.thresholds[self._key(system)]
         return VERDICTS[0] if similarity <= blocked else VERDICTS[2] if similarity >= found else VERDICTS[1]
+
+    def firm(self, system: System, similarity: float) -> bool:
+        """Whether the verdict stands whichever calibration queries were drawn: ``similarity`` lies outside the
+        intervals of both thresholds."""
+        return not any(low <= similarity <= high for low, high in self.intervals[self._key(system)])
+
+
+def _fit_thresholds(points: Sequence[dict], names: Sequence[str]) -> dict[str, tuple[float, float]]:
+    """(blocked, found) per name with at least 10 pairs (:data:`POOLED`: all pairs): the similarities where the
+    isotonic fit of share on similarity last stays at or below the blocked bound and first reaches the found
+    one."""
+    thresholds = {}
+    for name in names:
+        pts = sorted((p["similarity"], min(p["share"], 1.5)) for p in points if name in (p["system"], POOLED))
+        if len(pts) < 10:
+            continue
+        sims = [x for x, _ in pts]
+        fitted = _isotonic([y for _, y in pts])
+        blocked = [x for x, y in zip(sims, fitted) if y <= CALIBRATION_SHARES["blocked"]]
+        found = [x for x, y in zip(sims, fitted) if y >= CALIBRATION_SHARES["found"]]
+        thresholds[name] = (float(blocked[-1]) if blocked else float(sims[0]) - 1e-6,
+                            float(found[0]) if found else float(sims[-1]))
+    return thresholds
+
+
+def _isotonic(y: Sequence[float]) -> list[float]:
+    """Pool-adjacent-violators fit of ``y`` (in the order of its abscissae) to a non-decreasing sequence."""
+    blocks: list[list[float]] = []  # [mean, weight]
+    for v in y:
+        blocks.append([v, 1])
+        while len(blocks) > 1 and blocks[-2][0] > blocks[-1][0]:
+            m2, w2 = blocks.pop()
+            m1, w1 = blocks.pop()
+            blocks.append([(m1 * w1 + m2 * w2) / (w1 + w2), w1 + w2])
+    return [m for m, w in blocks for _ in range(int(w))]
 
 
 SUITES = {"quick": VERIFY_QUICK, "full": VERIFY_FULL}
@@ -276,7 +362,8 @@ def check_protection(original: np.ndarray, protected: np.ndarray, suite: str = "
         a, b = (describer.describe(e.apply(photo)[0], systems=systems) for photo in (original, protected))
         for t in group:
             similarity = float(a[t.system] @ b[t.system])
-            checks[t] = TrackerCheck(t.name, similarity, calibration.verdict(t.system, similarity))
+            checks[t] = TrackerCheck(t.name, similarity, calibration.verdict(t.system, similarity),
+                                     calibration.firm(t.system, similarity))
     return [checks[t] for t in trackers]
 
 

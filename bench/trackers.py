@@ -34,14 +34,13 @@ from advquery.io import atomic_write, read_photo
 from advquery.models import DEFAULT_MODEL, load_model
 from advquery.protection import STRENGTHS, protect_photo
 from advquery.systems import GlobalSystem, SiftHESystem
-from advquery.trackers import (EDITS, POOLED, QUICK_EDITS, QUICK_SYSTEMS, SYSTEMS, SuiteDescriber,
-                               System, share_summary)
+from advquery.trackers import (CALIBRATION_ROUNDS, EDITS, QUICK_EDITS, QUICK_SYSTEMS, SYSTEMS, Calibration,
+                               SuiteDescriber, System, share_summary)
 
 SIZE = 1024  # protect's default working size
 KINDS = ("wi", "bb")
 DATABASE_CHUNK = 100  # database images between two saves of a run describing it
 HANDCRAFTED_SIZE = 1024
-CALIBRATION_SHARES = {"blocked": 0.25, "found": 0.75}  # verdict bounds on the share of the original AP kept
 PACKAGE_CALIBRATION = Path(__file__).parents[1] / "advquery" / "data" / "tracker_calibration.json"
 
 
@@ -186,37 +185,6 @@ def handcrafted_rows(ds, folders: dict[str, Path | None], edits) -> dict:
     return out
 
 
-def fit_calibration(points: list[dict], systems) -> dict:
-    """Verdict thresholds per system from (similarity, share of AP kept) pairs: the share predicted by an
-    isotonic (non-decreasing) fit of share on similarity, and the similarities where it crosses the bounds."""
-    thresholds = {}
-    for name in [s.name for s in systems] + [POOLED]:
-        pts = sorted((p["similarity"], min(p["share"], 1.5)) for p in points if name in (p["system"], POOLED))
-        if len(pts) < 10:
-            continue
-        sims, fitted = _isotonic([p[0] for p in pts], [p[1] for p in pts])
-        def crossing(bound):
-            above = [x for x, y in zip(sims, fitted) if y >= bound]
-            return float(above[0]) if above else float(sims[-1])
-        blocked = [x for x, y in zip(sims, fitted) if y <= CALIBRATION_SHARES["blocked"]]
-        thresholds[name] = (float(blocked[-1]) if blocked else float(sims[0]) - 1e-6,
-                              crossing(CALIBRATION_SHARES["found"]))
-    return thresholds
-
-
-def _isotonic(x: list[float], y: list[float]) -> tuple[list[float], list[float]]:
-    """Pool-adjacent-violators fit of y (ordered by x) to a non-decreasing sequence."""
-    blocks = []  # [mean, weight]
-    for v in y:
-        blocks.append([v, 1])
-        while len(blocks) > 1 and blocks[-2][0] > blocks[-1][0]:
-            m2, w2 = blocks.pop()
-            m1, w1 = blocks.pop()
-            blocks.append([(m1 * w1 + m2 * w2) / (w1 + w2), w1 + w2])
-    fitted = [m for m, w in blocks for _ in range(w)]
-    return x, fitted
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--split", choices=tuple(SPLITS), default="validation")
@@ -285,14 +253,15 @@ def main() -> None:
                         if ao[i] > 0:
                             points.append({"set": label, "system": s.name, "edit": e.spec, "query": ds.queries[i].stem,
                                            "similarity": float(o[i] @ p[i]), "share": float(ap[i] / ao[i])})
-        thresholds = fit_calibration(points, [s for s in systems if not s.whitened])
+        calibration = Calibration.fit(
+            points, [s.name for s in systems if not s.whitened],
+            source=f"bench/trackers.py --calibrate on the {args.split} split, {len(points)} (query, tracker, preset) "
+                   f"pairs: bench/results/{name}_calibration_points.json")
         (RESULTS / f"{name}_calibration_points.json").write_text(json.dumps(points))
         PACKAGE_CALIBRATION.parent.mkdir(exist_ok=True)
-        PACKAGE_CALIBRATION.write_text(json.dumps({
-            "thresholds": thresholds, "shares": CALIBRATION_SHARES,
-            "source": f"bench/trackers.py --calibrate on the {args.split} split, {len(points)} (query, tracker, preset) "
-                      f"pairs: bench/results/{name}_calibration_points.json"}, indent=1))
-        results["calibration"] = {"thresholds": thresholds, "points": len(points)}
+        PACKAGE_CALIBRATION.write_text(calibration.to_json())
+        results["calibration"] = {"thresholds": calibration.thresholds, "intervals": calibration.intervals,
+                                  "points": len(points)}
     write_results(name, results, render(results))
     heat_maps(results, name)
 
@@ -340,10 +309,14 @@ def render(results: dict) -> str:
                                      [[s, *(f"{per[e]:.0f}" if e in per else "" for e in results["edits"])]
                                       for s, per in table.items()]), ""]
     if "calibration" in results:
-        lines += [f"**Verify calibration** ({results['calibration']['points']} pairs): similarity thresholds "
-                  f"(blocked at or below, still found at or above)", "",
-                  markdown_table(["system", "blocked", "still found"],
-                                 [[s, round(a, 3), round(b, 3)] for s, (a, b) in results["calibration"]["thresholds"].items()]),
+        calibration = results["calibration"]
+        lines += [f"**Verify calibration** ({calibration['points']} pairs): similarity thresholds (blocked at or below, "
+                  f"still found at or above) and the range each moves over when the queries are drawn "
+                  f"again ({CALIBRATION_ROUNDS} bootstrap resamplings, middle 90 %)", "",
+                  markdown_table(["system", "blocked", "still found", "blocked's range", "still found's range"],
+                                 [[s, round(a, 3), round(b, 3),
+                                   *(f"{low:.3f}-{high:.3f}" for low, high in calibration["intervals"][s])]
+                                  for s, (a, b) in calibration["thresholds"].items()]),
                   ""]
     return "\n".join(lines)
 

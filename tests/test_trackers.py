@@ -113,11 +113,42 @@ def test_the_shipped_calibration_covers_every_tracker_of_both_suites():
         assert -1 <= blocked < found <= 1
     for t in VERIFY_QUICK:  # the quick check's systems are calibrated on their own pairs
         assert t.system.name in calibration.thresholds
+    for name, (blocked, found) in calibration.thresholds.items():  # each threshold lies within its own interval
+        (blocked_low, blocked_high), (found_low, found_high) = calibration.intervals[name]
+        assert blocked_low <= blocked <= blocked_high and found_low <= found <= found_high
     pooled_blocked, pooled_found = calibration.thresholds[POOLED]
     uncalibrated = next(t.system for t in VERIFY_FULL if t.system.name not in calibration.thresholds)
     assert calibration.verdict(uncalibrated, pooled_blocked) == "blocked"
     assert calibration.verdict(uncalibrated, pooled_found) == "still found"
     assert calibration.verdict(uncalibrated, (pooled_blocked + pooled_found) / 2) == "weakened"
+
+
+def test_calibration_fit_finds_where_the_share_crosses_its_bounds_and_how_firmly():
+    # 30 queries whose share of AP rises from 0 to 1 between similarities 0.5 and 0.9, each query's curve shifted a
+    # little: the blocked bound (0.25) is crossed near 0.6, the found bound (0.75) near 0.8
+    generator = np.random.default_rng(1)
+    calibrated, uncalibrated = System(LITE0), System(LITE0, size=512)
+    points = []
+    for q in range(30):
+        shift = generator.normal(0, 0.03)
+        for similarity in np.linspace(0.3, 1.0, 15):
+            share = float(np.clip((similarity - 0.5 - shift) / 0.4, 0, 1))
+            points.append({"system": calibrated.name, "query": f"q{q}", "similarity": float(similarity),
+                           "share": share})
+    calibration = Calibration.fit(points, [calibrated.name, uncalibrated.name], source="synthetic", rounds=50)
+    # a system without pairs gets no thresholds of its own: it takes the pooled ones
+    assert set(calibration.thresholds) == {calibrated.name, POOLED} == set(calibration.intervals)
+    blocked, found = calibration.thresholds[calibrated.name]
+    assert 0.55 <= blocked <= 0.65 and 0.75 <= found <= 0.85
+    (blocked_low, blocked_high), (found_low, found_high) = calibration.intervals[calibrated.name]
+    assert blocked_low <= blocked <= blocked_high < found_low <= found <= found_high
+    assert blocked_high - blocked_low < 0.1  # 30 queries pin the thresholds down
+    assert calibration.verdict(calibrated, blocked_low - 0.01) == "blocked"
+    assert calibration.firm(calibrated, blocked_low - 0.01) and calibration.firm(calibrated, found_high + 0.01)
+    assert not calibration.firm(calibrated, blocked) and not calibration.firm(calibrated, found)
+    assert not calibration.firm(uncalibrated, calibration.thresholds[POOLED][1])
+    with pytest.raises(ValueError, match="rounds must be at least 1"):
+        Calibration.fit(points, [calibrated.name], source="synthetic", rounds=0)
 
 
 @pytest.fixture(scope="module")

@@ -215,20 +215,25 @@ def test_status_says_the_job_is_queued_and_escapes_file_names():
 
 
 def test_the_check_is_in_plain_words():
-    rows = [TrackerCheck("Lite0", 0.31, "blocked"), TrackerCheck("SIFT", 0.8, "still found"),
-            TrackerCheck("Lite1", 0.5, "weakened"), TrackerCheck("Lite2", 0.2, "blocked")]
+    rows = [TrackerCheck("Lite0", 0.31, "blocked", True), TrackerCheck("SIFT", 0.8, "still found", True),
+            TrackerCheck("Lite1", 0.5, "weakened", True), TrackerCheck("Lite2", 0.2, "blocked", False)]
     html = check_html([asdict(r) for r in rows])
     assert "Lite0: blocked: it no longer matches this photo" in html
     assert "SIFT: still found: it matches this photo to the original" in html
     assert "Lite1: weakened: it still matches them, but less surely (similarity 0.500)" in html
+    # a verdict within a threshold's calibration interval says so; a firm one does not
+    assert "(similarity 0.200; near a threshold, so this could go either way)" in html
+    assert html.count("near a threshold, so") == 1
     # advquery verify's summary line, counted by the same function, before the rows
-    summary = "2 blocked, 1 weakened, 1 still found"
-    assert verdict_summary(r.verdict for r in rows) == summary
+    summary = "2 blocked, 1 weakened, 1 still found; 1 near a threshold"
+    assert verdict_summary((r.verdict for r in rows), near=sum(not r.firm for r in rows)) == summary
     assert html.index(f"4 checks (an image-search system given the photo as posted or after an edit a site "
                       f"might make): {summary}.") < html.index("<li")
-    assert "1 check (" in check_html([asdict(rows[0])])
+    assert "1 check (" in check_html([asdict(rows[0])]) and "near a threshold" not in check_html([asdict(rows[0])])
     with pytest.raises(ValueError, match="unknown verdicts"):
         verdict_summary(["blocked", "lost"])
+    with pytest.raises(ValueError, match="near must count some of the 1 verdicts"):
+        verdict_summary(["blocked"], near=2)
 
 
 # a pass's compute against Lite0's: EfficientNet-Lite1 is 1.1 times as deep, Lite2 1.2 times as deep and 1.1 wide

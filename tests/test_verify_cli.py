@@ -113,13 +113,15 @@ def test_verify_photos_of_different_sizes_says_why_quality_is_not_measured(setup
 
 
 def test_verify_trackers_quick_json_and_text(setup, capsys):
-    from advquery.trackers import VERDICTS, VERIFY_QUICK
+    from advquery.trackers import VERDICTS, VERIFY_QUICK, Calibration
     code, out, err = _verify(capsys, str(setup["original"]), str(setup["protected"]), "--size", SIZE,
                              "--trackers", "quick", "--json")
     assert code == 0, err
     checks = json.loads(out)["trackers"]
     assert [c["tracker"] for c in checks] == [t.name for t in VERIFY_QUICK]
     assert all(-1 <= c["similarity"] <= 1 and c["verdict"] in VERDICTS for c in checks)
+    calibration = Calibration.load()  # each verdict says whether the calibration's intervals leave it in doubt
+    assert [c["firm"] for c in checks] == [calibration.firm(t.system, c["similarity"]) for c, t in zip(checks, VERIFY_QUICK)]
     code, out, err = _verify(capsys, str(setup["original"]), str(setup["original"]), "--size", SIZE,
                              "--trackers", "quick")
     assert code == 0, err

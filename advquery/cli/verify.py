@@ -76,6 +76,8 @@ def run_verify(args: argparse.Namespace) -> int:
         print(f"trackers ({args.trackers}): similarity of the two photos under each tracker, and what it means")
         width = max(len(c["tracker"]) for c in result["trackers"])
         for c in result["trackers"]:
-            print(f"  {c['tracker']:<{width}}  {c['similarity']:.4f}  {c['verdict']}")
-        print("  " + verdict_summary(c["verdict"] for c in result["trackers"]))
+            print(f"  {c['tracker']:<{width}}  {c['similarity']:.4f}  {c['verdict']}"
+                  + "  (near a threshold: could go either way)" * (not c["firm"]))
+        print("  " + verdict_summary((c["verdict"] for c in result["trackers"]),
+                                     near=sum(not c["firm"] for c in result["trackers"])))
     return 0

@@ -18,7 +18,7 @@ import time
 import uuid
 import zipfile
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
@@ -105,8 +105,7 @@ def photo_entry(job: Job, task: PhotoTask, now: float, typical: float | None,
                      report={"ssim": r.ssim, "psnr": r.to_json()["psnr"], "largest_change": r.linf,
                              "mean_change": r.mean_abs_change, "similarity": r.similarity,
                              "steps": r.steps, "seconds": r.seconds},
-                     checks=[{"tracker": c.tracker, "similarity": c.similarity, "verdict": c.verdict}
-                             for c in task.checks])
+                     checks=[asdict(c) for c in task.checks])
     return entry, eta
 
 

@@ -138,11 +138,12 @@ def check_html(checks: list[dict]) -> str:
     lines = []
     for c in checks:
         tracker, similarity = escape(c["tracker"]), c["similarity"]
+        near = "" if c["firm"] else "; near a threshold, so this could go either way"
         lines.append(f'<li class="{escape(c["verdict"])}">{tracker}: {VERDICT_WORDS[c["verdict"]]} '
-                     f"(similarity {similarity:.3f})</li>")
+                     f"(similarity {similarity:.3f}{near})</li>")
     summary = (f'<p class="check-summary">{len(checks)} check{"s" * (len(checks) != 1)} (an image-search system '
                "given the photo as posted or after an edit a site might make): "
-               f"{verdict_summary(c['verdict'] for c in checks)}.</p>")
+               f"{verdict_summary((c['verdict'] for c in checks), near=sum(not c['firm'] for c in checks))}.</p>")
     return f"<h3>Does the protection work?</h3>{summary}<ul class=\"checks\">{''.join(lines)}</ul>"
 
 
