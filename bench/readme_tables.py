@@ -176,6 +176,9 @@ def tracker_command(name: str, data: dict) -> str:
 
 def other_section(name: str, data: dict) -> tuple[str, str, str]:
     """Title, command and note of a result without an entry in SECTIONS (those being produced now)."""
+    if "chance" in data and "run" in data:  # bench/chance.py: a tracker run's cells against their chance level
+        return (f"Chance level of each tracker cell: `{data['run']}`, {data['split']} split",
+                f"python bench/chance.py {data['run']}", "")
     if "systems" in data and "sets" in data:  # bench/trackers.py: the presets, or candidates (bench/candidates.py)
         return (("The tracker suite" if name.startswith("trackers_") else "Candidate settings against the tracker suite")
                 + f", {data['split']} split" + (", quick suite" if data.get("quick") else ""),

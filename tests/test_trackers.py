@@ -9,6 +9,7 @@ from PIL import Image
 
 from helpers import bench_module
 
+from advquery.evaluation.metrics import average_precision
 from advquery.extraction import describe
 from advquery.io import read_photo, to_tensor
 from advquery.models import load_model
@@ -149,6 +150,23 @@ def test_calibration_fit_finds_where_the_share_crosses_its_bounds_and_how_firmly
     assert not calibration.firm(uncalibrated, calibration.thresholds[POOLED][1])
     with pytest.raises(ValueError, match="rounds must be at least 1"):
         Calibration.fit(points, [calibrated.name], source="synthetic", rounds=0)
+
+
+def test_the_chance_level_is_what_photos_of_other_places_retrieve():
+    chance = bench_module("chance")
+    # six database photos, one per axis; queries 0 and 2 share photo 1 (the same place), query 1 is elsewhere
+    gnd = [{"ok": [0, 1], "junk": []}, {"ok": [2, 3], "junk": []}, {"ok": [1, 4], "junk": []}]
+    others = chance.unrelated(gnd)
+    assert others == [[1], [0, 2], [1]]
+    db = np.eye(6, dtype=np.float32)
+    queries = db[[0, 2, 4]]  # each query looks like its first positive
+    # query 0 replaced by query 1 ranks photo 2 first, then 0, 1, ... (stable order): its positives at 0-based
+    # positions 1 and 2; query 1 replaced by query 0 ranks 0, 1, 2, 3 (positives at 2, 3), by query 2 ranks 4, 0,
+    # 1, 2, 3 (at 3, 4); query 2 replaced by query 1 ranks 2, 0, 1, 3, 4 (at 2, 4)
+    def ap(*positions):
+        return average_precision(np.array(positions), 2)
+    expected = np.mean([ap(1, 2), np.mean([ap(2, 3), ap(3, 4)]), ap(2, 4)])
+    assert chance.chance_map(db, queries, gnd, others) == pytest.approx(expected)
 
 
 @pytest.fixture(scope="module")
