@@ -3,21 +3,20 @@
 A protection promises that a query no longer looks like its place: that it retrieves no better than a photo of
 somewhere else. Under a system whose ranking favours some database images whatever the query, such a photo still
 keeps part of the original mAP; an attack that pushes the photo away from its place can go lower, but a cell at
-that level is already as blocked as an unrelated photo. For each (system, edit) cell of a ``bench/trackers.py`` run and each of its queries,
-the query is replaced by each other query of the split that shares none of its positives (its descriptor under
-the same edit, whole image or bounding box) and the AP, on the first query's ground truth, averaged: the cell's
-chance level is the mean of those APs as % of the original mAP in the same cell. Set beside each preset's shares
-from the run: the worst cells with their chance levels, and each cell's share above chance.
+that level is already as blocked as an unrelated photo. For each (system, edit) cell of a ``bench/trackers.py`` run
+and each of its queries, the query is replaced by each other query of the split that shares none of its positives
+(its descriptor under the same edit, whole image or bounding box) and the AP, on the first query's ground truth,
+averaged: the cell's chance level is the mean of those APs as % of the original mAP in the same cell. Set beside
+each preset's shares from the run: the worst cells with their chance levels, and each cell's share above chance.
 
 Run: ``python bench/chance.py trackers_test_thumbs`` (a run's name in bench/results; its queries' descriptors
 and the database's come from the run's caches, or are computed again).
 """
 import argparse
-import json
 
 import numpy as np
-from common import RESULTS, markdown_table, split_dataset, write_results
-from trackers import KINDS, cell_aps, database, query_descriptors, shares
+from common import markdown_table, tracker_run, write_results
+from trackers import KINDS, database, score_sets, shares
 
 from advquery.evaluation.metrics import compute_map
 from advquery.trackers import EDITS, SuiteDescriber, share_summary, system
@@ -45,8 +44,8 @@ def render(results: dict) -> str:
              f"{len(results['systems'])} systems x {len(results['edits'])} edits). Chance level of a cell: the mAP "
              "Medium that photos of another place reach as queries (each query replaced by the split's other queries "
              "that share none of its positives, under the same edit), as % of the original mAP in the cell: what "
-             "a query that no longer looks like its place keeps. Above chance: a preset's share minus the cell's chance level, "
-             "in points.", ""]
+             "a query that no longer looks like its place keeps. Above chance: a preset's share minus the cell's chance "
+             "level, in points.", ""]
     rows = []
     poolings = list(dict.fromkeys(system(s).pooling for s in results["systems"]))
     for kind in KINDS:
@@ -86,29 +85,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("run", help="a bench/trackers.py run's name in bench/results (e.g. trackers_test_thumbs)")
     args = parser.parse_args()
-    path = RESULTS / f"{args.run}.json"
-    if not path.is_file():
-        parser.error(f"{path}: no such run")
-    run = json.loads(path.read_text())
-    ds = split_dataset(run["split"])
-    keep = [i for i, q in enumerate(ds.queries) if q.stem in run["queries"]]
-    if len(keep) != len(run["queries"]):
-        parser.error(f"{path}: its queries are not all in today's {run['split']} split")
-    queries = [ds.queries[i] for i in keep]
-    boxes = [ds.query_boxes[i] for i in keep]
-    gnd = [ds.ground_truth("medium")[i] for i in keep]
+    run, ds = tracker_run(args.run)
+    gnd = ds.ground_truth("medium")
     systems = tuple(system(s) for s in run["systems"])
     edits = tuple(e for e in EDITS if e.spec in run["edits"])
     describer = SuiteDescriber(systems)
     db = database(describer, ds.images)
-    descriptors = query_descriptors(describer, "original", queries, boxes, edits)
+    descriptors, aps = score_sets(describer, db, {"original": None}, ds, edits)
     others = unrelated(gnd)
     chance = {kind: {s.name: {} for s in systems} for kind in KINDS}
-    for (spec, kind), by_system in descriptors.items():
+    for (spec, kind), by_system in descriptors["original"].items():
         for s, q in by_system.items():
-            original = float(np.mean(cell_aps(db[s], q, gnd)))
+            original = float(np.mean(aps["original", kind, s.name, spec]))
             if not np.isclose(original, run["map"]["original"][kind][s.name][spec], atol=1e-6):
-                raise SystemExit(f"{path}: original mAP of {s.name} / {spec} ({kind}) differs from today's "
+                raise SystemExit(f"{args.run}: original mAP of {s.name} / {spec} ({kind}) differs from today's "
                                  f"({run['map']['original'][kind][s.name][spec]:.4f} against {original:.4f})")
             chance[kind][s.name][spec] = chance_map(db[s], q, gnd, others) / original
     results = {"run": args.run, "split": run["split"], "queries": run["queries"], "systems": run["systems"],

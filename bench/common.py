@@ -64,6 +64,21 @@ def split_dataset(split: str, limit: int | None = None):
                    gnd=[full.gnd[i] for i in keep])
 
 
+def tracker_run(name: str) -> tuple[dict, object]:
+    """A ``bench/trackers.py`` run's results (bench/results/NAME.json) and its split's dataset restricted to the
+    run's queries; exits with a one-line reason if the run is absent or its queries are not all in today's split."""
+    path = RESULTS / f"{name}.json"
+    if not path.is_file():
+        raise SystemExit(f"{path}: no such run")
+    run = json.loads(path.read_text())
+    ds = split_dataset(run["split"])
+    keep = [i for i, q in enumerate(ds.queries) if q.stem in run["queries"]]
+    if len(keep) != len(run["queries"]):
+        raise SystemExit(f"{path}: its queries are not all in today's {run['split']} split")
+    return run, replace(ds, queries=[ds.queries[i] for i in keep], query_boxes=[ds.query_boxes[i] for i in keep],
+                        gnd=[ds.gnd[i] for i in keep])
+
+
 def markdown_table(header: list[str], rows: list[list]) -> str:
     def cell(v):
         return f"{v:.4g}" if isinstance(v, float) else str(v)

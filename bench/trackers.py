@@ -152,10 +152,42 @@ def query_descriptors(describer: SuiteDescriber, label: str, files: list[Path], 
     return {key: {s: np.stack(v) for s, v in per.items()} for key, per in out.items()}
 
 
+def score_sets(describer: SuiteDescriber, db: dict, folders: dict[str, Path | None], ds, edits) -> tuple[dict, dict]:
+    """The descriptors of each set's queries (``folders``: label -> folder of protected photos, None for the
+    originals; :func:`query_descriptors`) and their per-query APs (Medium), keyed (label, kind, system name, edit)."""
+    gnd = ds.ground_truth("medium")
+    descriptors, aps = {}, {}
+    for label, folder in folders.items():
+        files = [folder / f"{q.stem}.jpg" if folder else q for q in ds.queries]
+        descriptors[label] = query_descriptors(describer, folder.name if folder else label, files, ds.query_boxes,
+                                               edits)
+        for (spec, kind), by_system in descriptors[label].items():
+            for s, q in by_system.items():
+                aps[label, kind, s.name, spec] = cell_aps(db[s], q, gnd)
+    return descriptors, aps
+
+
 def cell_aps(db: np.ndarray, queries: np.ndarray, gnd) -> np.ndarray:
     """Per-query AP (Medium) of ``queries`` (n_q, D) ranked against ``db`` (n_db, D) by inner product."""
     ranks = np.argsort(-(db @ queries.T), axis=0, kind="stable")
     return compute_map(ranks, gnd).aps
+
+
+def pair_points(queries: list[Path], labels: list[str], systems, edits, descriptors: dict, aps: dict) -> list[dict]:
+    """One (query, tracker, set) pair per protected query with a non-zero original AP under each whole-image
+    tracker: the cosine similarity of its original's and its protected version's descriptors there (what ``advquery
+    verify --trackers`` reads), the share of the original's AP the protected query keeps, and that AP."""
+    points = []
+    for label in labels:
+        for s in systems:
+            for e in edits:
+                o, p = descriptors["original"][e.spec, "wi"][s], descriptors[label][e.spec, "wi"][s]
+                ao, ap = aps["original", "wi", s.name, e.spec], aps[label, "wi", s.name, e.spec]
+                points += [{"set": label, "system": s.name, "edit": e.spec, "query": queries[i].stem,
+                            "similarity": float(o[i] @ p[i]), "share": float(ap[i] / ao[i]),
+                            "original_ap": float(ao[i])}
+                           for i in range(len(queries)) if ao[i] > 0]
+    return points
 
 
 def handcrafted_rows(ds, folders: dict[str, Path | None], edits) -> dict:
@@ -205,25 +237,16 @@ def main() -> None:
     if args.edits:
         edits = tuple(e for e in EDITS if e.spec in args.edits)
     ds = split_dataset(args.split, args.limit)
-    gnd = ds.ground_truth("medium")
     describer = SuiteDescriber(systems)
     model = describer.models.get(DEFAULT_MODEL) or load_model(DEFAULT_MODEL)
     sets = {"original": (None, [])}
     for preset in args.presets:
         sets[preset] = protect_set(preset, ds.queries, model)
     db = database(describer, ds.images)
-    descriptors = {}
-    for label, (folder, _) in sets.items():
-        files = [folder / f"{q.stem}.jpg" if folder else q for q in ds.queries]
-        descriptors[label] = query_descriptors(describer, folder.name if folder else label, files, ds.query_boxes,
-                                               edits)
-    maps, aps = {}, {}
-    for label, per in descriptors.items():
-        for (spec, kind), by_system in per.items():
-            for s, q in by_system.items():
-                a = cell_aps(db[s], q, gnd)
-                aps[label, kind, s.name, spec] = a
-                maps.setdefault(label, {}).setdefault(kind, {}).setdefault(s.name, {})[spec] = float(np.mean(a))
+    descriptors, aps = score_sets(describer, db, {label: folder for label, (folder, _) in sets.items()}, ds, edits)
+    maps = {}
+    for (label, kind, system_name, spec), a in aps.items():
+        maps.setdefault(label, {}).setdefault(kind, {}).setdefault(system_name, {})[spec] = float(np.mean(a))
     results = {"split": args.split, "quick": args.quick, "size": SIZE, "queries": [q.stem for q in ds.queries],
                "systems": [s.name for s in systems], "edits": [e.spec for e in edits], "map": maps, "sets": {}}
     for label, (folder, records) in sets.items():
@@ -243,16 +266,7 @@ def main() -> None:
         folders = {label: folder for label, (folder, _) in sets.items()}
         results["handcrafted"] = handcrafted_rows(ds, folders, [e for e in edits if e in QUICK_EDITS])
     if args.calibrate:
-        points = []
-        for label in results["sets"]:
-            for s in systems:
-                for e in edits:
-                    o, p = descriptors["original"][e.spec, "wi"][s], descriptors[label][e.spec, "wi"][s]
-                    ao, ap = aps["original", "wi", s.name, e.spec], aps[label, "wi", s.name, e.spec]
-                    for i in range(len(ds.queries)):
-                        if ao[i] > 0:
-                            points.append({"set": label, "system": s.name, "edit": e.spec, "query": ds.queries[i].stem,
-                                           "similarity": float(o[i] @ p[i]), "share": float(ap[i] / ao[i])})
+        points = pair_points(ds.queries, list(results["sets"]), systems, edits, descriptors, aps)
         calibration = Calibration.fit(
             points, [s.name for s in systems if not s.whitened],
             source=f"bench/trackers.py --calibrate on the {args.split} split, {len(points)} (query, tracker, preset) "
@@ -310,8 +324,8 @@ def render(results: dict) -> str:
                                       for s, per in table.items()]), ""]
     if "calibration" in results:
         calibration = results["calibration"]
-        lines += [f"**Verify calibration** ({calibration['points']} pairs): similarity thresholds (blocked at or below, "
-                  f"still found at or above) and the range each moves over when the queries are drawn "
+        lines += [f"**Verify calibration** ({calibration['points']} pairs): similarity thresholds (blocked at or "
+                  f"below, still found at or above) and the range each moves over when the queries are drawn "
                   f"again ({CALIBRATION_ROUNDS} bootstrap resamplings, middle 90 %)", "",
                   markdown_table(["system", "blocked", "still found", "blocked's range", "still found's range"],
                                  [[s, round(a, 3), round(b, 3),

@@ -169,6 +169,17 @@ def test_the_chance_level_is_what_photos_of_other_places_retrieve():
     assert chance.chance_map(db, queries, gnd, others) == pytest.approx(expected)
 
 
+def test_verify_accuracy_counts_a_verdict_right_when_the_real_share_is_in_its_band():
+    accuracy = bench_module("verify_accuracy")
+    shares = {"blocked": 0.25, "found": 0.75}
+    assert [accuracy.band(v, shares) for v in (0.0, 0.25, 0.26, 0.74, 0.75, 1.3)] == \
+        ["blocked", "blocked", "weakened", "weakened", "still found", "still found"]
+    points = [{"verdict": "blocked", "band": "blocked"}, {"verdict": "blocked", "band": "still found"},
+              {"verdict": "weakened", "band": "blocked"}, {"verdict": "still found", "band": "still found"}]
+    # per verdict: given, % right; then all pairs, % right, and the pairs two bands off (blocked against found)
+    assert accuracy.tally(points) == [2, "50", 1, "0", 1, "100", 4, "50.0", 1]
+
+
 @pytest.fixture(scope="module")
 def quick_describer():
     return SuiteDescriber(tuple(dict.fromkeys(t.system for t in SUITES["quick"])), device="cpu")
