@@ -234,6 +234,9 @@ POOLED = "all systems"  # the thresholds fitted on every system's pairs together
 CALIBRATION_SHARES = {"blocked": 0.25, "found": 0.75}  # verdict bounds on the share of the original AP kept
 CALIBRATION_ROUNDS = 200  # bootstrap resamplings of the queries behind each threshold's interval
 CALIBRATION_PERCENTILES = (5.0, 95.0)  # of the resampled thresholds: a 90 % interval
+# Pairs whose tracker hardly finds the unprotected query (its AP below this) are left out of the fit: the share of
+# such an AP swings with one database photo. Chosen on the validation split (docs/methods.md).
+CALIBRATION_MIN_AP = 0.1
 
 
 @dataclass(frozen=True)
@@ -262,12 +265,14 @@ class Calibration:
     def fit(cls, points: Sequence[dict], systems: Sequence[str], source: str, rounds: int = CALIBRATION_ROUNDS,
             seed: int = 0) -> "Calibration":
         """The thresholds of each of ``systems`` (names) and of :data:`POOLED`, from (similarity, share of the
-        original AP kept) pairs: ``points`` as dicts with ``system``, ``query``, ``similarity`` and ``share``. A
-        threshold is where an isotonic (non-decreasing) fit of share on similarity crosses its bound; its
-        interval spans the middle 90 % of the thresholds fitted on ``rounds`` resamplings of the queries (with
-        replacement: the pairs of one query are not independent of each other)."""
+        original AP kept) pairs: ``points`` as dicts with ``system``, ``query``, ``similarity``, ``share`` and
+        ``original_ap``, those with an ``original_ap`` below :data:`CALIBRATION_MIN_AP` left out. A threshold is
+        where an isotonic (non-decreasing) fit of share on similarity crosses its bound; its interval spans the
+        middle 90 % of the thresholds fitted on ``rounds`` resamplings of the queries (with replacement: the pairs
+        of one query are not independent of each other)."""
         if rounds < 1:
             raise ValueError(f"rounds must be at least 1, got {rounds}")
+        points = [p for p in points if p["original_ap"] >= CALIBRATION_MIN_AP]
         names = [*systems, POOLED]
         thresholds = _fit_thresholds(points, names)
         by_query: dict[str, list[dict]] = {}

@@ -34,8 +34,8 @@ from advquery.io import atomic_write, read_photo
 from advquery.models import DEFAULT_MODEL, load_model
 from advquery.protection import STRENGTHS, protect_photo
 from advquery.systems import GlobalSystem, SiftHESystem
-from advquery.trackers import (CALIBRATION_ROUNDS, EDITS, QUICK_EDITS, QUICK_SYSTEMS, SYSTEMS, Calibration,
-                               SuiteDescriber, System, share_summary)
+from advquery.trackers import (CALIBRATION_MIN_AP, CALIBRATION_ROUNDS, EDITS, QUICK_EDITS, QUICK_SYSTEMS, SYSTEMS,
+                               Calibration, SuiteDescriber, System, share_summary)
 
 SIZE = 1024  # protect's default working size
 KINDS = ("wi", "bb")
@@ -267,15 +267,17 @@ def main() -> None:
         results["handcrafted"] = handcrafted_rows(ds, folders, [e for e in edits if e in QUICK_EDITS])
     if args.calibrate:
         points = pair_points(ds.queries, list(results["sets"]), systems, edits, descriptors, aps)
+        fitted = sum(p["original_ap"] >= CALIBRATION_MIN_AP for p in points)
         calibration = Calibration.fit(
             points, [s.name for s in systems if not s.whitened],
-            source=f"bench/trackers.py --calibrate on the {args.split} split, {len(points)} (query, tracker, preset) "
-                   f"pairs: bench/results/{name}_calibration_points.json")
+            source=f"bench/trackers.py --calibrate on the {args.split} split, {fitted} of {len(points)} (query, "
+                   f"tracker, preset) pairs (those with an original AP of at least {CALIBRATION_MIN_AP}): "
+                   f"bench/results/{name}_calibration_points.json")
         (RESULTS / f"{name}_calibration_points.json").write_text(json.dumps(points))
         PACKAGE_CALIBRATION.parent.mkdir(exist_ok=True)
         PACKAGE_CALIBRATION.write_text(calibration.to_json())
         results["calibration"] = {"thresholds": calibration.thresholds, "intervals": calibration.intervals,
-                                  "points": len(points)}
+                                  "points": len(points), "fitted": fitted}
     write_results(name, results, render(results))
     heat_maps(results, name)
 
@@ -324,7 +326,8 @@ def render(results: dict) -> str:
                                       for s, per in table.items()]), ""]
     if "calibration" in results:
         calibration = results["calibration"]
-        lines += [f"**Verify calibration** ({calibration['points']} pairs): similarity thresholds (blocked at or "
+        lines += [f"**Verify calibration** ({calibration['fitted']} of {calibration['points']} pairs, those with an "
+                  f"original AP of at least {CALIBRATION_MIN_AP}): similarity thresholds (blocked at or "
                   f"below, still found at or above) and the range each moves over when the queries are drawn "
                   f"again ({CALIBRATION_ROUNDS} bootstrap resamplings, middle 90 %)", "",
                   markdown_table(["system", "blocked", "still found", "blocked's range", "still found's range"],

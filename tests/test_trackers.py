@@ -135,7 +135,11 @@ def test_calibration_fit_finds_where_the_share_crosses_its_bounds_and_how_firmly
         for similarity in np.linspace(0.3, 1.0, 15):
             share = float(np.clip((similarity - 0.5 - shift) / 0.4, 0, 1))
             points.append({"system": calibrated.name, "query": f"q{q}", "similarity": float(similarity),
-                           "share": share})
+                           "share": share, "original_ap": 0.3})
+    # pairs whose tracker hardly finds the unprotected query are left out, whatever their share
+    noise = [{"system": calibrated.name, "query": f"n{q}", "similarity": 0.35, "share": 1.5, "original_ap": 0.01}
+             for q in range(200)]
+    points += noise
     calibration = Calibration.fit(points, [calibrated.name, uncalibrated.name], source="synthetic", rounds=50)
     # a system without pairs gets no thresholds of its own: it takes the pooled ones
     assert set(calibration.thresholds) == {calibrated.name, POOLED} == set(calibration.intervals)
