@@ -265,6 +265,17 @@ LOW_1VIEW = replace(LOW_30, views=replace(LOW_30.views, count=1),
                     description="low, one tracker view a step beside the whole photo")
 CANDIDATES["low-1view"] = LOW_1VIEW
 CANDIDATES["low-steps20"] = replace(LOW_30, steps=20, description="low in 20 steps")
+# low's bounding-box miss (test split: Lite0 GeM 1024, BB, unedited 45 % against a chance level of 17 %,
+# chance_trackers_test_quick_low25): two of low's three passes a step see the whole photo (the saved file, and half
+# the views), which a change outside the landmark can block. Every view a crop (low-crops), and every crop a
+# selection described at the photo's scale, as a bounding-box query is (low-selections). Not kept
+# (candidates_low_bb_validation_quick_limit8: unedited BB 66 and 65 % against 74 %, but the flip 29 and 23 % against
+# 12 %, the 75 % crop 53 and 61 % against 35 %).
+LOW_CROPS = replace(STRENGTHS["low"], views=replace(STRENGTHS["low"].views, whole=0.0),
+                    description="low, every view a crop or a selection")
+CANDIDATES["low-crops"] = LOW_CROPS
+CANDIDATES["low-selections"] = replace(LOW_CROPS, views=replace(LOW_CROPS.views, crop_file=0.0),
+                                       description="low, every view a selection at the photo's scale")
 CANDIDATES["low-1view-steps20"] = replace(LOW_1VIEW, steps=20, description="low-1view in 20 steps")
 # low until 2026-12-05, measured beside today's (through flips and selections since, low-views10-price150)
 CANDIDATES["low-3levels"] = LOW_3
