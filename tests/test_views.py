@@ -257,6 +257,37 @@ def test_photo_reference_distance_is_to_the_photo_descriptor(model, photo):
         PIRE(model, view_reference="crop")
 
 
+def test_the_feature_map_pooling_pushes_the_whole_map_of_each_view(model, photo):
+    attack = PIRE(model, eps=4 / 255, steps=2, size=SIZE, seed=0, poolings=("gem", "map"),
+                  tracker_views=TrackerViews(count=1, sizes=(96, 96), crop=(1.0, 1.0), flip=0, rotate=0, colour=0,
+                                             jpeg_probability=0), whole_view=False)
+    x = torch.nn.functional.interpolate(photo, size=(72, 96), mode="bilinear", antialias=True).clamp(0, 1)
+    gem, flat = attack._pooled(model, x)
+    fmap = model.feature_map(x)
+    assert gem.shape == (1, fmap.shape[1]) and flat.shape == (1, fmap[0].numel())
+    torch.testing.assert_close(flat, torch.nn.functional.normalize(fmap.flatten(1), dim=1))
+    # the two halves of a photo swapped: the channels' means (SPoC) barely move, the map does (a pooling cannot undo a
+    # push of the map); at the attack's small working size, the distance it adds to the objective
+    large = torch.nn.functional.interpolate(photo, size=(240, 320), mode="bilinear", antialias=True).clamp(0, 1)
+    spoc, maps = [], []
+    for v in (large, torch.cat([large[..., 160:], large[..., :160]], dim=-1)):
+        spoc.append(model.pool_map(model.feature_map(v), "spoc"))
+        maps.append(attack._pooled(model, v)[1])
+    assert float(spoc[0] @ spoc[1].T) > 0.9 and float(maps[0] @ maps[1].T) < 0.8
+    swapped = torch.cat([x[..., 48:], x[..., :48]], dim=-1)
+    gem_swapped, flat_swapped = attack._pooled(model, swapped)
+    targets = attack.whole_targets(x)
+    assert float(attack.view_distance(x, x, torch.Generator().manual_seed(0), targets)) == pytest.approx(0, abs=1e-5)
+    moved = attack.view_distance(swapped, x, torch.Generator().manual_seed(0), targets)
+    # the distance is the mean of GeM's and the map's squared distances (one view, the whole photo)
+    expected = ((gem_swapped - gem).pow(2).sum() + (flat_swapped - flat).pow(2).sum()) / 2
+    torch.testing.assert_close(moved, expected.reshape(1), atol=1e-4, rtol=1e-3)
+    with pytest.raises(ValueError, match="pooling 'map' needs view_reference='view'"):
+        PIRE(model, poolings=("gem", "map"), view_reference="photo", tracker_views=TrackerViews())
+    with pytest.raises(ValueError, match="poolings must be among"):
+        PIRE(model, poolings=("gem", "tensor"), tracker_views=TrackerViews())
+
+
 def test_attack_with_tracker_views_moves_the_descriptor_within_its_bound(model, photo):
     attack = PIRE(model, eps=3 / 255, steps=4, size=SIZE, seed=0, tracker_views=TrackerViews(count=2, sizes=(64, 96)))
     x_adv = attack(photo)

@@ -31,7 +31,8 @@ from ..extraction import DEFAULT_SIZE, MIN_SIZE, cosine_similarity, describe, re
 from ..io import to_tensor, to_uint8
 from ..models import DescriptorModel, ModelEnsemble
 from ..models.descriptor import POOLINGS
-from ..models.precision import autocast, autocast_dtype, check_precision, precision_name
+from ..models.pooling import l2n
+from ..models.precision import autocast, autocast_dtype, check_precision, float32_context, precision_name
 from ..perceptual import flat_gain, ssim_cost_weights
 from ..transforms import quantise, straight_through
 from .robust import RandomEdits
@@ -41,6 +42,8 @@ SAVING_MODES = ("quantised", "refined", "x10")
 LR_SCHEDULES = ("constant", "cosine")
 VIEW_REFERENCES = ("view", "photo")
 WHOLE_VIEWS = (True, False, "cycle")
+
+FEATURE_MAP = "map"  # a "pooling" of the attack alone: the whole feature map (PerturbationAttack's poolings)
 
 
 @dataclass
@@ -148,7 +151,9 @@ class PerturbationAttack:
             early stopping may end the run before ``steps``. An exception it raises ends the call.
         tracker_views: :class:`~advquery.attacks.views.TrackerViews` drawn in every step instead of ``edits``: each
             view's descriptors (one per pooling of ``poolings``) are pushed away from ``view_reference``.
-        poolings: the poolings pushed away in each tracker view (one feature map, pooled each way).
+        poolings: the poolings pushed away in each tracker view (one feature map, pooled each way); besides the
+            trackers' poolings, ``map``: the whole feature map, flattened and L2-normalised (TMA's tensor loss, which
+            no pooling of the map can undo; with ``view_reference="view"`` only, whose reference has its shape).
         whole_view: with tracker views, also push the whole photo at the working size away from the original's
             descriptor in every step (one more forward and backward pass a step): ``True``, under ``model`` (the
             first of an ensemble's members); ``"cycle"``, under the ensemble's members in turn, one a step, so that
@@ -201,11 +206,14 @@ class PerturbationAttack:
         self.precision = precision
         self.on_step = on_step
         _check(tracker_views is None or edits is None, "give edits or tracker_views, not both")
-        _check(set(poolings) <= set(POOLINGS) and len(poolings) > 0, f"poolings must be among {tuple(POOLINGS)}")
+        _check(set(poolings) <= {*POOLINGS, FEATURE_MAP} and len(poolings) > 0,
+               f"poolings must be among {(*POOLINGS, FEATURE_MAP)}")
         _check(whole_view in WHOLE_VIEWS, f"whole_view must be one of {WHOLE_VIEWS}, got {whole_view!r}")
         self.tracker_views, self.poolings, self.whole_view = tracker_views, tuple(poolings), whole_view
         _check(view_reference in VIEW_REFERENCES, f"view_reference must be one of {VIEW_REFERENCES}, got {view_reference!r}")
         self.view_reference = view_reference
+        _check(FEATURE_MAP not in poolings or view_reference == "view",
+               f"pooling {FEATURE_MAP!r} needs view_reference='view' (the original's map of the same view)")
         _check(spare_flat is None or spare_flat > 0, f"spare_flat must be positive grey levels or None, got {spare_flat}")
         self.spare_flat = spare_flat
         self.snapshots: list[tuple[int, torch.Tensor]] = []  # (steps, working-resolution v) of the last call
@@ -249,7 +257,9 @@ class PerturbationAttack:
 
     def _pooled(self, model: DescriptorModel, x: torch.Tensor) -> list[torch.Tensor]:
         fmap = model.feature_map(x)
-        return [model.pool_map(fmap, p) for p in self.poolings]
+        with float32_context(fmap.device):
+            return [l2n(fmap.float().flatten(1)) if p == FEATURE_MAP else model.pool_map(fmap, p)
+                    for p in self.poolings]
 
     def photo_references(self, x: torch.Tensor) -> list[list[torch.Tensor]]:
         """Per member model, per pooling: (N, D) descriptors of the original photo ``x`` at the working size, the
