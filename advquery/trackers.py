@@ -251,28 +251,28 @@ class Calibration:
     have turned (:meth:`firm`)."""
 
     thresholds: dict[str, tuple[float, float]]  # system name (or POOLED) -> (blocked, found)
-    intervals: dict[str, tuple[tuple[float, float], tuple[float, float]]]  # the same keys -> (blocked's, found's)
     shares: dict[str, float]
     source: str
+    intervals: dict[str, tuple[tuple[float, float], tuple[float, float]]]  # as thresholds -> (blocked's, found's)
 
     @classmethod
     def load(cls) -> "Calibration":
         data = json.loads(resources.files("advquery").joinpath("data", CALIBRATION).read_text())
-        return cls({k: tuple(v) for k, v in data["thresholds"].items()},
-                   {k: tuple(map(tuple, v)) for k, v in data["intervals"].items()}, data["shares"], data["source"])
+        return cls({k: tuple(v) for k, v in data["thresholds"].items()}, data["shares"], data["source"],
+                   {k: tuple(map(tuple, v)) for k, v in data["intervals"].items()})
 
     @classmethod
     def fit(cls, points: Sequence[dict], systems: Sequence[str], source: str, rounds: int = CALIBRATION_ROUNDS,
-            seed: int = 0) -> "Calibration":
+            seed: int = 0, min_original_ap: float = CALIBRATION_MIN_AP) -> "Calibration":
         """The thresholds of each of ``systems`` (names) and of :data:`POOLED`, from (similarity, share of the
         original AP kept) pairs: ``points`` as dicts with ``system``, ``query``, ``similarity``, ``share`` and
-        ``original_ap``, those with an ``original_ap`` below :data:`CALIBRATION_MIN_AP` left out. A threshold is
-        where an isotonic (non-decreasing) fit of share on similarity crosses its bound; its interval spans the
-        middle 90 % of the thresholds fitted on ``rounds`` resamplings of the queries (with replacement: the pairs
-        of one query are not independent of each other)."""
+        ``original_ap``, those with an ``original_ap`` below ``min_original_ap`` left out. A threshold is where an
+        isotonic (non-decreasing) fit of share on similarity crosses its bound; its interval spans the middle 90 %
+        of the thresholds fitted on ``rounds`` resamplings of the queries (with replacement: the pairs of one query
+        are not independent of each other), widened where needed to contain the threshold itself."""
         if rounds < 1:
             raise ValueError(f"rounds must be at least 1, got {rounds}")
-        points = [p for p in points if p["original_ap"] >= CALIBRATION_MIN_AP]
+        points = [p for p in points if p["original_ap"] >= min_original_ap]
         names = [*systems, POOLED]
         thresholds = _fit_thresholds(points, names)
         by_query: dict[str, list[dict]] = {}
@@ -292,7 +292,7 @@ class Calibration:
                 low, high = np.percentile(values, CALIBRATION_PERCENTILES) if values else (point, point)
                 spans.append((min(float(low), point), max(float(high), point)))
             intervals[n] = tuple(spans)
-        return cls(thresholds, intervals, dict(CALIBRATION_SHARES), source)
+        return cls(thresholds, dict(CALIBRATION_SHARES), source, intervals)
 
     def to_json(self) -> str:
         return json.dumps({"thresholds": self.thresholds, "intervals": self.intervals, "shares": self.shares,
@@ -306,8 +306,8 @@ class Calibration:
         return VERDICTS[0] if similarity <= blocked else VERDICTS[2] if similarity >= found else VERDICTS[1]
 
     def firm(self, system: System, similarity: float) -> bool:
-        """Whether the verdict stands whichever calibration queries were drawn: ``similarity`` lies outside the
-        intervals of both thresholds."""
+        """Whether the verdict would stand for most draws of the calibration queries: ``similarity`` lies outside
+        the intervals of both thresholds."""
         return not any(low <= similarity <= high for low, high in self.intervals[self._key(system)])
 
 

@@ -265,8 +265,8 @@ LOW_1VIEW = replace(LOW_30, views=replace(LOW_30.views, count=1),
                     description="low, one tracker view a step beside the whole photo")
 CANDIDATES["low-1view"] = LOW_1VIEW
 CANDIDATES["low-steps20"] = replace(LOW_30, steps=20, description="low in 20 steps")
-# low's bounding-box miss (test split: Lite0 GeM 1024, BB, unedited 45 % against a chance level of 17 %,
-# chance_trackers_test_quick_low25): two of low's three passes a step see the whole photo (the saved file, and half
+# low's bounding-box miss (test split: Lite0 GeM 1024, BB, unedited 45 %, trackers_test_quick_low25, against a
+# chance level of 17 %, chance_trackers_test_quick_low25): two of low's three passes a step see the whole photo (the saved file, and half
 # the views), which a change outside the landmark can block. Every view a crop (low-crops), and every crop a
 # selection described at the photo's scale, as a bounding-box query is (low-selections). Not kept
 # (candidates_low_bb_validation_quick_limit8: unedited BB 66 and 65 % against 74 %, but the flip 29 and 23 % against
@@ -311,15 +311,16 @@ CANDIDATES["medium-steps30"] = replace(STRENGTHS["medium"], steps=30, descriptio
 # The full suite's two worst cells for medium (trackers_test_thumbs): Lite1 SPoC after WebP 80 and after JPEG 50, a
 # re-compression harder than the views' JPEG of quality 70-95. The views' JPEG down to quality 50 (no more passes);
 # and the same with SPoC pushed away beside GeM and R-MAC. Not kept (candidates_jpeg50_validation_limit8: the harder
-# JPEG alone lost a little everywhere, SPoC cells included; with SPoC the WI median and p90 gained about what SPoC
-# alone gained before, the worst cell stayed, each photo took a sixth longer).
+# JPEG alone gained on the BB median and p90 and lost on the WI p90 and worst cell and on the SPoC cells; with SPoC
+# the WI median and p90 gained about what SPoC alone gained before, the worst cell stayed; a sixth more time).
 CANDIDATES["medium-jpeg50"] = replace(STRENGTHS["medium"], views=replace(STRENGTHS["medium"].views, jpeg=(50, 95)),
                                       description="medium, the views' JPEG at quality 50-95")
 # The issue's pooling-agnostic direction, untried until 2026-12-06: the whole feature map of each view pushed away
-# from the original's (TMA's tensor loss) beside GeM and R-MAC, so that no pooling of the map (SPoC's average
-# included) finds the original again. Validation (candidates_map_validation_limit8): WI median 10.2 against 13.1 %,
-# worst cell (SPoC) unchanged; test, quick suite (candidates_map_test_quick): better in every column at the same
-# SSIM, a ninth more time. Not yet adopted: see docs/methods.md for what adopting it takes.
+# from the original's (TMA's tensor loss) beside GeM and R-MAC: every location pushed, not one pooling's summary.
+# Validation (candidates_map_validation_limit8): WI median 10.2 against 13.1 %, the worst cells (SPoC) no better;
+# test, quick suite (candidates_map_test_quick): better in every column but BB worst (42.3 against 41.0 %) at the
+# same SSIM, a ninth more time; the full suite (candidates_map_test): WI median 9.9 against 12.7 %, worst cell 62.7
+# against 66.3 %. Not yet adopted: see docs/methods.md for what adopting it takes.
 CANDIDATES["medium-gem-rmac-map"] = replace(STRENGTHS["medium"], poolings=("gem", "rmac", "map"),
                                             description="medium pushing GeM, R-MAC and the whole feature map away in "
                                                         "every view")

@@ -4,7 +4,7 @@ A protection promises that a query no longer looks like its place: that it retri
 somewhere else. Under a system whose ranking favours some database images whatever the query, such a photo still
 keeps part of the original mAP; an attack that pushes the photo away from its place can go lower, but a cell at
 that level is already as blocked as an unrelated photo. For each (system, edit) cell of a ``bench/trackers.py`` run
-and each of its queries, the query is replaced by each other query of the split that shares none of its positives
+and each of its queries, the query is replaced by each other query of the run that shares none of its positives
 (its descriptor under the same edit, whole image or bounding box) and the AP, on the first query's ground truth,
 averaged: the cell's chance level is the mean of those APs as % of the original mAP in the same cell. Set beside
 each preset's shares from the run: the worst cells with their chance levels, and each cell's share above chance.
@@ -42,10 +42,10 @@ def chance_map(db: np.ndarray, queries: np.ndarray, gnd: list[dict], others: lis
 def render(results: dict) -> str:
     lines = [f"Run `{results['run']}` (split **{results['split']}**, {len(results['queries'])} queries, "
              f"{len(results['systems'])} systems x {len(results['edits'])} edits). Chance level of a cell: the mAP "
-             "Medium that photos of another place reach as queries (each query replaced by the split's other queries "
+             "Medium that photos of another place reach as queries (each query replaced by the run's other queries "
              "that share none of its positives, under the same edit), as % of the original mAP in the cell: what "
-             "a query that no longer looks like its place keeps. Above chance: a preset's share minus the cell's chance "
-             "level, in points.", ""]
+             "a query that no longer looks like its place keeps. Above chance: a preset's share minus the cell's "
+             "chance level, in points.", ""]
     rows = []
     poolings = list(dict.fromkeys(system(s).pooling for s in results["systems"]))
     for kind in KINDS:
@@ -93,6 +93,9 @@ def main() -> None:
     db = database(describer, ds.images)
     descriptors, aps = score_sets(describer, db, {"original": None}, ds, edits)
     others = unrelated(gnd)
+    alone = [q.stem for q, js in zip(ds.queries, others) if not js]
+    if alone:
+        raise SystemExit(f"{args.run}: no query of another place in the run for {', '.join(alone)}")
     chance = {kind: {s.name: {} for s in systems} for kind in KINDS}
     for (spec, kind), by_system in descriptors["original"].items():
         for s, q in by_system.items():

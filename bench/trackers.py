@@ -34,8 +34,8 @@ from advquery.io import atomic_write, read_photo
 from advquery.models import DEFAULT_MODEL, load_model
 from advquery.protection import STRENGTHS, protect_photo
 from advquery.systems import GlobalSystem, SiftHESystem
-from advquery.trackers import (CALIBRATION_MIN_AP, CALIBRATION_ROUNDS, EDITS, QUICK_EDITS, QUICK_SYSTEMS, SYSTEMS,
-                               Calibration, SuiteDescriber, System, share_summary)
+from advquery.trackers import (CALIBRATION_MIN_AP, CALIBRATION_PERCENTILES, CALIBRATION_ROUNDS, EDITS, QUICK_EDITS,
+                               QUICK_SYSTEMS, SYSTEMS, Calibration, SuiteDescriber, System, share_summary)
 
 SIZE = 1024  # protect's default working size
 KINDS = ("wi", "bb")
@@ -329,7 +329,8 @@ def render(results: dict) -> str:
         lines += [f"**Verify calibration** ({calibration['fitted']} of {calibration['points']} pairs, those with an "
                   f"original AP of at least {CALIBRATION_MIN_AP}): similarity thresholds (blocked at or "
                   f"below, still found at or above) and the range each moves over when the queries are drawn "
-                  f"again ({CALIBRATION_ROUNDS} bootstrap resamplings, middle 90 %)", "",
+                  f"again ({CALIBRATION_ROUNDS} bootstrap resamplings, percentiles {CALIBRATION_PERCENTILES[0]:g}-"
+                  f"{CALIBRATION_PERCENTILES[1]:g})", "",
                   markdown_table(["system", "blocked", "still found", "blocked's range", "still found's range"],
                                  [[s, round(a, 3), round(b, 3),
                                    *(f"{low:.3f}-{high:.3f}" for low, high in calibration["intervals"][s])]

@@ -5,16 +5,21 @@ The shipped verdict thresholds are fitted on the validation split (``bench/track
 similarity is set beside the share of the original AP that the protected query really keeps under that tracker:
 "blocked" claims at most the calibrated blocked share (25 %), "still found" at least the found share (75 %),
 "weakened" in between. Counted per preset and over all, apart for firm verdicts and for those near a threshold.
+Beside it, on the calibration's own (validation) pairs: how many verdicts are near a threshold, and the choice of
+the pairs the fit uses (every pair, or those whose tracker finds the unprotected query), judged by two-fold
+cross-validation over the validation queries.
 
 Run: ``python bench/verify_accuracy.py trackers_test_quick_thumbs trackers_test_quick_low25`` (runs in
 bench/results; their descriptors come from the runs' caches, or are computed again).
 """
 import argparse
+import json
+import re
 from pathlib import Path
 
 import numpy as np
 from candidates import defined_as_today
-from common import WORK, markdown_table, tracker_run, write_results
+from common import RESULTS, WORK, markdown_table, tracker_run, write_results
 from trackers import database, pair_points, score_sets
 
 from advquery.protection import STRENGTHS
@@ -45,6 +50,30 @@ def run_points(name: str) -> list[dict]:
     describer = SuiteDescriber(systems)
     descriptors, aps = score_sets(describer, database(describer, ds.images), folders, ds, edits)
     return [dict(p, run=name) for p in pair_points(ds.queries, labels, systems, edits, descriptors, aps)]
+
+
+def cross_validation(points: list[dict], halvings: int = 10, seed: int = 0) -> dict[str, dict[str, float]]:
+    """The fit's choice of pairs judged within the calibration's split: its queries halved at random ``halvings``
+    times, thresholds fitted on one half (on every pair, or on those with an original AP of at least
+    :data:`CALIBRATION_MIN_AP`) and their verdicts scored on the other; per choice, the mean share of held-out
+    verdicts right over all held-out pairs (``all``) and over those with that original AP (``found``)."""
+    systems = sorted({p["system"] for p in points})
+    queries = sorted({p["query"] for p in points})
+    choices = {"every pair": 0.0, f"original AP >= {100 * CALIBRATION_MIN_AP:.0f} %": CALIBRATION_MIN_AP}
+    scores = {choice: {"all": [], "found": []} for choice in choices}
+    generator = np.random.default_rng(seed)
+    for _ in range(halvings):
+        half = set(generator.permutation(queries)[:len(queries) // 2])
+        for fitted_on_half in (True, False):
+            fitted = [p for p in points if (p["query"] in half) == fitted_on_half]
+            held = [p for p in points if (p["query"] in half) != fitted_on_half]
+            for choice, min_ap in choices.items():
+                c = Calibration.fit(fitted, systems, "cross-validation", rounds=1, min_original_ap=min_ap)
+                right = [c.verdict(system(p["system"]), p["similarity"]) == band(p["share"], c.shares) for p in held]
+                scores[choice]["all"].append(np.mean(right))
+                scores[choice]["found"].append(np.mean([r for r, p in zip(right, held)
+                                                        if p["original_ap"] >= CALIBRATION_MIN_AP]))
+    return {choice: {k: float(np.mean(v)) for k, v in per.items()} for choice, per in scores.items()}
 
 
 def tally(points: list[dict]) -> list:
@@ -87,7 +116,18 @@ def render(results: dict) -> str:
         f">= {100 * CALIBRATION_MIN_AP:.0f} %: the pairs whose tracker finds the unprotected query at all (a share "
         "of a smaller AP swings with one database photo; the calibration is fitted on such pairs alone). Two bands "
         "off: called blocked while the tracker kept at least the found share, or the reverse.", "",
-        markdown_table(header, results["rows"]), ""])
+        markdown_table(header, results["rows"]), "",
+        f"Two bands off: the original AP of those pairs {100 * results['off_original_ap']:.1f} % in the median, "
+        f"against {100 * results['original_ap']:.1f} % over all pairs.", "",
+        f"**On the calibration's own pairs** (`{results['calibration_points']}`, validation split): verdicts near a "
+        "threshold per preset, of all its pairs: "
+        + ", ".join(f"{label} {n} of {total}" for label, (n, total) in results["near_on_calibration"].items()) + ".",
+        "", "Which pairs the fit uses, chosen by two-fold cross-validation over the validation queries (10 random "
+        "halvings; % of held-out verdicts right):", "",
+        markdown_table(["fitted on", "all held-out pairs", f"held-out pairs with original AP >= "
+                                                         f"{100 * CALIBRATION_MIN_AP:.0f} %"],
+                       [[choice, f"{100 * v['all']:.1f}", f"{100 * v['found']:.1f}"]
+                        for choice, v in results["cross_validation"].items()]), ""])
 
 
 def main() -> None:
@@ -102,9 +142,20 @@ def main() -> None:
             points.append(p | {"verdict": calibration.verdict(s, p["similarity"]),
                                "firm": calibration.firm(s, p["similarity"]),
                                "band": band(p["share"], calibration.shares)})
+    off = [p["original_ap"] for p in points if {p["verdict"], p["band"]} == {VERDICTS[0], VERDICTS[2]}]
+    calibration_points = re.search(r"bench/results/(\S+_calibration_points\.json)", calibration.source).group(1)
+    validation = json.loads((RESULTS / calibration_points).read_text())
+    near = {}
+    for p in validation:
+        n, total = near.get(p["set"], (0, 0))
+        near[p["set"]] = (n + (not calibration.firm(system(p["system"]), p["similarity"])), total + 1)
     results = {"command": " ".join(["python bench/verify_accuracy.py", *args.runs]), "runs": args.runs,
                "source": calibration.source, "shares": calibration.shares,
-               "queries": sorted({p["query"] for p in points}), "rows": tallies(points)}
+               "queries": sorted({p["query"] for p in points}), "rows": tallies(points),
+               "off_original_ap": float(np.median(off)),
+               "original_ap": float(np.median([p["original_ap"] for p in points])),
+               "calibration_points": calibration_points, "near_on_calibration": near,
+               "cross_validation": cross_validation(validation)}
     write_results(NAME, results, render(results))
 
 

@@ -152,6 +152,9 @@ def test_calibration_fit_finds_where_the_share_crosses_its_bounds_and_how_firmly
     assert calibration.firm(calibrated, blocked_low - 0.01) and calibration.firm(calibrated, found_high + 0.01)
     assert not calibration.firm(calibrated, blocked) and not calibration.firm(calibrated, found)
     assert not calibration.firm(uncalibrated, calibration.thresholds[POOLED][1])
+    # the same pairs with the hardly-found ones fitted too: their shares pull the curve up where they sit
+    assert Calibration.fit(points, [calibrated.name], "synthetic", rounds=1, min_original_ap=0).thresholds[
+        calibrated.name][0] < 0.55
     with pytest.raises(ValueError, match="rounds must be at least 1"):
         Calibration.fit(points, [calibrated.name], source="synthetic", rounds=0)
 

@@ -121,7 +121,17 @@ def test_verify_trackers_quick_json_and_text(setup, capsys):
     assert [c["tracker"] for c in checks] == [t.name for t in VERIFY_QUICK]
     assert all(-1 <= c["similarity"] <= 1 and c["verdict"] in VERDICTS for c in checks)
     calibration = Calibration.load()  # each verdict says whether the calibration's intervals leave it in doubt
-    assert [c["firm"] for c in checks] == [calibration.firm(t.system, c["similarity"]) for c, t in zip(checks, VERIFY_QUICK)]
+    firm = [calibration.firm(t.system, c["similarity"]) for c, t in zip(checks, VERIFY_QUICK)]
+    assert [c["firm"] for c in checks] == firm
+    code, out, err = _verify(capsys, str(setup["original"]), str(setup["protected"]), "--size", SIZE,
+                             "--trackers", "quick")
+    assert code == 0, err
+    lines = out.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("trackers (quick)"))
+    rows = lines[start + 1:start + 1 + len(VERIFY_QUICK)]
+    assert [row.endswith("(near a threshold: could go either way)") for row in rows] == [not f for f in firm]
+    summary, near = lines[start + 1 + len(VERIFY_QUICK)], firm.count(False)
+    assert summary.endswith(f"; {near} near a threshold") if near else summary.endswith(" still found")
     code, out, err = _verify(capsys, str(setup["original"]), str(setup["original"]), "--size", SIZE,
                              "--trackers", "quick")
     assert code == 0, err

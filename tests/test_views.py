@@ -266,8 +266,8 @@ def test_the_feature_map_pooling_pushes_the_whole_map_of_each_view(model, photo)
     fmap = model.feature_map(x)
     assert gem.shape == (1, fmap.shape[1]) and flat.shape == (1, fmap[0].numel())
     torch.testing.assert_close(flat, torch.nn.functional.normalize(fmap.flatten(1), dim=1))
-    # the two halves of a photo swapped: the channels' means (SPoC) barely move, the map does (a pooling cannot undo a
-    # push of the map); at the attack's small working size, the distance it adds to the objective
+    # the two halves of a photo swapped: the channels' means (SPoC) barely move while the map does, so the map's
+    # distance sees changes a pooling can miss; at the attack's small working size, the distance it adds
     large = torch.nn.functional.interpolate(photo, size=(240, 320), mode="bilinear", antialias=True).clamp(0, 1)
     spoc, maps = [], []
     for v in (large, torch.cat([large[..., 160:], large[..., :160]], dim=-1)):

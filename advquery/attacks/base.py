@@ -152,8 +152,9 @@ class PerturbationAttack:
         tracker_views: :class:`~advquery.attacks.views.TrackerViews` drawn in every step instead of ``edits``: each
             view's descriptors (one per pooling of ``poolings``) are pushed away from ``view_reference``.
         poolings: the poolings pushed away in each tracker view (one feature map, pooled each way); besides the
-            trackers' poolings, ``map``: the whole feature map, flattened and L2-normalised (TMA's tensor loss, which
-            no pooling of the map can undo; with ``view_reference="view"`` only, whose reference has its shape).
+            trackers' poolings, ``map``: the whole feature map, flattened and L2-normalised (TMA's tensor loss: every
+            location pushed, not one pooling's summary; with ``view_reference="view"`` only, whose reference has its
+            shape).
         whole_view: with tracker views, also push the whole photo at the working size away from the original's
             descriptor in every step (one more forward and backward pass a step): ``True``, under ``model`` (the
             first of an ensemble's members); ``"cycle"``, under the ensemble's members in turn, one a step, so that
