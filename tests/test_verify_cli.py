@@ -112,6 +112,16 @@ def test_verify_photos_of_different_sizes_says_why_quality_is_not_measured(setup
     assert result["quality"] is None and "differ in size" in result["quality_not_measured"]
 
 
+def _tracker_lines(capsys, original, protected) -> tuple[list[str], str]:
+    """``verify --trackers quick``'s text: its row per tracker and its summary line."""
+    from advquery.trackers import VERIFY_QUICK
+    code, out, err = _verify(capsys, str(original), str(protected), "--size", SIZE, "--trackers", "quick")
+    assert code == 0, err
+    lines = out.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("trackers (quick)"))
+    return lines[start + 1:start + 1 + len(VERIFY_QUICK)], lines[start + 1 + len(VERIFY_QUICK)].strip()
+
+
 def test_verify_trackers_quick_json_and_text(setup, capsys):
     from advquery.trackers import VERDICTS, VERIFY_QUICK, Calibration
     code, out, err = _verify(capsys, str(setup["original"]), str(setup["protected"]), "--size", SIZE,
@@ -123,20 +133,10 @@ def test_verify_trackers_quick_json_and_text(setup, capsys):
     calibration = Calibration.load()  # each verdict says whether the calibration's intervals leave it in doubt
     firm = [calibration.firm(t.system, c["similarity"]) for c, t in zip(checks, VERIFY_QUICK)]
     assert [c["firm"] for c in checks] == firm
-    code, out, err = _verify(capsys, str(setup["original"]), str(setup["protected"]), "--size", SIZE,
-                             "--trackers", "quick")
-    assert code == 0, err
-    lines = out.splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith("trackers (quick)"))
-    rows = lines[start + 1:start + 1 + len(VERIFY_QUICK)]
+    rows, summary = _tracker_lines(capsys, setup["original"], setup["protected"])
     assert [row.endswith("(near a threshold: could go either way)") for row in rows] == [not f for f in firm]
-    summary, near = lines[start + 1 + len(VERIFY_QUICK)], firm.count(False)
+    near = firm.count(False)
     assert summary.endswith(f"; {near} near a threshold") if near else summary.endswith(" still found")
-    code, out, err = _verify(capsys, str(setup["original"]), str(setup["original"]), "--size", SIZE,
-                             "--trackers", "quick")
-    assert code == 0, err
-    lines = out.splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith("trackers (quick)"))
-    rows = lines[start + 1:start + 1 + len(VERIFY_QUICK)]
+    rows, summary = _tracker_lines(capsys, setup["original"], setup["original"])
     assert all(row.strip().startswith(t.name) and row.endswith("still found") for row, t in zip(rows, VERIFY_QUICK))
-    assert lines[start + 1 + len(VERIFY_QUICK)].strip() == f"0 blocked, 0 weakened, {len(VERIFY_QUICK)} still found"
+    assert summary == f"0 blocked, 0 weakened, {len(VERIFY_QUICK)} still found"
