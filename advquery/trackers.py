@@ -230,6 +230,12 @@ def verdict_summary(verdicts: Iterable[str], near: int = 0) -> str:
     return ", ".join(f"{verdicts.count(v)} {v}" for v in VERDICTS) + f"; {near} near a threshold" * bool(near)
 
 
+def verdict_between(value: float, blocked: float, found: float) -> str:
+    """The verdict of ``value`` (a similarity, or a share of the original AP) given its two bounds: blocked at or
+    below ``blocked``, still found at or above ``found``, weakened between."""
+    return VERDICTS[0] if value <= blocked else VERDICTS[2] if value >= found else VERDICTS[1]
+
+
 POOLED = "all systems"  # the thresholds fitted on every system's pairs together
 CALIBRATION_SHARES = {"blocked": 0.25, "found": 0.75}  # verdict bounds on the share of the original AP kept
 CALIBRATION_ROUNDS = 200  # bootstrap resamplings of the queries behind each threshold's interval
@@ -302,8 +308,7 @@ class Calibration:
         return system.name if system.name in self.thresholds else POOLED
 
     def verdict(self, system: System, similarity: float) -> str:
-        blocked, found = self.thresholds[self._key(system)]
-        return VERDICTS[0] if similarity <= blocked else VERDICTS[2] if similarity >= found else VERDICTS[1]
+        return verdict_between(similarity, *self.thresholds[self._key(system)])
 
     def firm(self, system: System, similarity: float) -> bool:
         """Whether the verdict would stand for most draws of the calibration queries: ``similarity`` lies outside

@@ -23,14 +23,15 @@ from common import RESULTS, WORK, markdown_table, tracker_run, write_results
 from trackers import database, pair_points, score_sets
 
 from advquery.protection import STRENGTHS
-from advquery.trackers import CALIBRATION_MIN_AP, EDITS, VERDICTS, Calibration, SuiteDescriber, system
+from advquery.trackers import (CALIBRATION_MIN_AP, EDITS, VERDICTS, Calibration, SuiteDescriber, system,
+                               verdict_between)
 
 NAME = "verify_accuracy"
 
 
 def band(share: float, shares: dict[str, float]) -> str:
     """The verdict a pair's real share of the original AP stands for."""
-    return VERDICTS[0] if share <= shares["blocked"] else VERDICTS[2] if share >= shares["found"] else VERDICTS[1]
+    return verdict_between(share, shares["blocked"], shares["found"])
 
 
 def run_points(name: str) -> list[dict]:
@@ -49,7 +50,7 @@ def run_points(name: str) -> list[dict]:
             raise SystemExit(f"{folder}: the photos {name} protected with {label} are not here (run it again)")
     describer = SuiteDescriber(systems)
     descriptors, aps = score_sets(describer, database(describer, ds.images), folders, ds, edits)
-    return [dict(p, run=name) for p in pair_points(ds.queries, labels, systems, edits, descriptors, aps)]
+    return pair_points(ds.queries, labels, systems, edits, descriptors, aps)
 
 
 def cross_validation(points: list[dict], halvings: int = 10, seed: int = 0) -> dict[str, dict[str, float]]:
