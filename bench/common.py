@@ -43,9 +43,10 @@ def content_key(paths: Iterable[Path], settings: dict) -> str:
 
 
 def setting_digest(setting) -> str:
-    """Eight hex digits of a protection setting's definition (its repr): folders of protected photos carry it, so a
-    changed preset or candidate never reuses the files of the old one."""
-    return hashlib.sha256(repr(setting).encode()).hexdigest()[:8]
+    """Eight hex digits of what a protection setting computes (its repr without its description): folders of
+    protected photos carry it, so a changed preset or candidate never reuses the files of the old one, and a reworded
+    description does not throw away the photos of an unchanged computation."""
+    return hashlib.sha256(repr(replace(setting, description="")).encode()).hexdigest()[:8]
 
 
 def machine() -> str:

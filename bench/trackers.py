@@ -45,8 +45,8 @@ PACKAGE_CALIBRATION = Path(__file__).parents[1] / "advquery" / "data" / "tracker
 
 
 def setting_folder(name: str) -> Path:
-    """Where a setting's protected photos are kept: named by the setting and a digest of its definition, so a
-    changed setting never reuses the files of the old one."""
+    """Where a setting's protected photos are kept: named by the setting and a digest of what it computes
+    (:func:`common.setting_digest`), so a changed setting never reuses the files of the old one."""
     return WORK / "trackers" / f"{name}-{setting_digest(setting(name))}"
 
 
