@@ -101,20 +101,20 @@ STRENGTHS = {
     "medium": Strength(ssim_eps_levels=16, ssim_weight=20, steps=40, patience=None,
                        views=TrackerViews(jpeg_probability=0.5, whole=0.5, extra=THUMBNAILS), models=OTHER_MODELS,
                        grid=512, spare_flat=2.0, eps_levels=3, target_similarity=0.2, lr_schedule="cosine",
-                       whole_view="cycle", poolings=("gem", "rmac"),
+                       whole_view="cycle", poolings=("gem", "rmac", "map"),
                        description="within 16 levels at SSIM price 20 on a 512 px grid, the step size decayed along "
                                    "a cosine, flat regions left alone, optimised through tracker views (the whole "
                                    "photo or crops and selections of any aspect, half and half; flips, rotations, "
                                    "colour, JPEG, working sizes 448-1024) on Lite0, Lite1 and Lite2, and through "
                                    "the photo as shared, under each of them in turn, and through two thumbnails a "
-                                   "step (a copy of 224-384 px described at 448-768 px); GeM and R-MAC pushed away "
-                                   "in every view"),
+                                   "step (a copy of 224-384 px described at 448-768 px); GeM, R-MAC and the whole "
+                                   "feature map pushed away in every view"),
     "high": Strength(ssim_eps_levels=20, ssim_weight=15, steps=60, patience=None,
                      views=TrackerViews(jpeg_probability=0.5, shrink=THUMBNAIL_SHRINK, whole=0.5, extra=THUMBNAILS),
                      models=OTHER_MODELS, grid=512, spare_flat=2.0, eps_levels=4.5, target_similarity=0.1,
                      lr_schedule="cosine", whole_view="cycle", poolings=("gem", "rmac"),
-                     description="as medium, within 20 levels at SSIM price 15, 60 steps, 30 % of its own views "
-                                 "through a copy of 256-640 px (a shrunk query)"),
+                     description="as medium with GeM and R-MAC alone pushed away, within 20 levels at SSIM price "
+                                 "15, 60 steps, 30 % of its own views through a copy of 256-640 px (a shrunk query)"),
 }
 DEFAULT_STRENGTH = "medium"
 

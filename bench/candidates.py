@@ -26,7 +26,17 @@ def _medium_description(levels: int) -> str:
 
 # medium and high as shipped until their thumbnail views on 2026-12-05, which medium-thumb* and high-thumb2 change and
 # the earlier candidates derive from (kept as the candidates medium-rmac and high-rmac).
-MEDIUM_RMAC = replace(STRENGTHS["medium"], views=replace(STRENGTHS["medium"].views, extra=None),
+# medium as shipped until the whole feature map joined its poolings on 2026-12-06 (GeM and R-MAC alone pushed away),
+# which the medium candidates measured until then change.
+MEDIUM_THUMBS = replace(STRENGTHS["medium"], poolings=("gem", "rmac"),
+                        description="within 16 levels at SSIM price 20 on a 512 px grid, the step size decayed along "
+                                    "a cosine, flat regions left alone, optimised through tracker views (the whole "
+                                    "photo or crops and selections of any aspect, half and half; flips, rotations, "
+                                    "colour, JPEG, working sizes 448-1024) on Lite0, Lite1 and Lite2, and through "
+                                    "the photo as shared, under each of them in turn, and through two thumbnails a "
+                                    "step (a copy of 224-384 px described at 448-768 px); GeM and R-MAC pushed away "
+                                    "in every view")
+MEDIUM_RMAC = replace(MEDIUM_THUMBS, views=replace(MEDIUM_THUMBS.views, extra=None),
                       description="within 16 levels at SSIM price 20 on a 512 px grid, the step size decayed along "
                                   "a cosine, flat regions left alone, optimised through tracker views (the whole "
                                   "photo or crops and selections of any aspect, half and half; flips, rotations, "
@@ -303,17 +313,17 @@ CANDIDATES["high-thumb2"] = replace(HIGH_RMAC, views=replace(HIGH_RMAC.views, ex
 # after re-compression. SPoC pushed away beside GeM and R-MAC (the same feature map, no more passes); medium-gem-spoc
 # above pushed SPoC beside GeM on an older medium (crop views only, 14 levels). Not kept
 # (candidates_spoc_validation_limit8: a small gain, a worse BB worst cell, a lower SSIM).
-CANDIDATES["medium-gem-rmac-spoc"] = replace(STRENGTHS["medium"], poolings=("gem", "rmac", "spoc"),
+CANDIDATES["medium-gem-rmac-spoc"] = replace(MEDIUM_THUMBS, poolings=("gem", "rmac", "spoc"),
                                              description="medium pushing GeM, R-MAC and SPoC away in every view")
 # Issue 13's 30 s for the default: medium in 30 steps instead of 40 (each step's passes unchanged). Not kept
 # (candidates_steps30_validation_quick_limit8: worse in every robustness column and in SSIM).
-CANDIDATES["medium-steps30"] = replace(STRENGTHS["medium"], steps=30, description="medium in 30 steps")
+CANDIDATES["medium-steps30"] = replace(MEDIUM_THUMBS, steps=30, description="medium in 30 steps")
 # The full suite's two worst cells for medium (trackers_test_thumbs): Lite1 SPoC after WebP 80 and after JPEG 50, a
 # re-compression harder than the views' JPEG of quality 70-95. The views' JPEG down to quality 50 (no more passes);
 # and the same with SPoC pushed away beside GeM and R-MAC. Not kept (candidates_jpeg50_validation_limit8: the harder
 # JPEG alone gained on the BB median and p90 and lost on the WI p90 and worst cell and on the SPoC cells; with SPoC
 # the WI median and p90 gained about what SPoC alone gained before, the worst cell stayed; a sixth more time).
-CANDIDATES["medium-jpeg50"] = replace(STRENGTHS["medium"], views=replace(STRENGTHS["medium"].views, jpeg=(50, 95)),
+CANDIDATES["medium-jpeg50"] = replace(MEDIUM_THUMBS, views=replace(MEDIUM_THUMBS.views, jpeg=(50, 95)),
                                       description="medium, the views' JPEG at quality 50-95")
 # The issue's pooling-agnostic direction, untried until 2026-12-06: the whole feature map of each view pushed away
 # from the original's (TMA's tensor loss) beside GeM and R-MAC: every location pushed, not one pooling's summary.
@@ -321,10 +331,18 @@ CANDIDATES["medium-jpeg50"] = replace(STRENGTHS["medium"], views=replace(STRENGT
 # test, quick suite (candidates_map_test_quick): better in every column but BB worst (42.3 against 41.0 %) at the
 # same SSIM, a ninth more time; the full suite (candidates_map_test): WI median 9.9 against 12.7 %, worst cell 62.7
 # against 66.3 %; held out (candidates_map_heldout_test_quick): Lite2's WI cells 14.7 % against medium's 22.9 %.
-# Not yet adopted: see docs/methods.md for what adopting it takes.
-CANDIDATES["medium-gem-rmac-map"] = replace(STRENGTHS["medium"], poolings=("gem", "rmac", "map"),
+# medium since 2026-12-06; medium-thumbs is medium before it.
+CANDIDATES["medium-thumbs"] = MEDIUM_THUMBS
+CANDIDATES["medium-gem-rmac-map"] = replace(MEDIUM_THUMBS, poolings=("gem", "rmac", "map"),
                                             description="medium pushing GeM, R-MAC and the whole feature map away in "
                                                         "every view")
+# The same in high (GeM and R-MAC alone there), whose worst cells are SPoC's too (trackers_test_thumbs).
+CANDIDATES["high-gem-rmac-map"] = replace(STRENGTHS["high"], poolings=("gem", "rmac", "map"),
+                                          description="high pushing GeM, R-MAC and the whole feature map away in "
+                                                      "every view")
+# Issue 13's 30 s again, now that the whole feature map lowered medium's figures: medium in 30 steps (medium-steps30
+# above: medium before the feature map, in 30 steps).
+CANDIDATES["medium-map-steps30"] = replace(STRENGTHS["medium"], steps=30, description="medium in 30 steps")
 CANDIDATES["medium-jpeg50-spoc"] = replace(CANDIDATES["medium-jpeg50"], poolings=("gem", "rmac", "spoc"),
                                            description="medium-jpeg50 pushing GeM, R-MAC and SPoC away in every view")
 # Leave one model out: medium and high computed without model M, measured with M (the shipped presets use all three).
@@ -332,7 +350,7 @@ LITE = {n: f"efficientnet-{n}-gem" for n in ("lite0", "lite1", "lite2")}
 LEFT_OUT = "-without-"
 # The model ``advquery protect --model`` would be given (the first attacked); the others are the Strength's models.
 PROTECTING_MODEL = {}
-for preset in ("medium", "high", "medium-gem-rmac-map"):  # the last: the lead of docs/methods.md, before adopting it
+for preset in ("medium", "high"):
     for held_out in LITE:
         kept = [LITE[n] for n in LITE if n != held_out]
         name = f"{preset}{LEFT_OUT}{held_out}"
