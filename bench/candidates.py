@@ -336,12 +336,17 @@ CANDIDATES["medium-thumbs"] = MEDIUM_THUMBS
 CANDIDATES["medium-gem-rmac-map"] = replace(MEDIUM_THUMBS, poolings=("gem", "rmac", "map"),
                                             description="medium pushing GeM, R-MAC and the whole feature map away in "
                                                         "every view")
-# The same in high (GeM and R-MAC alone there), whose worst cells are SPoC's too (trackers_test_thumbs).
+# The same in high (GeM and R-MAC alone there), whose worst cells are SPoC's too (trackers_test_thumbs). Validation
+# (candidates_high_map_validation_limit8, high in the same run): WI median 6.4 against 7.3 %, BB p90 27.8 against
+# 30.6 %, the worst cells (SPoC after WebP 80) no better, SSIM 0.973 against 0.971; on the test split:
+# candidates_high_map_test_quick.
 CANDIDATES["high-gem-rmac-map"] = replace(STRENGTHS["high"], poolings=("gem", "rmac", "map"),
                                           description="high pushing GeM, R-MAC and the whole feature map away in "
                                                       "every view")
 # Issue 13's 30 s again, now that the whole feature map lowered medium's figures: medium in 30 steps (medium-steps30
-# above: medium before the feature map, in 30 steps).
+# above: medium before the feature map, in 30 steps). Not kept (candidates_high_map_validation_limit8, medium in the
+# same run: worse in every column, WI median 13.3 against 10.2 %, BB median 33.2 against 24.4 %, SSIM 0.973 against
+# 0.975; 34 s a photo against 46 s, not timed alone).
 CANDIDATES["medium-map-steps30"] = replace(STRENGTHS["medium"], steps=30, description="medium in 30 steps")
 CANDIDATES["medium-jpeg50-spoc"] = replace(CANDIDATES["medium-jpeg50"], poolings=("gem", "rmac", "spoc"),
                                            description="medium-jpeg50 pushing GeM, R-MAC and SPoC away in every view")
