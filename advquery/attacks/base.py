@@ -46,6 +46,13 @@ WHOLE_VIEWS = (True, False, "cycle")
 FEATURE_MAP = "map"  # a "pooling" of the attack alone: the whole feature map (PerturbationAttack's poolings)
 
 
+def whole_map(fmap: torch.Tensor) -> torch.Tensor:
+    """The :data:`FEATURE_MAP` "pooling": (N, C*H*W) feature maps flattened and L2-normalised, in float32 as
+    :meth:`~advquery.models.DescriptorModel.pool_map`'s descriptors are."""
+    with float32_context(fmap.device):
+        return l2n(fmap.float().flatten(1))
+
+
 @dataclass
 class AttackStats:
     """Per image of the last call: steps run before stopping and final descriptor cosine similarity."""
@@ -258,9 +265,7 @@ class PerturbationAttack:
 
     def _pooled(self, model: DescriptorModel, x: torch.Tensor) -> list[torch.Tensor]:
         fmap = model.feature_map(x)
-        with float32_context(fmap.device):
-            return [l2n(fmap.float().flatten(1)) if p == FEATURE_MAP else model.pool_map(fmap, p)
-                    for p in self.poolings]
+        return [whole_map(fmap) if p == FEATURE_MAP else model.pool_map(fmap, p) for p in self.poolings]
 
     def photo_references(self, x: torch.Tensor) -> list[list[torch.Tensor]]:
         """Per member model, per pooling: (N, D) descriptors of the original photo ``x`` at the working size, the
