@@ -112,9 +112,9 @@ STRENGTHS = {
     "high": Strength(ssim_eps_levels=20, ssim_weight=15, steps=60, patience=None,
                      views=TrackerViews(jpeg_probability=0.5, shrink=THUMBNAIL_SHRINK, whole=0.5, extra=THUMBNAILS),
                      models=OTHER_MODELS, grid=512, spare_flat=2.0, eps_levels=4.5, target_similarity=0.1,
-                     lr_schedule="cosine", whole_view="cycle", poolings=("gem", "rmac"),
-                     description="as medium with GeM and R-MAC alone pushed away, within 20 levels at SSIM price "
-                                 "15, 60 steps, 30 % of its own views through a copy of 256-640 px (a shrunk query)"),
+                     lr_schedule="cosine", whole_view="cycle", poolings=("gem", "rmac", "map"),
+                     description="as medium, within 20 levels at SSIM price 15, 60 steps, 30 % of its own views "
+                                 "through a copy of 256-640 px (a shrunk query)"),
 }
 DEFAULT_STRENGTH = "medium"
 

@@ -43,7 +43,12 @@ MEDIUM_RMAC = replace(MEDIUM_THUMBS, views=replace(MEDIUM_THUMBS.views, extra=No
                                   "colour, JPEG, working sizes 448-1024) on Lite0, Lite1 and Lite2, and through "
                                   "the photo as shared, under each of them in turn; GeM and R-MAC pushed away in "
                                   "every view")
-HIGH_RMAC = replace(STRENGTHS["high"], views=replace(STRENGTHS["high"].views, extra=None),
+# high as shipped until the whole feature map joined its poolings on 2026-12-06 (GeM and R-MAC alone pushed away),
+# which high-gem-rmac-map changes and the earlier high candidates derive from.
+HIGH_THUMBS = replace(STRENGTHS["high"], poolings=("gem", "rmac"),
+                      description="as medium with GeM and R-MAC alone pushed away, within 20 levels at SSIM price "
+                                  "15, 60 steps, 30 % of its own views through a copy of 256-640 px (a shrunk query)")
+HIGH_RMAC = replace(HIGH_THUMBS, views=replace(HIGH_THUMBS.views, extra=None),
                     description="as medium, within 20 levels at SSIM price 15, 60 steps, 30 % of the views "
                                 "through a copy of 256-640 px (a shrunk query)")
 # medium as shipped until R-MAC joined it on 2026-12-05 (GeM alone pushed away), which medium-gem-rmac changes and
@@ -340,9 +345,10 @@ CANDIDATES["medium-gem-rmac-map"] = replace(MEDIUM_THUMBS, poolings=("gem", "rma
 # (candidates_high_map_validation_limit8, high in the same run): WI median 6.4 against 7.3 %, BB p90 27.8 against
 # 30.6 %, the worst cells (SPoC after WebP 80) no better, SSIM 0.973 against 0.971. Test, quick suite
 # (candidates_high_map_test_quick, high's photos of trackers_test_quick_thumbs): better in every column (WI 7.1 / 11.5 /
-# 14.8 against 8.2 / 13.1 / 17.8 %, BB worst 29.5 against 34.5 %) at SSIM 0.974 against 0.972. Not yet adopted: the
-# full suite (its SPoC cells), the held-out model, the calibration and the speed run are not measured.
-CANDIDATES["high-gem-rmac-map"] = replace(STRENGTHS["high"], poolings=("gem", "rmac", "map"),
+# 14.8 against 8.2 / 13.1 / 17.8 %, BB worst 29.5 against 34.5 %) at SSIM 0.974 against 0.972. high since
+# 2026-12-06; high-thumbs is high before it.
+CANDIDATES["high-thumbs"] = HIGH_THUMBS
+CANDIDATES["high-gem-rmac-map"] = replace(HIGH_THUMBS, poolings=("gem", "rmac", "map"),
                                           description="high pushing GeM, R-MAC and the whole feature map away in "
                                                       "every view")
 # Issue 13's 30 s again, now that the whole feature map lowered medium's figures: medium in 30 steps (medium-steps30
@@ -358,7 +364,7 @@ LITE = {n: f"efficientnet-{n}-gem" for n in ("lite0", "lite1", "lite2")}
 LEFT_OUT = "-without-"
 # The model ``advquery protect --model`` would be given (the first attacked); the others are the Strength's models.
 PROTECTING_MODEL = {}
-for preset in ("medium", "high", "medium-thumbs", "medium-gem-rmac-map"):  # the last two: medium before, as chosen
+for preset in ("medium", "high", "medium-thumbs", "medium-gem-rmac-map", "high-thumbs"):  # the last three: as chosen
     for held_out in LITE:
         kept = [LITE[n] for n in LITE if n != held_out]
         name = f"{preset}{LEFT_OUT}{held_out}"
