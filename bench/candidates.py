@@ -359,6 +359,13 @@ CANDIDATES["medium-map-steps30"] = replace(CANDIDATES["medium-gem-rmac-map"], st
                                            description="medium in 30 steps")
 CANDIDATES["medium-jpeg50-spoc"] = replace(CANDIDATES["medium-jpeg50"], poolings=("gem", "rmac", "spoc"),
                                            description="medium-jpeg50 pushing GeM, R-MAC and SPoC away in every view")
+# high's worst cells (trackers_test_thumbs): SPoC after WebP 80, a codec the views never draw (their re-compressions
+# are JPEG). Half of high's re-compressions WebP (high-webp above tried it on the high of 2026-12-04, before the
+# thumbnails and the feature map: no gain); here on today's high. Not kept (candidates_high_webp_validation_limit8,
+# high in the same run: WI worst 28.8 against 32.1 %, but BB median 13.6 against 12.8 % and BB worst 51.6 against
+# 46.0 % (Lite0 SPoC after WebP 80), SPoC's cells 15.1 % in the median both).
+CANDIDATES["high-webp-map"] = replace(STRENGTHS["high"], views=replace(STRENGTHS["high"].views, webp_share=0.5),
+                                      description="high, half of its own views' re-compressions WebP")
 # Leave one model out: medium and high computed without model M, measured with M (the shipped presets use all three).
 LITE = {n: f"efficientnet-{n}-gem" for n in ("lite0", "lite1", "lite2")}
 LEFT_OUT = "-without-"
