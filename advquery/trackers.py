@@ -254,22 +254,25 @@ class Calibration:
 
     ``intervals`` holds, per system, the range each threshold moves over when the calibration queries are drawn
     again (a bootstrap): a similarity inside one of them gives a verdict that other calibration queries could
-    have turned (:meth:`firm`)."""
+    have turned (:meth:`firm`). ``points``: the file, relative to the repository, of the pairs it was fitted on
+    (None: not recorded)."""
 
     thresholds: dict[str, tuple[float, float]]  # system name (or POOLED) -> (blocked, found)
     shares: dict[str, float]
     source: str
     intervals: dict[str, tuple[tuple[float, float], tuple[float, float]]]  # as thresholds -> (blocked's, found's)
+    points: str | None = None
 
     @classmethod
     def load(cls) -> "Calibration":
         data = json.loads(resources.files("advquery").joinpath("data", CALIBRATION).read_text())
         return cls({k: tuple(v) for k, v in data["thresholds"].items()}, data["shares"], data["source"],
-                   {k: tuple(map(tuple, v)) for k, v in data["intervals"].items()})
+                   {k: tuple(map(tuple, v)) for k, v in data["intervals"].items()}, data["points"])
 
     @classmethod
     def fit(cls, points: Sequence[dict], systems: Sequence[str], source: str, rounds: int = CALIBRATION_ROUNDS,
-            seed: int = 0, min_original_ap: float = CALIBRATION_MIN_AP) -> "Calibration":
+            seed: int = 0, min_original_ap: float = CALIBRATION_MIN_AP,
+            points_file: str | None = None) -> "Calibration":
         """The thresholds of each of ``systems`` (names) and of :data:`POOLED`, from (similarity, share of the
         original AP kept) pairs: ``points`` as dicts with ``system``, ``query``, ``similarity``, ``share`` and
         ``original_ap``, those with an ``original_ap`` below ``min_original_ap`` left out. A threshold is where an
@@ -298,11 +301,11 @@ class Calibration:
                 low, high = np.percentile(values, CALIBRATION_PERCENTILES) if values else (point, point)
                 spans.append((min(float(low), point), max(float(high), point)))
             intervals[n] = tuple(spans)
-        return cls(thresholds, dict(CALIBRATION_SHARES), source, intervals)
+        return cls(thresholds, dict(CALIBRATION_SHARES), source, intervals, points_file)
 
     def to_json(self) -> str:
         return json.dumps({"thresholds": self.thresholds, "intervals": self.intervals, "shares": self.shares,
-                           "source": self.source}, indent=1)
+                           "source": self.source, "points": self.points}, indent=1)
 
     def _key(self, system: System) -> str:
         return system.name if system.name in self.thresholds else POOLED

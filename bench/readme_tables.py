@@ -21,7 +21,7 @@ from common import RESULTS, markdown_table
 from speed import changed_presets
 
 from advquery.protection import STRENGTHS
-from advquery.trackers import EDITS, QUICK_EDITS, system
+from advquery.trackers import EDITS, QUICK_EDITS, QUICK_SYSTEMS, SYSTEMS, system
 
 ROOT = Path(__file__).parents[1]
 README = ROOT / "README.md"
@@ -168,6 +168,9 @@ def tracker_command(name: str, data: dict) -> str:
     suite_edits = [e.spec for e in (QUICK_EDITS if data.get("quick") else EDITS)]
     if data["edits"] != suite_edits:
         parts.append("--edits " + " ".join(data["edits"]))
+    suite_systems = [s.name for s in (QUICK_SYSTEMS if data.get("quick") else SYSTEMS)]
+    if data["systems"] != suite_systems:
+        parts.append("--systems " + " ".join(f"'{s}'" for s in data["systems"]))
     if list(data["sets"]) != ["low", "medium", "high"]:
         parts.append("--presets " + " ".join(data["sets"]))
     default = f"trackers_{data['split']}" + "_quick" * bool(data.get("quick")) + (limit.group(0) if limit else "")

@@ -226,6 +226,8 @@ def main() -> None:
     parser.add_argument("--limit", type=int, help="only the split's first N queries (smoke runs)")
     parser.add_argument("--edits", nargs="+", choices=[e.spec for e in EDITS], metavar="SPEC",
                         help="only these edits of the suite (e.g. the cells a candidate is aimed at)")
+    parser.add_argument("--systems", nargs="+", choices=[s.name for s in SYSTEMS], metavar="NAME",
+                        help="only these systems of the suite, each name quoted (e.g. 'lite1 spoc 1024')")
     parser.add_argument("--no-handcrafted", action="store_true")
     parser.add_argument("--calibrate", action="store_true", help="fit the verify thresholds (validation split only)")
     parser.add_argument("--name")
@@ -236,6 +238,8 @@ def main() -> None:
     systems, edits = (QUICK_SYSTEMS, QUICK_EDITS) if args.quick else (SYSTEMS, EDITS)
     if args.edits:
         edits = tuple(e for e in EDITS if e.spec in args.edits)
+    if args.systems:
+        systems = tuple(s for s in SYSTEMS if s.name in args.systems)
     ds = split_dataset(args.split, args.limit)
     describer = SuiteDescriber(systems)
     model = describer.models.get(DEFAULT_MODEL) or load_model(DEFAULT_MODEL)
@@ -268,12 +272,13 @@ def main() -> None:
     if args.calibrate:
         points = pair_points(ds.queries, list(results["sets"]), systems, edits, descriptors, aps)
         fitted = sum(p["original_ap"] >= CALIBRATION_MIN_AP for p in points)
+        points_file = f"bench/results/{name}_calibration_points.json"
         calibration = Calibration.fit(
             points, [s.name for s in systems if not s.whitened],
             source=f"bench/trackers.py --calibrate on the {args.split} split, {fitted} of {len(points)} (query, "
                    f"tracker, preset) pairs (those with an original AP of at least {CALIBRATION_MIN_AP}): "
-                   f"bench/results/{name}_calibration_points.json")
-        (RESULTS / f"{name}_calibration_points.json").write_text(json.dumps(points))
+                   f"{points_file}", points_file=points_file)
+        (RESULTS / Path(points_file).name).write_text(json.dumps(points))
         PACKAGE_CALIBRATION.parent.mkdir(exist_ok=True)
         PACKAGE_CALIBRATION.write_text(calibration.to_json())
         results["calibration"] = {"thresholds": calibration.thresholds, "intervals": calibration.intervals,

@@ -14,7 +14,6 @@ bench/results; their descriptors come from the runs' caches, or are computed aga
 """
 import argparse
 import json
-import re
 from pathlib import Path
 
 import numpy as np
@@ -144,7 +143,7 @@ def main() -> None:
                                "firm": calibration.firm(s, p["similarity"]),
                                "band": band(p["share"], calibration.shares)})
     off = [p["original_ap"] for p in points if {p["verdict"], p["band"]} == {VERDICTS[0], VERDICTS[2]}]
-    calibration_points = re.search(r"bench/results/(\S+_calibration_points\.json)", calibration.source).group(1)
+    calibration_points = Path(calibration.points).name
     validation = json.loads((RESULTS / calibration_points).read_text())
     near = {}
     for p in validation:

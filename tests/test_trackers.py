@@ -1,6 +1,7 @@
 """The tracker suite: its definitions, the poolings, the many-systems describer against the single-system path,
 and the users' check (``check_protection``, ``verify --trackers``) on real photos."""
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -110,6 +111,7 @@ def test_share_summary():
 def test_the_shipped_calibration_covers_every_tracker_of_both_suites():
     calibration = Calibration.load()
     assert POOLED in calibration.thresholds and calibration.source.startswith("bench/trackers.py --calibrate")
+    assert (Path(__file__).parents[1] / calibration.points).is_file()  # the pairs it was fitted on, committed
     for blocked, found in calibration.thresholds.values():
         assert -1 <= blocked < found <= 1
     for t in VERIFY_QUICK:  # the quick check's systems are calibrated on their own pairs
