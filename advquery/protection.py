@@ -98,11 +98,11 @@ STRENGTHS = {
                                 "a cosine, flat regions left alone, optimised through the saved file and through "
                                 "flips and selections (the whole photo or crops of any aspect, half and half; working "
                                 "sizes 768-1024) on Lite0"),
-    "medium": Strength(ssim_eps_levels=16, ssim_weight=20, steps=40, patience=None,
+    "medium": Strength(ssim_eps_levels=16, ssim_weight=17, steps=40, patience=None,
                        views=TrackerViews(jpeg_probability=0.5, whole=0.5, extra=THUMBNAILS), models=OTHER_MODELS,
                        grid=512, spare_flat=2.0, eps_levels=3, target_similarity=0.2, lr_schedule="cosine",
                        whole_view="cycle", poolings=("gem", "rmac", "map"),
-                       description="within 16 levels at SSIM price 20 on a 512 px grid, the step size decayed along "
+                       description="within 16 levels at SSIM price 17 on a 512 px grid, the step size decayed along "
                                    "a cosine, flat regions left alone, optimised through tracker views (the whole "
                                    "photo or crops and selections of any aspect, half and half; flips, rotations, "
                                    "colour, JPEG, working sizes 448-1024) on Lite0, Lite1 and Lite2, and through "
