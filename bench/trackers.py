@@ -276,8 +276,8 @@ def main() -> None:
         calibration = Calibration.fit(
             points, [s.name for s in systems if not s.whitened],
             source=f"bench/trackers.py --calibrate on the {args.split} split, {fitted} of {len(points)} (query, "
-                   f"tracker, preset) pairs (those with an original AP of at least {CALIBRATION_MIN_AP}): "
-                   f"{points_file}", points_file=points_file)
+                   f"tracker, preset) pairs (those with an original AP of at least {CALIBRATION_MIN_AP})",
+            points_file=points_file)
         (RESULTS / Path(points_file).name).write_text(json.dumps(points))
         PACKAGE_CALIBRATION.parent.mkdir(exist_ok=True)
         PACKAGE_CALIBRATION.write_text(calibration.to_json())
