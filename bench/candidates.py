@@ -2,8 +2,8 @@
 
 Each candidate is a :class:`~advquery.protection.Strength`, run by ``advquery protect``'s own code path; the
 shipped presets (``advquery.protection.STRENGTHS``) are the candidates that won on the validation split. Each
-candidate changes one or two ingredients of one before it, so the table of their results reads as an ablation
-(``bench/results/candidates_validation_limit4.md``; docs/methods.md).
+candidate changes one or two ingredients of one before it (``bench/results/candidates_validation_limit4.md``;
+docs/methods.md); ``ABLATIONS`` removes each ingredient of today's ``medium`` alone.
 """
 from dataclasses import replace
 
@@ -403,6 +403,25 @@ for pools in (("gem", "rmac"), ("gem", "map"), ("gem", "rmac", "map")):
 for price in (175, 200):
     CANDIDATES[f"low-gem-map-price{price}"] = replace(CANDIDATES["low-gem-map"], ssim_weight=price,
                                                       description=f"low-gem-map at SSIM price {price}")
+# Ablation of medium as shipped (issue 15: what each ingredient adds): each ingredient removed alone, measured on the
+# validation split in one run with medium (candidates_ablation_validation_quick_limit8; docs/methods.md: the views'
+# edits, the other two models, the thumbnails and R-MAC with the feature map buy effect; the decay, the flat regions
+# spared and the 512 px grid buy SSIM). Derived from today's medium: pin it (as MEDIUM_MAP is) before medium changes.
+MEDIUM = STRENGTHS["medium"]
+AS_SHARED = TrackerViews(sizes=(1024, 1024), crop=(1.0, 1.0), flip=0.0, rotate=0.0, colour=0.0, jpeg=None, whole=1.0)
+ABLATIONS = {
+    "medium-no-edits": replace(MEDIUM, views=AS_SHARED,
+                               description="medium, its views all the photo as shared at 1024 px: no flips, crops, "
+                                           "rotations, colour, re-compressions, other working sizes or thumbnails"),
+    "medium-no-thumbnails": replace(MEDIUM, views=replace(MEDIUM.views, extra=None),
+                                    description="medium without its two thumbnail views a step"),
+    "medium-lite0-only": replace(MEDIUM, models=(), description="medium on Lite0 alone"),
+    "medium-gem-only": replace(MEDIUM, poolings=("gem",), description="medium pushing GeM alone away"),
+    "medium-constant-step": replace(MEDIUM, lr_schedule="constant", description="medium with a constant step size"),
+    "medium-no-flat-sparing": replace(MEDIUM, spare_flat=None, description="medium, flat regions not spared"),
+    "medium-full-grid": replace(MEDIUM, grid=None, description="medium on the working resolution's grid, not 512 px"),
+}
+CANDIDATES.update(ABLATIONS)
 # Leave one model out: medium and high computed without model M, measured with M (the shipped presets use all three).
 LITE = {n: f"efficientnet-{n}-gem" for n in ("lite0", "lite1", "lite2")}
 LEFT_OUT = "-without-"
