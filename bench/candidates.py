@@ -7,6 +7,8 @@ docs/methods.md); ``ABLATIONS`` removes each ingredient of today's ``medium`` al
 """
 from dataclasses import replace
 
+from common import POOLING_NAMES
+
 from advquery.attacks.views import TrackerViews
 from advquery.protection import OTHER_MODELS, STRENGTHS, THUMBNAIL_SHRINK, THUMBNAILS, Strength
 
@@ -395,7 +397,6 @@ CANDIDATES["medium-map-shrink"] = replace(MEDIUM_MAP, views=replace(MEDIUM_MAP.v
 # but spends low's SSIM (0.9889 against 0.9902); near low's SSIM low's own cells (Lite0 GeM 1024) lose what the
 # bounding box gains: at price 175 (0.9899) unedited 7 % against 3 %, flip 19 against 12 %, unedited BB 67 against
 # 74 %; at price 200 (0.9905) 9, 21 and 87 %. R-MAC alone: unedited BB 76 %.
-POOLING_NAMES = {"gem": "GeM", "rmac": "R-MAC", "map": "the whole feature map"}
 for pools in (("gem", "rmac"), ("gem", "map"), ("gem", "rmac", "map")):
     *first, last = (POOLING_NAMES[p] for p in pools)
     CANDIDATES["low-" + "-".join(pools)] = replace(

@@ -15,14 +15,13 @@ and the database's come from the run's caches, or are computed again).
 import argparse
 
 import numpy as np
-from common import markdown_table, tracker_run, write_results
+from common import POOLING_NAMES, markdown_table, tracker_run, write_results
 from trackers import KINDS, database, score_sets, shares
 
 from advquery.evaluation.metrics import compute_map
 from advquery.trackers import EDITS, SuiteDescriber, share_summary, system
 
 WORST = 5  # the worst cells listed per preset and kind
-POOLING_NAMES = {"gem": "GeM", "mac": "MAC", "spoc": "SPoC", "rmac": "R-MAC"}
 
 
 def unrelated(gnd: list[dict]) -> list[list[int]]:

@@ -28,6 +28,8 @@ CVPIRE_PUBLISHED = DATA_ROOT / "peer-adversarial" / "cv-pire-oxford"  # 55 roxfo
 # split (query positions; queries without positives are not scored, so never used).
 SPLITS = {"validation": (0, 20), "test": (20, 58)}
 QUALITY_KEYS = ("ssim", "psnr", "linf", "mean_abs_change")
+# how the tables and descriptions name the poolings (the trackers' and the attack's "map")
+POOLING_NAMES = {"gem": "GeM", "mac": "MAC", "spoc": "SPoC", "rmac": "R-MAC", "map": "the whole feature map"}
 # PIRE paper budget: eps = 10/255 in mean/std-normalised space is ~2.3 grey levels in pixel space.
 PAPER_EPS_LEVELS = 10 * 0.226
 
