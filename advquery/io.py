@@ -545,6 +545,10 @@ def write_photo_atomic(path: str | os.PathLike, rgb: np.ndarray, alpha: np.ndarr
         exif: EXIF block to embed (e.g. :attr:`Photo.exif`); ignored for BMP.
         icc_profile: ICC profile to embed; ignored for BMP.
 
+    Pixels whose three channels are equal everywhere (a black-and-white photo) are written as a grey image
+    (mode L, or LA with alpha): the same pixels, read back, in one channel instead of three; but with an
+    ``icc_profile``, which describes RGB data, they stay RGB.
+
     Returns:
         ``path`` as a Path. On any error the temporary file is removed and an existing
         ``path`` is left untouched.
@@ -559,7 +563,10 @@ def write_photo_atomic(path: str | os.PathLike, rgb: np.ndarray, alpha: np.ndarr
                                   and alpha.shape == rgb.shape[:2]):
         got = f"{alpha.shape} {alpha.dtype}" if isinstance(alpha, np.ndarray) else type(alpha).__name__
         raise ValueError(f"expected alpha as a {rgb.shape[:2]} uint8 array, got {got}")
-    pixels = rgb if alpha is None or fmt == "JPEG" else np.dstack([rgb, alpha])
+    grey = icc_profile is None and bool((rgb[..., :1] == rgb[..., 1:]).all())
+    pixels = rgb[..., 0] if grey else rgb
+    if alpha is not None and fmt != "JPEG":
+        pixels = np.dstack([pixels, alpha])
     return _save_atomic(path, Image.fromarray(np.ascontiguousarray(pixels)), fmt,
                         _save_options(fmt, quality, exif, icc_profile))
 

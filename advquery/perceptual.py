@@ -21,8 +21,8 @@ import torch
 from .quality import FLAT_WINDOW, SSIM_K2, SSIM_SIGMA
 from .transforms import gaussian_blur
 
-__all__ = ["color_variance_map", "delta_e_cie94", "delta_e_ciede2000", "flat_gain", "rgb_to_lab", "ssim_cost_weights",
-           "std_map"]
+__all__ = ["color_variance_map", "delta_e_cie94", "delta_e_ciede2000", "flat_gain", "monochrome", "rgb_to_lab",
+           "share_channels", "ssim_cost_weights", "std_map"]
 
 METRICS = ("ciede2000", "cie94")
 D65_WHITE = (0.95047, 1.0, 1.08883)  # CIE XYZ of D65, 2 degree observer (skimage's value)
@@ -33,6 +33,7 @@ _XYZ_FROM_RGB = ((0.412453, 0.357580, 0.180423),
 BT709 = (0.2126, 0.7152, 0.0722)
 _TWO_PI = 2 * math.pi
 _BAND_ELEMENTS = 1 << 16  # pixel pairs per band in color_variance_map
+MONOCHROME_LEVELS = 2  # largest difference between a pixel's channels, grey levels, of a black-and-white photo
 
 
 def _work_dtype(*tensors: torch.Tensor) -> torch.dtype:
@@ -519,3 +520,26 @@ def flat_gain(image: torch.Tensor, threshold: float = 2.0) -> torch.Tensor:
     mean = box(y)
     std = (box(y * y) - mean * mean).clamp_min(0).sqrt()
     return ((std - threshold) / threshold).clamp(0, 1).to(image.dtype)
+
+
+def monochrome(image: torch.Tensor) -> torch.Tensor:
+    """(N,) bool: which images are black and white, every pixel's three channels within :data:`MONOCHROME_LEVELS`
+    grey levels of each other (a grey file decoded to RGB, or a black-and-white photo saved in colour). A change
+    that differs between the channels draws colour into such a photo, which the eye sees at once where the same
+    change in grey goes unseen: the attacks change the channels of these images together (:func:`share_channels`).
+
+    >>> grey = torch.full((1, 3, 4, 4), 0.5)
+    >>> monochrome(torch.cat([grey, torch.rand(1, 3, 4, 4)])).tolist()
+    [True, False]
+    """
+    _check_image(image, 3)
+    spread = image.amax(dim=1) - image.amin(dim=1)
+    return spread.flatten(1).amax(dim=1) * 255 <= MONOCHROME_LEVELS + 1e-3
+
+
+def share_channels(t: torch.Tensor, which: torch.Tensor) -> None:
+    """In place: the channels of the images ``which`` ((N,) bool) of ``t`` (N, C, H, W) set to their mean, e.g. a
+    perturbation or its gradient made the same in the three channels of a black-and-white photo
+    (:func:`monochrome`)."""
+    if bool(which.any()):
+        t[which] = t[which].mean(dim=1, keepdim=True).expand_as(t[which])

@@ -235,6 +235,16 @@ def test_jpeg_codec_in_the_loop(model, photo):
     assert attack.stats.steps == [3] and attack.stats.similarity[0] < 1
 
 
+def test_black_and_white_photo_stays_grey_in_a_batch_with_a_colour_one(model, photo):
+    grey = torch.round(photo.mean(dim=1, keepdim=True).expand_as(photo) * 255) / 255
+    attack = PIRE(model, eps=EPS, steps=3, size=SIZE, seed=0, coarse_layer=4)
+    out = attack(torch.cat([grey, photo]))
+    assert torch.equal(out[0, :1].expand(3, -1, -1), out[0])  # no colour drawn into the grey photo
+    assert not torch.equal(out[1, :1].expand(3, -1, -1), out[1])  # the colour photo's channels change apart
+    assert float((out[0] - grey[0]).abs().max()) <= EPS + 1e-6
+    assert attack.stats.similarity[0] < 0.99 and _cosine(model, grey, out[:1]) < 0.99
+
+
 def test_coarse_perturbation_is_smoother_within_budget(model, photo):
     # float32: the property is the grid's, and bfloat16 passes (which "auto" picks on some CPUs) move a 3-step
     # perturbation's roughness by a few percent from one CPU to another

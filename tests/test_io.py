@@ -196,6 +196,29 @@ def test_write_jpeg_drops_alpha_444_and_keepsexif_with_gps(tmp_path):
         assert JpegImagePlugin.get_sampling(img) == 2  # 4:2:0 below quality 90
 
 
+@pytest.mark.parametrize("suffix", [".png", ".jpg", ".tiff"])
+def test_write_grey_pixels_as_a_grey_file(tmp_path, suffix):
+    grey = np.repeat(_rgb(40, 56)[..., :1], 3, axis=2)
+    out = write_photo_atomic(tmp_path / f"g{suffix}", grey)
+    with Image.open(out) as img:
+        assert img.mode == "L"
+    back = read_photo(out).rgb
+    assert (back[..., :1] == back[..., 1:]).all()
+    if suffix in (".png", ".tiff"):
+        np.testing.assert_array_equal(back, grey)
+    alpha = _rgb(40, 56, seed=2)[..., 0]
+    with Image.open(write_photo_atomic(tmp_path / "ga.png", grey, alpha)) as img:
+        assert img.mode == "LA"
+    np.testing.assert_array_equal(read_photo(tmp_path / "ga.png").alpha, alpha)
+    almost = grey.copy()
+    almost[0, 0, 2] ^= 1  # one channel of one pixel off by a level: a colour image
+    with Image.open(write_photo_atomic(tmp_path / "c.png", almost)) as img:
+        assert img.mode == "RGB"
+    rgb_profile = b"\0" * 16 + b"RGB " + b"\0" * 108
+    with Image.open(write_photo_atomic(tmp_path / "p.png", grey, icc_profile=rgb_profile)) as img:
+        assert img.mode == "RGB"  # an RGB profile describes three channels
+
+
 def test_failed_write_leaves_target_and_no_temp(tmp_path, monkeypatch):
     out = write_photo_atomic(tmp_path / "keep.png", _rgb())
     before = out.read_bytes()

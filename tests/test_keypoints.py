@@ -172,6 +172,12 @@ def test_noise_matches_the_target_ssim_on_a_real_photo(ukbench_dir):
     assert np.array_equal(to_uint8(attack(to_tensor(rgb))), out)
 
 
+def test_noise_keeps_a_black_and_white_photo_grey(ukbench_dir):
+    grey = np.repeat(read_photo(ukbench_dir / "ukbench00000.jpg").rgb[..., :1], 3, axis=2)
+    out = to_uint8(GaussianNoise(std=4 / 255, seed=0)(to_tensor(grey)))
+    assert (out[..., :1] == out[..., 1:]).all() and not np.array_equal(out, grey)
+
+
 @pytest.mark.parametrize("kwargs, message", [
     ({}, "give either std or target_ssim"),
     ({"std": 0.01, "target_ssim": 0.9}, "give either std or target_ssim"),

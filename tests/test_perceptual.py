@@ -391,3 +391,22 @@ def test_ssim_cost_weights_approximate_the_ssim_loss_of_small_changes():
         assert float((weights * change ** 2).mean()) == pytest.approx(1 - ssim(a, b), rel=0.15)
     flat = torch.full((1, 3, 16, 16), 0.5)
     torch.testing.assert_close(ssim_cost_weights(flat), torch.full_like(flat, 1 / (0.03 * 255) ** 2))
+
+
+def test_monochrome_tells_black_and_white_photos_within_two_levels():
+    grey = torch.rand(1, 1, 16, 16).expand(1, 3, 16, 16) * 0.9 + 0.05
+    tinted = grey.clone()
+    tinted[:, 0] += 2 / 255  # a black-and-white photo saved in colour: channels a level or two apart
+    coloured = grey.clone()
+    coloured[0, 2, 3, 4] += 3 / 255  # one pixel three levels apart is colour
+    assert perceptual.monochrome(torch.cat([grey, tinted, coloured])).tolist() == [True, True, False]
+    with pytest.raises(ValueError, match=r"expected image as \(N, 3, H, W\)"):
+        perceptual.monochrome(torch.rand(1, 1, 4, 4))
+
+
+def test_share_channels_sets_the_chosen_images_to_their_channel_mean():
+    t = torch.rand(2, 3, 5, 5)
+    before = t.clone()
+    perceptual.share_channels(t, torch.tensor([True, False]))
+    assert torch.allclose(t[0], before[0].mean(dim=0, keepdim=True).expand(3, 5, 5))
+    assert torch.equal(t[1], before[1])

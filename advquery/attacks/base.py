@@ -33,7 +33,7 @@ from ..models import DescriptorModel, ModelEnsemble
 from ..models.descriptor import POOLINGS
 from ..models.pooling import l2n
 from ..models.precision import autocast, autocast_dtype, check_precision, float32_context, precision_name
-from ..perceptual import flat_gain, ssim_cost_weights
+from ..perceptual import flat_gain, monochrome, share_channels, ssim_cost_weights
 from ..transforms import quantise, straight_through
 from .robust import RandomEdits
 from .views import TrackerViews
@@ -392,9 +392,11 @@ class PerturbationAttack:
             gain = self._gain(x)
             x_pert, bound = self._perturbation_bound(x)
             cost = ssim_cost_weights(x) * 255 ** 2 if self.ssim_weight else None  # per squared [0, 1] unit
+            grey = monochrome(x)  # black-and-white photos: one change for the three channels, no colour drawn in
         v = (torch.rand(x_pert.shape, generator=generator, device=x.device) * 2 - 1) * bound \
             if self.random_start else torch.zeros_like(x_pert)
         v = (x_pert + v).clamp(0, 1) - x_pert
+        share_channels(v, grey)
         v.requires_grad_(True)
         coarse, coarse_bound = self._coarse_layer(bound)
         optimiser = torch.optim.Adam([v] if coarse is None else [v, coarse], lr=self.lr)
@@ -434,6 +436,8 @@ class PerturbationAttack:
                 break
             optimiser.zero_grad(set_to_none=True)
             (-objective.sum()).backward()
+            for p in optimiser.param_groups[0]["params"]:
+                share_channels(p.grad, grey)
             optimiser.step()
             if schedule is not None:
                 schedule.step()
@@ -441,9 +445,11 @@ class PerturbationAttack:
                 offset = 0
                 if coarse is not None:
                     coarse.copy_(torch.maximum(torch.minimum(coarse, coarse_bound), -coarse_bound))
+                    share_channels(coarse, grey)
                     offset = self._upsample(coarse, v.shape[-2:])
                 projected = torch.maximum(torch.minimum(v + offset, bound), -bound)
                 v.copy_((x_pert + projected).clamp(0, 1) - x_pert - offset)
+                share_channels(v, grey)  # the channels of a photo nearly but not exactly grey clamp apart
             if self.on_step is not None:
                 self.on_step(step + 1, self.steps)
         self.perturbation = best_v

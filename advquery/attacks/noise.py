@@ -3,6 +3,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..io import to_tensor
+from ..perceptual import monochrome
 from ..quality import ssim
 from .base import ImageAttack, _check
 
@@ -18,7 +20,8 @@ class NoiseStats:
 
 
 class GaussianNoise(ImageAttack):
-    """Add ``N(0, std^2)`` noise per pixel and channel, clip to [0, 1] and round to 8 bit.
+    """Add ``N(0, std^2)`` noise per pixel and channel, clip to [0, 1] and round to 8 bit; a black-and-white photo
+    (:func:`~advquery.perceptual.monochrome`) gets the same noise in its three channels, so it stays grey.
 
     Give either ``std`` or ``target_ssim``. With ``target_ssim`` the std is found per photo by
     bisection (on log std, within :data:`STD_RANGE`) until the SSIM of the 8-bit result against
@@ -55,7 +58,8 @@ class GaussianNoise(ImageAttack):
         return super().__call__(images)
 
     def attack_one(self, rgb: np.ndarray) -> tuple[np.ndarray, dict[str, float]]:
-        noise = self._rng.standard_normal(rgb.shape, dtype=np.float32) * 255
+        channels = 1 if bool(monochrome(to_tensor(rgb))[0]) else 3
+        noise = self._rng.standard_normal((*rgb.shape[:2], channels), dtype=np.float32) * 255
 
         def noisy(std: float) -> tuple[np.ndarray, float]:
             out = np.clip(np.round(rgb + std * noise), 0, 255).astype(np.uint8)
