@@ -292,7 +292,10 @@ def protect_photo(photo: Photo, target: Path, model: DescriptorModel, fmt: str, 
     """Protect a decoded photo into the file ``target`` and measure the decoded output against the original.
 
     ``attack_options`` go to :func:`make_attack` (method, strength, eps_levels, steps, size, seed,
-    target_ssim, ssim_weight, precision, on_step); a JPEG output passes its quality, so the attack optimises that JPEG. The alpha channel is kept unchanged (PNG); metadata is dropped unless ``keep_metadata``.
+    target_ssim, ssim_weight, precision, on_step); a JPEG output passes its quality, so the attack optimises that
+    JPEG. The alpha channel is kept unchanged (PNG), and so is an RGB colour profile (it says how to show the
+    pixels; without it a wide-gamut photo, e.g. a phone's Display P3, shows in other colours); EXIF is dropped
+    unless ``keep_metadata`` (then without GPS).
     The descriptor similarity is measured with ``model`` at the working size for every method, the
     keypoint changes (keypoint methods) on the decoded output too.
     With ``map_target``, the budget map (:func:`budget_image`) is written there as a greyscale PNG.
@@ -303,7 +306,7 @@ def protect_photo(photo: Photo, target: Path, model: DescriptorModel, fmt: str, 
     protected = to_uint8(attack(x))
     write_photo_atomic(target, protected, alpha=photo.alpha, format=fmt, quality=quality,
                        exif=photo.exif if keep_metadata else None,
-                       icc_profile=photo.icc_profile if keep_metadata else None)
+                       icc_profile=photo.icc_profile)
     decoded = read_photo(target).rgb  # quality and effect of what was actually written
     if map_target is not None:
         write_grey_atomic(map_target, budget_image(attack, x))

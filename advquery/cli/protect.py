@@ -57,7 +57,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--quality", type=number(int, 1, 100), default=95, help="JPEG quality (default: 95)")
     p.add_argument("--recursive", action="store_true", help="descend into sub-folders")
     p.add_argument("--keep-metadata", action="store_true",
-                   help="keep EXIF (GPS still removed) and the colour profile; default drops all metadata")
+                   help="keep EXIF (camera, date; GPS still removed); default drops it. The colour profile is always kept")
     p.add_argument("--seed", type=seed_number, help="random seed (reproducible output)")
     p.add_argument("--report", type=Path, metavar="FILE.jsonl",
                    help="append one JSON line per photo: status, quality, effect, and the settings that made it")

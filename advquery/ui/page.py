@@ -173,8 +173,8 @@ def build_page(jobs: JobQueue) -> gr.Blocks:
                 strength = gr.Radio(list(STRENGTHS), value=DEFAULT_STRENGTH, label="Strength", elem_id="strength")
                 lines = (strength_line(n, s, steps=jobs.steps, model=jobs.model.name) for n, s in STRENGTHS.items())
                 gr.Markdown("\n".join(f"- {line}" for line in lines) + f"\n\n{JPEG_NOTE}")
-                keep = gr.Checkbox(label="Keep metadata (camera, date, colour profile); the GPS location is "
-                                         "always removed", elem_id="keep-metadata")
+                keep = gr.Checkbox(label="Keep metadata (camera, date); the GPS location is always removed, "
+                                         "the colour profile always kept", elem_id="keep-metadata")
                 start = gr.Button("Protect", variant="primary", elem_id="start")
         status = gr.HTML(elem_id="job-status")
         job_id = gr.State(None)
