@@ -180,6 +180,19 @@ def test_format_png_turns_jpeg_into_png(ukbench_dir, tmp_path):
     assert 1 <= change.max() <= STRENGTHS["medium"].budget_levels()  # lossless output: exactly within the budget
 
 
+@pytest.mark.parametrize("method", [["--method", "ssim-pire", "--steps", "3"], ["--method", "noise"]])
+def test_black_and_white_photo_comes_back_grey(ukbench_dir, tmp_path, method):
+    Image.open(ukbench_dir / "ukbench00001.jpg").convert("L").save(tmp_path / "bw.jpg", quality=95)
+    out = tmp_path / "out"
+    code, _, stderr = _run(["protect", str(tmp_path / "bw.jpg"), "-o", str(out), *method, "--size", "96",
+                            "--seed", "0"])
+    assert code == 0, stderr
+    with Image.open(out / "bw.jpg") as img:
+        assert img.mode == "L"  # a grey file, as the input: no colour drawn in
+    assert read_photo(out / "bw.jpg").rgb.astype(int).std() > 0
+    assert not np.array_equal(read_photo(out / "bw.jpg").rgb, read_photo(tmp_path / "bw.jpg").rgb)
+
+
 def test_output_that_would_overwrite_the_input_fails(tmp_path):
     Image.fromarray(_smooth(48, 64)).save(tmp_path / "x.png")
     before = _hashes(tmp_path)
@@ -219,15 +232,18 @@ def test_glob_input(tmp_path):
 # ------------------------------------------------------------------------------ metadata and orientation
 
 
-def test_metadata_dropped_by_default_kept_without_gps_on_request(tmp_path):
+def test_metadata_dropped_by_default_kept_without_gps_on_request_colour_profile_kept(tmp_path):
+    from PIL import ImageCms
+    profile = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
     src = tmp_path / "cam.jpg"
-    Image.fromarray(_smooth(64, 96)).save(src, quality=95, exif=exif_with_gps(1))
+    Image.fromarray(_smooth(64, 96)).save(src, quality=95, exif=exif_with_gps(1), icc_profile=profile)
     with Image.open(src) as img:
         assert img.getexif().get_ifd(ExifTags.IFD.GPSInfo)  # the input really carries GPS
     code, _, stderr = _run(["protect", str(src), "-o", str(tmp_path / "plain"), *FAST])
     assert code == 0, stderr
     with Image.open(tmp_path / "plain" / "cam.jpg") as img:
         assert "exif" not in img.info and len(img.getexif()) == 0
+        assert img.info.get("icc_profile") == profile  # how to show the pixels: kept, so the colours look the same
 
     code, _, stderr = _run(["protect", str(src), "-o", str(tmp_path / "kept"), "--keep-metadata", *FAST])
     assert code == 0, stderr
