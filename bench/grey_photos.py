@@ -15,7 +15,8 @@ pixel's channels, above the input's), the output files' mode and seconds per pho
 
 Run: ``python bench/grey_photos.py [--presets low medium] [--inputs grey colour] [--limit 8] [--name grey_photos]``.
 To measure an earlier version of the package with the same script, put its source first on ``PYTHONPATH`` and
-give another ``--name``.
+give another ``--name``; ``--figure-against`` that name then draws ``docs/grey_photos.png``: the default preset's
+output of the first grey photo in both runs, enlarged where the earlier one drew the most colour.
 """
 import argparse
 import json
@@ -24,15 +25,19 @@ from pathlib import Path
 import numpy as np
 from common import WORK, markdown_table, query_maps, setting_digest, split_dataset, write_results
 from PIL import Image
+from scipy import ndimage
 
 import advquery
 from advquery.io import read_photo
 from advquery.models import load_model
-from advquery.protection import STRENGTHS, protect_photo
+from advquery.protection import DEFAULT_STRENGTH, STRENGTHS, protect_photo
+from advquery.quality import amplified_difference
 
 SIZE = 1024
 MODEL = "efficientnet-lite0-gem"
 INPUTS = ("grey", "colour")
+FIGURE = Path(__file__).parents[1] / "docs" / "grey_photos.png"
+WINDOW, ZOOM, GAIN = 96, 4, 10
 
 
 def grey_original(photo: Path, folder: Path) -> Path:
@@ -44,11 +49,42 @@ def grey_original(photo: Path, folder: Path) -> Path:
     return target
 
 
+def spread(rgb: np.ndarray) -> np.ndarray:
+    """Per pixel, the largest difference between its channels (grey levels): 0 for a grey pixel."""
+    return rgb.astype(np.int16).max(axis=2) - rgb.astype(np.int16).min(axis=2)
+
+
 def colour_drawn(original: np.ndarray, output: np.ndarray) -> int:
     """Grey levels of colour the output has beyond the original's: the largest spread between a pixel's channels."""
-    def spread(rgb):
-        return rgb.astype(np.int16).max(axis=2) - rgb.astype(np.int16).min(axis=2)
     return int(max(0, (spread(output) - spread(original)).max()))
+
+
+def draw(original: Path, outputs: dict[str, Path]) -> dict:
+    """``docs/grey_photos.png``: the grey ``original`` and each output (label: file), enlarged in the window where the
+    first output has the most colour, each above its change x GAIN; returns the window."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    panels = {"original": read_photo(original).rgb, **{label: read_photo(f).rgb for label, f in outputs.items()}}
+    colour = ndimage.uniform_filter(spread(panels[next(iter(outputs))]).astype(float), WINDOW, mode="constant")
+    half = WINDOW // 2
+    inner = colour[half:colour.shape[0] - half, half:colour.shape[1] - half]
+    top, left = (int(v) for v in np.unravel_index(np.argmax(inner), inner.shape))
+    window = (slice(top, top + WINDOW), slice(left, left + WINDOW))
+    fig, axes = plt.subplots(2, len(panels), figsize=(2.8 * len(panels), 5.8), constrained_layout=True)
+    for column, (label, rgb) in enumerate(panels.items()):
+        axes[0, column].imshow(rgb[window].repeat(ZOOM, 0).repeat(ZOOM, 1))
+        axes[0, column].set_title(f"{label}\ncolour: up to {spread(rgb[window]).max()} levels", fontsize=9)
+        change = amplified_difference(panels["original"][window], rgb[window], GAIN)
+        axes[1, column].imshow(change.repeat(ZOOM, 0).repeat(ZOOM, 1))
+        axes[1, column].set_title(f"change x{GAIN}", fontsize=9)
+        for ax in axes[:, column]:
+            ax.set_axis_off()
+    fig.suptitle(f"{original.stem} in grey, protected with {DEFAULT_STRENGTH}: a {WINDOW} px window, enlarged x{ZOOM}",
+                 fontsize=10)
+    fig.savefig(FIGURE, dpi=90)
+    plt.close(fig)
+    return {"photo": original.stem, "top": top, "left": left, "window": WINDOW}
 
 
 def main() -> None:
@@ -57,6 +93,7 @@ def main() -> None:
     parser.add_argument("--inputs", nargs="+", default=list(INPUTS), choices=INPUTS)
     parser.add_argument("--limit", type=int, default=8, help="the validation split's first N scored queries")
     parser.add_argument("--name", default="grey_photos")
+    parser.add_argument("--figure-against", metavar="NAME", help="an earlier run's name: draw docs/grey_photos.png")
     args = parser.parse_args()
     dataset = split_dataset("validation", args.limit)
     model = load_model(MODEL)
@@ -95,11 +132,21 @@ def main() -> None:
             rows.append([preset, kind, round(100 * before, 2), round(100 * after, 2), round(100 * after / before, 1),
                          round(result["ssim"], 4), result["colour_drawn_max"], "/".join(result["modes"]),
                          round(result["seconds"], 1)])
+    figure = ""
+    if args.figure_against:
+        default = f"{DEFAULT_STRENGTH}-{setting_digest(STRENGTHS[DEFAULT_STRENGTH])}"
+        first = dataset.queries[0]
+        payload["figure"] = draw(sources["grey"][first], {
+            f"before ({args.figure_against})": WORK / "grey" / args.figure_against / default / "grey" / first.name,
+            "now": work / default / "grey" / first.name})
+        figure = (f" Figure: `docs/grey_photos.png` ({first.stem}, the {WINDOW} px window at "
+                  f"({payload['figure']['left']}, {payload['figure']['top']}) where `{args.figure_against}` drew the "
+                  f"most colour, enlarged x{ZOOM}).")
     table = markdown_table(["preset", "input", "WI mAP original %", "WI mAP protected %", "% of original", "SSIM",
                             "colour drawn (grey levels, max)", "output mode", "s/photo"], rows)
     write_results(args.name, payload, f"Validation split, first {len(indices)} scored queries, {SIZE} px, JPEG q95 "
                   f"outputs of `protect_photo`; mAP: {MODEL} at {SIZE} px, whole-image queries, Medium protocol "
-                  f"(grey inputs against the grey originals). Package: `{payload['package']}`.\n\n{table}")
+                  f"(grey inputs against the grey originals). Package: `{payload['package']}`.{figure}\n\n{table}")
 
 
 if __name__ == "__main__":

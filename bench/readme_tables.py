@@ -151,8 +151,8 @@ SECTIONS = [
      "`bench/results/perceptual_methods_limit20_operating_point_quality_effect.png`."),
     ("perceptual_map_speed", "Colour-variance map speed", "python bench/perceptual_map_speed.py", ""),
     ("grey_photos", "Black-and-white photos: kept grey, and what the presets keep of their effect on them",
-     "python bench/grey_photos.py",
-     "Grey inputs: the validation queries converted to grey and saved as grey JPEG q95 files. Seconds per photo "
+     "python bench/grey_photos.py --figure-against grey_photos_before",
+     "Run after `grey_photos_before` (the figure compares the two). Grey inputs: the validation queries converted to grey and saved as grey JPEG q95 files. Seconds per photo "
      "not timed alone (tests ran beside the benchmark)."),
     ("grey_photos_before", "Black-and-white photos before they were kept grey (commit e7e899f)",
      "`PYTHONPATH=<a checkout of e7e899f> python bench/grey_photos.py --inputs grey --name grey_photos_before`",
