@@ -45,6 +45,7 @@ DEFAULT_MAX_PIXELS = 100_000_000
 _FORMAT_FOR_SUFFIX = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".bmp": "BMP",
                       ".tif": "TIFF", ".tiff": "TIFF", ".webp": "WEBP"}
 _SUFFIX_FOR_FORMAT = {"JPEG": ".jpg", "PNG": ".png", "BMP": ".bmp", "TIFF": ".tif", "WEBP": ".webp"}
+_GREY_FORMATS = frozenset({"PNG", "JPEG", "TIFF"})  # store grey (with alpha: PNG, TIFF); BMP has no grey + alpha
 _FORMAT_ALIASES = {"JPG": "JPEG", "MPO": "JPEG", "TIF": "TIFF"}
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 _ORIENTATION = ExifTags.Base.Orientation
@@ -546,8 +547,8 @@ def write_photo_atomic(path: str | os.PathLike, rgb: np.ndarray, alpha: np.ndarr
         icc_profile: ICC profile to embed; ignored for BMP.
 
     Pixels whose three channels are equal everywhere (a black-and-white photo) are written as a grey image
-    (mode L, or LA with alpha): the same pixels, read back, in one channel instead of three; but with an
-    ``icc_profile``, which describes RGB data, they stay RGB.
+    in PNG, JPEG and TIFF (mode L, or LA with alpha): the same pixels, read back, in one channel instead of
+    three; but with an ``icc_profile``, which describes RGB data, they stay RGB.
 
     Returns:
         ``path`` as a Path. On any error the temporary file is removed and an existing
@@ -563,7 +564,7 @@ def write_photo_atomic(path: str | os.PathLike, rgb: np.ndarray, alpha: np.ndarr
                                   and alpha.shape == rgb.shape[:2]):
         got = f"{alpha.shape} {alpha.dtype}" if isinstance(alpha, np.ndarray) else type(alpha).__name__
         raise ValueError(f"expected alpha as a {rgb.shape[:2]} uint8 array, got {got}")
-    grey = icc_profile is None and bool((rgb[..., :1] == rgb[..., 1:]).all())
+    grey = fmt in _GREY_FORMATS and icc_profile is None and bool((rgb[..., :1] == rgb[..., 1:]).all())
     pixels = rgb[..., 0] if grey else rgb
     if alpha is not None and fmt != "JPEG":
         pixels = np.dstack([pixels, alpha])

@@ -5,15 +5,16 @@ a perturbation that differs between the channels draws coloured speckles into it
 the same change in grey goes unseen. The attacks change the channels of such a photo together
 (``advquery.perceptual.monochrome``) and ``advquery protect`` writes it as a grey file.
 
-The validation split's first ``--limit`` scored queries, each as shipped (colour) and converted to grey (PIL's "L",
-saved as a grey JPEG q95, as a black-and-white export is), are protected with each preset through
+The first ``--limit`` scored queries of ``--split`` (default: validation), each as shipped (colour) and converted to
+grey (PIL's "L", saved as a grey JPEG q95, as a black-and-white export is), are protected with each preset through
 ``advquery.protection.protect_photo`` (1024 px, JPEG q95 output, as ``advquery protect`` does). Per preset and input:
 whole-image mAP Medium of the protected queries (Lite0 GeM at 1024) as % of the same queries unprotected (the grey
 originals for the grey inputs), SSIM, the colour drawn into the photo (the largest difference between a decoded
 pixel's channels, above the input's), the output files' mode and seconds per photo. Resumable (outputs kept in
 ``bench/.work/grey/NAME``).
 
-Run: ``python bench/grey_photos.py [--presets low medium] [--inputs grey colour] [--limit 8] [--name grey_photos]``.
+Run: ``python bench/grey_photos.py [--split validation] [--presets low medium] [--inputs grey colour] [--limit 8]
+[--name grey_photos]``.
 To measure an earlier version of the package with the same script, put its source first on ``PYTHONPATH`` and
 give another ``--name``; ``--figure-against`` that name then draws ``docs/grey_photos.png``: the default preset's
 output of the first grey photo in both runs, enlarged where the earlier one drew the most colour.
@@ -91,17 +92,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--presets", nargs="+", default=["low", "medium"], choices=list(STRENGTHS))
     parser.add_argument("--inputs", nargs="+", default=list(INPUTS), choices=INPUTS)
-    parser.add_argument("--limit", type=int, default=8, help="the validation split's first N scored queries")
+    parser.add_argument("--split", default="validation", choices=("validation", "test"))
+    parser.add_argument("--limit", type=int, default=8, help="the split's first N scored queries")
     parser.add_argument("--name", default="grey_photos")
     parser.add_argument("--figure-against", metavar="NAME", help="an earlier run's name: draw docs/grey_photos.png")
     args = parser.parse_args()
-    dataset = split_dataset("validation", args.limit)
+    dataset = split_dataset(args.split, args.limit)
     model = load_model(MODEL)
     work = WORK / "grey" / args.name
     sources = {"colour": {q: q for q in dataset.queries},
                "grey": {q: grey_original(q, WORK / "grey" / "originals") for q in dataset.queries}}
     indices = list(range(len(dataset.queries)))
-    rows, payload = [], {"split": "validation", "queries": [q.stem for q in dataset.queries], "size": SIZE,
+    rows, payload = [], {"split": args.split, "queries": [q.stem for q in dataset.queries], "size": SIZE,
                          "model": MODEL, "package": str(Path(advquery.__file__).parent), "results": {}}
     for kind in args.inputs:
         before = query_maps(dataset, model, SIZE, indices, WORK / "grey" / "originals" if kind == "grey" else None,
@@ -144,9 +146,10 @@ def main() -> None:
                   f"most colour, enlarged x{ZOOM}).")
     table = markdown_table(["preset", "input", "WI mAP original %", "WI mAP protected %", "% of original", "SSIM",
                             "colour drawn (grey levels, max)", "output mode", "s/photo"], rows)
-    write_results(args.name, payload, f"Validation split, first {len(indices)} scored queries, {SIZE} px, JPEG q95 "
-                  f"outputs of `protect_photo`; mAP: {MODEL} at {SIZE} px, whole-image queries, Medium protocol "
-                  f"(grey inputs against the grey originals). Package: `{payload['package']}`.{figure}\n\n{table}")
+    header = (f"{args.split.capitalize()} split, first {len(indices)} scored queries, {SIZE} px, JPEG q95 outputs of "
+              f"`protect_photo`; mAP: {MODEL} at {SIZE} px, whole-image queries, Medium protocol (grey inputs against "
+              f"the grey originals). Package: `{payload['package']}`.{figure}")
+    write_results(args.name, payload, f"{header}\n\n{table}")
 
 
 if __name__ == "__main__":

@@ -150,20 +150,27 @@ SECTIONS = [
      "The first 6 photos' files are those of the 6-query run (same settings). Plot: "
      "`bench/results/perceptual_methods_limit20_operating_point_quality_effect.png`."),
     ("perceptual_map_speed", "Colour-variance map speed", "python bench/perceptual_map_speed.py", ""),
-    ("grey_photos", "Black-and-white photos: kept grey, and what the presets keep of their effect on them",
-     "python bench/grey_photos.py --figure-against grey_photos_before",
-     "Run after `grey_photos_before` (the figure compares the two). Grey inputs: the validation queries converted to grey and saved as grey JPEG q95 files. Seconds per photo "
-     "not timed alone (tests ran beside the benchmark)."),
-    ("grey_photos_before", "Black-and-white photos before they were kept grey (commit e7e899f)",
-     "`PYTHONPATH=<a checkout of e7e899f> python bench/grey_photos.py --inputs grey --name grey_photos_before`",
-     "The package before black-and-white photos were changed in grey (its path in the table), measured with the "
-     "same script and the same grey inputs as `grey_photos`."),
     ("working_grid", "Where the steps compose the perturbed photo: working grid or the photo's own resolution",
      "not reproducible: `bench/working_grid.py` and the attacks' `grid` option were removed after this run "
      "(measured at commit 02e5275)",
      "The reason the steps compose the perturbed photo at its own resolution. Measured at commit 02e5275 "
      "(2026-12-02 00:41 UTC), after the database change by date; the file itself does not record which "
      "roxford5k-mini database it saw."),
+    ("grey_photos", "Black-and-white photos: kept grey, and what the presets keep of their effect on them",
+     "python bench/grey_photos.py --figure-against grey_photos_before",
+     "Run after `grey_photos_before` (the figure compares the two). Grey inputs: the validation queries converted "
+     "to grey and saved as grey JPEG q95 files. Seconds per photo not timed alone (tests ran beside the benchmark)."),
+    ("grey_photos_before", "Black-and-white photos before they were kept grey (commit e7e899f)",
+     "`PYTHONPATH=<a checkout of e7e899f> python bench/grey_photos.py --inputs grey --name grey_photos_before`",
+     "The package before black-and-white photos were changed in grey (its path in the table), measured with the "
+     "same script and the same grey inputs as `grey_photos`."),
+    ("grey_photos_test", "Black-and-white photos, test split",
+     "python bench/grey_photos.py --split test --inputs grey --name grey_photos_test",
+     "The test split's first 8 queries in grey, as `grey_photos` does on the validation split."),
+    ("grey_photos_test_before", "Black-and-white photos before they were kept grey (commit e7e899f), test split",
+     "`PYTHONPATH=<a checkout of e7e899f> python bench/grey_photos.py --split test --inputs grey "
+     "--name grey_photos_test_before`",
+     "The package before black-and-white photos were changed in grey, the same inputs as `grey_photos_test`."),
 ]
 
 

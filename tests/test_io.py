@@ -210,6 +210,8 @@ def test_write_grey_pixels_as_a_grey_file(tmp_path, suffix):
     with Image.open(write_photo_atomic(tmp_path / "ga.png", grey, alpha)) as img:
         assert img.mode == "LA"
     np.testing.assert_array_equal(read_photo(tmp_path / "ga.png").alpha, alpha)
+    with Image.open(write_photo_atomic(tmp_path / "ga.bmp", grey, alpha)) as img:
+        assert img.mode.startswith("RGB")  # BMP stores no grey with alpha: written in colour, not refused
     almost = grey.copy()
     almost[0, 0, 2] ^= 1  # one channel of one pixel off by a level: a colour image
     with Image.open(write_photo_atomic(tmp_path / "c.png", almost)) as img:

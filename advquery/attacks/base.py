@@ -437,7 +437,8 @@ class PerturbationAttack:
             optimiser.zero_grad(set_to_none=True)
             (-objective.sum()).backward()
             for p in optimiser.param_groups[0]["params"]:
-                share_channels(p.grad, grey)
+                if p.grad is not None:
+                    share_channels(p.grad, grey)
             optimiser.step()
             if schedule is not None:
                 schedule.step()
@@ -445,7 +446,6 @@ class PerturbationAttack:
                 offset = 0
                 if coarse is not None:
                     coarse.copy_(torch.maximum(torch.minimum(coarse, coarse_bound), -coarse_bound))
-                    share_channels(coarse, grey)
                     offset = self._upsample(coarse, v.shape[-2:])
                 projected = torch.maximum(torch.minimum(v + offset, bound), -bound)
                 v.copy_((x_pert + projected).clamp(0, 1) - x_pert - offset)
