@@ -1,7 +1,8 @@
 """The JSON HTTP API beside the page, for scripts and other apps: the same jobs, the same queue.
 
 - ``POST /api/protect``: multipart form, ``files`` (one or more photos), ``strength`` (low, medium,
-  high; default the presets' default) and ``keep_metadata`` (true/false; GPS is always removed).
+  high; default the presets' default) and ``keep_metadata`` (true/false: keep EXIF; GPS is always removed, the
+  colour profile always kept).
   202 with the job (as ``GET /api/jobs/{id}``); 413 when every file is too large, 422 when no file
   is a usable photo, each with ``{"error": ..., "photos": [one line per file]}``.
 - ``GET /api/jobs/{id}``: state, per photo its state, progress, ETA, error, report and checks.
