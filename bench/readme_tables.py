@@ -166,7 +166,8 @@ SECTIONS = [
      "same script and the same grey inputs as `grey_photos`."),
     ("grey_photos_test", "Black-and-white photos, test split",
      "python bench/grey_photos.py --split test --inputs grey --name grey_photos_test",
-     "The test split's first 8 queries in grey, as `grey_photos` does on the validation split."),
+     "The test split's first 8 queries in grey, as `grey_photos` does on the validation split. Seconds per photo "
+     "not timed alone."),
     ("grey_photos_test_before", "Black-and-white photos before they were kept grey (commit e7e899f), test split",
      "`PYTHONPATH=<a checkout of e7e899f> python bench/grey_photos.py --split test --inputs grey "
      "--name grey_photos_test_before`",
