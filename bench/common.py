@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from scipy import ndimage
 
 from advquery.evaluation.datasets import load_dataset
 from advquery.evaluation.runner import evaluate
@@ -80,6 +81,16 @@ def tracker_run(name: str) -> tuple[dict, object]:
         raise SystemExit(f"{path}: its queries are not all in today's {run['split']} split")
     return run, replace(ds, queries=[ds.queries[i] for i in keep], query_boxes=[ds.query_boxes[i] for i in keep],
                         gnd=[ds.gnd[i] for i in keep])
+
+
+def densest_window(values: np.ndarray, window: int) -> tuple[float, int, int]:
+    """(mean, top, left) of the ``window`` x ``window`` square of a 2-D map with the largest mean of ``values``: where a
+    figure enlarges a photo."""
+    density = ndimage.uniform_filter(values.astype(np.float64), window, mode="constant")
+    half = window // 2
+    inner = density[half:values.shape[0] - half, half:values.shape[1] - half]
+    top, left = np.unravel_index(np.argmax(inner), inner.shape)
+    return float(inner[top, left]), int(top), int(left)
 
 
 def markdown_table(header: list[str], rows: list[list]) -> str:

@@ -15,9 +15,8 @@ import json
 from pathlib import Path
 
 import numpy as np
-from common import markdown_table, split_dataset, write_results
+from common import densest_window, markdown_table, split_dataset, write_results
 from PIL import Image
-from scipy import ndimage
 from trackers import setting_folder
 
 from advquery.io import read_photo
@@ -38,11 +37,7 @@ def flattest_window(rgb: np.ndarray) -> tuple[float, int, int]:
     """(share of flat pixels, top, left) of the WINDOW x WINDOW window with the most flat pixels that are not
     clipped (a blown-out white sky cannot show a change above it)."""
     unclipped = (rgb.max(axis=2) < 250) & (rgb.min(axis=2) > 5)
-    density = ndimage.uniform_filter((flat_pixels(rgb) & unclipped).astype(np.float64), WINDOW, mode="constant")
-    half = WINDOW // 2
-    inner = density[half:rgb.shape[0] - half, half:rgb.shape[1] - half]
-    top, left = np.unravel_index(np.argmax(inner), inner.shape)
-    return float(inner[top, left]), int(top), int(left)
+    return densest_window(flat_pixels(rgb) & unclipped, WINDOW)
 
 
 def main() -> None:

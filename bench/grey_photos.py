@@ -24,9 +24,8 @@ import json
 from pathlib import Path
 
 import numpy as np
-from common import WORK, markdown_table, query_maps, setting_digest, split_dataset, write_results
+from common import WORK, densest_window, markdown_table, query_maps, setting_digest, split_dataset, write_results
 from PIL import Image
-from scipy import ndimage
 
 import advquery
 from advquery.io import read_photo
@@ -67,10 +66,7 @@ def draw(original: Path, outputs: dict[str, Path]) -> dict:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     panels = {"original": read_photo(original).rgb, **{label: read_photo(f).rgb for label, f in outputs.items()}}
-    colour = ndimage.uniform_filter(spread(panels[next(iter(outputs))]).astype(float), WINDOW, mode="constant")
-    half = WINDOW // 2
-    inner = colour[half:colour.shape[0] - half, half:colour.shape[1] - half]
-    top, left = (int(v) for v in np.unravel_index(np.argmax(inner), inner.shape))
+    _, top, left = densest_window(spread(panels[next(iter(outputs))]), WINDOW)
     window = (slice(top, top + WINDOW), slice(left, left + WINDOW))
     fig, axes = plt.subplots(2, len(panels), figsize=(2.8 * len(panels), 5.8), constrained_layout=True)
     for column, (label, rgb) in enumerate(panels.items()):
