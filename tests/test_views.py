@@ -149,6 +149,24 @@ def test_view_distance_is_zero_for_the_original_and_grows_with_a_change(model, p
     assert float(zero) == pytest.approx(0, abs=1e-6) and float(moved) > 1e-3
 
 
+def test_view_distance_differentiated_view_by_view_gives_the_gradient_of_the_whole(model, photo):
+    """One view's graph alive at a time: the same distance and gradient as one graph for all the views."""
+    both = ModelEnsemble([model, load_model("efficientnet-lite1-gem", device="cpu")])
+    attack = PIRE(both, eps=4 / 255, steps=2, size=SIZE, seed=0, poolings=("gem", "rmac", "map"), whole_view="cycle",
+                  tracker_views=TrackerViews(count=3, sizes=(64, 96), jpeg_probability=0.5, whole=0.5))
+    x = torch.nn.functional.interpolate(photo, size=(72, 96), mode="bilinear", antialias=True).clamp(0, 1)
+    targets = attack.whole_targets(x)
+    noisy = quantise(x + torch.rand(x.shape, generator=torch.Generator().manual_seed(1)) * 0.1)
+    whole = noisy.clone().requires_grad_(True)
+    distance = attack.view_distance(whole, x, torch.Generator().manual_seed(0), targets, step=1)
+    expected, = torch.autograd.grad(distance.sum(), whole)
+    by_view = noisy.clone().requires_grad_(True)
+    spent = attack.view_distance(by_view, x, torch.Generator().manual_seed(0), targets, step=1, differentiate=True)
+    assert not spent.requires_grad and float(expected.abs().sum()) > 0
+    torch.testing.assert_close(spent, distance.detach())
+    torch.testing.assert_close(by_view.grad, expected)
+
+
 def test_whole_view_adds_one_differentiated_pass_per_step(model, photo):
     x = torch.nn.functional.interpolate(photo, size=(72, 96), mode="bilinear", antialias=True).clamp(0, 1)
     passes = []

@@ -61,6 +61,15 @@ class AttackStats:
     similarity: list[float]
 
 
+def _spent(share: torch.Tensor, differentiate: bool) -> torch.Tensor:
+    """``share`` of an objective; with ``differentiate``, its gradient accumulated at once in the leaves it was
+    computed from, and ``share`` without its graph (freed)."""
+    if not differentiate:
+        return share
+    share.sum().backward()
+    return share.detach()
+
+
 def _round_levels(delta: torch.Tensor) -> torch.Tensor:
     """A change rounded to whole grey levels."""
     return torch.round(delta * 255) / 255
@@ -284,14 +293,20 @@ class PerturbationAttack:
 
     def view_distance(self, adv: torch.Tensor, x: torch.Tensor, generator: torch.Generator,
                       whole_targets: list[torch.Tensor | None],
-                      photo_references: list[list[torch.Tensor]] | None = None, step: int = 0) -> torch.Tensor:
+                      photo_references: list[list[torch.Tensor]] | None = None, step: int = 0,
+                      differentiate: bool = False) -> torch.Tensor:
         """(N,) mean squared descriptor distance, over the drawn tracker views and the poolings, between each view
         of ``adv`` and its reference: the same view of the original ``x``, or with ``photo_references``
         (:meth:`photo_references`) the original photo's descriptor under the view's model; with ``whole_view``, also
         the whole photo at the working size under the step's whole-view model against that model's descriptor of
-        the original (``whole_targets``, :meth:`whole_targets`)."""
+        the original (``whole_targets``, :meth:`whole_targets`).
+
+        With ``differentiate`` (``adv`` a tensor that requires grad), each view's share is differentiated as soon as
+        its pass is made, so one view's graph is alive at a time: the distance's gradient accumulates in
+        ``adv.grad`` and the distance comes back without a graph."""
         members = self._members()
         views = self.tracker_views.sample(generator, len(members))
+        count = len(views) + bool(self.whole_view)
         total = torch.zeros(adv.shape[0], device=adv.device)
         for view in views:
             model = members[view.model]
@@ -301,12 +316,13 @@ class PerturbationAttack:
             else:
                 reference = photo_references[view.model]
             moved = self._pooled(model, view(adv))
-            total = total + sum((a - b).pow(2).sum(dim=1) for a, b in zip(moved, reference)) / len(self.poolings)
+            share = sum((a - b).pow(2).sum(dim=1) for a, b in zip(moved, reference)) / (len(self.poolings) * count)
+            total = total + _spent(share, differentiate)
         if self.whole_view:
             k = step % len(members) if self.whole_view == "cycle" else 0
             whole = members[k](resize_long_side(adv, self.size), scales=self.scales)
-            total = total + (whole - whole_targets[k]).pow(2).sum(dim=1)
-        return total / (len(views) + bool(self.whole_view))
+            total = total + _spent((whole - whole_targets[k]).pow(2).sum(dim=1) / count, differentiate)
+        return total
 
     def similarity_to_original(self, images: torch.Tensor) -> list[float]:
         """Descriptor cosine similarity of ``images`` (e.g. the decoded output files) to the last call's input."""
@@ -412,15 +428,16 @@ class PerturbationAttack:
         for step in range(self.steps):
             total = v if coarse is None else v + self._upsample(coarse, v.shape[-2:])
             pixels, adv = self._compose(x, total, gain)
+            seen = adv.detach().requires_grad_(True)  # the views' input: their graphs end here, one at a time
             with autocast(amp, x.device):
                 if self.tracker_views is None:
-                    distance = (self.views(adv, generator) - target).pow(2).sum(dim=2).mean(dim=1)
+                    distance = _spent((self.views(seen, generator) - target).pow(2).sum(dim=2).mean(dim=1), True)
                 else:
-                    distance = self.view_distance(adv, x, generator, whole_targets, photo_references, step)
+                    distance = self.view_distance(seen, x, generator, whole_targets, photo_references, step, True)
             # The SSIM cost of the perturbation, before the codec: the codec's own loss is there with or
             # without it, and a straight-through codec cannot be steered to lose less.
-            objective = distance if cost is None else \
-                distance - self.ssim_weight * ((pixels - x).pow(2) * cost).mean(dim=(1, 2, 3))
+            price = None if cost is None else self.ssim_weight * ((pixels - x).pow(2) * cost).mean(dim=(1, 2, 3))
+            objective = distance if price is None else distance - price.detach()
             with torch.no_grad():  # bookkeeping for the image v currently represents
                 improved = objective > best_objective
                 best_objective = torch.where(improved, objective, best_objective)
@@ -435,7 +452,9 @@ class PerturbationAttack:
             if bool(done.all()):
                 break
             optimiser.zero_grad(set_to_none=True)
-            (-objective.sum()).backward()
+            # the distance's gradient, gathered on the views' input, back through the composition (with the price's)
+            torch.autograd.backward([adv] if price is None else [adv, price.sum()],
+                                    [-seen.grad] if price is None else [-seen.grad, None])
             for p in optimiser.param_groups[0]["params"]:
                 if p.grad is not None:
                     share_channels(p.grad, grey)
