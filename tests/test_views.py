@@ -123,18 +123,38 @@ def test_a_view_crops_at_the_photo_scale_or_describes_the_cropped_file_whole():
 
 
 def test_a_rotated_view_samples_only_its_crop_of_the_rotated_photo():
-    """A view rotates only the part it keeps: the same pixels as rotating the whole photo, then cropping."""
+    """A view rotates only the part it keeps: at the crop's own size, the same pixels as rotating the whole photo,
+    then cropping."""
     x = torch.rand(1, 3, 61, 83, generator=torch.Generator().manual_seed(4))
     for angle, box in ((2.5, (0.2, 0.7, 0.5, 0.6)), (-3.0, (1.0, 0.0, 0.35, 0.9)), (1.0, (0, 0, 1, 1))):
-        view = View(True, angle, box, True, 83, (1, 1, 1), None, 0)
         whole = Transform("rotate", angle)(x.flip(-1))
         h, w = whole.shape[-2:]
         ch, cw = max(8, round(h * box[2])), max(8, round(w * box[3]))
         y0, x0 = round((h - ch) * box[0]), round((w - cw) * box[1])
-        expected = whole[..., y0:y0 + ch, x0:x0 + cw]
-        expected = torch.nn.functional.interpolate(expected, size=tuple(view(x).shape[-2:]), mode="bilinear",
-                                                   align_corners=False, antialias=83 / max(ch, cw) < 1)
-        torch.testing.assert_close(view(x), expected, atol=1e-6, rtol=0)
+        view = View(True, angle, box, True, max(ch, cw), (1, 1, 1), None, 0)  # described at the crop's own size
+        torch.testing.assert_close(view(x), whole[..., y0:y0 + ch, x0:x0 + cw], atol=1e-6, rtol=0)
+
+
+def test_a_rotated_view_is_sampled_at_the_size_it_is_described_at():
+    """A view described smaller than its crop rotates a downscaled copy of the part under the crop: about the
+    pixels of rotating at the photo's size, then downscaling, from that part of the photo alone."""
+    smooth = F.interpolate(torch.rand(1, 3, 6, 8, generator=torch.Generator().manual_seed(5)), size=(240, 320),
+                           mode="bicubic", align_corners=False).clamp(0, 1).requires_grad_(True)
+    for angle, box, size, shrunk in ((2.5, (0.2, 0.7, 0.5, 0.6), 120, None), (-3.0, (0, 0, 1, 1), 200, 60)):
+        view = View(False, angle, box, False, size, (1, 1, 1), None, 0, shrunk=shrunk)
+        whole = Transform("rotate", angle)(smooth.detach())
+        h, w = whole.shape[-2:]
+        ch, cw = max(8, round(h * box[2])), max(8, round(w * box[3]))
+        y0, x0 = round((h - ch) * box[0]), round((w - cw) * box[1])
+        out = view(smooth)
+        first = F.interpolate(whole[..., y0:y0 + ch, x0:x0 + cw], size=out.shape[-2:] if shrunk is None else
+                              (round(ch * shrunk / w), round(cw * shrunk / w)), mode="bilinear", antialias=True)
+        expected = F.interpolate(first, size=out.shape[-2:], mode="bilinear")
+        assert (out - expected).abs().max() < 4 / 255
+    out = View(False, 2.0, (0, 0, 0.3, 0.3), False, 160, (1, 1, 1), None, 0)(smooth)  # the top left corner, halved
+    out.sum().backward()
+    used = smooth.grad.abs().sum(dim=(0, 1))
+    assert used[:90, :120].sum() > 0 and used[100:].sum() == 0 and used[:, 130:].sum() == 0
 
 
 def test_view_distance_is_zero_for_the_original_and_grows_with_a_change(model, photo):

@@ -15,12 +15,22 @@ import torch.nn.functional as F
 from ..transforms import Transform, gaussian_blur, rotate, rotated_shape, straight_through
 
 
+def _resampled(x: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+    """``x`` bilinearly resampled to ``shape`` (H, W), antialiased where that is smaller; ``x`` where it has it."""
+    if tuple(x.shape[-2:]) == tuple(shape):
+        return x
+    return F.interpolate(x, size=shape, mode="bilinear", align_corners=False, antialias=shape[0] < x.shape[-2])
+
+
 @dataclass(frozen=True)
 class View:
     """One drawn view: a differentiable function of a (N, 3, H, W) photo: flipped, rotated, cropped, filtered,
     scaled to the tracker's working size and re-compressed (``recompression``: JPEG or WebP at a quality; None:
     not re-compressed). The codec has no gradient: the backward pass takes that of a Gaussian blur of
     ``codec_blur`` pixels at the working size (a codec keeps the low frequencies), or of the identity at 0.
+    The rotation and the crop are sampled in one pass at the size the crop is first scaled to (the working size's,
+    or the smaller copy's), and the filters applied there, so a view's work beside the network grows with its own
+    pixels, not the photo's.
 
     ``box``: (top, left, height, width) fractions of the (flipped, rotated) photo; ``size``: the long side the
     whole photo gets at the tracker's working size (the crop is scaled by the same factor, as a bounding-box
@@ -47,21 +57,21 @@ class View:
         top, left, fh, fw = self.box
         ch, cw = max(8, round(h * fh)), max(8, round(w * fw))
         y0, x0 = round((h - ch) * top), round((w - cw) * left)
-        # the rotation is sampled on the crop alone
-        crop = rotate(x, self.angle, (y0, x0, ch, cw)) if self.angle else x[..., y0:y0 + ch, x0:x0 + cw]
-        for kind, factor in zip(("brightness", "contrast", "saturation"), self.colour):
-            if factor != 1:
-                crop = Transform(kind, factor)(crop)
         long_side = self.size if self.crop_file else self.size * max(ch, cw) / max(h, w)
         scale = long_side / max(ch, cw)
         shape = (max(16, round(ch * scale)), max(16, round(cw * scale)))
         reference = max(ch, cw) if self.crop_file else max(h, w)  # what ``size`` and ``shrunk`` are the long side of
+        first = shape  # the first size the crop is resampled to: the working size's, or the smaller copy's
         if self.shrunk is not None and self.shrunk < min(self.size, reference):
             small = self.shrunk / reference
-            crop = F.interpolate(crop, size=(max(8, round(ch * small)), max(8, round(cw * small))), mode="bilinear",
-                                 align_corners=False, antialias=True)
-            scale = self.size / self.shrunk
-        out = F.interpolate(crop, size=shape, mode="bilinear", align_corners=False, antialias=scale < 1)
+            first = (max(8, round(ch * small)), max(8, round(cw * small)))
+        # the rotation is sampled on the crop alone, at the first size it is resampled to
+        crop = rotate(x, self.angle, (y0, x0, ch, cw), first) if self.angle else \
+            _resampled(x[..., y0:y0 + ch, x0:x0 + cw], first)
+        for kind, factor in zip(("brightness", "contrast", "saturation"), self.colour):  # on each pixel alone
+            if factor != 1:
+                crop = Transform(kind, factor)(crop)
+        out = _resampled(crop, shape)
         # Re-compressed at the size it is described at, as a platform re-encodes the photo it has downscaled:
         # at a smaller size the codec removes more of a perturbation than at the photo's own.
         if self.recompression is None:
