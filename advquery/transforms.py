@@ -110,28 +110,31 @@ def rotate(x: torch.Tensor, degrees: float, window: tuple[int, int, int, int] | 
            shape: tuple[int, int] | None = None) -> torch.Tensor:
     """Bilinear rotation about the centre, sampled only on the border-free centred crop (its shape:
     :func:`rotated_shape`); with ``window`` (top, left, height, width in that crop), only that part of it, which
-    costs that part's share; with ``shape``, that part resampled to ``shape`` (H, W) in the same pass. Smaller
-    than the window, the part of the photo under it is first downscaled (antialiased) by as much, so the rotation
-    costs the smaller size's pixels and does not alias."""
+    costs that part's share; with ``shape``, that part resampled to ``shape`` (H, W) in the same pass. Along a side
+    where ``shape`` is smaller than the window, the part of the photo under it (and the filter's reach around it)
+    is first downscaled by as much (antialiased), so the rotation costs the smaller size's pixels and does not
+    alias."""
     h, w = x.shape[-2:]
     nh, nw = rotated_shape((h, w), degrees)
     top, left, wh, ww = window or (0, 0, nh, nw)
     oh, ow = shape or (wh, ww)
-    t = math.radians(degrees)
+    cos, sin = math.cos(math.radians(degrees)), math.sin(math.radians(degrees))
+
+    def source(yy, xx):  # output point p' = R p (counter-clockwise, y down): p = R^-1 p', in the photo's pixels
+        return sin * xx + cos * yy + h / 2, cos * xx - sin * yy + w / 2
+
     # output pixel centres, from the centre of the rotated crop
     ys = top + (torch.arange(oh, device=x.device, dtype=x.dtype) + 0.5) * (wh / oh) - nh / 2
     xs = left + (torch.arange(ow, device=x.device, dtype=x.dtype) + 0.5) * (ww / ow) - nw / 2
-    yy, xx = torch.meshgrid(ys, xs, indexing="ij")
-    # output point p' = R p (R rotates counter-clockwise as seen with y pointing down): sample p = R^-1 p',
-    # in the photo's pixel coordinates
-    src_x = math.cos(t) * xx - math.sin(t) * yy + w / 2
-    src_y = math.sin(t) * xx + math.cos(t) * yy + h / 2
-    factor = max(oh / wh, ow / ww)
+    src_y, src_x = source(*torch.meshgrid(ys, xs, indexing="ij"))
+    fy, fx = min(1.0, oh / wh), min(1.0, ow / ww)
     y0, x0, y1, x1 = 0, 0, h, w
-    if factor < 1:  # downscale the part of the photo the samples fall in (and a pixel around it), then sample that
-        y0, x0 = max(0, math.floor(src_y.min()) - 1), max(0, math.floor(src_x.min()) - 1)
-        y1, x1 = min(h, math.ceil(src_y.max()) + 1), min(w, math.ceil(src_x.max()) + 1)
-        small = (max(1, round((y1 - y0) * factor)), max(1, round((x1 - x0) * factor)))
+    if fy < 1 or fx < 1:  # downscale the part of the photo the samples and their filters reach, then sample that
+        corners = [source(cy - nh / 2, cx - nw / 2) for cy in (top, top + wh) for cx in (left, left + ww)]
+        ry, rx = math.ceil(2 / fy) + 1, math.ceil(2 / fx) + 1
+        y0, y1 = max(0, math.floor(min(c[0] for c in corners)) - ry), min(h, math.ceil(max(c[0] for c in corners)) + ry)
+        x0, x1 = max(0, math.floor(min(c[1] for c in corners)) - rx), min(w, math.ceil(max(c[1] for c in corners)) + rx)
+        small = (max(1, round((y1 - y0) * fy)), max(1, round((x1 - x0) * fx)))
         x = F.interpolate(x[..., y0:y1, x0:x1], size=small, mode="bilinear", align_corners=False, antialias=True)
     grid = torch.stack([(src_x - x0) * 2 / (x1 - x0) - 1, (src_y - y0) * 2 / (y1 - y0) - 1], dim=-1)
     return F.grid_sample(x, grid[None].expand(x.shape[0], -1, -1, -1), mode="bilinear", padding_mode="border",

@@ -11,7 +11,7 @@ from advquery.extraction import describe
 from advquery.io import read_photo, to_tensor
 from advquery.models import ModelEnsemble
 from advquery.perceptual import flat_gain
-from advquery.transforms import Transform, gaussian_blur, jpeg_round_trip, quantise, webp_round_trip
+from advquery.transforms import Transform, gaussian_blur, jpeg_round_trip, quantise, rotate, webp_round_trip
 
 SIZE = 96
 
@@ -122,17 +122,26 @@ def test_a_view_crops_at_the_photo_scale_or_describes_the_cropped_file_whole():
     torch.testing.assert_close(whole(x), x.flip(-1))
 
 
+def _rotated_crop(x: torch.Tensor, angle: float, box: tuple[float, float, float, float]) -> torch.Tensor:
+    """The crop a view keeps of the photo ``x`` rotated whole (the reference a view's sampling is checked against)."""
+    whole = Transform("rotate", angle)(x)
+    h, w = whole.shape[-2:]
+    ch, cw = max(8, round(h * box[2])), max(8, round(w * box[3]))
+    y0, x0 = round((h - ch) * box[0]), round((w - cw) * box[1])
+    return whole[..., y0:y0 + ch, x0:x0 + cw]
+
+
 def test_a_rotated_view_samples_only_its_crop_of_the_rotated_photo():
-    """A view rotates only the part it keeps: at the crop's own size, the same pixels as rotating the whole photo,
-    then cropping."""
+    """A view rotates only the part it keeps: the same pixels as rotating the whole photo, then cropping (and
+    scaling up to the working size)."""
     x = torch.rand(1, 3, 61, 83, generator=torch.Generator().manual_seed(4))
     for angle, box in ((2.5, (0.2, 0.7, 0.5, 0.6)), (-3.0, (1.0, 0.0, 0.35, 0.9)), (1.0, (0, 0, 1, 1))):
-        whole = Transform("rotate", angle)(x.flip(-1))
-        h, w = whole.shape[-2:]
-        ch, cw = max(8, round(h * box[2])), max(8, round(w * box[3]))
-        y0, x0 = round((h - ch) * box[0]), round((w - cw) * box[1])
-        view = View(True, angle, box, True, max(ch, cw), (1, 1, 1), None, 0)  # described at the crop's own size
-        torch.testing.assert_close(view(x), whole[..., y0:y0 + ch, x0:x0 + cw], atol=1e-6, rtol=0)
+        crop = _rotated_crop(x.flip(-1), angle, box)
+        at_own_size = View(True, angle, box, True, max(crop.shape[-2:]), (1, 1, 1), None, 0)
+        torch.testing.assert_close(at_own_size(x), crop, atol=1e-6, rtol=0)
+        scaled_up = View(True, angle, box, True, 83, (1, 1, 1), None, 0)
+        expected = F.interpolate(crop, size=tuple(scaled_up(x).shape[-2:]), mode="bilinear", align_corners=False)
+        torch.testing.assert_close(scaled_up(x), expected, atol=1e-6, rtol=0)
 
 
 def test_a_rotated_view_is_sampled_at_the_size_it_is_described_at():
@@ -141,20 +150,33 @@ def test_a_rotated_view_is_sampled_at_the_size_it_is_described_at():
     smooth = F.interpolate(torch.rand(1, 3, 6, 8, generator=torch.Generator().manual_seed(5)), size=(240, 320),
                            mode="bicubic", align_corners=False).clamp(0, 1).requires_grad_(True)
     for angle, box, size, shrunk in ((2.5, (0.2, 0.7, 0.5, 0.6), 120, None), (-3.0, (0, 0, 1, 1), 200, 60)):
-        view = View(False, angle, box, False, size, (1, 1, 1), None, 0, shrunk=shrunk)
-        whole = Transform("rotate", angle)(smooth.detach())
-        h, w = whole.shape[-2:]
-        ch, cw = max(8, round(h * box[2])), max(8, round(w * box[3]))
-        y0, x0 = round((h - ch) * box[0]), round((w - cw) * box[1])
-        out = view(smooth)
-        first = F.interpolate(whole[..., y0:y0 + ch, x0:x0 + cw], size=out.shape[-2:] if shrunk is None else
-                              (round(ch * shrunk / w), round(cw * shrunk / w)), mode="bilinear", antialias=True)
-        expected = F.interpolate(first, size=out.shape[-2:], mode="bilinear")
+        out = View(False, angle, box, False, size, (1, 1, 1), None, 0, shrunk=shrunk)(smooth)
+        crop = _rotated_crop(smooth.detach(), angle, box)
+        w = Transform("rotate", angle).shape((240, 320))[1]
+        small = None if shrunk is None else (round(crop.shape[-2] * shrunk / w), round(crop.shape[-1] * shrunk / w))
+        first = out.shape[-2:] if small is None else small
+        expected = F.interpolate(F.interpolate(crop, size=first, mode="bilinear", antialias=True), size=out.shape[-2:],
+                                 mode="bilinear")
         assert (out - expected).abs().max() < 4 / 255
     out = View(False, 2.0, (0, 0, 0.3, 0.3), False, 160, (1, 1, 1), None, 0)(smooth)  # the top left corner, halved
     out.sum().backward()
     used = smooth.grad.abs().sum(dim=(0, 1))
     assert used[:90, :120].sum() > 0 and used[100:].sum() == 0 and used[:, 130:].sum() == 0
+
+
+def test_a_downscaled_rotation_keeps_the_geometry_and_filters_each_side():
+    """Sampled smaller in one pass: a linear ramp comes out as the same ramp at the samples' positions (no offset),
+    and noise is averaged along each side by as much as that side shrinks (no aliasing), one side at a time."""
+    h, w, angle, window = 240, 320, 2.0, (10, 20, 150, 200)
+    rows, cols = torch.meshgrid(torch.arange(h) + 0.5, torch.arange(w) + 0.5, indexing="ij")
+    ramp = (0.2 + 0.6 * (0.3 * rows / h + 0.7 * cols / w)).expand(1, 3, h, w)
+    out = rotate(ramp, angle, window, (50, 40))
+    fine = rotate(ramp, angle, window)  # the same ramp sampled at the window's own size
+    expected = F.interpolate(fine, size=(50, 40), mode="bilinear", align_corners=False, antialias=True)
+    torch.testing.assert_close(out[..., 2:-2, 2:-2], expected[..., 2:-2, 2:-2], atol=2e-4, rtol=0)
+    noise = torch.rand(1, 3, h, w, generator=torch.Generator().manual_seed(7))
+    for shape in ((30, 25), (150, 25), (30, 200)):  # both sides shrunk; only the width; only the height
+        assert float(rotate(noise, angle, window, shape).std()) < 0.5 * float(noise.std())
 
 
 def test_view_distance_is_zero_for_the_original_and_grows_with_a_change(model, photo):

@@ -66,7 +66,8 @@ def _spent(share: torch.Tensor, differentiate: bool) -> torch.Tensor:
     computed from, and ``share`` without its graph (freed)."""
     if not differentiate:
         return share
-    share.sum().backward()
+    with float32_context(share.device):  # the backward pass outside the network passes' autocast
+        share.sum().backward()
     return share.detach()
 
 

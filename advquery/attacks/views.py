@@ -19,7 +19,8 @@ def _resampled(x: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
     """``x`` bilinearly resampled to ``shape`` (H, W), antialiased where that is smaller; ``x`` where it has it."""
     if tuple(x.shape[-2:]) == tuple(shape):
         return x
-    return F.interpolate(x, size=shape, mode="bilinear", align_corners=False, antialias=shape[0] < x.shape[-2])
+    return F.interpolate(x, size=shape, mode="bilinear", align_corners=False,
+                         antialias=shape[0] < x.shape[-2] or shape[1] < x.shape[-1])
 
 
 @dataclass(frozen=True)
@@ -28,9 +29,10 @@ class View:
     scaled to the tracker's working size and re-compressed (``recompression``: JPEG or WebP at a quality; None:
     not re-compressed). The codec has no gradient: the backward pass takes that of a Gaussian blur of
     ``codec_blur`` pixels at the working size (a codec keeps the low frequencies), or of the identity at 0.
-    The rotation and the crop are sampled in one pass at the size the crop is first scaled to (the working size's,
-    or the smaller copy's), and the filters applied there, so a view's work beside the network grows with its own
-    pixels, not the photo's.
+    The rotation and the crop are sampled in one pass at the size the crop is first scaled down to (the working
+    size's, or the smaller copy's; at the crop's own size along a side that is scaled up), and the filters applied
+    there (brightness and saturation act on each pixel alone, contrast about the crop's mean grey), so the rotation
+    and the filters cost the view's pixels, not the photo's.
 
     ``box``: (top, left, height, width) fractions of the (flipped, rotated) photo; ``size``: the long side the
     whole photo gets at the tracker's working size (the crop is scaled by the same factor, as a bounding-box
@@ -65,13 +67,14 @@ class View:
         if self.shrunk is not None and self.shrunk < min(self.size, reference):
             small = self.shrunk / reference
             first = (max(8, round(ch * small)), max(8, round(cw * small)))
-        # the rotation is sampled on the crop alone, at the first size it is resampled to
-        crop = rotate(x, self.angle, (y0, x0, ch, cw), first) if self.angle else \
-            _resampled(x[..., y0:y0 + ch, x0:x0 + cw], first)
-        for kind, factor in zip(("brightness", "contrast", "saturation"), self.colour):  # on each pixel alone
+        # the rotation is sampled on the crop alone, along a side the first scaling shrinks at that size
+        below = (min(first[0], ch), min(first[1], cw))
+        crop = rotate(x, self.angle, (y0, x0, ch, cw), below) if self.angle else \
+            _resampled(x[..., y0:y0 + ch, x0:x0 + cw], below)
+        for kind, factor in zip(("brightness", "contrast", "saturation"), self.colour):
             if factor != 1:
                 crop = Transform(kind, factor)(crop)
-        out = _resampled(crop, shape)
+        out = _resampled(_resampled(crop, first), shape)
         # Re-compressed at the size it is described at, as a platform re-encodes the photo it has downscaled:
         # at a smaller size the codec removes more of a perturbation than at the photo's own.
         if self.recompression is None:
