@@ -172,6 +172,31 @@ SECTIONS = [
      "`PYTHONPATH=<a checkout of e7e899f> python bench/grey_photos.py --split test --inputs grey "
      "--name grey_photos_test_before`",
      "The package before black-and-white photos were changed in grey, the same inputs as `grey_photos_test`."),
+    ("candidates_viewcode_before_validation_quick_limit8",
+     "`medium` before the views' changes of 2026-12-06 (commit 00ced56), validation split, quick suite",
+     "`PYTHONPATH=<a checkout of 00ced56> python bench/trackers.py --split validation --quick --limit 8 "
+     "--no-handcrafted --presets medium --name candidates_viewcode_before_validation_quick_limit8` (with no `medium` "
+     "photos or descriptors cached)",
+     "Every view's graph alive until one backward pass, a rotated view sampled at the photo's size. Its first two "
+     "photos were protected while tests ran beside it: its s/photo is not a timing."),
+    ("candidates_viewcode_graphs_validation_quick_limit8",
+     "`medium` with each view's pass differentiated at once (commit 2b3e65b), validation split, quick suite",
+     "`PYTHONPATH=<a checkout of 2b3e65b> python bench/trackers.py --split validation --quick --limit 8 "
+     "--no-handcrafted --presets medium --name candidates_viewcode_graphs_validation_quick_limit8` (with no `medium` "
+     "photos or descriptors cached)",
+     "The objective and gradient of 00ced56, summed in another order: how far floating-point order alone moves "
+     "the cells of `candidates_viewcode_before_validation_quick_limit8`."),
+    ("candidates_viewcode_after_validation_quick_limit8",
+     "`medium` with rotated views sampled at their own size too (commit 5158c8e), validation split, quick suite",
+     "`PYTHONPATH=<a checkout of 5158c8e> python bench/trackers.py --split validation --quick --limit 8 "
+     "--no-handcrafted --presets medium --name candidates_viewcode_after_validation_quick_limit8` (with no `medium` "
+     "photos or descriptors cached)",
+     "Both changes of 2026-12-06 (evening): the same queries as `candidates_viewcode_before_validation_quick_limit8`."),
+    ("speed_before_views_amd",
+     "Speed of protection before the views' changes of 2026-12-06 (commit 00ced56), in bfloat16",
+     "`PYTHONPATH=<a checkout of 00ced56> python bench/speed.py --parts time --photos 2 --presets low medium high "
+     "--precisions bfloat16 --name speed_before_views_amd`",
+     "Run alone, right before `speed_bfloat16_amd` on the same machine: the reference its times are compared with."),
 ]
 
 
