@@ -192,6 +192,13 @@ SECTIONS = [
      "--no-handcrafted --presets medium --name candidates_viewcode_after_validation_quick_limit8` (with no `medium` "
      "photos or descriptors cached)",
      "Both changes of 2026-12-06 (evening): the same queries as `candidates_viewcode_before_validation_quick_limit8`."),
+    ("candidates_viewcode_final_validation_quick_limit8",
+     "`medium` as shipped after the views' changes (commit d4c3ea0), validation split, quick suite",
+     "`PYTHONPATH=<a checkout of d4c3ea0> python bench/trackers.py --split validation --quick --limit 8 "
+     "--no-handcrafted --presets medium --name candidates_viewcode_final_validation_quick_limit8` (with no `medium` "
+     "photos or descriptors cached)",
+     "The same queries as `candidates_viewcode_before_validation_quick_limit8`. Run while the test suite ran beside it: "
+     "its s/photo is not a timing."),
     ("speed_before_views_amd",
      "Speed of protection before the views' changes of 2026-12-06 (commit 00ced56), in bfloat16",
      "`PYTHONPATH=<a checkout of 00ced56> python bench/speed.py --parts time --photos 2 --presets low medium high "
