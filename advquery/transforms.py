@@ -106,6 +106,15 @@ def _rotation_crop_scale(h: int, w: int, degrees: float) -> float:
     return min(w / (w * c + h * s), h / (w * s + h * c))
 
 
+def resample(x: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+    """``x`` (..., H, W) bilinearly resampled to ``shape`` (H, W), antialiased where a side shrinks; ``x`` itself
+    where it has that shape."""
+    if tuple(x.shape[-2:]) == tuple(shape):
+        return x
+    return F.interpolate(x, size=tuple(shape), mode="bilinear", align_corners=False,
+                         antialias=shape[0] < x.shape[-2] or shape[1] < x.shape[-1])
+
+
 def rotate(x: torch.Tensor, degrees: float, window: tuple[int, int, int, int] | None = None,
            shape: tuple[int, int] | None = None) -> torch.Tensor:
     """Bilinear rotation about the centre, sampled only on the border-free centred crop (its shape:
@@ -135,7 +144,7 @@ def rotate(x: torch.Tensor, degrees: float, window: tuple[int, int, int, int] | 
         y0, y1 = max(0, math.floor(min(c[0] for c in corners)) - ry), min(h, math.ceil(max(c[0] for c in corners)) + ry)
         x0, x1 = max(0, math.floor(min(c[1] for c in corners)) - rx), min(w, math.ceil(max(c[1] for c in corners)) + rx)
         small = (max(1, round((y1 - y0) * fy)), max(1, round((x1 - x0) * fx)))
-        x = F.interpolate(x[..., y0:y1, x0:x1], size=small, mode="bilinear", align_corners=False, antialias=True)
+        x = resample(x[..., y0:y1, x0:x1], small)
     grid = torch.stack([(src_x - x0) * 2 / (x1 - x0) - 1, (src_y - y0) * 2 / (y1 - y0) - 1], dim=-1)
     return F.grid_sample(x, grid[None].expand(x.shape[0], -1, -1, -1), mode="bilinear", padding_mode="border",
                          align_corners=False)

@@ -34,7 +34,7 @@ from ..models.descriptor import POOLINGS
 from ..models.pooling import l2n
 from ..models.precision import autocast, autocast_dtype, check_precision, float32_context, precision_name
 from ..perceptual import flat_gain, monochrome, share_channels, ssim_cost_weights
-from ..transforms import quantise, straight_through
+from ..transforms import quantise, resample, straight_through
 from .robust import RandomEdits
 from .views import TrackerViews
 
@@ -334,12 +334,6 @@ class PerturbationAttack:
         scale = min(1.0, self.size / max(h, w)) / self.coarseness  # never finer than the photo itself
         return max(1, round(h * scale)), max(1, round(w * scale))
 
-    @staticmethod
-    def _upsample(v: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
-        if tuple(v.shape[-2:]) == tuple(shape):
-            return v
-        return F.interpolate(v, size=shape, mode="bilinear", align_corners=False)
-
     def _compose(self, x: torch.Tensor, v: torch.Tensor,
                  gain: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """The perturbed pixels of the photo ``x`` and the image the optimisation
@@ -348,7 +342,7 @@ class PerturbationAttack:
         In ``quantised`` mode the change (times ``gain``) is rounded to whole grey levels (straight-through): the
         saved 8-bit photo is ``x + round(v)`` for a photo on the 8-bit grid.
         """
-        delta = self._upsample(v, x.shape[-2:])
+        delta = resample(v, x.shape[-2:])
         if gain is not None:
             delta = delta * gain
         if self.saving != "quantised":
@@ -362,7 +356,7 @@ class PerturbationAttack:
         (e.g. :attr:`perturbation` after a call), so one optimisation can be saved in every mode."""
         saving = saving or self.saving
         _check(saving in SAVING_MODES, f"saving must be one of {SAVING_MODES}, got {saving!r}")
-        delta = self._upsample(v, x.shape[-2:])
+        delta = resample(v, x.shape[-2:])
         gain = self._gain(x)
         if gain is not None:
             delta = delta * gain
@@ -427,7 +421,7 @@ class PerturbationAttack:
         done = torch.zeros(n, dtype=torch.bool, device=x.device)
         steps_used = torch.full((n,), self.steps, dtype=torch.long, device=x.device)
         for step in range(self.steps):
-            total = v if coarse is None else v + self._upsample(coarse, v.shape[-2:])
+            total = v if coarse is None else v + resample(coarse, v.shape[-2:])
             pixels, adv = self._compose(x, total, gain)
             seen = adv.detach().requires_grad_(True)  # the views' input: their graphs end here, one at a time
             with autocast(amp, x.device):
@@ -466,7 +460,7 @@ class PerturbationAttack:
                 offset = 0
                 if coarse is not None:
                     coarse.copy_(torch.maximum(torch.minimum(coarse, coarse_bound), -coarse_bound))
-                    offset = self._upsample(coarse, v.shape[-2:])
+                    offset = resample(coarse, v.shape[-2:])
                 projected = torch.maximum(torch.minimum(v + offset, bound), -bound)
                 v.copy_((x_pert + projected).clamp(0, 1) - x_pert - offset)
                 share_channels(v, grey)  # the channels of a photo nearly but not exactly grey clamp apart

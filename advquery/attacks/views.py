@@ -10,17 +10,8 @@ from dataclasses import dataclass, fields
 from functools import partial
 
 import torch
-import torch.nn.functional as F
 
-from ..transforms import Transform, gaussian_blur, rotate, rotated_shape, straight_through
-
-
-def _resampled(x: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
-    """``x`` bilinearly resampled to ``shape`` (H, W), antialiased where that is smaller; ``x`` where it has it."""
-    if tuple(x.shape[-2:]) == tuple(shape):
-        return x
-    return F.interpolate(x, size=shape, mode="bilinear", align_corners=False,
-                         antialias=shape[0] < x.shape[-2] or shape[1] < x.shape[-1])
+from ..transforms import Transform, gaussian_blur, resample, rotate, rotated_shape, straight_through
 
 
 @dataclass(frozen=True)
@@ -70,11 +61,11 @@ class View:
         # the rotation is sampled on the crop alone, along a side the first scaling shrinks at that size
         below = (min(first[0], ch), min(first[1], cw))
         crop = rotate(x, self.angle, (y0, x0, ch, cw), below) if self.angle else \
-            _resampled(x[..., y0:y0 + ch, x0:x0 + cw], below)
+            resample(x[..., y0:y0 + ch, x0:x0 + cw], below)
         for kind, factor in zip(("brightness", "contrast", "saturation"), self.colour):
             if factor != 1:
                 crop = Transform(kind, factor)(crop)
-        out = _resampled(_resampled(crop, first), shape)
+        out = resample(resample(crop, first), shape)
         # Re-compressed at the size it is described at, as a platform re-encodes the photo it has downscaled:
         # at a smaller size the codec removes more of a perturbation than at the photo's own.
         if self.recompression is None:
