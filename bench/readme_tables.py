@@ -329,9 +329,10 @@ def preset_sources(runs: dict[str, dict]) -> dict[str, str]:
     """{preset: the run its row comes from}. The runs considered measured the same queries against the same
     suite as the run with the most queries; of those, each preset's row comes from the latest that measured its
     definition of today (else, until it is re-measured, from the latest that measured it at all). A preset
-    re-measured after a change of its definition so replaces its row, on the same queries and trackers, without
-    re-running the others."""
-    day = {n: measured_on(n) for n in runs}
+    re-measured after a change of its definition or of the code so replaces its row, on the same queries and
+    trackers, without re-running the others. Latest by the run's own time stamp where it has one (two runs of one
+    day), else by its day."""
+    day = {n: runs[n].get("measured") or measured_on(n) for n in runs}
     widest = max(runs, key=lambda n: (len(runs[n]["queries"]), day[n], n))
     def suite(name):
         return runs[name]["queries"], runs[name]["systems"], runs[name]["edits"]

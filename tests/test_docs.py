@@ -78,6 +78,18 @@ def test_readme_rows_come_from_the_latest_run_of_the_same_queries(tmp_path, monk
                                            "medium": "trackers_test_quick_limit8_medium"}
 
 
+def test_readme_rows_of_one_day_come_from_the_later_time_stamp(tmp_path, monkeypatch):
+    """A preset re-measured the same day (after a change of the code) replaces its row whatever the runs' names."""
+    tables = bench_module("readme_tables")
+    monkeypatch.setattr(tables, "RESULTS", tmp_path)
+    suite = {"queries": ["a", "b"], "systems": ["efficientnet-lite0-gem@1024"], "edits": ["none"]}
+    runs = {"trackers_test_quick_a": {"measured": "2026-12-06T20:00+00:00", **suite, "sets": {"medium": {}}},
+            "trackers_test_quick_b": {"measured": "2026-12-06T11:00+00:00", **suite, "sets": {"medium": {}}}}
+    for name, run in runs.items():
+        (tmp_path / f"{name}.json").write_text(json.dumps(run))
+    assert tables.preset_sources(runs) == {"medium": "trackers_test_quick_a"}
+
+
 def test_readme_rows_prefer_the_run_of_todays_definition(tmp_path, monkeypatch):
     """A later run of a preset's earlier definition (e.g. a candidate run that measured the preset beside a
     candidate) does not replace the row of today's definition."""
