@@ -277,6 +277,15 @@ def other_section(name: str, data: dict) -> tuple[str, str, str]:
     return name.replace("_", " "), command, ""
 
 
+# What a result's file cannot say about itself, learnt after it was measured (its section's note ends with it).
+VIEWS_BEFORE = ("Measured with the tracker views of before 2026-12-06 evening (commit 5158c8e: views rotated and "
+                "filtered at their own size): the presets' outputs have changed in detail since; the same presets "
+                "re-measured with today's views: `trackers_test_quick_ownsize`.")
+LATER_NOTES = {name: VIEWS_BEFORE for name in (
+    "trackers_test_quick_thumbs", "trackers_test_quick_low25", "trackers_test_quick_heldout", "trackers_test_thumbs",
+    "chance_trackers_test_thumbs", "chance_trackers_test_quick_low25")}
+
+
 def results_names() -> list[str]:
     """Every result with a markdown table: SECTIONS' order first, then the others by name."""
     present = {p.stem for p in RESULTS.glob("*.md")} & {p.stem for p in RESULTS.glob("*.json")}
@@ -289,6 +298,7 @@ def section(name: str) -> tuple[str, str]:
     data = json.loads((RESULTS / f"{name}.json").read_text())
     entry = next((s for s in SECTIONS if s[0] == name), None)
     title, command, note = entry[1:] if entry else other_section(name, data)
+    note = " ".join(filter(None, (note, LATER_NOTES.get(name))))
     day = measured_on(name)
     body = baseline() if name == "baseline_retrieval" else (RESULTS / f"{name}.md").read_text().strip()
     body = re.sub(r"^#+ +", "#### ", body, flags=re.M)  # a result's own headings go below its section's

@@ -9,7 +9,7 @@ Beside it, on the calibration's own (validation) pairs: how many verdicts are ne
 the pairs the fit uses (every pair, or those whose tracker finds the unprotected query), judged by two-fold
 cross-validation over the validation queries.
 
-Run: ``python bench/verify_accuracy.py trackers_test_quick_thumbs trackers_test_quick_low25`` (runs in
+Run: ``python bench/verify_accuracy.py trackers_test_quick_ownsize`` (runs in
 bench/results; their descriptors come from the runs' caches, or are computed again).
 """
 import argparse
