@@ -49,6 +49,12 @@ def measured_on(name: str) -> str:
     return day or datetime.fromtimestamp(path.stat().st_mtime, timezone.utc).strftime("%Y-%m-%d")
 
 
+def measured_at(name: str, data: dict) -> str:
+    """When a result was measured, for telling the later of two runs: its own time stamp where it recorded one
+    (two runs of one day), else :func:`measured_on`'s day."""
+    return str(data.get("measured") or measured_on(name))
+
+
 def comparability(day: str) -> str:
     if day < UNIFORM_DATABASE:
         return f"no: measured {day}, before the database was made uniform; rerun before quoting"
@@ -278,9 +284,9 @@ def other_section(name: str, data: dict) -> tuple[str, str, str]:
 
 
 # What a result's file cannot say about itself, learnt after it was measured (its section's note ends with it).
-VIEWS_BEFORE = ("Measured with the tracker views of before 2026-12-06 evening (commit 5158c8e: views rotated and "
-                "filtered at their own size): the presets' outputs have changed in detail since; the same presets "
-                "re-measured with today's views: `trackers_test_quick_ownsize`.")
+VIEWS_BEFORE = ("Measured with the tracker views as they were before commit 5158c8e (2026-12-06 evening), which "
+                "rotates and filters each view at its own size: the presets' outputs have changed in detail since; "
+                "the same presets re-measured with today's views: `trackers_test_quick_ownsize`.")
 LATER_NOTES = {name: VIEWS_BEFORE for name in (
     "trackers_test_quick_thumbs", "trackers_test_quick_low25", "trackers_test_quick_heldout", "trackers_test_thumbs",
     "chance_trackers_test_thumbs", "chance_trackers_test_quick_low25")}
@@ -340,9 +346,8 @@ def preset_sources(runs: dict[str, dict]) -> dict[str, str]:
     suite as the run with the most queries; of those, each preset's row comes from the latest that measured its
     definition of today (else, until it is re-measured, from the latest that measured it at all). A preset
     re-measured after a change of its definition or of the code so replaces its row, on the same queries and
-    trackers, without re-running the others. Latest by the run's own time stamp where it has one (two runs of one
-    day), else by its day."""
-    day = {n: runs[n].get("measured") or measured_on(n) for n in runs}
+    trackers, without re-running the others (latest: :func:`measured_at`)."""
+    day = {n: measured_at(n, runs[n]) for n in runs}
     widest = max(runs, key=lambda n: (len(runs[n]["queries"]), day[n], n))
     def suite(name):
         return runs[name]["queries"], runs[name]["systems"], runs[name]["edits"]
@@ -369,7 +374,7 @@ def timed_seconds() -> tuple[dict[str, float], str, str]:
         timed = {key: rows for key, rows in data["time"].items()
                  if key.split()[0] in STRENGTHS and key.split()[0] not in changed and key.split()[1:] == [auto]}
         if timed:
-            found.append((data.get("measured") or measured_on(path.stem), path.stem, data, timed))
+            found.append((measured_at(path.stem, data), path.stem, data, timed))
     if not found:
         return {}, "", ""
     _, name, data, timed = max(found, key=lambda f: f[:2])
@@ -420,7 +425,7 @@ def held_out_elsewhere(runs: dict[str, dict], preset: str) -> tuple[list[float],
     ``preset`` (leave-one-model-out sets cost a protection each, so the widest run may not repeat them), and
     which queries those are."""
     found = {name: held_out(data, preset) for name, data in runs.items()}
-    candidates = [(len(runs[name]["queries"]), measured_on(name), name)
+    candidates = [(len(runs[name]["queries"]), measured_at(name, runs[name]), name)
                   for name, (shares, _) in found.items() if shares]
     if not candidates:
         return [], [], None
