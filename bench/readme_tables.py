@@ -284,12 +284,23 @@ def other_section(name: str, data: dict) -> tuple[str, str, str]:
 
 
 # What a result's file cannot say about itself, learnt after it was measured (its section's note ends with it).
-VIEWS_BEFORE = ("Measured with the tracker views as they were before commit 5158c8e (2026-12-06 evening), which "
-                "rotates and filters each view at its own size: the presets' outputs have changed in detail since; "
-                "the same presets re-measured with today's views: `trackers_test_quick_ownsize`.")
-LATER_NOTES = {name: VIEWS_BEFORE for name in (
-    "trackers_test_quick_thumbs", "trackers_test_quick_low25", "trackers_test_quick_heldout", "trackers_test_thumbs",
-    "chance_trackers_test_thumbs", "chance_trackers_test_quick_low25")}
+def views_before(remeasured: str | None) -> str:
+    """The note of a tracker run measured with the views before 5158c8e, naming the run that re-measured the same
+    presets with today's views (None: none yet)."""
+    return ("Measured with the tracker views as they were before commit 5158c8e (2026-12-06 evening), which rotates "
+            "and filters each view at its own size: the presets' outputs have changed in detail since; "
+            + (f"the same presets re-measured with today's views: `{remeasured}`." if remeasured
+               else "not re-measured with today's views."))
+
+
+LATER_NOTES = {
+    "trackers_test_quick_thumbs": views_before("trackers_test_quick_ownsize"),
+    "trackers_test_quick_low25": views_before("trackers_test_quick_ownsize"),
+    "trackers_test_quick_heldout": views_before(None),
+    "trackers_test_thumbs": views_before("trackers_test_ownsize"),
+    "chance_trackers_test_thumbs": views_before("chance_trackers_test_ownsize"),
+    "chance_trackers_test_quick_low25": views_before("chance_trackers_test_quick_ownsize"),
+}
 
 
 def results_names() -> list[str]:
@@ -347,11 +358,11 @@ def preset_sources(runs: dict[str, dict]) -> dict[str, str]:
     definition of today (else, until it is re-measured, from the latest that measured it at all). A preset
     re-measured after a change of its definition or of the code so replaces its row, on the same queries and
     trackers, without re-running the others (latest: :func:`measured_at`)."""
-    day = {n: measured_at(n, runs[n]) for n in runs}
-    widest = max(runs, key=lambda n: (len(runs[n]["queries"]), day[n], n))
+    when = {n: measured_at(n, runs[n]) for n in runs}
+    widest = max(runs, key=lambda n: (len(runs[n]["queries"]), when[n], n))
     def suite(name):
         return runs[name]["queries"], runs[name]["systems"], runs[name]["edits"]
-    comparable = sorted((n for n in runs if suite(n) == suite(widest)), key=lambda n: (day[n], n))
+    comparable = sorted((n for n in runs if suite(n) == suite(widest)), key=lambda n: (when[n], n))
     measured = [(preset, name, defined_as_today(preset, info.get("preset")))
                 for name in comparable for preset, info in runs[name]["sets"].items() if preset in STRENGTHS]
     latest = {preset: name for preset, name, _ in measured}
