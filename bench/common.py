@@ -3,6 +3,7 @@ protection benchmarks' resumable protected-query loop, mAP over the protected qu
 import hashlib
 import json
 import os
+import subprocess
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import replace
@@ -100,11 +101,27 @@ def markdown_table(header: list[str], rows: list[list]) -> str:
                      + ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows])
 
 
+def code_version() -> str | None:
+    """The commit the measuring code is at, with ``+changes`` when the package or a benchmark script differs from it
+    (None outside a git checkout): what a result can later be told apart by, e.g. measured before or after a fix."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=Path(__file__).parent, capture_output=True, text=True,
+                              check=True).stdout.strip()
+    try:
+        commit = git("rev-parse", "--short=12", "HEAD")
+        changed = git("status", "--porcelain", "--", "../advquery", ".", ":!results")
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return commit + "+changes" * bool(changed)
+
+
 def write_results(name: str, payload: dict, markdown: str) -> None:
-    """Write bench/results/NAME.json (with the machine and the UTC time it was measured) and NAME.md, and print
-    the markdown."""
+    """Write bench/results/NAME.json (stamped with this run's machine, UTC time and code version, replacing any
+    stamp a kept part of an earlier run carries) and NAME.md, and print the markdown."""
     RESULTS.mkdir(parents=True, exist_ok=True)
-    payload = {"machine": machine(), "measured": datetime.now(timezone.utc).isoformat(timespec="minutes"), **payload}
+    stamp = {"machine": machine(), "measured": datetime.now(timezone.utc).isoformat(timespec="minutes"),
+             "code": code_version()}
+    payload = {**stamp, **{key: value for key, value in payload.items() if key not in stamp}}
     text = f"Machine: {payload['machine']}\n\n{markdown}\n"
     for suffix, content in ((".json", json.dumps(payload, indent=2)), (".md", text)):
         with atomic_write(RESULTS / f"{name}{suffix}") as f:  # an interrupted run leaves the last results whole

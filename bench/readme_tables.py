@@ -324,6 +324,9 @@ def section(name: str) -> tuple[str, str]:
         reproduce = f"`{command.split(' (')[0]}` ({command.split(' (', 1)[1]}"
     lines = [f"### {title}", "", f"- File: `bench/results/{name}.md` (`.json`)", f"- Reproduce: {reproduce}",
              f"- Comparable with today's database: {comparability(day)}"]
+    if data.get("code"):
+        commit, _, changes = data["code"].partition("+")
+        lines.append(f"- Code: commit `{commit}`" + " with changes not committed then" * bool(changes))
     if earlier := earlier_definitions(data):
         lines.append(f"- Definitions: {', '.join(f'`{p}`' for p in earlier)} measured with an earlier definition "
                      f"(the .json records it; git history has the code): the command above runs today's")

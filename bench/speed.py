@@ -225,8 +225,6 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     path = RESULTS / f"{args.name}.json"
     results = json.loads(path.read_text()) if path.is_file() else {}
-    results.pop("machine", None)  # this run's machine and time, not those of the parts it keeps
-    results.pop("measured", None)
     results["threads"] = args.threads
     parts = set(args.parts.split(","))
     models = all_models()
