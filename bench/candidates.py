@@ -423,6 +423,11 @@ ABLATIONS = {
     "medium-full-grid": replace(MEDIUM, grid=None, description="medium on the working resolution's grid, not 512 px"),
 }
 CANDIDATES.update(ABLATIONS)
+# The worst cells of the full suite are SPoC after WebP 80 and JPEG 50, both of which subsample the chroma (4:2:0)
+# while the output (JPEG q95) keeps it (4:4:4), and the views' straight-through JPEG passes the gradient of a change
+# of colour it has thrown away: medium changing brightness alone, the three channels together (2026-12-07).
+CANDIDATES["medium-grey"] = replace(MEDIUM, grey_change=True,
+                                    description="medium, every photo's three channels changed together")
 # Leave one model out: medium and high computed without model M, measured with M (the shipped presets use all three).
 LITE = {n: f"efficientnet-{n}-gem" for n in ("lite0", "lite1", "lite2")}
 LEFT_OUT = "-without-"

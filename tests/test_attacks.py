@@ -70,6 +70,7 @@ def _cosine(model, a: torch.Tensor, b: torch.Tensor) -> float:
     ({"lr_schedule": "linear"}, r"lr_schedule must be one of \('constant', 'cosine'\), got 'linear'"),
     ({"coarse_layer": 1}, "coarse_layer must be an integer >= 2 or None, got 1"),
     ({"coarse_layer": 2.0}, "coarse_layer must be an integer >= 2 or None, got 2.0"),
+    ({"grey_change": 1}, "grey_change must be a bool, got 1"),
 ])
 def test_pire_rejects_bad_arguments(model, kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -243,6 +244,19 @@ def test_black_and_white_photo_stays_grey_in_a_batch_with_a_colour_one(model, ph
     assert not torch.equal(out[1, :1].expand(3, -1, -1), out[1])  # the colour photo's channels change apart
     assert float((out[0] - grey[0]).abs().max()) <= EPS + 1e-6
     assert attack.stats.similarity[0] < 0.99 and _cosine(model, grey, out[:1]) < 0.99
+
+
+def test_grey_change_changes_a_colour_photo_in_grey(model, photo):
+    attack = PIRE(model, eps=EPS, steps=3, size=SIZE, seed=0, grey_change=True)
+    out = attack(photo)
+    change = out[0] - photo[0]
+    inside = ((photo[0] >= EPS) & (photo[0] <= 1 - EPS)).all(dim=0)  # no channel clamped at 0 or 1
+    assert bool(inside.float().mean() > 0.5) and bool(change.abs().amax(dim=0)[inside].max() > 0)
+    # One change for the three channels, rounded to each channel's 8-bit grid: a change of exactly half a level
+    # rounds to the even level, so it may split by one level between channels of different parity.
+    spread = ((change.amax(dim=0) - change.amin(dim=0)) * 255).round()[inside]
+    assert float(spread.max()) <= 1 and float((spread > 0).float().mean()) < 0.01
+    assert attack.stats.similarity[0] < 0.99 and _cosine(model, photo, out) < 0.99
 
 
 def test_coarse_perturbation_is_smoother_within_budget(model, photo):

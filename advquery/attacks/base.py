@@ -182,6 +182,9 @@ class PerturbationAttack:
             retrieval on the validation split, docs/methods.md).
         spare_flat: leave pixels whose local luminance deviation is below this many grey levels unchanged (None:
             none are spared).
+        grey_change: change the three channels of every photo by the same amount, its brightness alone (for
+            research: a change of colour is what the chroma subsampling of JPEG below quality 90 and of WebP throws
+            away first); False: only black-and-white photos' (:func:`~advquery.perceptual.monochrome`).
 
     Shape:
         input (N, 3, H, W) float in [0, 1] on the 8-bit grid; output the same shape, on the 8-bit grid.
@@ -195,7 +198,8 @@ class PerturbationAttack:
                  snapshot_every: int | None = None, precision: str = "auto",
                  on_step: Callable[[int, int], None] | None = None, tracker_views: TrackerViews | None = None,
                  poolings: Sequence[str] = ("gem",), whole_view: bool | str = True, spare_flat: float | None = None,
-                 lr_schedule: str = "constant", coarse_layer: int | None = None, view_reference: str = "view"):
+                 lr_schedule: str = "constant", coarse_layer: int | None = None, view_reference: str = "view",
+                 grey_change: bool = False):
         _check(isinstance(steps, int) and not isinstance(steps, bool) and steps >= 1, f"steps must be a positive integer, got {steps!r}")
         _check(lr > 0, f"lr must be positive, got {lr}")
         _check(lr_schedule in LR_SCHEDULES, f"lr_schedule must be one of {LR_SCHEDULES}, got {lr_schedule!r}")
@@ -234,6 +238,8 @@ class PerturbationAttack:
                f"pooling {FEATURE_MAP!r} needs view_reference='view' (the original's map of the same view)")
         _check(spare_flat is None or spare_flat > 0, f"spare_flat must be positive grey levels or None, got {spare_flat}")
         self.spare_flat = spare_flat
+        _check(isinstance(grey_change, bool), f"grey_change must be a bool, got {grey_change!r}")
+        self.grey_change = grey_change
         self.snapshots: list[tuple[int, torch.Tensor]] = []  # (steps, working-resolution v) of the last call
         self.stats = AttackStats([], [])
         self.perturbation: torch.Tensor | None = None  # best working-resolution perturbation of the last call
@@ -403,7 +409,8 @@ class PerturbationAttack:
             gain = self._gain(x)
             x_pert, bound = self._perturbation_bound(x)
             cost = ssim_cost_weights(x) * 255 ** 2 if self.ssim_weight else None  # per squared [0, 1] unit
-            grey = monochrome(x)  # black-and-white photos: one change for the three channels, no colour drawn in
+            # black-and-white photos (every photo with grey_change): one change for the three channels
+            grey = monochrome(x) | self.grey_change
         v = (torch.rand(x_pert.shape, generator=generator, device=x.device) * 2 - 1) * bound \
             if self.random_start else torch.zeros_like(x_pert)
         v = (x_pert + v).clamp(0, 1) - x_pert
