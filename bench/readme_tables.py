@@ -284,19 +284,17 @@ def other_section(name: str, data: dict) -> tuple[str, str, str]:
 
 
 # What a result's file cannot say about itself, learnt after it was measured (its section's note ends with it).
-def views_before(remeasured: str | None) -> str:
+def views_before(remeasured: str) -> str:
     """The note of a tracker run measured with the views before 5158c8e, naming the run that re-measured the same
-    presets with today's views (None: none yet)."""
+    presets with today's views."""
     return ("Measured with the tracker views as they were before commit 5158c8e (2026-12-06 evening), which rotates "
-            "and filters each view at its own size: the presets' outputs have changed in detail since; "
-            + (f"the same presets re-measured with today's views: `{remeasured}`." if remeasured
-               else "not re-measured with today's views."))
+            "and filters each view at its own size: the presets' outputs have changed in detail since; the same "
+            f"presets re-measured with today's views: `{remeasured}`.")
 
 
 LATER_NOTES = {
     "trackers_test_quick_thumbs": views_before("trackers_test_quick_ownsize"),
     "trackers_test_quick_low25": views_before("trackers_test_quick_ownsize"),
-    "trackers_test_quick_heldout": views_before(None),
     "trackers_test_thumbs": views_before("trackers_test_ownsize"),
     "chance_trackers_test_thumbs": views_before("chance_trackers_test_ownsize"),
     "chance_trackers_test_quick_low25": views_before("chance_trackers_test_quick_ownsize"),
