@@ -101,12 +101,16 @@ def markdown_table(header: list[str], rows: list[list]) -> str:
                      + ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows])
 
 
+def git(*args: str) -> str:
+    """Output of a git command run in this checkout (raises OSError without git, CalledProcessError outside a
+    checkout)."""
+    return subprocess.run(["git", *args], cwd=Path(__file__).parent, capture_output=True, text=True,
+                          check=True).stdout.strip()
+
+
 def code_version() -> str | None:
     """The commit the measuring code is at, with ``+changes`` when the package or a benchmark script differs from it
     (None outside a git checkout): what a result can later be told apart by, e.g. measured before or after a fix."""
-    def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=Path(__file__).parent, capture_output=True, text=True,
-                              check=True).stdout.strip()
     try:
         commit = git("rev-parse", "--short=12", "HEAD")
         changed = git("status", "--porcelain", "--", "../advquery", ".", ":!results")

@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from candidates import LEFT_OUT, defined_as_today
-from common import RESULTS, markdown_table
+from common import RESULTS, git, markdown_table
 from speed import changed_presets
 
 from advquery.protection import STRENGTHS
@@ -42,8 +42,7 @@ def measured_on(name: str) -> str:
     if stored:
         return str(stored)[:10]
     try:
-        day = subprocess.run(["git", "log", "-1", "--format=%cs", "--", str(path)], cwd=ROOT, capture_output=True,
-                             text=True, check=True).stdout.strip()
+        day = git("log", "-1", "--format=%cs", "--", str(path))
     except (OSError, subprocess.CalledProcessError):
         day = ""
     return day or datetime.fromtimestamp(path.stat().st_mtime, timezone.utc).strftime("%Y-%m-%d")
