@@ -428,6 +428,15 @@ CANDIDATES.update(ABLATIONS)
 # of colour it has thrown away: medium changing brightness alone, the three channels together (2026-12-07).
 CANDIDATES["medium-grey"] = replace(MEDIUM, grey_change=True,
                                     description="medium, every photo's three channels changed together")
+# The same cells again (SPoC after re-compression; the resize to a quarter next): the gradient blurred before every
+# step (the translation-invariant attack, Dong et al. 2019; the "position-independent patterns"), so each step
+# moves blobs of the 512 px grid, which a codec quantising fine detail away keeps (2026-12-07). Not kept
+# (candidates_ti_validation_limit8, medium in the same run: worse in every column but the 25 % downscale's SPoC cells,
+# the more the larger the blur; SPoC after WebP 80 54 % and 89 % against 38 %).
+for sigma in (1, 2):
+    CANDIDATES[f"medium-ti{sigma}"] = replace(MEDIUM, gradient_blur=float(sigma),
+                                              description=f"medium, each step's gradient blurred by a Gaussian of "
+                                                          f"{sigma} cell{'s' if sigma > 1 else ''} of its grid")
 # Leave one model out: medium and high computed without model M, measured with M (the shipped presets use all three).
 LITE = {n: f"efficientnet-{n}-gem" for n in ("lite0", "lite1", "lite2")}
 LEFT_OUT = "-without-"

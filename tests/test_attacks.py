@@ -71,6 +71,8 @@ def _cosine(model, a: torch.Tensor, b: torch.Tensor) -> float:
     ({"coarse_layer": 1}, "coarse_layer must be an integer >= 2 or None, got 1"),
     ({"coarse_layer": 2.0}, "coarse_layer must be an integer >= 2 or None, got 2.0"),
     ({"grey_change": 1}, "grey_change must be a bool, got 1"),
+    ({"gradient_blur": -1}, r"gradient_blur must be a blur sigma in \[0, 8\] grid cells, got -1"),
+    ({"gradient_blur": 9}, r"gradient_blur must be a blur sigma in \[0, 8\] grid cells, got 9"),
 ])
 def test_pire_rejects_bad_arguments(model, kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -295,6 +297,27 @@ def test_coarse_layer_adds_low_frequencies_within_budget(model, photo):
 
     assert low_share(layered.perturbation) > 1.5 * low_share(plain.perturbation)
     assert layered.stats.similarity[0] < 1
+
+
+def test_gradient_blur_moves_smooth_blobs_within_budget(model, photo):
+    """A blurred gradient makes the steps' moves away from the random start smoother than the plain gradient's,
+    within the bound and on the 8-bit grid."""
+    eps = 16 / 255  # a bound the steps do not reach from most of the start, so the moves' shape shows
+    options = dict(eps=eps, lr=1 / 255, size=SIZE, seed=0, precision="float32")
+    start = PIRE(model, steps=1, **options)  # one step returns the perturbation it was evaluated at: the start
+    start(photo)
+    plain, blurred = PIRE(model, steps=4, **options), PIRE(model, steps=4, gradient_blur=2.0, **options)
+    for attack in (plain, blurred):
+        x_adv = attack(photo)
+        assert on_grid(x_adv) and float((x_adv - photo).abs().max()) <= eps + 1e-6
+        assert attack.stats.similarity[0] < 1
+
+    def roughness(v):  # mean change between horizontal neighbours, relative to the mean magnitude
+        return float((v[..., 1:] - v[..., :-1]).abs().mean() / v.abs().mean())
+
+    moves = [attack.perturbation - start.perturbation for attack in (plain, blurred)]
+    assert all(float(m.abs().max()) > 0 for m in moves)
+    assert roughness(moves[1]) < 0.6 * roughness(moves[0])
 
 
 def test_ssim_weight_buys_image_quality_with_part_of_the_budget(model, photo):

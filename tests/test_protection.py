@@ -67,6 +67,10 @@ def test_a_later_field_shows_in_a_presets_repr_only_where_set(model):
     grey = replace(medium, grey_change=True)
     assert repr(grey) == repr(medium)[:-1] + ", grey_change=True)"
     assert make_attack(model, strength=grey).grey_change and not make_attack(model, strength=medium).grey_change
+    assert "gradient_blur" not in repr(medium)
+    blurred = replace(medium, gradient_blur=1.5)
+    assert repr(blurred) == repr(medium)[:-1] + ", gradient_blur=1.5)"
+    assert make_attack(model, strength=blurred).gradient_blur == 1.5 and make_attack(model, strength=medium).gradient_blur == 0
 
 
 @pytest.mark.parametrize("strength", list(STRENGTHS))

@@ -34,7 +34,7 @@ from ..models.descriptor import POOLINGS
 from ..models.pooling import l2n
 from ..models.precision import autocast, autocast_dtype, check_precision, float32_context, precision_name
 from ..perceptual import flat_gain, monochrome, share_channels, ssim_cost_weights
-from ..transforms import quantise, resample, straight_through
+from ..transforms import gaussian_blur, quantise, resample, straight_through
 from .robust import RandomEdits
 from .views import TrackerViews
 
@@ -185,6 +185,9 @@ class PerturbationAttack:
         grey_change: change the three channels of every photo by the same amount, its brightness alone (for
             research: a change of colour is what the chroma subsampling of JPEG below quality 90 and of WebP throws
             away first); False: only black-and-white photos' (:func:`~advquery.perceptual.monochrome`).
+        gradient_blur: sigma, in cells of the perturbation's grid, of a Gaussian blur of the gradient before every step
+            (the translation-invariant attack, Dong et al., CVPR 2019): each step moves smooth blobs rather than single
+            cells, a pattern that a shift, a rescale or a re-compression changes less (for research); 0: none.
 
     Shape:
         input (N, 3, H, W) float in [0, 1] on the 8-bit grid; output the same shape, on the 8-bit grid.
@@ -199,7 +202,7 @@ class PerturbationAttack:
                  on_step: Callable[[int, int], None] | None = None, tracker_views: TrackerViews | None = None,
                  poolings: Sequence[str] = ("gem",), whole_view: bool | str = True, spare_flat: float | None = None,
                  lr_schedule: str = "constant", coarse_layer: int | None = None, view_reference: str = "view",
-                 grey_change: bool = False):
+                 grey_change: bool = False, gradient_blur: float = 0.0):
         _check(isinstance(steps, int) and not isinstance(steps, bool) and steps >= 1, f"steps must be a positive integer, got {steps!r}")
         _check(lr > 0, f"lr must be positive, got {lr}")
         _check(lr_schedule in LR_SCHEDULES, f"lr_schedule must be one of {LR_SCHEDULES}, got {lr_schedule!r}")
@@ -240,6 +243,8 @@ class PerturbationAttack:
         self.spare_flat = spare_flat
         _check(isinstance(grey_change, bool), f"grey_change must be a bool, got {grey_change!r}")
         self.grey_change = grey_change
+        _check(0 <= gradient_blur <= 8, f"gradient_blur must be a blur sigma in [0, 8] grid cells, got {gradient_blur}")
+        self.gradient_blur = gradient_blur
         self.snapshots: list[tuple[int, torch.Tensor]] = []  # (steps, working-resolution v) of the last call
         self.stats = AttackStats([], [])
         self.perturbation: torch.Tensor | None = None  # best working-resolution perturbation of the last call
@@ -459,6 +464,8 @@ class PerturbationAttack:
                                     [-seen.grad] if price is None else [-seen.grad, None])
             for p in optimiser.param_groups[0]["params"]:
                 if p.grad is not None:
+                    if self.gradient_blur:
+                        p.grad.copy_(gaussian_blur(p.grad, self.gradient_blur))
                     share_channels(p.grad, grey)
             optimiser.step()
             if schedule is not None:
