@@ -446,6 +446,16 @@ for sigma in (1, 2):
 for price in (30, 40):
     CANDIDATES[f"medium-full-grid-price{price}"] = replace(
         MEDIUM, grid=None, ssim_weight=price, description=f"medium on the working resolution's grid at SSIM price {price}")
+# Both: the 512 px grid's component (coarse_layer=2 on the working resolution's grid) for the small working sizes, the
+# working resolution's for SPoC after re-compression, their sum within the bound, at SSIM prices that bring SSIM
+# near medium's. Not kept (candidates_twogrids_validation_limit8, medium in the same run): at price 30, SSIM 0.973 as
+# medium's, SPoC after WebP 80 30.2 % against 38.1 %, but WI median 13.5 against 10.3 %, worst 55.5 against 44.6 %
+# (Lite0 GeM at 512 px after WebP 80); at price 40 worse in every column.
+for price in (30, 40):
+    CANDIDATES[f"medium-two-grids-price{price}"] = replace(
+        MEDIUM, grid=None, coarse_layer=2, ssim_weight=price,
+        description=f"medium on the working resolution's grid plus a component on a grid twice coarser (512 px), at "
+                    f"SSIM price {price}")
 # Leave one model out: medium and high computed without model M, measured with M (the shipped presets use all three).
 LITE = {n: f"efficientnet-{n}-gem" for n in ("lite0", "lite1", "lite2")}
 LEFT_OUT = "-without-"
