@@ -73,6 +73,7 @@ def _cosine(model, a: torch.Tensor, b: torch.Tensor) -> float:
     ({"grey_change": 1}, "grey_change must be a bool, got 1"),
     ({"gradient_blur": -1}, r"gradient_blur must be a blur sigma in \[0, 8\] grid cells, got -1"),
     ({"gradient_blur": 9}, r"gradient_blur must be a blur sigma in \[0, 8\] grid cells, got 9"),
+    ({"gradient_blur": "2"}, r"gradient_blur must be a blur sigma in \[0, 8\] grid cells, got '2'"),
 ])
 def test_pire_rejects_bad_arguments(model, kwargs, message):
     with pytest.raises(ValueError, match=message):
