@@ -439,13 +439,15 @@ for sigma in (1, 2):
                                                           f"{sigma} cell{'s' if sigma > 1 else ''} of its grid")
 # The same cells on a finer grid: the gradient blur's failure (above) says the effect on SPoC after re-compression
 # rests on fine structure, and medium without its 512 px grid (medium-full-grid, the ablation) blocked more at a lower
-# SSIM. The working resolution's grid at higher SSIM prices, to find its SSIM-effect curve against medium's (2026-12-07).
+# SSIM. The working resolution's grid at higher SSIM prices, to find its SSIM-effect curve against medium's
+# (2026-12-07).
 # Not kept (candidates_fullgrid_validation_limit8, medium in the same run): at SSIM 0.976 and 0.980 against 0.973, WI
 # median 16.3 and 23.5 % against 10.3 %, worst 57.7 and 76.2 % against 44.6 % (Lite0 GeM at 512 px: the fine structure
 # does not survive a small working size), though SPoC after WebP 80 31.2 % against 38.1 % at price 30.
 for price in (30, 40):
     CANDIDATES[f"medium-full-grid-price{price}"] = replace(
-        MEDIUM, grid=None, ssim_weight=price, description=f"medium on the working resolution's grid at SSIM price {price}")
+        MEDIUM, grid=None, ssim_weight=price,
+        description=f"medium on the working resolution's grid at SSIM price {price}")
 # Both: the 512 px grid's component (coarse_layer=2 on the working resolution's grid) for the small working sizes, the
 # working resolution's for SPoC after re-compression, their sum within the bound, at SSIM prices that bring SSIM
 # near medium's. Not kept (candidates_twogrids_validation_limit8, medium in the same run): at price 30, SSIM 0.973 as

@@ -70,7 +70,8 @@ def test_a_later_field_shows_in_a_presets_repr_only_where_set(model):
     assert "gradient_blur" not in repr(medium)
     blurred = replace(medium, gradient_blur=1.5)
     assert repr(blurred) == repr(medium)[:-1] + ", gradient_blur=1.5)"
-    assert make_attack(model, strength=blurred).gradient_blur == 1.5 and make_attack(model, strength=medium).gradient_blur == 0
+    assert make_attack(model, strength=blurred).gradient_blur == 1.5
+    assert make_attack(model, strength=medium).gradient_blur == 0
 
 
 @pytest.mark.parametrize("strength", list(STRENGTHS))

@@ -243,7 +243,8 @@ class PerturbationAttack:
         self.spare_flat = spare_flat
         _check(isinstance(grey_change, bool), f"grey_change must be a bool, got {grey_change!r}")
         self.grey_change = grey_change
-        _check(isinstance(gradient_blur, (int, float)) and not isinstance(gradient_blur, bool) and 0 <= gradient_blur <= 8,
+        _check(isinstance(gradient_blur, (int, float)) and not isinstance(gradient_blur, bool)
+               and 0 <= gradient_blur <= 8,
                f"gradient_blur must be a blur sigma in [0, 8] grid cells, got {gradient_blur!r}")
         self.gradient_blur = gradient_blur
         self.snapshots: list[tuple[int, torch.Tensor]] = []  # (steps, working-resolution v) of the last call
