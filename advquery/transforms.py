@@ -146,8 +146,26 @@ def rotate(x: torch.Tensor, degrees: float, window: tuple[int, int, int, int] | 
         small = (max(1, round((y1 - y0) * fy)), max(1, round((x1 - x0) * fx)))
         x = resample(x[..., y0:y1, x0:x1], small)
     grid = torch.stack([(src_x - x0) * 2 / (x1 - x0) - 1, (src_y - y0) * 2 / (y1 - y0) - 1], dim=-1)
-    return F.grid_sample(x, grid[None].expand(x.shape[0], -1, -1, -1), mode="bilinear", padding_mode="border",
-                         align_corners=False)
+    return _sample(x, grid)
+
+
+def _sample(x: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+    """Bilinear ``F.grid_sample`` (border padding) of every image of ``x`` (N, C, H, W) at one ``grid`` (h, w, 2).
+
+    The CPU kernel shares its work among threads by image only, so a single image on a CPU is sampled as bands of
+    output rows, one band per thread, stacked as a batch of the same image: the same values, in the threads' time
+    rather than one thread's (the backward pass sums the bands' gradients)."""
+    n, c = x.shape[:2]
+    h, w = grid.shape[:2]
+    options = dict(mode="bilinear", padding_mode="border", align_corners=False)
+    bands = min(torch.get_num_threads(), h) if x.device.type == "cpu" and n == 1 else 1
+    if bands == 1:
+        return F.grid_sample(x, grid[None].expand(n, -1, -1, -1), **options)
+    rows = -(-h // bands)
+    if rows * bands > h:  # the last band filled up with copies of the last row, dropped after
+        grid = torch.cat([grid, grid[-1:].expand(rows * bands - h, -1, -1)])
+    out = F.grid_sample(x.expand(bands, -1, -1, -1), grid.view(bands, rows, w, 2), **options)
+    return out.permute(1, 0, 2, 3).reshape(1, c, bands * rows, w)[:, :, :h]
 
 
 def rotated_shape(shape: tuple[int, int], degrees: float) -> tuple[int, int]:

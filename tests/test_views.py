@@ -182,6 +182,27 @@ def test_a_downscaled_rotation_keeps_the_geometry_and_filters_each_side():
         assert float(rotate(noise, angle, window, shape).std()) < 0.5 * float(noise.std())
 
 
+@pytest.mark.parametrize("threads", [2, 3])
+def test_a_single_photo_rotates_in_bands_with_the_same_pixels_and_gradient(threads, monkeypatch):
+    """One photo is sampled as one band of output rows per thread (the CPU kernel shares work by image): the same
+    pixels as one grid_sample call, the same gradient but for the order of summation, whatever the rows left over."""
+    x = torch.rand(1, 3, 121, 93, generator=torch.Generator().manual_seed(6))
+    upstream = torch.randn(rotate(x, 2.5, (5, 7, 101, 77), (67, 51)).shape, generator=torch.Generator().manual_seed(7))
+    results, batches, sample = {}, [], F.grid_sample
+    monkeypatch.setattr(F, "grid_sample", lambda image, grid, **options: batches.append(len(image)) or
+                        sample(image, grid, **options))
+    for count in (1, threads):
+        monkeypatch.setattr(torch, "get_num_threads", lambda count=count: count)
+        leaf = x.clone().requires_grad_(True)
+        out = rotate(leaf, 2.5, (5, 7, 101, 77), (67, 51))  # 67 rows: bands of 34 + 33 or 23 + 23 + 21
+        out.backward(upstream)
+        results[count] = (out.detach(), leaf.grad)
+    assert batches == [1, threads]  # the photo alone, then one band per thread
+    torch.testing.assert_close(results[threads][0], results[1][0], atol=0, rtol=0)
+    torch.testing.assert_close(results[threads][1], results[1][1], atol=1e-6, rtol=0)
+    assert results[1][1].abs().sum() > 1
+
+
 def test_view_distance_is_zero_for_the_original_and_grows_with_a_change(model, photo):
     both = ModelEnsemble([model, load_model("efficientnet-lite1-gem", device="cpu")])
     attack = PIRE(both, eps=4 / 255, steps=2, size=SIZE, seed=0, poolings=("gem", "mac", "rmac"),
