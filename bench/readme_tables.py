@@ -209,6 +209,12 @@ SECTIONS = [
      "`PYTHONPATH=<a checkout of 00ced56> python bench/speed.py --parts time --photos 2 --presets low medium high "
      "--precisions bfloat16 --name speed_before_views_amd`",
      "Run alone, right before `speed_bfloat16_amd` on the same machine: the reference its times are compared with."),
+    ("speed_before_cast_amd",
+     "Speed of protection before the trunk's weights were cast once and a photo's rotation sampled on every thread "
+     "(commit e08f336), in bfloat16",
+     "`PYTHONPATH=<a checkout of e08f336> python bench/speed.py --parts time --photos 2 --presets low medium high "
+     "--precisions bfloat16 --name speed_before_cast_amd`",
+     "Run alone, right before `speed_amd` on the same machine: the reference its times are compared with."),
 ]
 
 
