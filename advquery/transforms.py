@@ -149,16 +149,21 @@ def rotate(x: torch.Tensor, degrees: float, window: tuple[int, int, int, int] | 
     return _sample(x, grid)
 
 
+SAMPLING_BANDS = 4  # the most bands of output rows a photo's rotation is sampled in (one per thread; _sample)
+
+
 def _sample(x: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
     """Bilinear ``F.grid_sample`` (border padding) of every image of ``x`` (N, C, H, W) at one ``grid`` (h, w, 2).
 
     The CPU kernel shares its work among threads by image only, so a single image on a CPU is sampled as bands of
     output rows, one band per thread, stacked as a batch of the same image: the same values, in the threads' time
-    rather than one thread's (the backward pass sums the bands' gradients)."""
+    rather than one thread's (the backward pass sums the bands' gradients). At most :data:`SAMPLING_BANDS` bands: each
+    band's backward fills a gradient buffer the size of the input (a guard for many-core CPUs, measured on 2 threads
+    only)."""
     n, c = x.shape[:2]
     h, w = grid.shape[:2]
     options = dict(mode="bilinear", padding_mode="border", align_corners=False)
-    bands = min(torch.get_num_threads(), h) if x.device.type == "cpu" and n == 1 else 1
+    bands = min(torch.get_num_threads(), SAMPLING_BANDS, h) if x.device.type == "cpu" and n == 1 else 1
     if bands == 1:
         return F.grid_sample(x, grid[None].expand(n, -1, -1, -1), **options)
     rows = -(-h // bands)
