@@ -67,6 +67,19 @@ def test_rmac_gradient_is_that_of_each_region_max(memory_format):
     assert torch.count_nonzero(a.grad) > 0
 
 
+def test_rmac_gives_a_tied_maximum_the_same_place_in_either_memory_layout():
+    """Ties are common in bfloat16 maps; the first maximum in reading order takes the gradient whatever the layout."""
+    x = (torch.rand(2, 5, 9, 13, generator=torch.Generator().manual_seed(3)) * 3).round()  # few values: many ties
+    grads = []
+    for memory_format in (torch.contiguous_format, torch.channels_last):
+        leaf = x.clone(memory_format=memory_format).requires_grad_()
+        (rmac(leaf) * torch.arange(1, 6)).sum().backward()
+        grads.append(leaf.grad)
+    torch.testing.assert_close(grads[0], grads[1], atol=0, rtol=0)
+    whole = torch.zeros_like(x).flatten(-2).scatter_(-1, x.flatten(-2).argmax(-1, keepdim=True), 1).view_as(x)
+    assert bool((grads[1][whole.bool()] != 0).all())  # each channel's first maximum got its share
+
+
 @pytest.fixture(scope="module")
 def photos(data_root):
     jpg = data_root / "roxford5k-mini" / "jpg"
