@@ -1,6 +1,5 @@
 """Descriptor models: GeM and whitening against hand-written references, the built-in
 EfficientNet-Lite model's contract, and cirtorch checkpoints built here with random weights."""
-import copy
 import io
 import re
 import zipfile
@@ -175,42 +174,6 @@ def test_lite_trunk_equals_explicit_same_padding(lite0, size, monkeypatch):
         results.append((out.detach(), leaf.grad))
     torch.testing.assert_close(results[0][0], results[1][0], atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(results[0][1], results[1][1], atol=1e-6, rtol=1e-5)
-
-
-def test_autocast_copy_of_the_weights_computes_what_autocast_casts_each_pass(lite0, monkeypatch):
-    """Under bfloat16 autocast the trunk's convolutions use a copy of their weights cast once: the same values,
-    forward and backward, as autocast casting them in every pass; made again when a weight changes in place."""
-    model = copy.deepcopy(lite0)
-    stem = model.features._conv_stem
-    x = _smooth_images(1, 96, 72, seed=10)
-
-    def passes():
-        leaf = x.clone().requires_grad_()
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            out = model.feature_map(leaf)
-        out.float().pow(2).sum().backward()
-        return out.detach(), leaf.grad
-
-    cached = passes()
-    copy_made = stem._autocast_copy[1]
-    assert copy_made.dtype == torch.bfloat16
-    again = passes()
-    assert stem._autocast_copy[1] is copy_made  # reused, not cast again
-    with torch.no_grad():
-        stem.weight.mul_(2)  # an in-place change: the copy must follow it
-    changed = passes()
-    assert stem._autocast_copy[1] is not copy_made
-    with monkeypatch.context() as patch:
-        patch.setattr(lite_module.Conv2dSame, "_parameters_for", lambda self, _: (self.weight, self.bias))
-        reference_changed = passes()
-        with torch.no_grad():
-            stem.weight.div_(2)
-        reference = passes()
-    for ours, theirs in ((cached, reference), (again, reference), (changed, reference_changed)):
-        torch.testing.assert_close(ours[0], theirs[0], atol=0, rtol=0)
-        torch.testing.assert_close(ours[1], theirs[1], atol=0, rtol=0)
-    assert not torch.equal(changed[0], cached[0])
-    assert model.features._conv_stem._parameters_for(x)[0] is stem.weight  # float32 outside autocast
 
 
 def test_model_rejects_wrong_input_shape(lite0):

@@ -65,22 +65,6 @@ class Conv2dSame(nn.Conv2d):
         super().__init__(*args, **kwargs)
         if self.stride == (1, 1):
             self.padding = (self.kernel_size[0] // 2, self.kernel_size[1] // 2)
-        self._autocast_copy: tuple | None = None  # (key, weight, bias) in the autocast dtype; see _parameters_for
-
-    def _parameters_for(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Weight and bias as the convolution of ``x`` uses them: under autocast, a copy in its dtype made once.
-
-        Autocast casts a weight to its dtype in every call unless the weight requires grad (only those casts are
-        cached); a frozen trunk would copy every weight again in every pass. The copy is the same cast, so the
-        passes compute exactly the same values; it is made again when the weight changes (its version) or moves."""
-        weight, kind = self.weight, x.device.type
-        if weight.requires_grad or not torch.is_autocast_enabled(kind):
-            return weight, self.bias
-        dtype = torch.get_autocast_dtype(kind)
-        key = (dtype, weight.device, weight.data_ptr(), weight._version)
-        if self._autocast_copy is None or self._autocast_copy[0] != key:
-            self._autocast_copy = (key, weight.to(dtype), None if self.bias is None else self.bias.to(dtype))
-        return self._autocast_copy[1:]
 
     def same_pads(self, shape: tuple[int, ...]) -> list[int]:
         """(left, right, top, bottom) zero padding "SAME" gives an input of ``shape`` (..., H, W)."""
@@ -92,12 +76,12 @@ class Conv2dSame(nn.Conv2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.stride == (1, 1):
-            return self._conv_forward(x, *self._parameters_for(x))
+            return super().forward(x)
         return self.forward_padded(F.pad(x, self.same_pads(x.shape)))
 
     def forward_padded(self, x: torch.Tensor) -> torch.Tensor:
         """The convolution of an input already padded by :meth:`same_pads` (e.g. by :func:`relu6_padded`)."""
-        return F.conv2d(x, *self._parameters_for(x), self.stride, 0, self.dilation, self.groups)
+        return F.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
 
 
 class _ReLU6Padded(torch.autograd.Function):
