@@ -14,9 +14,8 @@ from advquery.transforms import jpeg_round_trip, resample
 
 from advquery.attacks import CVPIRE, MaskedPIRE, SDPIRE, RandomEdits
 from advquery.models import ModelEnsemble
-from advquery.models.precision import autocast_dtype
 from advquery.perceptual import color_variance_map, ssim_masking_map, std_map
-from helpers import levels, on_grid
+from helpers import levels, lite0_for_counting, on_grid
 
 SIZE = 96
 EPS = 2 / 255
@@ -25,9 +24,7 @@ LEVEL = 1 / 255
 
 @pytest.fixture(scope="module")
 def model():
-    lite0 = load_model("efficientnet-lite0-gem", device="cpu")
-    autocast_dtype("auto", lite0)  # this machine's bfloat16 probe, where it runs, before a test counts the passes
-    return lite0
+    return lite0_for_counting()
 
 
 @pytest.fixture(scope="module")

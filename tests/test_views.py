@@ -10,19 +10,17 @@ from advquery.attacks.views import TrackerViews, View
 from advquery.extraction import describe
 from advquery.io import read_photo, to_tensor
 from advquery.models import ModelEnsemble
-from advquery.models.precision import autocast_dtype
 from advquery.perceptual import flat_gain
 from advquery.transforms import (SAMPLING_BANDS, Transform, gaussian_blur, jpeg_round_trip, quantise, rotate,
                                  webp_round_trip)
+from helpers import lite0_for_counting
 
 SIZE = 96
 
 
 @pytest.fixture(scope="module")
 def model():
-    lite0 = load_model("efficientnet-lite0-gem", device="cpu")
-    autocast_dtype("auto", lite0)  # this machine's bfloat16 probe, where it runs, before a test counts the passes
-    return lite0
+    return lite0_for_counting()
 
 
 @pytest.fixture(scope="module")
