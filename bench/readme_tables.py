@@ -210,11 +210,12 @@ SECTIONS = [
      "--precisions bfloat16 --name speed_before_views_amd`",
      "Run alone, right before `speed_bfloat16_amd` on the same machine: the reference its times are compared with."),
     ("speed_before_cast_amd",
-     "Speed of protection before the trunk's weights were cast once and a photo's rotation sampled on every thread "
+     "Speed of protection before a photo's rotation was sampled on every thread and R-MAC searched a row-major copy "
      "(commit e08f336), in bfloat16",
      "`PYTHONPATH=<a checkout of e08f336> python bench/speed.py --parts time --photos 2 --presets low medium high "
      "--precisions bfloat16 --name speed_before_cast_amd`",
-     "Run alone, right before `speed_amd` on the same machine: the reference its times are compared with."),
+     "Run alone on the same machine an hour before `speed_amd` (whose bare passes ran 8-16 % slower): compare the two "
+     "as protect / bare ratios."),
 ]
 
 
