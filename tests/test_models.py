@@ -1,6 +1,9 @@
 """Descriptor models: GeM and whitening against hand-written references, the built-in
 EfficientNet-Lite model's contract, and cirtorch checkpoints built here with random weights."""
+import ctypes
+import ctypes.util
 import io
+import platform
 import re
 import zipfile
 
@@ -10,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from advquery.models import GeM, ModelError, Whitening, gem, load_model
+from advquery.models.allocator import keep_freed_memory
 from advquery.models import efficientnet_lite as lite_module
 from advquery.models import pooling
 from advquery.models.cirtorch import build_features
@@ -174,6 +178,76 @@ def test_lite_trunk_equals_explicit_same_padding(lite0, size, monkeypatch):
         results.append((out.detach(), leaf.grad))
     torch.testing.assert_close(results[0][0], results[1][0], atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(results[0][1], results[1][1], atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kernel,stride,size", [(3, (2, 2), (11, 14)), (5, (2, 2), (12, 9)), (2, (2, 2), (8, 8)),
+                                                (1, (2, 2), (7, 10)), (3, (3, 2), (13, 10)), (4, (3, 3), (10, 11))])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_strided_depthwise_gradient_by_phases_equals_torch(kernel, stride, size, channels_last):
+    """The phases' input gradient is the convolution's: any kernel against the stride (smaller too), odd and even
+    sizes, rows past the last output's reach (they get 0), both layouts; forward unchanged, the bias's gradient."""
+    g = torch.Generator().manual_seed(11)
+    x = torch.randn(2, 5, *size, generator=g, dtype=torch.float64)
+    x = x.contiguous(memory_format=torch.channels_last) if channels_last else x
+    weight = torch.randn(5, 1, kernel, kernel, generator=g, dtype=torch.float64)
+    bias = torch.randn(5, generator=g, dtype=torch.float64)
+    results = []
+    for conv in (lambda t, b: lite_module._StridedDepthwise.apply(t, weight, b, stride),
+                 lambda t, b: F.conv2d(t, weight, b, stride, 0, 1, 5)):
+        leaf, b = x.clone().requires_grad_(), bias.clone().requires_grad_()
+        out = conv(leaf, b)
+        upstream = torch.randn(out.shape, generator=torch.Generator().manual_seed(12), dtype=torch.float64)
+        (out * upstream).sum().backward()
+        results.append((out.detach(), leaf.grad, b.grad))
+    for ours, torchs in zip(*results):
+        torch.testing.assert_close(ours, torchs, atol=1e-12, rtol=1e-12)
+    assert results[0][1].is_contiguous(memory_format=torch.channels_last) == channels_last
+
+
+def test_lite_trunk_in_bfloat16_takes_the_phases_with_torchs_gradient(lite0, monkeypatch):
+    """Under bfloat16 autocast the strided depthwise convolutions take the phases' backward (four in Lite0), and the
+    input gradient is torch's own within bfloat16's rounding; in float32 they keep torch's."""
+    x = _smooth_images(1, 96, 128, seed=13)
+    calls = []
+    phases = lite_module._StridedDepthwise.apply
+    monkeypatch.setattr(lite_module._StridedDepthwise, "apply", lambda *a: calls.append(1) or phases(*a))
+    lite0.feature_map(x.clone().requires_grad_()).sum().backward()
+    assert calls == []  # float32
+    grads = []
+    for use_phases in (True, False):
+        if not use_phases:
+            monkeypatch.setattr(lite_module._StridedDepthwise, "apply",
+                                lambda t, w, b, stride: F.conv2d(t, w, b, stride, 0, 1, t.shape[1]))
+        leaf = x.clone().requires_grad_()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = lite0.feature_map(leaf)
+        out.float().pow(2).sum().backward()
+        grads.append(leaf.grad)
+    assert len(calls) == 4
+    assert F.cosine_similarity(grads[0].flatten(), grads[1].flatten(), dim=0) > 0.999
+    torch.testing.assert_close(grads[0], grads[1], atol=0.02 * float(grads[1].abs().max()), rtol=0.05)
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                                      "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's allocator only")
+def test_loaded_model_keeps_large_blocks_off_mmap(lite0):
+    """After a model loads, a block of a pass's size comes from the heap (no mmap'd block is added) and, freed, stays
+    there for the next."""
+    libc = ctypes.CDLL(ctypes.util.find_library("c"))
+    libc.mallinfo2.restype = _MallInfo2
+    assert keep_freed_memory()
+    before = libc.mallinfo2()
+    block = torch.empty(64 * 2 ** 20, dtype=torch.uint8).fill_(1)
+    during = libc.mallinfo2()
+    del block
+    after = libc.mallinfo2()
+    assert (during.hblks, during.hblkhd) == (before.hblks, before.hblkhd)
+    assert during.uordblks >= before.uordblks + 64 * 2 ** 20
+    assert after.fordblks >= 64 * 2 ** 20  # kept free in the heap, not given back
 
 
 def test_model_rejects_wrong_input_shape(lite0):
