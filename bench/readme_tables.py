@@ -214,6 +214,13 @@ SECTIONS = [
      "`PYTHONPATH=<a checkout of 00ced56> python bench/speed.py --parts time --photos 2 --presets low medium high "
      "--precisions bfloat16 --name speed_before_views_amd`",
      "Run alone, right before `speed_bfloat16_amd` on the same machine: the reference its times are compared with."),
+    ("speed_before_phases_amd",
+     "Speed of protection before the trunk's strided depthwise backward by phases and the kept memory (commit "
+     "5fb84eb), in bfloat16",
+     "`PYTHONPATH=<a checkout of 5fb84eb> python bench/speed.py --parts time --photos 2 --presets low medium high "
+     "--precisions bfloat16 --name speed_before_phases_amd`",
+     "Run alone on the same machine right after `speed_phases_amd`: the reference its times are compared with. Its "
+     "code stamp's `+changes` is a link to the shared work folder in that checkout, not a change of code."),
     ("speed_before_cast_amd",
      "Speed of protection before a photo's rotation was sampled on every thread and R-MAC searched a row-major copy "
      "(commit e08f336), in bfloat16",
@@ -388,6 +395,8 @@ def timed_seconds() -> tuple[dict[str, float], str, str]:
     defined today; its presets whose definition changed since, or that it did not time, have none."""
     found = []
     for path in RESULTS.glob("speed*.json"):
+        if "_before_" in path.stem:  # an older package timed as the reference of a change, not today's
+            continue
         data = json.loads(path.read_text())
         if not isinstance(data, dict) or not isinstance(data.get("time"), dict):
             continue
