@@ -108,7 +108,7 @@ class _StridedDepthwise(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         (weight,) = ctx.saved_tensors
-        (sh, sw), (_, c, h, w) = ctx.stride, ctx.input_shape
+        (sh, sw), c = ctx.stride, ctx.input_shape[1]
         layout = torch.channels_last if ctx.channels_last else torch.contiguous_format
         grad_x = torch.empty(ctx.input_shape, dtype=grad.dtype, device=grad.device, memory_format=layout)
         weight = weight.to(grad.dtype)
@@ -120,7 +120,8 @@ class _StridedDepthwise(torch.autograd.Function):
                     target.zero_()
                     continue
                 kt, kr = taps.shape[-2:]
-                # phase[u, v] = sum over t, r of taps'[t, r] * grad[u - t, v - r]: this phase's rows u from 0
+                # phase[u, v] = sum over t, r of weight[pi + sh t, pj + sw r] * grad[u - t, v - r] (this phase's
+                # rows and columns counted from 0): a full convolution, the flipped taps padded by their size - 1
                 phase = F.conv2d(grad, taps, None, 1, (kt - 1, kr - 1), 1, c)
                 rows, cols = min(target.shape[-2], phase.shape[-2]), min(target.shape[-1], phase.shape[-1])
                 target[..., :rows, :cols] = phase[..., :rows, :cols]
