@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from advquery.models import GeM, ModelError, Whitening, gem, load_model
+from advquery.models import allocator
 from advquery.models.allocator import keep_freed_memory
 from advquery.models import efficientnet_lite as lite_module
 from advquery.models import pooling
@@ -234,20 +235,24 @@ class _MallInfo2(ctypes.Structure):
 
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's allocator only")
-def test_loaded_model_keeps_large_blocks_off_mmap(lite0):
+def test_loaded_model_keeps_pass_sized_blocks_in_the_heap(lite0):
     """After a model loads, a block of a pass's size comes from the heap (no mmap'd block is added) and, freed, stays
-    there for the next."""
+    there for the next; a block larger than the allocator's bound is still mapped."""
     libc = ctypes.CDLL(ctypes.util.find_library("c"))
     libc.mallinfo2.restype = _MallInfo2
     assert keep_freed_memory()
+    size = allocator.MAPPED_FROM - 2 ** 20
     before = libc.mallinfo2()
-    block = torch.empty(64 * 2 ** 20, dtype=torch.uint8).fill_(1)
+    block = torch.empty(size, dtype=torch.uint8).fill_(1)
     during = libc.mallinfo2()
     del block
     after = libc.mallinfo2()
     assert (during.hblks, during.hblkhd) == (before.hblks, before.hblkhd)
-    assert during.uordblks >= before.uordblks + 64 * 2 ** 20
-    assert after.fordblks >= 64 * 2 ** 20  # kept free in the heap, not given back
+    assert during.uordblks >= before.uordblks + size
+    assert after.fordblks >= size  # kept free in the heap, not given back
+    large = torch.empty(2 * allocator.MAPPED_FROM, dtype=torch.uint8)
+    assert libc.mallinfo2().hblkhd >= before.hblkhd + 2 * allocator.MAPPED_FROM
+    del large
 
 
 def test_model_rejects_wrong_input_shape(lite0):
