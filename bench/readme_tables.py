@@ -155,11 +155,10 @@ SECTIONS = [
      "The first 6 photos' files are those of the 6-query run (same settings). Plot: "
      "`bench/results/perceptual_methods_limit20_operating_point_quality_effect.png`."),
     ("perceptual_map_speed", "Colour-variance map speed", "python bench/perceptual_map_speed.py", ""),
-    ("trunk_speed_amd", "Speed of the trunk's passes (one pass; each preset's mix): the strided depthwise "
-     "convolutions' backward by phases and the allocator keeping freed memory, against PyTorch's own backward and "
-     "glibc's defaults",
-     "python bench/trunk_speed.py --rounds 2 --passes 6 --steps 8 --name trunk_speed_amd",
-     "Run alone on the machine (timed figures); both references in the same run."),
+    ("trunk_speed_amd", "Speed of the trunk's passes in bfloat16 (one pass; each preset's mix): the strided "
+     "depthwise convolutions' backward by phases against PyTorch's own",
+     "python bench/trunk_speed.py --passes 8 --mixes 3 --steps 8 --name trunk_speed_amd",
+     "Run alone on the machine (timed figures); the reference in the same run."),
     ("working_grid", "Where the steps compose the perturbed photo: working grid or the photo's own resolution",
      "not reproducible: `bench/working_grid.py` and the attacks' `grid` option were removed after this run "
      "(measured at commit 02e5275)",

@@ -1,9 +1,6 @@
 """Descriptor models: GeM and whitening against hand-written references, the built-in
 EfficientNet-Lite model's contract, and cirtorch checkpoints built here with random weights."""
-import ctypes
-import ctypes.util
 import io
-import platform
 import re
 import zipfile
 
@@ -13,8 +10,6 @@ import torch
 import torch.nn.functional as F
 
 from advquery.models import GeM, ModelError, Whitening, gem, load_model
-from advquery.models import allocator
-from advquery.models.allocator import keep_freed_memory
 from advquery.models import efficientnet_lite as lite_module
 from advquery.models import pooling
 from advquery.models.cirtorch import build_features
@@ -227,32 +222,6 @@ def test_lite_trunk_in_bfloat16_takes_the_phases_with_torchs_gradient(lite0, mon
     assert len(calls) == 4
     assert F.cosine_similarity(grads[0].flatten(), grads[1].flatten(), dim=0) > 0.999
     torch.testing.assert_close(grads[0], grads[1], atol=0.02 * float(grads[1].abs().max()), rtol=0.05)
-
-
-class _MallInfo2(ctypes.Structure):
-    _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
-                                                      "fsmblks", "uordblks", "fordblks", "keepcost")]
-
-
-@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's allocator only")
-def test_loaded_model_keeps_pass_sized_blocks_in_the_heap(lite0):
-    """After a model loads, a block of a pass's size comes from the heap (no mmap'd block is added) and, freed, stays
-    there for the next; a block larger than the allocator's bound is still mapped."""
-    libc = ctypes.CDLL(ctypes.util.find_library("c"))
-    libc.mallinfo2.restype = _MallInfo2
-    assert keep_freed_memory()
-    size = allocator.MAPPED_FROM - 2 ** 20
-    before = libc.mallinfo2()
-    block = torch.empty(size, dtype=torch.uint8).fill_(1)
-    during = libc.mallinfo2()
-    del block
-    after = libc.mallinfo2()
-    assert (during.hblks, during.hblkhd) == (before.hblks, before.hblkhd)
-    assert during.uordblks >= before.uordblks + size
-    assert after.fordblks >= size  # kept free in the heap, not given back
-    large = torch.empty(2 * allocator.MAPPED_FROM, dtype=torch.uint8)
-    assert libc.mallinfo2().hblkhd >= before.hblkhd + 2 * allocator.MAPPED_FROM
-    del large
 
 
 def test_model_rejects_wrong_input_shape(lite0):

@@ -15,7 +15,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from .allocator import keep_freed_memory
 from .cirtorch import ARCHITECTURES, OUTPUT_DIMS, build_features
 from .descriptor import DescriptorModel
 from .efficientnet_lite import SCALINGS, EfficientNetLiteFeatures
@@ -170,6 +169,5 @@ def load_model(name_or_path: str | Path = DEFAULT_MODEL, device: str | torch.dev
         raise ModelError(f"unknown model {str(name_or_path)!r}: not a file; available models: "
                          f"{', '.join(BUILTIN_MODELS)} or the path of a cirtorch checkpoint (.pth)")
     fold_batchnorm(model).eval().requires_grad_(False)
-    keep_freed_memory()  # the passes to come reuse their buffers instead of faulting in new pages
     # channels_last: the faster memory layout for these convolutions on CPU, forward and backward.
     return model.to(resolve_device(device), memory_format=torch.channels_last)
