@@ -214,8 +214,7 @@ SECTIONS = [
      "--precisions bfloat16 --name speed_before_views_amd`",
      "Run alone, right before `speed_bfloat16_amd` on the same machine: the reference its times are compared with."),
     ("speed_before_phases_amd",
-     "Speed of protection before the trunk's strided depthwise backward by phases and the kept memory (commit "
-     "5fb84eb), in bfloat16",
+     "Speed of protection before the trunk's strided depthwise backward by phases (commit 5fb84eb), in bfloat16",
      "`PYTHONPATH=<a checkout of 5fb84eb> python bench/speed.py --parts time --photos 2 --presets low medium high "
      "--precisions bfloat16 --name speed_before_phases_amd`",
      "Run alone on the same machine right after `speed_phases_amd`: the reference its times are compared with. Its "

@@ -101,16 +101,16 @@ class _StridedDepthwise(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride: tuple[int, int]):
         ctx.save_for_backward(weight)
-        ctx.stride, ctx.input_shape, ctx.input_dtype = stride, x.shape, x.dtype
-        ctx.channels_last = x.is_contiguous(memory_format=torch.channels_last)
+        ctx.stride, ctx.input_shape = stride, x.shape
+        channels_last = x.is_contiguous(memory_format=torch.channels_last)
+        ctx.layout = torch.channels_last if channels_last else torch.contiguous_format
         return F.conv2d(x, weight, bias, stride, 0, 1, x.shape[1])
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         (weight,) = ctx.saved_tensors
         (sh, sw), c = ctx.stride, ctx.input_shape[1]
-        layout = torch.channels_last if ctx.channels_last else torch.contiguous_format
-        grad_x = torch.empty(ctx.input_shape, dtype=grad.dtype, device=grad.device, memory_format=layout)
+        grad_x = torch.empty(ctx.input_shape, dtype=grad.dtype, device=grad.device, memory_format=ctx.layout)
         weight = weight.to(grad.dtype)
         for pi in range(sh):
             for pj in range(sw):
@@ -127,7 +127,7 @@ class _StridedDepthwise(torch.autograd.Function):
                 target[..., :rows, :cols] = phase[..., :rows, :cols]
                 target[..., rows:, :].zero_()  # rows and columns past the last output's reach
                 target[..., :rows, cols:].zero_()
-        return grad_x.to(ctx.input_dtype), None, grad.sum((0, 2, 3)) if ctx.needs_input_grad[2] else None, None
+        return grad_x, None, grad.sum((0, 2, 3)) if ctx.needs_input_grad[2] else None, None
 
 
 class _ReLU6Padded(torch.autograd.Function):
