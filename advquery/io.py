@@ -20,7 +20,7 @@ import os
 import re
 import stat
 import struct
-import tempfile
+import secrets
 import threading
 import warnings
 from contextlib import contextmanager, suppress
@@ -628,9 +628,15 @@ def atomic_write(path: str | os.PathLike) -> Iterator[BinaryIO]:
         mode = path.stat().st_mode & 0o7777
     except FileNotFoundError:
         mode = _new_file_mode()
-    # The name part is shortened so that the temporary name stays within the file system's limit.
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name[:80]}.advquery-{os.getpid()}-", suffix=".tmp")
+    # Named before it is made and made within the block, so that an interrupt arriving anywhere once the file exists
+    # (Ray cancels a task by raising KeyboardInterrupt wherever its code is) removes it.
+    tmp = _temporary_name(path)
     try:
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        except FileExistsError:
+            tmp = None  # another's file (not in 2**64 tries): left alone
+            raise
         with os.fdopen(fd, "wb") as f:
             yield _CheckedFile(f)
             f.flush()
@@ -638,11 +644,18 @@ def atomic_write(path: str | os.PathLike) -> Iterator[BinaryIO]:
         os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException as exc:
-        with suppress(OSError):
-            os.unlink(tmp)
+        if tmp is not None:
+            with suppress(OSError):
+                os.unlink(tmp)
         if isinstance(exc, OSError) and exc.strerror and exc.filename is None:
             exc.filename = str(path)  # a full disk names the file it could not write
         raise
+
+
+def _temporary_name(path: Path) -> Path:
+    """The name of a new temporary file for :func:`atomic_write` beside ``path``: this process's ID and 64 random
+    bits; the name part is shortened so that the whole stays within the file system's limit."""
+    return path.with_name(f".{path.name[:80]}.advquery-{os.getpid()}-{secrets.token_hex(8)}.tmp")
 
 
 def _running(pid: int) -> bool:
@@ -694,28 +707,36 @@ def claim(target: str | os.PathLike) -> Iterator[bool]:
 @contextmanager
 def _locked(path: Path) -> Iterator[bool]:
     """Hold an exclusive ``flock`` on ``path`` (created if missing, removed at the end), or yield False
-    when another process holds it."""
+    when another process holds it. The lock is held through a file object, which closes its descriptor (and so
+    releases the lock) when it is dropped, wherever an interrupt stops this code: an interrupted task never keeps
+    a claim held (its file, left unheld, is removed by remove_stale_temporaries)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            yield False
-            return
-        try:
-            if os.stat(path).st_ino == os.fstat(fd).st_ino:
-                break  # still the file at ``path``, not one its last holder removed meanwhile
-        except FileNotFoundError:
-            pass
-        os.close(fd)
+        with open(path, "ab") as lock:
+            try:
+                fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                free = False
+            else:
+                free = True
+            if not free:
+                yield False
+                return
+            if _still_at(path, lock.fileno()):
+                try:
+                    yield True
+                finally:
+                    with suppress(FileNotFoundError):
+                        os.unlink(path)
+                return
+        # The file its last holder removed meanwhile: the one at ``path`` now is locked instead.
+
+
+def _still_at(path: Path, fd: int) -> bool:
     try:
-        yield True
-    finally:
-        with suppress(FileNotFoundError):
-            os.unlink(path)
-        os.close(fd)
+        return os.stat(path).st_ino == os.fstat(fd).st_ino
+    except FileNotFoundError:
+        return False
 
 
 # ----------------------------------------------------------------------------- tensors

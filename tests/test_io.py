@@ -1,15 +1,19 @@
 """Tests for advquery.io: every bad-input reason, mode conversions, atomic writes, input expansion."""
 import os
 import pickle
+import itertools
 import signal
+import sys
 import time
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pytest
 import torch
 from PIL import ExifTags, Image, JpegImagePlugin
 
+from advquery import io
 from advquery.io import (
     IMAGE_EXTENSIONS, OUTPUT_RECORDS, ImageError, atomic_write, claim, collect_inputs, format_for_suffix,
     is_output_folder, printable, read_photo, remove_stale_temporaries, suffix_for_format, to_tensor, to_uint8,
@@ -413,6 +417,63 @@ def test_atomic_write_names_its_temporary_by_process_and_cleans_up_on_interrupt(
     with atomic_write(target) as f:
         f.write(b"new")
     assert os.listdir(tmp_path) == ["out.bin"] and target.read_bytes() == b"new"
+
+
+def _interrupted_at_each_line(block) -> Iterator[int]:
+    """Run ``block()`` once for every k, with a KeyboardInterrupt raised at the k-th line that advquery.io runs,
+    yielding k after each interrupted run, until a run completes. Ray cancels a task so: KeyboardInterrupt raised
+    wherever its Python code is (not tried in the standard library's frames: tempfile, for one, holds a lock at some
+    of its lines, which an interrupt there would never release)."""
+    for k in itertools.count():
+        lines = itertools.count()
+
+        def interrupt_at_k(frame, event, arg):
+            if event == "line" and frame.f_code.co_filename == io.__file__ and next(lines) == k:
+                raise KeyboardInterrupt  # raised in the traced frame; the trace is then unset
+            return interrupt_at_k
+
+        sys.settrace(interrupt_at_k)
+        try:
+            block()
+        except KeyboardInterrupt:
+            pass
+        else:
+            return
+        finally:
+            sys.settrace(None)
+        yield k
+
+
+def test_an_interrupt_at_any_line_of_an_atomic_write_leaves_the_old_file_or_the_new_one_and_no_temporary(tmp_path):
+    target = tmp_path / "out.bin"
+    target.write_bytes(b"old")
+
+    def write():
+        with atomic_write(target) as f:
+            f.write(b"new")
+
+    tried = 0
+    for k in _interrupted_at_each_line(write):
+        assert os.listdir(tmp_path) == ["out.bin"] and target.read_bytes() in (b"old", b"new"), k
+        tried += 1
+    assert tried > 5 and os.listdir(tmp_path) == ["out.bin"] and target.read_bytes() == b"new"
+
+
+def test_an_interrupt_at_any_line_of_a_claim_leaves_it_free(tmp_path):
+    target = tmp_path / "out.jpg"
+
+    def hold():
+        with claim(target) as ours:
+            assert ours
+
+    tried = 0
+    for k in _interrupted_at_each_line(hold):
+        with claim(target) as ours:  # not kept by a descriptor the interrupt left open
+            assert ours, k
+        remove_stale_temporaries(tmp_path)  # the claim's file, if the interrupt came before its removal
+        assert os.listdir(tmp_path) == [], k
+        tried += 1
+    assert tried > 5 and os.listdir(tmp_path) == []
 
 
 def test_stale_temporaries_of_ended_processes_are_removed_not_those_of_running_ones(tmp_path):
