@@ -159,6 +159,14 @@ SECTIONS = [
      "depthwise convolutions' backward by phases against PyTorch's own",
      "python bench/trunk_speed.py --passes 8 --mixes 3 --steps 8 --name trunk_speed_amd",
      "Run alone on the machine (timed figures); the reference in the same run."),
+    ("ray_cancel", "What cancelled Ray tasks leave: temporary files of atomic writes",
+     "python bench/ray_cancel.py --trials 40",
+     "Two tasks writing a file atomically in a loop on a local Ray instance, cancelled as `protect --ray` cancels "
+     "its tasks on a stop; the files counted half a second after the tasks ended."),
+    ("ray_cancel_before", "What cancelled Ray tasks left before the temporary file was made inside its cleanup "
+     "(commit 6fbe573)",
+     "`PYTHONPATH=<a checkout of 6fbe573> python bench/ray_cancel.py --trials 40 --name ray_cancel_before`",
+     "The package before the fix, measured with the same script right after `ray_cancel`."),
     ("working_grid", "Where the steps compose the perturbed photo: working grid or the photo's own resolution",
      "not reproducible: `bench/working_grid.py` and the attacks' `grid` option were removed after this run "
      "(measured at commit 02e5275)",
