@@ -36,6 +36,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from .io import to_uint8
+
 Box = tuple[float, float, float, float]
 
 
@@ -48,13 +50,18 @@ def jpeg_round_trip(x: torch.Tensor, quality: int = 95) -> torch.Tensor:
     """Encode each image as JPEG (PIL, 4:4:4 at quality >= 90 as advquery saves) and decode it again."""
     if not 1 <= quality <= 100:
         raise ValueError(f"JPEG quality must be in 1..100, got {quality}")
+    return _codec_round_trip(x, "JPEG", quality=quality, subsampling=0 if quality >= 90 else 2)
+
+
+def _codec_round_trip(x: torch.Tensor, codec: str, **options) -> torch.Tensor:
+    """Each image of ``x`` saved as 8 bits in ``codec`` by PIL with ``options``, and decoded again."""
     out = []
     for img in x.detach():
-        arr = (img.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
         buf = _io.BytesIO()
-        Image.fromarray(arr).save(buf, "JPEG", quality=quality, subsampling=0 if quality >= 90 else 2)
+        Image.fromarray(to_uint8(img)).save(buf, codec, **options)
         buf.seek(0)
-        out.append(torch.from_numpy(np.asarray(Image.open(buf).convert("RGB")).copy()).permute(2, 0, 1))
+        with Image.open(buf) as decoded:
+            out.append(torch.from_numpy(np.asarray(decoded.convert("RGB")).copy()).permute(2, 0, 1))
     return torch.stack(out).to(x.device, x.dtype) / 255
 
 
@@ -82,14 +89,7 @@ def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
 
 def webp_round_trip(x: torch.Tensor, quality: int = 80) -> torch.Tensor:
     """Encode each image as WebP (PIL, lossy) and decode it again."""
-    out = []
-    for img in x.detach():
-        arr = (img.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
-        buf = _io.BytesIO()
-        Image.fromarray(arr).save(buf, "WEBP", quality=int(quality))
-        buf.seek(0)
-        out.append(torch.from_numpy(np.asarray(Image.open(buf).convert("RGB")).copy()).permute(2, 0, 1))
-    return torch.stack(out).to(x.device, x.dtype) / 255
+    return _codec_round_trip(x, "WEBP", quality=int(quality))
 
 
 # Rec.601 luma, as PIL's "L" conversion that ImageEnhance.Contrast and ImageEnhance.Color use.
@@ -303,8 +303,7 @@ class TransformChain:
         """A decoded (H, W, 3) uint8 photo and its bounding box after all steps (a box cropped away
         entirely becomes None: the whole transformed photo)."""
         x = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None].float() / 255
-        out = (self(x)[0] * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
-        return np.ascontiguousarray(out), self.map_box(box, rgb.shape[:2])
+        return to_uint8(self(x)), self.map_box(box, rgb.shape[:2])
 
     def map_box(self, box: Box | None, shape: tuple[int, int]) -> Box | None:
         """The bounding box after all steps (None when there was none or it was cropped away)."""
