@@ -159,6 +159,11 @@ SECTIONS = [
      "depthwise convolutions' backward by phases against PyTorch's own",
      "python bench/trunk_speed.py --passes 8 --mixes 3 --steps 8 --name trunk_speed_amd",
      "Run alone on the machine (timed figures); the reference in the same run."),
+    ("pooling_speed", "Speed of the poolings an attack differentiates, and of R-MAC's region search by max pooling "
+     "against the flattened search it replaced",
+     "python bench/pooling_speed.py",
+     "Run alone on the machine; the reference in the same run. Forward and backward of one float32 channels-last "
+     "map of 1280 channels, as the attack pools it."),
     ("ray_cancel", "What cancelled Ray tasks leave: temporary files of atomic writes",
      "python bench/ray_cancel.py --trials 40",
      "Two tasks writing a file atomically in a loop on a local Ray instance, cancelled as `protect --ray` cancels "
