@@ -31,7 +31,7 @@ DEFAULT_NOISE_SSIM = 0.99  # noise: about the SSIM of the gradient presets' outp
 THESIS_M, THESIS_STEPS = 50, 100
 MASK_GAIN = 4.0  # masked-pire: texture may take up to 4x the flat-region budget
 DEFAULT_METHOD = "ssim-pire"  # every preset's: the others stay for research (protect --method)
-LATER_FIELDS = ("grey_change", "gradient_blur")  # Strength's fields its repr shows only where set (see there)
+LATER_FIELDS = ("grey_change", "gradient_blur", "view_sets")  # Strength's fields its repr shows only where set (see there)
 
 
 @dataclass(frozen=True)
@@ -52,8 +52,9 @@ class Strength:
     resolution), ``coarse_layer`` how many times coarser again a second, low-frequency component is (None: none;
     :class:`~advquery.attacks.base.PerturbationAttack`); ``spare_flat`` the flat-region threshold, in grey levels of
     local luminance deviation, below which pixels are left unchanged (None: none are spared); ``grey_change`` whether
-    every photo's three channels change together and ``gradient_blur`` the sigma of a blur of each step's gradient
-    (both for research; :class:`~advquery.attacks.base.PerturbationAttack`).
+    every photo's three channels change together, ``gradient_blur`` the sigma of a blur of each step's gradient and
+    ``view_sets`` how many steps' views are drawn, later steps taking them again (all for research;
+    :class:`~advquery.attacks.base.PerturbationAttack`).
     A JPEG output is in the loop: the views see the file as saved.
 
     For the research methods run with a preset (``protect --method``): ``eps_levels`` is the flat-region budget
@@ -81,6 +82,7 @@ class Strength:
     # shown only where they differ from their default, so that adding one changes no existing setting's repr.
     grey_change: bool = False
     gradient_blur: float = 0.0
+    view_sets: int | None = None
 
     def __repr__(self) -> str:
         shown = [f for f in fields(self) if f.name not in LATER_FIELDS or getattr(self, f.name) != f.default]
@@ -230,7 +232,8 @@ def make_attack(model: DescriptorModel, method: str | None = None, strength: str
                        grey_change=preset.grey_change, gradient_blur=preset.gradient_blur, **common)
         if views is not None:
             options.update(tracker_views=views, poolings=preset.poolings, spare_flat=preset.spare_flat,
-                           whole_view=preset.whole_view, view_reference=preset.view_reference)
+                           whole_view=preset.whole_view, view_reference=preset.view_reference,
+                           view_sets=preset.view_sets)
         target = attack_model(model, preset.models)
         if method == "ssim-pire":
             return SSIMPIRE(target, ssim_weight=preset.ssim_weight if ssim_weight is None else ssim_weight, **options)

@@ -458,6 +458,12 @@ for price in (30, 40):
         MEDIUM, grid=None, coarse_layer=2, ssim_weight=price,
         description=f"medium on the working resolution's grid plus a component on a grid twice coarser (512 px), at "
                     f"SSIM price {price}")
+# Fewer view draws (2026-12-07; issue 13's time): the views of medium's first 10 or 20 steps drawn, every later step
+# taking those of step t mod 10 (or 20) again with the references (the same views of the original) computed then. Of
+# medium's 368 passes a photo, 168 are those forward-only references; 10 sets leave 42 of them.
+for sets in (10, 20):
+    CANDIDATES[f"medium-view-sets{sets}"] = replace(
+        MEDIUM, view_sets=sets, description=f"medium with the views of its first {sets} steps drawn and taken again")
 # Leave one model out: medium and high computed without model M, measured with M (the shipped presets use all three).
 LITE = {n: f"efficientnet-{n}-gem" for n in ("lite0", "lite1", "lite2")}
 LEFT_OUT = "-without-"

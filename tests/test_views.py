@@ -326,6 +326,36 @@ def test_photo_reference_drops_the_forward_pass_of_each_view_of_the_original(mod
     assert counts["view"][1] - counts["photo"][1] == 3 * 2 - 1  # a pass per view, less the photo's one
 
 
+def test_view_sets_draw_the_first_steps_views_and_reuse_them_with_their_references(model, photo):
+    """view_sets=k: steps k and later take the views of step t mod k again (the same inputs to the network) and
+    their references computed then, so they run the differentiated passes alone."""
+    x = torch.nn.functional.interpolate(photo, size=(72, 96), mode="bilinear", antialias=True).clamp(0, 1)
+    passes = []
+    hook = model.features.register_forward_pre_hook(
+        lambda _, inputs: passes.append((torch.is_grad_enabled(), tuple(inputs[0].shape))))
+    try:
+        runs = {}
+        for sets in (None, 2):
+            passes.clear()
+            PIRE(model, eps=3 / 255, steps=5, size=SIZE, seed=0, patience=None, whole_view=False, view_sets=sets,
+                 tracker_views=TrackerViews(count=2, sizes=(48, 96)))(x)
+            runs[sets] = list(passes)
+    finally:
+        hook.remove()
+    differentiated = {sets: [shape for grad, shape in run if grad] for sets, run in runs.items()}
+    references = {sets: sum(not grad for grad, _ in run) for sets, run in runs.items()}
+    assert len(differentiated[None]) == len(differentiated[2]) == 5 * 2
+    assert differentiated[2][:4] == differentiated[None][:4]  # the first two steps draw as before
+    assert differentiated[2][4:] == differentiated[2][:4] + differentiated[2][:2]  # then steps 0, 1, 0 again
+    assert differentiated[None][4:] != differentiated[2][4:]  # (fresh views differ)
+    assert references[None] - references[2] == 3 * 2  # no reference pass in the 3 steps that reuse their views
+    for bad, message in ((0, "view_sets must be"), (1.5, "view_sets must be")):
+        with pytest.raises(ValueError, match=message):
+            PIRE(model, view_sets=bad)
+    with pytest.raises(ValueError, match="needs view_reference='view'"):
+        PIRE(model, view_sets=2, view_reference="photo")
+
+
 def test_photo_reference_distance_is_to_the_photo_descriptor(model, photo):
     attack = PIRE(model, eps=4 / 255, steps=2, size=SIZE, seed=0, poolings=("gem", "spoc"), view_reference="photo",
                   tracker_views=TrackerViews(count=1, sizes=(96, 96), crop=(1.0, 1.0), flip=0, rotate=0, colour=0,

@@ -188,6 +188,10 @@ class PerturbationAttack:
         gradient_blur: sigma, in cells of the perturbation's grid, of a Gaussian blur of the gradient before every step
             (the translation-invariant attack, Dong et al., CVPR 2019): each step moves smooth blobs rather than single
             cells, a pattern that a shift, a rescale or a re-compression changes less (for research); 0: none.
+        view_sets: with tracker views and ``view_reference="view"``, draw the views of the first ``view_sets`` steps
+            only and let every later step ``t`` take those of step ``t mod view_sets`` again, whose references (the
+            same views of the original) were computed then: one forward pass a view saved in every later step, at
+            the cost of fewer distinct views (for research); None: fresh views every step.
 
     Shape:
         input (N, 3, H, W) float in [0, 1] on the 8-bit grid; output the same shape, on the 8-bit grid.
@@ -202,7 +206,7 @@ class PerturbationAttack:
                  on_step: Callable[[int, int], None] | None = None, tracker_views: TrackerViews | None = None,
                  poolings: Sequence[str] = ("gem",), whole_view: bool | str = True, spare_flat: float | None = None,
                  lr_schedule: str = "constant", coarse_layer: int | None = None, view_reference: str = "view",
-                 grey_change: bool = False, gradient_blur: float = 0.0):
+                 grey_change: bool = False, gradient_blur: float = 0.0, view_sets: int | None = None):
         _check(isinstance(steps, int) and not isinstance(steps, bool) and steps >= 1, f"steps must be a positive integer, got {steps!r}")
         _check(lr > 0, f"lr must be positive, got {lr}")
         _check(lr_schedule in LR_SCHEDULES, f"lr_schedule must be one of {LR_SCHEDULES}, got {lr_schedule!r}")
@@ -247,6 +251,11 @@ class PerturbationAttack:
                and 0 <= gradient_blur <= 8,
                f"gradient_blur must be a blur sigma in [0, 8] grid cells, got {gradient_blur!r}")
         self.gradient_blur = gradient_blur
+        _check(view_sets is None or (isinstance(view_sets, int) and not isinstance(view_sets, bool) and view_sets >= 1),
+               f"view_sets must be a positive integer or None, got {view_sets!r}")
+        _check(view_sets is None or view_reference == "view",
+               "view_sets reuses the views' own references: it needs view_reference='view'")
+        self.view_sets = view_sets
         self.snapshots: list[tuple[int, torch.Tensor]] = []  # (steps, working-resolution v) of the last call
         self.stats = AttackStats([], [])
         self.perturbation: torch.Tensor | None = None  # best working-resolution perturbation of the last call
@@ -308,7 +317,7 @@ class PerturbationAttack:
     def view_distance(self, adv: torch.Tensor, x: torch.Tensor, generator: torch.Generator,
                       whole_targets: list[torch.Tensor | None],
                       photo_references: list[list[torch.Tensor]] | None = None, step: int = 0,
-                      differentiate: bool = False) -> torch.Tensor:
+                      differentiate: bool = False, drawn: dict | None = None) -> torch.Tensor:
         """(N,) mean squared descriptor distance, over the drawn tracker views and the poolings, between each view
         of ``adv`` and its reference: the same view of the original ``x``, or with ``photo_references``
         (:meth:`photo_references`) the original photo's descriptor under the view's model; with ``whole_view``, also
@@ -317,18 +326,25 @@ class PerturbationAttack:
 
         With ``differentiate`` (``adv`` a tensor that requires grad), each view's share is differentiated as soon as
         its pass is made, so one view's graph is alive at a time: the distance's gradient accumulates in
-        ``adv.grad`` and the distance comes back without a graph."""
+        ``adv.grad`` and the distance comes back without a graph. With ``view_sets``, ``drawn`` (an empty dict at
+        the first step, then the same one) keeps the steps' views and their references for the later steps."""
         members = self._members()
-        views = self.tracker_views.sample(generator, len(members))
+        if drawn is not None and step >= self.view_sets:
+            views, references = drawn[step % self.view_sets]
+        else:
+            views = self.tracker_views.sample(generator, len(members))
+            references = [None] * len(views) if photo_references is None else \
+                [photo_references[view.model] for view in views]
+            if drawn is not None:
+                drawn[step] = views, references
         count = len(views) + bool(self.whole_view)
         total = torch.zeros(adv.shape[0], device=adv.device)
-        for view in views:
+        for i, view in enumerate(views):
             model = members[view.model]
-            if photo_references is None:
+            if references[i] is None:
                 with torch.no_grad():
-                    reference = self._pooled(model, view(x))
-            else:
-                reference = photo_references[view.model]
+                    references[i] = self._pooled(model, view(x))
+            reference = references[i]
             moved = self._pooled(model, view(adv))
             share = sum((a - b).pow(2).sum(dim=1) for a, b in zip(moved, reference)) / (len(self.poolings) * count)
             total = total + _spent(share, differentiate)
@@ -434,6 +450,7 @@ class PerturbationAttack:
         since_best = torch.zeros(n, dtype=torch.long, device=x.device)
         done = torch.zeros(n, dtype=torch.bool, device=x.device)
         steps_used = torch.full((n,), self.steps, dtype=torch.long, device=x.device)
+        drawn = {} if self.view_sets and self.tracker_views is not None else None  # the view sets' views (view_sets)
         for step in range(self.steps):
             total = v if coarse is None else v + resample(coarse, v.shape[-2:])
             pixels, adv = self._compose(x, total, gain)
@@ -442,7 +459,8 @@ class PerturbationAttack:
                 if self.tracker_views is None:
                     distance = _spent((self.views(seen, generator) - target).pow(2).sum(dim=2).mean(dim=1), True)
                 else:
-                    distance = self.view_distance(seen, x, generator, whole_targets, photo_references, step, True)
+                    distance = self.view_distance(seen, x, generator, whole_targets, photo_references, step, True,
+                                                  drawn)
             # The SSIM cost of the perturbation, before the codec: the codec's own loss is there with or
             # without it, and a straight-through codec cannot be steered to lose less.
             price = None if cost is None else self.ssim_weight * ((pixels - x).pow(2) * cost).mean(dim=(1, 2, 3))
