@@ -460,7 +460,10 @@ for price in (30, 40):
                     f"SSIM price {price}")
 # Fewer view draws (2026-12-07; issue 13's time): the views of medium's first 10 or 20 steps drawn, every later step
 # taking those of step t mod 10 (or 20) again with the references (the same views of the original) computed then. Of
-# medium's 368 passes a photo, 168 are those forward-only references; 10 sets leave 42 of them.
+# medium's 368 passes a photo, 168 are those forward-only references; 10 sets leave 42 of them. Not kept
+# (candidates_viewsets_validation_limit8, medium in the same run on its cached photos): 45 s a photo, but WI median 15.4
+# and 14.2 % against 10.3 %, worst 56.7 and 47.5 % against 44.6 %, BB median 33.3 and 30.2 % against 29.1 %: the
+# views' variety is part of what makes medium hold.
 for sets in (10, 20):
     CANDIDATES[f"medium-view-sets{sets}"] = replace(
         MEDIUM, view_sets=sets, description=f"medium with the views of its first {sets} steps drawn and taken again")
