@@ -31,7 +31,8 @@ DEFAULT_NOISE_SSIM = 0.99  # noise: about the SSIM of the gradient presets' outp
 THESIS_M, THESIS_STEPS = 50, 100
 MASK_GAIN = 4.0  # masked-pire: texture may take up to 4x the flat-region budget
 DEFAULT_METHOD = "ssim-pire"  # every preset's: the others stay for research (protect --method)
-LATER_FIELDS = ("grey_change", "gradient_blur", "view_sets")  # Strength's fields its repr shows only where set (see there)
+# Strength's fields its repr shows only where set (see there)
+LATER_FIELDS = ("grey_change", "gradient_blur", "view_sets")
 
 
 @dataclass(frozen=True)
