@@ -317,7 +317,7 @@ class PerturbationAttack:
     def view_distance(self, adv: torch.Tensor, x: torch.Tensor, generator: torch.Generator,
                       whole_targets: list[torch.Tensor | None],
                       photo_references: list[list[torch.Tensor]] | None = None, step: int = 0,
-                      differentiate: bool = False, drawn: dict | None = None) -> torch.Tensor:
+                      differentiate: bool = False, drawn: list | None = None) -> torch.Tensor:
         """(N,) mean squared descriptor distance, over the drawn tracker views and the poolings, between each view
         of ``adv`` and its reference: the same view of the original ``x``, or with ``photo_references``
         (:meth:`photo_references`) the original photo's descriptor under the view's model; with ``whole_view``, also
@@ -326,8 +326,8 @@ class PerturbationAttack:
 
         With ``differentiate`` (``adv`` a tensor that requires grad), each view's share is differentiated as soon as
         its pass is made, so one view's graph is alive at a time: the distance's gradient accumulates in
-        ``adv.grad`` and the distance comes back without a graph. With ``view_sets``, ``drawn`` (an empty dict at
-        the first step, then the same one) keeps the steps' views and their references for the later steps."""
+        ``adv.grad`` and the distance comes back without a graph. With ``view_sets``, ``drawn`` (an empty list at
+        the first step, then the same one) keeps the first steps' views and their references for the later steps."""
         members = self._members()
         if drawn is not None and step >= self.view_sets:
             views, references = drawn[step % self.view_sets]
@@ -336,7 +336,7 @@ class PerturbationAttack:
             references = [None] * len(views) if photo_references is None else \
                 [photo_references[view.model] for view in views]
             if drawn is not None:
-                drawn[step] = views, references
+                drawn.append((views, references))
         count = len(views) + bool(self.whole_view)
         total = torch.zeros(adv.shape[0], device=adv.device)
         for i, view in enumerate(views):
@@ -450,7 +450,7 @@ class PerturbationAttack:
         since_best = torch.zeros(n, dtype=torch.long, device=x.device)
         done = torch.zeros(n, dtype=torch.bool, device=x.device)
         steps_used = torch.full((n,), self.steps, dtype=torch.long, device=x.device)
-        drawn = {} if self.view_sets and self.tracker_views is not None else None  # the view sets' views (view_sets)
+        drawn = [] if self.view_sets and self.tracker_views is not None else None  # the view sets' views (view_sets)
         for step in range(self.steps):
             total = v if coarse is None else v + resample(coarse, v.shape[-2:])
             pixels, adv = self._compose(x, total, gain)
