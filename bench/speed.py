@@ -29,6 +29,7 @@ from common import CACHE, RESULTS, WORK, markdown_table, setting_digest, split_d
 from advquery.evaluation.runner import evaluate
 from advquery.io import read_photo
 from advquery.models import DescriptorModel, load_model
+from advquery.models.memory import reused_memory
 from advquery.models.precision import autocast, autocast_dtype, precision_name
 from advquery.protection import OTHER_MODELS, STRENGTHS, attack_model, protect_photo
 
@@ -59,30 +60,31 @@ def bare_seconds(models: dict[str, DescriptorModel], passes, dtype, used_shapes:
     shape is replaced by one a few rows taller that no pass has had yet, so the kernels meet it for the first
     time, as the protection's passes met the views it drew; a shape the protection repeated (the whole photo,
     every step) is repeated in the replay too. Without it the replay follows the protection and meets every
-    shape warm."""
+    shape warm. The replay reuses freed memory as the attack does (``advquery.models.memory``)."""
     generator = torch.Generator().manual_seed(0)
     stand_ins: dict[tuple[int, ...], tuple[int, ...]] = {}
     total = 0.0
-    for name, shape, backward in passes:
-        if used_shapes is not None:
-            if shape not in stand_ins:
-                n, c, h, w = shape
-                taller = ((n, c, h + k, w) for k in range(1, h + 1))
-                stand_ins[shape] = next(t for t in taller if t not in used_shapes)
-                used_shapes.add(stand_ins[shape])
-            shape = stand_ins[shape]
-        features, device = models[name].features, models[name].device
-        x = torch.rand(shape, generator=generator).to(device, memory_format=torch.channels_last)
-        synchronize(device)
-        start = time.perf_counter()
-        with torch.set_grad_enabled(backward):
-            x.requires_grad_(backward)
-            with autocast(dtype, x.device):
-                out = features(x)
-            if backward:
-                out.float().sum().backward()
-        synchronize(device)
-        total += time.perf_counter() - start
+    with reused_memory():
+        for name, shape, backward in passes:
+            if used_shapes is not None:
+                if shape not in stand_ins:
+                    n, c, h, w = shape
+                    taller = ((n, c, h + k, w) for k in range(1, h + 1))
+                    stand_ins[shape] = next(t for t in taller if t not in used_shapes)
+                    used_shapes.add(stand_ins[shape])
+                shape = stand_ins[shape]
+            features, device = models[name].features, models[name].device
+            x = torch.rand(shape, generator=generator).to(device, memory_format=torch.channels_last)
+            synchronize(device)
+            start = time.perf_counter()
+            with torch.set_grad_enabled(backward):
+                x.requires_grad_(backward)
+                with autocast(dtype, x.device):
+                    out = features(x)
+                if backward:
+                    out.float().sum().backward()
+            synchronize(device)
+            total += time.perf_counter() - start
     return total
 
 

@@ -31,6 +31,7 @@ from ..extraction import DEFAULT_SIZE, MIN_SIZE, cosine_similarity, describe, re
 from ..io import to_tensor, to_uint8
 from ..models import DescriptorModel, ModelEnsemble
 from ..models.descriptor import POOLINGS
+from ..models.memory import reused_memory
 from ..models.pooling import l2n
 from ..models.precision import autocast, autocast_dtype, check_precision, float32_context, precision_name
 from ..perceptual import flat_gain, monochrome, share_channels, ssim_cost_weights
@@ -410,6 +411,7 @@ class PerturbationAttack:
         resolved; :func:`~advquery.models.precision.autocast_dtype`)."""
         return precision_name(autocast_dtype(self.precision, self._members()[0]))
 
+    @reused_memory()  # the passes' activations reuse memory freed by the ones before (advquery.models.memory)
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Protected versions of ``images`` (N, 3, H, W) in [0, 1]."""
         check_images(images)

@@ -1,0 +1,60 @@
+"""Freed memory kept for reuse while network passes run, where the C library is glibc.
+
+A pass through a trunk allocates its activations afresh, tens of megabytes each at 1024 px. glibc's ``malloc`` takes
+a block that large straight from the kernel (``mmap``) and gives it back when it is freed, so every pass meets its
+largest activations as new pages: each page a fault, zeroed by the kernel before the pass writes it. On CPU that
+is a sizeable share of the elementwise layers' time (a bfloat16 ReLU6 of a 96 x 384 x 512 map took several times as
+long as on memory it had used before; ``bench/results/allocator.md``). :func:`reused_memory` switches glibc to
+keeping freed blocks in its heap for the block's duration (no ``mmap`` for large blocks, no trimming of the heap's
+top), then restores glibc's default limits and returns the free memory to the kernel. The peak memory of the
+passes is the same; the heap stays that large until the outermost block ends.
+
+The settings are process-wide: nested blocks and blocks in several threads share one count, and the last to end
+restores them. Elsewhere (musl, macOS, Windows) it changes nothing.
+"""
+import ctypes
+import platform
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import lru_cache
+
+# mallopt's parameters and glibc's defaults for them (malloc/malloc.c)
+M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
+DEFAULT_TRIM_THRESHOLD, DEFAULT_MMAP_MAX = 128 * 1024, 65536
+KEEP_ALL = 2**31 - 1  # the largest trim threshold mallopt takes (an int): the heap's top is never given back
+
+_lock = threading.Lock()
+_holders = 0
+
+
+@lru_cache(maxsize=1)
+def _glibc() -> ctypes.CDLL | None:
+    """This process's C library where it is glibc (whose ``mallopt`` this module sets), else None."""
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return None
+    return ctypes.CDLL(None)
+
+
+@contextmanager
+def reused_memory() -> Iterator[None]:
+    """Freed memory kept by glibc for the block's allocations to reuse (see the module docstring)."""
+    global _holders
+    libc = _glibc()
+    if libc is None:
+        yield
+        return
+    with _lock:
+        if _holders == 0:
+            libc.mallopt(M_MMAP_MAX, 0)
+            libc.mallopt(M_TRIM_THRESHOLD, KEEP_ALL)
+        _holders += 1
+    try:
+        yield
+    finally:
+        with _lock:
+            _holders -= 1
+            if _holders == 0:
+                libc.mallopt(M_MMAP_MAX, DEFAULT_MMAP_MAX)
+                libc.mallopt(M_TRIM_THRESHOLD, DEFAULT_TRIM_THRESHOLD)
+                libc.malloc_trim(0)

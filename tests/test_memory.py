@@ -1,0 +1,77 @@
+"""Freed memory kept for reuse while network passes run (glibc): large blocks come from the heap inside
+``reused_memory`` and from mmap again once the last block has ended, nested and across threads, and the attack
+loop runs inside it. The real model on a real photo for the attack; glibc's own accounting (``mallinfo2``)."""
+import ctypes
+import threading
+
+import pytest
+import torch
+
+from advquery import PIRE, load_model
+from advquery.io import read_photo, to_tensor
+from advquery.models import memory
+from advquery.models.memory import reused_memory
+
+LARGE = 64 * 2**20 // 4  # float32 elements of a 64 MiB block: far above glibc's largest mmap threshold
+
+
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                                      "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+
+@pytest.fixture(scope="module")
+def mallinfo2():
+    libc = memory._glibc()
+    if libc is None or not hasattr(libc, "mallinfo2"):
+        pytest.skip("not glibc >= 2.33: reused_memory changes nothing here")
+    libc.mallinfo2.restype = MallInfo2
+    return libc.mallinfo2
+
+
+def mmapped(mallinfo2) -> bool:
+    """Whether a fresh 64 MiB tensor is a block glibc mmapped (and unmaps when it is freed)."""
+    block = torch.empty(LARGE)
+    alive = mallinfo2().hblkhd
+    del block
+    return alive - mallinfo2().hblkhd >= LARGE * 4
+
+
+def test_large_blocks_come_from_the_heap_inside_and_from_mmap_after(mallinfo2):
+    assert mmapped(mallinfo2)  # glibc's default: straight from the kernel
+    with reused_memory():
+        assert not mmapped(mallinfo2)
+        with reused_memory():  # nested: the inner end keeps the outer block's setting
+            pass
+        assert not mmapped(mallinfo2)
+    assert mmapped(mallinfo2)  # defaults restored by the last to end
+
+
+def test_blocks_in_threads_share_one_count(mallinfo2):
+    entered, release = threading.Event(), threading.Event()
+
+    def other_block():
+        with reused_memory():
+            entered.set()
+            release.wait(10)
+
+    thread = threading.Thread(target=other_block)
+    thread.start()
+    entered.wait(10)
+    with reused_memory():
+        pass  # ends first: the other thread's block is still on
+    assert not mmapped(mallinfo2)
+    release.set()
+    thread.join(10)
+    assert mmapped(mallinfo2)
+
+
+def test_attack_passes_run_with_reused_memory(mallinfo2, ukbench_dir):
+    model = load_model("efficientnet-lite0-gem", device="cpu")
+    photo = to_tensor(read_photo(ukbench_dir / "ukbench00000.jpg").rgb)
+    during = []
+    attack = PIRE(model, eps=3 / 255, steps=2, size=96, seed=0,
+                  on_step=lambda *_: during.append(mmapped(mallinfo2)))
+    attack(photo)
+    assert during == [False, False]
+    assert mmapped(mallinfo2)
