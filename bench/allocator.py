@@ -6,17 +6,22 @@ Two parts:
 - ``elementwise``: a bfloat16 ReLU6 of a channels-last 96 x 384 x 512 map (Lite0's largest activation at 1024 px)
   into a new tensor, as a trunk's pass makes it: the median of ``--calls`` calls, with and without.
 - ``protect``: each preset protects the same ``--photos`` validation query photos (1024 px, JPEG q95 output,
-  ``--precision auto``, ``protect_photo`` as ``advquery protect`` calls it) with and without, the order swapped
-  from one photo to the next; seconds, the process's minor page faults during the protection and its peak
-  resident memory (reset before each protection). Both arms write the same bytes (checked).
+  ``--precision auto``, ``protect_photo`` as ``advquery protect`` calls it) with and without, each in a new process
+  as a command runs it (after a 2-step protection that sets the kernels up), the order swapped from one photo to
+  the next; seconds, the process's minor page faults during the protection and its peak resident memory (reset
+  before the protection). Both arms write the same bytes (checked).
 
 "Without" is the same code with :func:`advquery.models.memory.reused_memory` seeing no glibc, so glibc keeps its
 defaults. Run alone: ``python bench/allocator.py [--presets low medium] [--photos 2] [--threads 2]``.
 """
 import argparse
 import contextlib
+import hashlib
+import json
 import resource
 import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -73,28 +78,35 @@ def elementwise(calls: int) -> dict:
     return out
 
 
-def protect(args) -> list[dict]:
+def protect_child(preset: str, stem: str, name: str) -> dict:
+    """One timed protection in this process (a child of :func:`protect`), as ``name`` says, after a short one
+    that sets the kernels up for the photo's shapes."""
     model = load_model("efficientnet-lite0-gem")
-    photos = split_dataset("validation", args.photos).queries
-    warm_up = WORK / "allocator" / "warm-up.jpg"  # first passes of each shape set the kernels up
+    photo = next(p for p in split_dataset("validation").queries if p.stem == stem)
+    target = WORK / "allocator" / f"{preset}-{name.replace(' ', '-')}" / f"{photo.stem}.jpg"
+    with arm(name):
+        protect_photo(read_photo(photo), WORK / "allocator" / "warm-up.jpg", model, "JPEG", 95, strength=preset,
+                      size=SIZE, seed=0, steps=2)
+        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        peak_reset()
+        record = protect_photo(read_photo(photo), target, model, "JPEG", 95, strength=preset, size=SIZE, seed=0)
+    return {"preset": preset, "photo": photo.stem, "arm": name, "seconds": record.seconds,
+            "minor_faults": resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults, "peak_mib": peak_mib(),
+            "sha256": hashlib.sha256(target.read_bytes()).hexdigest()}
+
+
+def protect(args) -> list[dict]:
+    """Each preset, photo and arm in a process of its own, as a command protects (glibc starts from its defaults in
+    each), the arms' order swapped from one photo to the next."""
     rows = []
     for preset in args.presets:
-        protect_photo(read_photo(photos[0]), warm_up, model, "JPEG", 95, strength=preset, size=SIZE, seed=0, steps=2)
-        for k, photo in enumerate(photos):
-            written = {}
+        for k, photo in enumerate(split_dataset("validation", args.photos).queries):
             for name in ARMS if k % 2 == 0 else ARMS[::-1]:
-                target = WORK / "allocator" / f"{preset}-{name.replace(' ', '-')}" / f"{photo.stem}.jpg"
-                faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-                peak_reset()
-                with arm(name):
-                    record = protect_photo(read_photo(photo), target, model, "JPEG", 95, strength=preset, size=SIZE,
-                                           seed=0)
-                rows.append({"preset": preset, "photo": photo.stem, "arm": name, "seconds": record.seconds,
-                             "minor_faults": resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults,
-                             "peak_mib": peak_mib()})
-                written[name] = target.read_bytes()
+                child = subprocess.run([sys.executable, __file__, "--threads", str(args.threads), "--child", preset,
+                                        photo.stem, name], capture_output=True, text=True, check=True)
+                rows.append(json.loads(child.stdout.splitlines()[-1]))
                 print(rows[-1], flush=True)
-            if len(set(written.values())) != 1:
+            if len({r["sha256"] for r in rows[-2:]}) != 1:
                 raise SystemExit(f"{photo.name}, {preset}: the two arms wrote different files")
     return rows
 
@@ -119,7 +131,7 @@ def render(results: dict) -> str:
                              round(seconds["glibc defaults"] / seconds[name], 3)])
         photos = ", ".join(dict.fromkeys(r["photo"] for r in results["protect"]))
         parts.append(f"**Protection** (validation photos {photos}; 1024 px, JPEG q95 output, `--precision auto`; "
-                     "the arms alternate, both wrote the same files)\n\n"
+                     "each protection in a new process, the arms alternate, both wrote the same files)\n\n"
                      + markdown_table(["preset", "allocator", "s/photo", "minor page faults/photo", "peak MiB",
                                        "speed-up vs glibc defaults"], rows))
     return "\n\n".join(parts)
@@ -133,8 +145,12 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=30)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--name", default="allocator")
+    parser.add_argument("--child", nargs=3, metavar=("PRESET", "PHOTO", "ARM"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.child:
+        print(json.dumps(protect_child(*args.child)))
+        return
     parts = set(args.parts.split(","))
     results = {"threads": args.threads, "calls": args.calls}
     if "elementwise" in parts:
