@@ -1,7 +1,7 @@
-"""Protection with freed memory kept for reuse (``advquery.models.memory.reused_memory``, which every attack runs
-under) against glibc's default allocator, in one process, one run.
+"""Protection with freed memory kept for reuse (``advquery.models.memory.reused_memory``, which an attack runs under
+for photos up to twice its working size) against glibc's default allocator, in one run.
 
-Two parts:
+Three parts:
 
 - ``elementwise``: a bfloat16 ReLU6 of a channels-last 96 x 384 x 512 map (Lite0's largest activation at 1024 px)
   into a new tensor, as a trunk's pass makes it: the median of ``--calls`` calls, with and without.
@@ -10,9 +10,13 @@ Two parts:
   as a command runs it (after a 2-step protection that sets the kernels up), the order swapped from one photo to
   the next; seconds, the process's minor page faults during the protection and its peak resident memory (reset
   before the protection). Both arms write the same bytes (checked).
+- ``large``: the first validation photo enlarged to 4000 x 3000 (12 megapixels, a phone's photo), 4 steps of
+  ``medium`` at 1024 px, the same two arms with the memory reused for the whole protection: why the attack keeps
+  glibc's defaults for photos more than twice its working size.
 
 "Without" is the same code with :func:`advquery.models.memory.reused_memory` seeing no glibc, so glibc keeps its
-defaults. Run alone: ``python bench/allocator.py [--presets low medium] [--photos 2] [--threads 2]``.
+defaults; "with" runs the protection inside a ``reused_memory`` block of its own, whatever the photo's size.
+Run alone: ``python bench/allocator.py [--parts elementwise,protect,large] [--presets low medium] [--photos 3]``.
 """
 import argparse
 import contextlib
@@ -23,10 +27,13 @@ import statistics
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from common import WORK, markdown_table, split_dataset, write_results
 
 from advquery.io import read_photo
@@ -41,7 +48,8 @@ ARMS = ("glibc defaults", "reused memory")
 def arm(name: str):
     """The block run as ``name`` says: with glibc's defaults, ``reused_memory`` finds no glibc to set."""
     if name == "reused memory":
-        yield
+        with memory.reused_memory():
+            yield
         return
     glibc = memory._glibc
     memory._glibc = lambda: None
@@ -78,37 +86,59 @@ def elementwise(calls: int) -> dict:
     return out
 
 
-def protect_child(preset: str, stem: str, name: str) -> dict:
+def protect_child(preset: str, stem: str, name: str, steps: int, long_side: int) -> dict:
     """One timed protection in this process (a child of :func:`protect`), as ``name`` says, after a short one
-    that sets the kernels up for the photo's shapes."""
+    that sets the kernels up for the photo's shapes; ``long_side``: the photo enlarged to it first (0: as it is)."""
     model = load_model("efficientnet-lite0-gem")
     photo = next(p for p in split_dataset("validation").queries if p.stem == stem)
-    target = WORK / "allocator" / f"{preset}-{name.replace(' ', '-')}" / f"{photo.stem}.jpg"
+    decoded = read_photo(photo)
+    if long_side:
+        h, w = decoded.rgb.shape[:2]
+        scale = long_side / max(h, w)
+        decoded = replace(decoded, rgb=np.asarray(Image.fromarray(decoded.rgb).resize(
+            (round(w * scale), round(h * scale)), Image.BICUBIC)))
+    target = WORK / "allocator" / f"{preset}-{steps}-{long_side}-{name.replace(' ', '-')}" / f"{photo.stem}.jpg"
     with arm(name):
-        protect_photo(read_photo(photo), WORK / "allocator" / "warm-up.jpg", model, "JPEG", 95, strength=preset,
-                      size=SIZE, seed=0, steps=2)
+        protect_photo(decoded, WORK / "allocator" / "warm-up.jpg", model, "JPEG", 95, strength=preset, size=SIZE,
+                      seed=0, steps=2)
         faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         peak_reset()
-        record = protect_photo(read_photo(photo), target, model, "JPEG", 95, strength=preset, size=SIZE, seed=0)
-    return {"preset": preset, "photo": photo.stem, "arm": name, "seconds": record.seconds,
+        record = protect_photo(decoded, target, model, "JPEG", 95, strength=preset, size=SIZE, seed=0,
+                               steps=steps)
+    return {"preset": preset, "photo": photo.stem, "pixels": decoded.rgb.shape[0] * decoded.rgb.shape[1],
+            "steps": steps, "arm": name, "seconds": record.seconds,
             "minor_faults": resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults, "peak_mib": peak_mib(),
             "sha256": hashlib.sha256(target.read_bytes()).hexdigest()}
 
 
-def protect(args) -> list[dict]:
-    """Each preset, photo and arm in a process of its own, as a command protects (glibc starts from its defaults in
-    each), the arms' order swapped from one photo to the next."""
+def protect(args, cases: list[tuple[str, str, int, int]]) -> list[dict]:
+    """Each case (preset, photo, steps, long side) and arm in a process of its own, as a command protects (glibc
+    starts from its defaults in each), the arms' order swapped from one case to the next."""
     rows = []
-    for preset in args.presets:
-        for k, photo in enumerate(split_dataset("validation", args.photos).queries):
-            for name in ARMS if k % 2 == 0 else ARMS[::-1]:
-                child = subprocess.run([sys.executable, __file__, "--threads", str(args.threads), "--child", preset,
-                                        photo.stem, name], capture_output=True, text=True, check=True)
-                rows.append(json.loads(child.stdout.splitlines()[-1]))
-                print(rows[-1], flush=True)
-            if len({r["sha256"] for r in rows[-2:]}) != 1:
-                raise SystemExit(f"{photo.name}, {preset}: the two arms wrote different files")
+    for k, case in enumerate(cases):
+        for name in ARMS if k % 2 == 0 else ARMS[::-1]:
+            child = subprocess.run([sys.executable, __file__, "--threads", str(args.threads), "--child", case[0],
+                                    case[1], name, str(case[2]), str(case[3])], capture_output=True, text=True,
+                                   check=True)
+            rows.append(json.loads(child.stdout.splitlines()[-1]))
+            print(rows[-1], flush=True)
+        if len({r["sha256"] for r in rows[-2:]}) != 1:
+            raise SystemExit(f"{case}: the two arms wrote different files")
     return rows
+
+
+def table(rows: list[dict]) -> str:
+    out = []
+    for preset in dict.fromkeys(r["preset"] for r in rows):
+        by_arm = {name: [r for r in rows if r["preset"] == preset and r["arm"] == name] for name in ARMS}
+        seconds = {name: statistics.mean(r["seconds"] for r in arm_rows) for name, arm_rows in by_arm.items()}
+        for name, arm_rows in by_arm.items():
+            out.append([preset, name, round(seconds[name], 1),
+                        round(statistics.mean(r["minor_faults"] for r in arm_rows)),
+                        round(max(r["peak_mib"] for r in arm_rows)),
+                        round(seconds["glibc defaults"] / seconds[name], 3)])
+    return markdown_table(["preset", "allocator", "s/photo", "minor page faults/photo", "peak MiB",
+                           "speed-up vs glibc defaults"], out)
 
 
 def render(results: dict) -> str:
@@ -119,44 +149,43 @@ def render(results: dict) -> str:
                      f"{results['calls']} calls): {e['glibc defaults']:.1f} ms with glibc's defaults, "
                      f"{e['reused memory']:.1f} ms with freed memory reused.")
     if "protect" in results:
-        rows = []
-        for preset in dict.fromkeys(r["preset"] for r in results["protect"]):
-            by_arm = {name: [r for r in results["protect"] if r["preset"] == preset and r["arm"] == name]
-                      for name in ARMS}
-            seconds = {name: statistics.mean(r["seconds"] for r in arm_rows) for name, arm_rows in by_arm.items()}
-            for name, arm_rows in by_arm.items():
-                rows.append([preset, name, round(seconds[name], 1),
-                             round(statistics.mean(r["minor_faults"] for r in arm_rows)),
-                             round(max(r["peak_mib"] for r in arm_rows)),
-                             round(seconds["glibc defaults"] / seconds[name], 3)])
         photos = ", ".join(dict.fromkeys(r["photo"] for r in results["protect"]))
         parts.append(f"**Protection** (validation photos {photos}; 1024 px, JPEG q95 output, `--precision auto`; "
                      "each protection in a new process, the arms alternate, both wrote the same files)\n\n"
-                     + markdown_table(["preset", "allocator", "s/photo", "minor page faults/photo", "peak MiB",
-                                       "speed-up vs glibc defaults"], rows))
+                     + table(results["protect"]))
+    if "large" in results:
+        r = results["large"][0]
+        parts.append(f"**A 12-megapixel photo** ({r['photo']} enlarged to {r['pixels'] / 1e6:.0f} megapixels; "
+                     f"{r['steps']} steps, working size 1024 px, each arm in a new process, both wrote the same file)"
+                     "\n\n" + table(results["large"]))
     return "\n\n".join(parts)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--parts", default="elementwise,protect")
+    parser.add_argument("--parts", default="elementwise,protect,large")
     parser.add_argument("--presets", nargs="+", default=["low", "medium"], choices=list(STRENGTHS))
     parser.add_argument("--photos", type=int, default=2, help="validation photos protected")
     parser.add_argument("--calls", type=int, default=30)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--name", default="allocator")
-    parser.add_argument("--child", nargs=3, metavar=("PRESET", "PHOTO", "ARM"), help=argparse.SUPPRESS)
+    parser.add_argument("--child", nargs=5, help=argparse.SUPPRESS)  # preset, photo, arm, steps, long side
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.child:
-        print(json.dumps(protect_child(*args.child)))
+        preset, stem, name, steps, long_side = args.child
+        print(json.dumps(protect_child(preset, stem, name, int(steps), int(long_side))))
         return
     parts = set(args.parts.split(","))
     results = {"threads": args.threads, "calls": args.calls}
     if "elementwise" in parts:
         results["elementwise"] = elementwise(args.calls)
     if "protect" in parts:
-        results["protect"] = protect(args)
+        cases = [(preset, photo.stem, STRENGTHS[preset].steps, 0) for preset in args.presets
+                 for photo in split_dataset("validation", args.photos).queries]
+        results["protect"] = protect(args, cases)
+    if "large" in parts:
+        results["large"] = protect(args, [("medium", split_dataset("validation", 1).queries[0].stem, 4, 4000)])
     write_results(args.name, results, render(results))
 
 

@@ -1,6 +1,6 @@
 """Freed memory kept for reuse while network passes run (glibc): large blocks come from the heap inside
 ``reused_memory`` and from mmap again once the last block has ended, nested and across threads, and the attack
-loop runs inside it. The real model on a real photo for the attack; glibc's own accounting (``mallinfo2``)."""
+loop runs inside it for photos up to twice its working size. The real model on a real photo for the attack; glibc's own accounting (``mallinfo2``)."""
 import ctypes
 import threading
 
@@ -66,12 +66,13 @@ def test_blocks_in_threads_share_one_count(mallinfo2):
     assert mmapped(mallinfo2)
 
 
-def test_attack_passes_run_with_reused_memory(mallinfo2, ukbench_dir):
+@pytest.mark.parametrize("size, reused", [(320, True), (96, False)])
+def test_attack_passes_reuse_memory_for_photos_up_to_twice_the_working_size(mallinfo2, ukbench_dir, size, reused):
     model = load_model("efficientnet-lite0-gem", device="cpu")
-    photo = to_tensor(read_photo(ukbench_dir / "ukbench00000.jpg").rgb)
+    photo = to_tensor(read_photo(ukbench_dir / "ukbench00000.jpg").rgb)  # 640 x 480
     during = []
-    attack = PIRE(model, eps=3 / 255, steps=2, size=96, seed=0,
+    attack = PIRE(model, eps=3 / 255, steps=2, size=size, seed=0,
                   on_step=lambda *_: during.append(mmapped(mallinfo2)))
     attack(photo)
-    assert during == [False, False]
+    assert during == [not reused] * 2
     assert mmapped(mallinfo2)

@@ -21,6 +21,7 @@ Gaussian noise), which modify each photo as an 8-bit array.
 """
 import math
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, fields
 
 import numpy as np
@@ -44,6 +45,7 @@ LR_SCHEDULES = ("constant", "cosine")
 VIEW_REFERENCES = ("view", "photo")
 WHOLE_VIEWS = (True, False, "cycle")
 
+REUSED_MEMORY_SIDES = 2  # photos up to this many times the working size (long sides) reuse freed memory (forward)
 FEATURE_MAP = "map"  # a "pooling" of the attack alone: the whole feature map (PerturbationAttack's poolings)
 
 
@@ -411,10 +413,20 @@ class PerturbationAttack:
         resolved; :func:`~advquery.models.precision.autocast_dtype`)."""
         return precision_name(autocast_dtype(self.precision, self._members()[0]))
 
-    @reused_memory()  # the passes' activations reuse memory freed by the ones before (advquery.models.memory)
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """Protected versions of ``images`` (N, 3, H, W) in [0, 1]."""
+        """Protected versions of ``images`` (N, 3, H, W) in [0, 1].
+
+        The passes reuse freed memory (:func:`~advquery.models.memory.reused_memory`) for photos up to
+        :data:`REUSED_MEMORY_SIDES` times the working size on their long side; a larger photo's full-resolution
+        tensors, freed and allocated again in every step, would leave holes in the heap that the passes' activations
+        cannot fill (``bench/results/allocator.md``: the peak memory of a 12-megapixel photo's protection)."""
         check_images(images)
+        small = max(images.shape[-2:]) <= REUSED_MEMORY_SIDES * self.size
+        with reused_memory() if small else nullcontext():
+            return self._optimise(images)
+
+    def _optimise(self, images: torch.Tensor) -> torch.Tensor:
+        """:meth:`forward`'s optimisation, on checked images."""
         x = images.detach().to(self.model.device, torch.float32)
         n = x.shape[0]
         generator = torch.Generator(device=x.device)

@@ -6,8 +6,10 @@ largest activations as new pages: each page a fault, zeroed by the kernel before
 is a sizeable share of the elementwise layers' time (a bfloat16 ReLU6 of a 96 x 384 x 512 map took several times as
 long as on memory it had used before; ``bench/results/allocator.md``). :func:`reused_memory` switches glibc to
 keeping freed blocks in its heap for the block's duration (no ``mmap`` for large blocks, no trimming of the heap's
-top), then restores glibc's default limits and returns the free memory to the kernel. The peak memory of the
-passes is the same; the heap stays that large until the outermost block ends.
+top), then restores glibc's default limits and returns the free memory to the kernel. The passes' peak memory
+stays the same; blocks many times larger than their activations, freed and allocated again (a 12-megapixel photo's),
+leave holes in the heap that raise it, so an attack reuses memory only for photos up to twice its working size
+(:meth:`~advquery.attacks.base.PerturbationAttack.forward`).
 
 The settings are process-wide: nested blocks and blocks in several threads share one count, and the last to end
 restores them. Elsewhere (musl, macOS, Windows) it changes nothing.
