@@ -164,6 +164,9 @@ SECTIONS = [
      "python bench/pooling_speed.py",
      "Run alone on the machine; the reference in the same run. Forward and backward of one float32 channels-last "
      "map of 1280 channels, as the attack pools it."),
+    ("allocator", "Protection with freed memory reused (glibc) against glibc's defaults",
+     "python bench/allocator.py --photos 3",
+     "Run alone on the machine; the reference in the same run, each protection in a process of its own."),
     ("ray_cancel", "What cancelled Ray tasks leave: temporary files of atomic writes",
      "python bench/ray_cancel.py --trials 40",
      "Two tasks writing a file atomically in a loop on a local Ray instance, cancelled as `protect --ray` cancels "
