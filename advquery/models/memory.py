@@ -6,7 +6,10 @@ largest activations as new pages: each page a fault, zeroed by the kernel before
 is a sizeable share of the elementwise layers' time (a bfloat16 ReLU6 of a 96 x 384 x 512 map took several times as
 long as on memory it had used before; ``bench/results/allocator.md``). :func:`reused_memory` switches glibc to
 keeping freed blocks in its heap for the block's duration (no ``mmap`` for large blocks, no trimming of the heap's
-top), then restores glibc's default limits and returns the free memory to the kernel. The passes' peak memory
+top), then returns the free memory to the kernel and sets the limits glibc's own adjustment reaches in a process that
+has freed a large block, as every pass at the working size does (blocks above 32 MiB mapped, the heap's top trimmed
+beyond 64 MiB): setting a limit ends that adjustment for the process, and its starting limits (128 KiB) would map
+every activation afresh for the rest of the process. The passes' peak memory
 stays the same; blocks many times larger than their activations, freed and allocated again (a 12-megapixel photo's),
 leave holes in the heap that raise it, so an attack reuses memory only for photos up to twice its working size
 (:meth:`~advquery.attacks.base.PerturbationAttack.forward`).
@@ -21,9 +24,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
 
-# mallopt's parameters and glibc's defaults for them (malloc/malloc.c)
-M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
-DEFAULT_TRIM_THRESHOLD, DEFAULT_MMAP_MAX = 128 * 1024, 65536
+# mallopt's parameters (malloc/malloc.h); glibc's default count of mapped blocks, and the thresholds its dynamic
+# adjustment moves to when a mapped block of up to 32 MiB (its largest mmap threshold) is freed: that block's size,
+# and twice that for the trim threshold (malloc/malloc.c)
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_MMAP_MAX = -1, -3, -4
+DEFAULT_MMAP_MAX = 65536
+ADJUSTED_MMAP_THRESHOLD = 32 * 2**20
+ADJUSTED_TRIM_THRESHOLD = 2 * ADJUSTED_MMAP_THRESHOLD
 KEEP_ALL = 2**31 - 1  # the largest trim threshold mallopt takes (an int): the heap's top is never given back
 
 _lock = threading.Lock()
@@ -58,5 +65,6 @@ def reused_memory() -> Iterator[None]:
             _holders -= 1
             if _holders == 0:
                 libc.mallopt(M_MMAP_MAX, DEFAULT_MMAP_MAX)
-                libc.mallopt(M_TRIM_THRESHOLD, DEFAULT_TRIM_THRESHOLD)
+                libc.mallopt(M_MMAP_THRESHOLD, ADJUSTED_MMAP_THRESHOLD)
+                libc.mallopt(M_TRIM_THRESHOLD, ADJUSTED_TRIM_THRESHOLD)
                 libc.malloc_trim(0)
