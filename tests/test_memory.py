@@ -12,7 +12,7 @@ from advquery.io import read_photo, to_tensor
 from advquery.models import memory
 from advquery.models.memory import reused_memory
 
-LARGE = 64 * 2**20 // 4  # float32 elements of a 64 MiB block: far above glibc's largest mmap threshold
+LARGE = 64 * 2**20  # bytes: far above glibc's largest mmap threshold (32 MiB)
 
 
 class MallInfo2(ctypes.Structure):
@@ -29,12 +29,15 @@ def mallinfo2():
     return libc.mallinfo2
 
 
-def mmapped(mallinfo2, elements: int = LARGE) -> bool:
-    """Whether a fresh float32 tensor of ``elements`` (64 MiB) is a block glibc mmapped (and unmaps when freed)."""
-    block = torch.empty(elements)
+def mmapped(mallinfo2, nbytes: int | None = None) -> bool:
+    """Whether a fresh tensor of ``nbytes`` is a block glibc mmapped (and unmaps when it is freed). By default a block
+    larger than all the free memory in the heap by 64 MiB, which glibc cannot serve from a freed block of it: mapped
+    wherever mmap is allowed for it."""
+    nbytes = nbytes or mallinfo2().fordblks + LARGE
+    block = torch.empty(nbytes, dtype=torch.uint8)
     alive = mallinfo2().hblkhd
     del block
-    return alive - mallinfo2().hblkhd >= elements * 4
+    return alive - mallinfo2().hblkhd >= nbytes
 
 
 def test_large_blocks_come_from_the_heap_inside_and_from_mmap_after(mallinfo2):

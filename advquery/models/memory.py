@@ -9,13 +9,13 @@ keeping freed blocks in its heap for the block's duration (no ``mmap`` for large
 top), then returns the free memory to the kernel and sets the limits glibc's own adjustment reaches in a process that
 has freed a large block, as every pass at the working size does (blocks above 32 MiB mapped, the heap's top trimmed
 beyond 64 MiB): setting a limit ends that adjustment for the process, and its starting limits (128 KiB) would map
-every activation afresh for the rest of the process. The passes' peak memory
-stays the same; blocks many times larger than their activations, freed and allocated again (a 12-megapixel photo's),
-leave holes in the heap that raise it, so an attack reuses memory only for photos up to twice its working size
+every activation afresh for the rest of the process. The passes' peak memory stays the same; blocks many times larger
+than their activations, freed and allocated again (a 12-megapixel photo's), leave holes in the heap that raise it, so
+an attack reuses memory only for photos up to twice its working size
 (:meth:`~advquery.attacks.base.PerturbationAttack.forward`).
 
-The settings are process-wide: nested blocks and blocks in several threads share one count, and the last to end
-restores them. Elsewhere (musl, macOS, Windows) it changes nothing.
+The settings are process-wide, for every thread's allocations: nested blocks and blocks in several threads share one
+count, and the last to end sets the limits above. Elsewhere (musl, macOS, Windows) it changes nothing.
 """
 import ctypes
 import platform
