@@ -713,13 +713,7 @@ def _locked(path: Path) -> Iterator[bool]:
     path.parent.mkdir(parents=True, exist_ok=True)
     while True:
         with open(path, "ab") as lock:
-            try:
-                fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                free = False
-            else:
-                free = True
-            if not free:
+            if not _flock_now(lock.fileno()):
                 yield False
                 return
             if _still_at(path, lock.fileno()):
@@ -730,6 +724,15 @@ def _locked(path: Path) -> Iterator[bool]:
                         os.unlink(path)
                 return
         # The file its last holder removed meanwhile: the one at ``path`` now is locked instead.
+
+
+def _flock_now(fd: int) -> bool:
+    """Whether an exclusive ``flock`` on ``fd`` was taken without waiting (False: another process holds one)."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
 
 
 def _still_at(path: Path, fd: int) -> bool:

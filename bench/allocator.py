@@ -76,7 +76,7 @@ def elementwise(calls: int) -> dict:
     x = x.contiguous(memory_format=torch.channels_last)
     out = {}
     for name in ARMS:
-        with arm(name), memory.reused_memory():
+        with arm(name):
             times = []
             for _ in range(calls):
                 start = time.perf_counter()

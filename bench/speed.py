@@ -52,6 +52,7 @@ class PassRecorder:
             h.remove()
 
 
+@reused_memory()  # as the attack's passes do (advquery.models.memory)
 def bare_seconds(models: dict[str, DescriptorModel], passes, dtype, used_shapes: set | None = None) -> float:
     """Seconds of the recorded passes alone: the trunk on a random input of each shape, in ``dtype``,
     with a backward pass where the protection made one.
@@ -60,31 +61,30 @@ def bare_seconds(models: dict[str, DescriptorModel], passes, dtype, used_shapes:
     shape is replaced by one a few rows taller that no pass has had yet, so the kernels meet it for the first
     time, as the protection's passes met the views it drew; a shape the protection repeated (the whole photo,
     every step) is repeated in the replay too. Without it the replay follows the protection and meets every
-    shape warm. The replay reuses freed memory as the attack does (``advquery.models.memory``)."""
+    shape warm."""
     generator = torch.Generator().manual_seed(0)
     stand_ins: dict[tuple[int, ...], tuple[int, ...]] = {}
     total = 0.0
-    with reused_memory():
-        for name, shape, backward in passes:
-            if used_shapes is not None:
-                if shape not in stand_ins:
-                    n, c, h, w = shape
-                    taller = ((n, c, h + k, w) for k in range(1, h + 1))
-                    stand_ins[shape] = next(t for t in taller if t not in used_shapes)
-                    used_shapes.add(stand_ins[shape])
-                shape = stand_ins[shape]
-            features, device = models[name].features, models[name].device
-            x = torch.rand(shape, generator=generator).to(device, memory_format=torch.channels_last)
-            synchronize(device)
-            start = time.perf_counter()
-            with torch.set_grad_enabled(backward):
-                x.requires_grad_(backward)
-                with autocast(dtype, x.device):
-                    out = features(x)
-                if backward:
-                    out.float().sum().backward()
-            synchronize(device)
-            total += time.perf_counter() - start
+    for name, shape, backward in passes:
+        if used_shapes is not None:
+            if shape not in stand_ins:
+                n, c, h, w = shape
+                taller = ((n, c, h + k, w) for k in range(1, h + 1))
+                stand_ins[shape] = next(t for t in taller if t not in used_shapes)
+                used_shapes.add(stand_ins[shape])
+            shape = stand_ins[shape]
+        features, device = models[name].features, models[name].device
+        x = torch.rand(shape, generator=generator).to(device, memory_format=torch.channels_last)
+        synchronize(device)
+        start = time.perf_counter()
+        with torch.set_grad_enabled(backward):
+            x.requires_grad_(backward)
+            with autocast(dtype, x.device):
+                out = features(x)
+            if backward:
+                out.float().sum().backward()
+        synchronize(device)
+        total += time.perf_counter() - start
     return total
 
 
