@@ -1,27 +1,32 @@
 """Protection with freed memory kept for reuse (``advquery.models.memory.reused_memory``, which an attack runs under
-for photos up to twice its working size) against glibc's default allocator, in one run.
+for photos up to twice its working size) and with transparent huge pages (``THP_MEM_ALLOC_ENABLE``, which importing
+advquery sets) against glibc's default allocator, in one run.
 
-Three parts:
+Three arms: ``glibc defaults`` (neither), ``reused memory`` (the whole protection inside a ``reused_memory`` block of
+its own, whatever the photo's size; no huge pages) and ``default`` (advquery's: huge pages, and memory reused by the
+attack for photos up to twice its working size). Three parts:
 
 - ``elementwise``: a bfloat16 ReLU6 of a channels-last 96 x 384 x 512 map (Lite0's largest activation at 1024 px)
-  into a new tensor, as a trunk's pass makes it: the median of ``--calls`` calls, with and without.
+  into a new tensor, as a trunk's pass makes it: the median of ``--calls`` calls, with glibc's defaults and with
+  memory reused, in this process (huge pages as its environment says, stated in the results).
 - ``protect``: each preset protects the same ``--photos`` validation query photos (1024 px, JPEG q95 output,
-  ``--precision auto``, ``protect_photo`` as ``advquery protect`` calls it) with and without, each in a new process
-  as a command runs it (after a 2-step protection that sets the kernels up), the order swapped from one photo to
+  ``--precision auto``, ``protect_photo`` as ``advquery protect`` calls it) in every arm, each in a new process
+  as a command runs it (after a 2-step protection that sets the kernels up), the order reversed from one photo to
   the next; seconds, the process's minor page faults during the protection and its peak resident memory (reset
-  before the protection). Both arms write the same bytes (checked).
+  before the protection). Every arm writes the same bytes (checked).
 - ``large``: the first validation photo enlarged to 4000 x 3000 (12 megapixels, a phone's photo), 4 steps of
-  ``medium`` at 1024 px, the same two arms with the memory reused for the whole protection: why the attack keeps
-  glibc's defaults for photos more than twice its working size.
+  ``medium`` at 1024 px, the same arms: why the attack reuses memory only for photos up to twice its working size,
+  and what huge pages do for the others.
 
-"Without" is the same code with :func:`advquery.models.memory.reused_memory` seeing no glibc, so glibc keeps its
-defaults; "with" runs the protection inside a ``reused_memory`` block of its own, whatever the photo's size.
-Run alone: ``python bench/allocator.py [--parts elementwise,protect,large] [--presets low medium] [--photos 3]``.
+"Without reuse" is the same code with :func:`advquery.models.memory.reused_memory` seeing no glibc, so glibc keeps
+its defaults. Run alone: ``python bench/allocator.py [--parts elementwise,protect,large] [--presets low medium]
+[--photos 2]``.
 """
 import argparse
 import contextlib
 import hashlib
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -41,14 +46,17 @@ from advquery.models import load_model, memory
 from advquery.protection import STRENGTHS, protect_photo
 
 SIZE = 1024
-ARMS = ("glibc defaults", "reused memory")
+HUGE_PAGES = "THP_MEM_ALLOC_ENABLE"
+ARMS = ("glibc defaults", "reused memory", "default")
 
 
 @contextlib.contextmanager
 def arm(name: str):
-    """The block run as ``name`` says: with glibc's defaults, ``reused_memory`` finds no glibc to set."""
-    if name == "reused memory":
-        with memory.reused_memory():
+    """The block run as arm ``name`` says (huge pages are the process's environment's): ``reused memory`` inside a
+    ``reused_memory`` block, ``default`` as the attack decides, ``glibc defaults`` with ``reused_memory`` finding no
+    glibc to set."""
+    if name != "glibc defaults":
+        with memory.reused_memory() if name == "reused memory" else contextlib.nullcontext():
             yield
         return
     glibc = memory._glibc
@@ -75,7 +83,7 @@ def elementwise(calls: int) -> dict:
     x = torch.randn(1, 96, 384, 512, generator=torch.Generator().manual_seed(0)).to(torch.bfloat16)
     x = x.contiguous(memory_format=torch.channels_last)
     out = {}
-    for name in ARMS:
+    for name in ARMS[:2]:
         with arm(name):
             times = []
             for _ in range(calls):
@@ -113,17 +121,19 @@ def protect_child(preset: str, stem: str, name: str, steps: int, long_side: int)
 
 def protect(args, cases: list[tuple[str, str, int, int]]) -> list[dict]:
     """Each case (preset, photo, steps, long side) and arm in a process of its own, as a command protects (glibc
-    starts from its defaults in each), the arms' order swapped from one case to the next."""
+    starts from its defaults in each; huge pages only in the ``default`` arm), the arms' order reversed from one case
+    to the next."""
     rows = []
     for k, case in enumerate(cases):
         for name in ARMS if k % 2 == 0 else ARMS[::-1]:
+            env = os.environ | {HUGE_PAGES: "1" if name == "default" else "0"}
             child = subprocess.run([sys.executable, __file__, "--threads", str(args.threads), "--child", case[0],
                                     case[1], name, str(case[2]), str(case[3])], capture_output=True, text=True,
-                                   check=True)
+                                   check=True, env=env)
             rows.append(json.loads(child.stdout.splitlines()[-1]))
             print(rows[-1], flush=True)
-        if len({r["sha256"] for r in rows[-2:]}) != 1:
-            raise SystemExit(f"{case}: the two arms wrote different files")
+        if len({r["sha256"] for r in rows[-len(ARMS):]}) != 1:
+            raise SystemExit(f"{case}: the arms wrote different files")
     return rows
 
 
@@ -146,17 +156,17 @@ def render(results: dict) -> str:
     if "elementwise" in results:
         e = results["elementwise"]
         parts.append("**A bfloat16 ReLU6 into a new tensor** (1 x 96 x 384 x 512, channels last; median of "
-                     f"{results['calls']} calls): {e['glibc defaults']:.1f} ms with glibc's defaults, "
-                     f"{e['reused memory']:.1f} ms with freed memory reused.")
+                     f"{results['calls']} calls; {HUGE_PAGES}={results['huge_pages']}): {e['glibc defaults']:.1f} ms "
+                     f"with glibc's defaults, {e['reused memory']:.1f} ms with freed memory reused.")
     if "protect" in results:
         photos = ", ".join(dict.fromkeys(r["photo"] for r in results["protect"]))
         parts.append(f"**Protection** (validation photos {photos}; 1024 px, JPEG q95 output, `--precision auto`; "
-                     "each protection in a new process, the arms alternate, both wrote the same files)\n\n"
+                     "each protection in a new process, the arms' order reversed from photo to photo, all wrote the same files)\n\n"
                      + table(results["protect"]))
     if "large" in results:
         r = results["large"][0]
         parts.append(f"**A 12-megapixel photo** ({r['photo']} enlarged to {r['pixels'] / 1e6:.0f} megapixels; "
-                     f"{r['steps']} steps, working size 1024 px, each arm in a new process, both wrote the same file)"
+                     f"{r['steps']} steps, working size 1024 px, each arm in a new process, all wrote the same file)"
                      "\n\n" + table(results["large"]))
     return "\n\n".join(parts)
 
@@ -177,7 +187,7 @@ def main() -> None:
         print(json.dumps(protect_child(preset, stem, name, int(steps), int(long_side))))
         return
     parts = set(args.parts.split(","))
-    results = {"threads": args.threads, "calls": args.calls}
+    results = {"threads": args.threads, "calls": args.calls, "huge_pages": os.environ[HUGE_PAGES]}
     if "elementwise" in parts:
         results["elementwise"] = elementwise(args.calls)
     if "protect" in parts:

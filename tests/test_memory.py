@@ -1,8 +1,12 @@
 """Freed memory kept for reuse while network passes run (glibc): large blocks come from the heap inside
 ``reused_memory`` and from mmap again once the last block has ended, nested and across threads, and the attack
-loop runs inside it for photos up to twice its working size. The real model on a real photo for the attack; glibc's own accounting (``mallinfo2``)."""
+loop runs inside it for photos up to twice its working size; importing advquery asks PyTorch for huge pages. The real model on a real photo for the attack; glibc's own accounting (``mallinfo2``)."""
 import ctypes
+import os
+import subprocess
+import sys
 import threading
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,6 +16,7 @@ from advquery.io import read_photo, to_tensor
 from advquery.models import memory
 from advquery.models.memory import reused_memory
 
+HUGE_PAGES = "THP_MEM_ALLOC_ENABLE"  # what importing advquery sets unless the environment does
 LARGE = 64 * 2**20  # bytes: far above glibc's largest mmap threshold (32 MiB)
 
 
@@ -80,3 +85,23 @@ def test_attack_passes_reuse_memory_for_photos_up_to_twice_the_working_size(mall
     attack(photo)
     assert during == [not reused] * 2
     assert mmapped(mallinfo2)
+
+
+def faults_making_large_tensors(environment: dict) -> int:
+    """Minor page faults of a new process that imports advquery, then makes ten new 144 MB tensors (a
+    12-megapixel photo's), with ``environment`` added to this one's."""
+    code = ("import advquery, resource, torch\n"
+            "before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt\n"
+            "for _ in range(10):\n    torch.ones(3, 4000, 3000)\n"
+            "print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)")
+    env = {k: v for k, v in os.environ.items() if k != HUGE_PAGES}
+    done = subprocess.run([sys.executable, "-c", code], env=env | environment, capture_output=True, text=True,
+                          check=True)
+    return int(done.stdout)
+
+
+def test_importing_advquery_asks_for_huge_pages():
+    setting = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+    if not setting.exists() or "[never]" in setting.read_text():
+        pytest.skip("the kernel grants no transparent huge pages here")
+    assert faults_making_large_tensors({}) * 4 < faults_making_large_tensors({HUGE_PAGES: "0"})
