@@ -16,6 +16,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import glob
+import math
 import os
 import re
 import secrets
@@ -771,7 +772,7 @@ def to_uint8(t: torch.Tensor) -> np.ndarray:
         got = f"{tuple(t.shape)} {t.dtype}" if isinstance(t, torch.Tensor) else type(t).__name__
         raise ValueError(f"expected a float tensor of shape (1, 3, H, W) or (3, H, W) in [0, 1], got {got}")
     x = t.detach().reshape(t.shape[-3:]).to(device="cpu", dtype=torch.float32)
-    if not torch.isfinite(x).all():
+    if x.numel() and not all(map(math.isfinite, torch.aminmax(x))):  # one pass, allocating nothing (NaN propagates)
         raise ValueError("expected finite values in [0, 1], got NaN or infinity")
-    x = x.clamp(0.0, 1.0).mul(255.0).round().to(torch.uint8)
+    x = x.clamp(0.0, 1.0).mul_(255.0).round_().to(torch.uint8)  # one new float tensor, then in place
     return x.permute(1, 2, 0).contiguous().numpy()  # torch's copy into (H, W, 3) is quicker than numpy's

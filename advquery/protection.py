@@ -337,7 +337,8 @@ def protect_photo(photo: Photo, target: Path, model: DescriptorModel, fmt: str, 
         similarity = cosine_similarity(model, to_tensor(decoded), reference, size)[0]
     keypoints = attack.compare(photo.rgb, decoded) if isinstance(attack, KeypointAttack) else {}
     resaved = to_uint8(jpeg_round_trip(x, quality)) if fmt == "JPEG" else photo.rgb  # what the format alone does
-    return ProtectionRecord(input=str(photo.path), output=str(target), **quality_report(photo.rgb, decoded),
+    quality = quality_report(photo.rgb, decoded, torch.get_num_threads())
+    return ProtectionRecord(input=str(photo.path), output=str(target), **quality,
                             flat_changed_resave=flat_changed(photo.rgb, resaved),
                             similarity=similarity, steps=steps, precision=precision, seconds=time.perf_counter() - start,
                             keypoints_before=keypoints.get("before"), keypoints_removed=keypoints.get("removed"),

@@ -111,6 +111,15 @@ def test_quality_report_keys_and_types():
     assert report["ssim"] == ssim(a, b) and report["ciede2000"] == mean_ciede2000(a, b)
 
 
+def test_quality_report_in_threads_gives_the_same_values(ukbench_dir):
+    with Image.open(ukbench_dir / "ukbench00004.jpg") as img:
+        a = np.asarray(img.convert("RGB"))
+    b = _noisy(a, 2)
+    assert quality_report(a, b, threads=3) == quality_report(a, b)
+    with pytest.raises(ValueError, match="expected a positive number of threads, got 0"):
+        quality_report(a, b, threads=0)
+
+
 @pytest.mark.parametrize("fn", [ssim, psnr, linf, mean_abs_change, mean_ciede2000, quality_report])
 def test_shape_mismatch(fn):
     a, b = np.zeros((40, 33, 3), np.uint8), np.zeros((33, 40, 3), np.uint8)

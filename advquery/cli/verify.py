@@ -4,6 +4,8 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
+import torch
+
 from ..extraction import DEFAULT_SIZE, MULTISCALE, extract_descriptors
 from ..io import read_photo
 from ..models import DEFAULT_MODEL, load_model
@@ -41,8 +43,8 @@ def run_verify(args: argparse.Namespace) -> int:
     original, protected = read_photo(args.original), read_photo(args.protected)
     result = {"original": str(args.original), "protected": str(args.protected), "model": model.name, "size": size}
     if original.rgb.shape == protected.rgb.shape:
-        result["quality"] = {k: (None if v == float("inf") else v)
-                             for k, v in quality_report(original.rgb, protected.rgb).items()}
+        report = quality_report(original.rgb, protected.rgb, torch.get_num_threads())
+        result["quality"] = {k: (None if v == float("inf") else v) for k, v in report.items()}
     else:  # quality compares pixel by pixel
         (w0, h0), (w1, h1) = original.size, protected.size
         result["quality"] = None
