@@ -14,8 +14,8 @@ attack for photos up to twice its working size). Three parts:
   as a command runs it (after a 2-step protection that sets the kernels up), the order reversed from one photo to
   the next; seconds, the process's minor page faults during the protection and its peak resident memory (reset
   before the protection). Every arm writes the same bytes (checked).
-- ``large``: the first validation photo enlarged to 4000 x 3000 (12 megapixels, a phone's photo), 4 steps of
-  ``medium`` at 1024 px, the same arms: why the attack reuses memory only for photos up to twice its working size,
+- ``large``: the first validation photo enlarged to 4000 x 3000 (12 megapixels, a phone's photo), ``medium`` at
+  1024 px (its 40 steps), the same arms: why the attack reuses memory only for photos up to twice its working size,
   and what huge pages do for the others.
 
 "Without reuse" is the same code with :func:`advquery.models.memory.reused_memory` seeing no glibc, so glibc keeps
@@ -195,7 +195,8 @@ def main() -> None:
                  for photo in split_dataset("validation", args.photos).queries]
         results["protect"] = protect(args, cases)
     if "large" in parts:
-        results["large"] = protect(args, [("medium", split_dataset("validation", 1).queries[0].stem, 4, 4000)])
+        results["large"] = protect(args, [("medium", split_dataset("validation", 1).queries[0].stem,
+                                             STRENGTHS["medium"].steps, 4000)])
     write_results(args.name, results, render(results))
 
 
