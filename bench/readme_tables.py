@@ -164,9 +164,11 @@ SECTIONS = [
      "python bench/pooling_speed.py",
      "Run alone on the machine; the reference in the same run. Forward and backward of one float32 channels-last "
      "map of 1280 channels, as the attack pools it."),
-    ("allocator", "Protection with freed memory reused (glibc) against glibc's defaults",
-     "python bench/allocator.py --photos 3",
-     "Run alone on the machine; the reference in the same run, each protection in a process of its own."),
+    ("allocator", "Protection with freed memory reused (glibc) and with huge pages against glibc's defaults",
+     "THP_MEM_ALLOC_ENABLE=0 python bench/allocator.py --photos 2",
+     "Run alone on the machine; the reference in the same run, each protection in a process of its own. One "
+     "protection of each photo an arm: the 1024 px rows move by more than their arms differ (a 12-run trial right "
+     "after it: `low` 18.5 s with huge pages against 18.4 s without, both reusing memory; docs/methods.md)."),
     ("ray_cancel", "What cancelled Ray tasks leave: temporary files of atomic writes",
      "python bench/ray_cancel.py --trials 40",
      "Two tasks writing a file atomically in a loop on a local Ray instance, cancelled as `protect --ray` cancels "
@@ -242,6 +244,11 @@ SECTIONS = [
      "--precisions bfloat16 --name speed_before_cast_amd`",
      "Run alone on the same machine an hour before `speed_amd` (whose bare passes ran 8-16 % slower): compare the two "
      "as protect / bare ratios."),
+    ("speed_hugepages_amd", "Speed of protection with the huge pages advquery asks for, in bfloat16",
+     "python bench/speed.py --parts time --photos 2 --presets low medium high --precisions bfloat16 "
+     "--name speed_hugepages_amd",
+     "Run alone on the machine (timed figures). Its code stamp's `+changes` is a docstring of "
+     "`advquery/models/memory.py` edited while it ran, not a change of what it measured."),
 ]
 
 

@@ -537,7 +537,17 @@ def test_to_uint8_rounds_and_clamps():
 def test_tensor_shape_errors():
     with pytest.raises(ValueError, match=r"got \(2, 3, 4, 4\) torch.float32"):
         to_uint8(torch.zeros(2, 3, 4, 4))
-    with pytest.raises(ValueError, match="got NaN"):
-        to_uint8(torch.full((3, 2, 2), float("nan")))
+    for bad in (float("nan"), float("inf"), -float("inf")):  # one value among finite ones is enough
+        t = torch.rand(3, 4, 4)
+        t[1, 2, 3] = bad
+        with pytest.raises(ValueError, match="got NaN or infinity"):
+            to_uint8(t)
+
+
+def test_to_uint8_leaves_its_input_alone():
+    t = torch.rand(1, 3, 8, 8) * 1.2 - 0.1
+    before = t.clone()
+    to_uint8(t)
+    assert torch.equal(t, before)
     with pytest.raises(ValueError, match=r"expected rgb as a \(H, W, 3\) uint8 array, got \(4, 4, 3\) float64"):
         to_tensor(np.zeros((4, 4, 3)))
