@@ -55,16 +55,18 @@ def arm(name: str):
     """The block run as arm ``name`` says (huge pages are the process's environment's): ``reused memory`` inside a
     ``reused_memory`` block, ``default`` as the attack decides, ``glibc defaults`` with ``reused_memory`` finding no
     glibc to set."""
-    if name != "glibc defaults":
-        with memory.reused_memory() if name == "reused memory" else contextlib.nullcontext():
+    if name == "reused memory":
+        with memory.reused_memory():
             yield
-        return
-    glibc = memory._glibc
-    memory._glibc = lambda: None
-    try:
+    elif name == "default":
         yield
-    finally:
-        memory._glibc = glibc
+    else:
+        glibc = memory._glibc
+        memory._glibc = lambda: None
+        try:
+            yield
+        finally:
+            memory._glibc = glibc
 
 
 def peak_reset() -> None:
@@ -161,7 +163,8 @@ def render(results: dict) -> str:
     if "protect" in results:
         photos = ", ".join(dict.fromkeys(r["photo"] for r in results["protect"]))
         parts.append(f"**Protection** (validation photos {photos}; 1024 px, JPEG q95 output, `--precision auto`; "
-                     "each protection in a new process, the arms' order reversed from photo to photo, all wrote the same files)\n\n"
+                     "each protection in a new process, the arms' order reversed from photo to photo, all wrote the "
+                     "same files)\n\n"
                      + table(results["protect"]))
     if "large" in results:
         r = results["large"][0]
