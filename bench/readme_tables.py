@@ -169,6 +169,11 @@ SECTIONS = [
      "Run alone on the machine; the reference in the same run, each protection in a process of its own. One "
      "protection of each photo an arm: the 1024 px rows move by more than their arms differ (a 12-run trial right "
      "after it: `low` 18.5 s with huge pages against 18.4 s without, both reusing memory; docs/methods.md)."),
+    ("allocator_large_repeat", "A 12-megapixel photo's protection with huge pages and reused memory against glibc's "
+     "defaults, repeated",
+     "THP_MEM_ALLOC_ENABLE=0 python bench/allocator.py --parts large --name allocator_large_repeat",
+     "Run alone on the machine right after `allocator` (and a speed run): its 12-megapixel part again, to see how far "
+     "one run's figures move."),
     ("ray_cancel", "What cancelled Ray tasks leave: temporary files of atomic writes",
      "python bench/ray_cancel.py --trials 40",
      "Two tasks writing a file atomically in a loop on a local Ray instance, cancelled as `protect --ray` cancels "
