@@ -18,8 +18,9 @@ Importing advquery also asks PyTorch's CPU allocator for transparent huge pages 
 environment sets it: blocks of 2 MiB and more aligned to 2 MiB and advised with ``madvise(MADV_HUGEPAGE)``), which
 the kernel grants where transparent huge pages are ``always`` or ``madvise``: a new block then costs one fault per
 2 MiB instead of one per 4 KiB page. That is what a photo too large to reuse memory needs, whose full-resolution
-tensors are mapped afresh in every step (a 12-megapixel photo's protection 1.29 times quicker at about the same peak
-memory, ``bench/results/allocator.md``); at the working size, reused memory is as quick with or without them.
+tensors are mapped afresh in every step (a 12-megapixel photo's protection 1.25-1.29 times quicker at about the same
+peak memory in two runs, ``bench/results/allocator.md``, ``allocator_large_repeat.md``); at the working size, reused
+memory is as quick with or without them.
 PyTorch reads the variable once, at its first allocation, so a process that made a tensor before importing advquery
 keeps what it had.
 
