@@ -9,8 +9,8 @@ from scipy import ndimage
 from skimage.color import deltaE_ciede94, deltaE_ciede2000, rgb2lab
 
 from advquery import perceptual
-from advquery.perceptual import (color_variance_map, delta_e_cie94, delta_e_ciede2000, rgb_to_lab, ssim_masking_map,
-                                 ssim_cost_weights, std_map)
+from advquery.perceptual import (SSIMPrice, color_variance_map, delta_e_cie94, delta_e_ciede2000, rgb_to_lab,
+                                 ssim_masking_map, ssim_cost_weights, std_map)
 from advquery.quality import ssim
 
 # Sharma, Wu and Dalal (2005), "The CIEDE2000 color-difference formula: implementation notes,
@@ -391,6 +391,24 @@ def test_ssim_cost_weights_approximate_the_ssim_loss_of_small_changes():
         assert float((weights * change ** 2).mean()) == pytest.approx(1 - ssim(a, b), rel=0.15)
     flat = torch.full((1, 3, 16, 16), 0.5)
     torch.testing.assert_close(ssim_cost_weights(flat), torch.full_like(flat, 1 / (0.03 * 255) ** 2))
+
+
+@pytest.mark.parametrize("shape,weight", [((1, 3, 64, 48), 17), ((2, 3, 33, 70), 150.0), ((1, 3, 101, 37), 17.3)])
+def test_ssim_price_and_its_gradient_are_autograds_to_the_bit(shape, weight):
+    """The price and the gradient SSIMPrice computes without a graph are those of autograd's graph of the same
+    expression, bit for bit (any weight, batches of photos, odd sizes), and the input is left as it was."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.rand(shape, generator=g)
+    pixels = (x + (torch.rand(shape, generator=g) - 0.5) * 0.06).clamp(0, 1).requires_grad_()
+    cost = ssim_cost_weights(x) * 255 ** 2  # per squared [0, 1] unit
+    expected = weight * ((pixels - x).pow(2) * cost).mean(dim=(1, 2, 3))
+    expected.sum().backward()
+    before = pixels.detach().clone()
+    price, gradient = SSIMPrice(x, weight)(pixels.detach())
+    assert torch.equal(price, expected.detach()) and torch.equal(gradient, pixels.grad)
+    assert torch.equal(pixels.detach(), before) and price.shape == (shape[0],)
+    with pytest.raises(ValueError, match="positive"):
+        SSIMPrice(x, 0)
 
 
 def test_monochrome_tells_black_and_white_photos_within_two_levels():

@@ -35,7 +35,7 @@ from ..models.descriptor import POOLINGS
 from ..models.memory import reused_memory
 from ..models.pooling import l2n
 from ..models.precision import autocast, autocast_dtype, check_precision, float32_context, precision_name
-from ..perceptual import flat_gain, monochrome, share_channels, ssim_cost_weights
+from ..perceptual import SSIMPrice, flat_gain, monochrome, share_channels
 from ..transforms import gaussian_blur, quantise, resample, straight_through
 from .robust import RandomEdits
 from .views import TrackerViews
@@ -445,7 +445,7 @@ class PerturbationAttack:
                 if self.tracker_views is not None and self.view_reference == "photo" else None
             gain = self._gain(x)
             x_pert, bound = self._perturbation_bound(x)
-            cost = ssim_cost_weights(x) * 255 ** 2 if self.ssim_weight else None  # per squared [0, 1] unit
+            ssim_price = SSIMPrice(x, self.ssim_weight) if self.ssim_weight else None
             # black-and-white photos (every photo with grey_change): one change for the three channels
             grey = monochrome(x) | self.grey_change
         v = (torch.rand(x_pert.shape, generator=generator, device=x.device) * 2 - 1) * bound \
@@ -477,8 +477,8 @@ class PerturbationAttack:
                                                   drawn)
             # The SSIM cost of the perturbation, before the codec: the codec's own loss is there with or
             # without it, and a straight-through codec cannot be steered to lose less.
-            price = None if cost is None else self.ssim_weight * ((pixels - x).pow(2) * cost).mean(dim=(1, 2, 3))
-            objective = distance if price is None else distance - price.detach()
+            price, price_gradient = (None, None) if ssim_price is None else ssim_price(pixels)
+            objective = distance if price is None else distance - price
             with torch.no_grad():  # bookkeeping for the image v currently represents
                 improved = objective > best_objective
                 best_objective = torch.where(improved, objective, best_objective)
@@ -494,8 +494,8 @@ class PerturbationAttack:
                 break
             optimiser.zero_grad(set_to_none=True)
             # the distance's gradient, gathered on the views' input, back through the composition (with the price's)
-            torch.autograd.backward([adv] if price is None else [adv, price.sum()],
-                                    [-seen.grad] if price is None else [-seen.grad, None])
+            torch.autograd.backward([adv] if price is None else [adv, pixels],
+                                    [seen.grad.neg_()] if price is None else [seen.grad.neg_(), price_gradient])
             for p in optimiser.param_groups[0]["params"]:
                 if p.grad is not None:
                     if self.gradient_blur:
