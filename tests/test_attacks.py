@@ -10,7 +10,7 @@ from advquery import PIRE, SSIMPIRE, load_model
 from advquery.extraction import describe
 from advquery.io import read_photo, to_tensor, to_uint8
 from advquery.quality import ssim
-from advquery.transforms import jpeg_round_trip, resample
+from advquery.transforms import jpeg_round_trip, resample, straight_through
 
 from advquery.attacks import CVPIRE, MaskedPIRE, SDPIRE, RandomEdits
 from advquery.models import ModelEnsemble
@@ -340,9 +340,42 @@ def test_ssim_cost_is_of_the_perturbation_before_the_codec(model, photo):
     """The codec's own loss is not the attack's to price: the SSIM term sees the 8-bit pixels before the codec."""
     attack = SSIMPIRE(model, steps=2, size=SIZE, seed=0, codec=partial(jpeg_round_trip, quality=50))
     v = torch.full((1, 3, 72, 96), 1 / 255)
-    pixels, seen = attack._compose(photo, v)
-    torch.testing.assert_close(pixels, (photo + 1 / 255).clamp(0, 1).mul(255).round().div(255))
-    torch.testing.assert_close(seen, jpeg_round_trip(pixels, 50))
+    composed = attack._compose(photo, v)
+    torch.testing.assert_close(composed.pixels, (photo + 1 / 255).clamp(0, 1).mul(255).round().div(255))
+    torch.testing.assert_close(composed.seen, jpeg_round_trip(composed.pixels, 50))
+
+
+@pytest.mark.parametrize("saving,codec,gain", [("quantised", True, True), ("quantised", False, False),
+                                               ("quantised", True, False), ("refined", False, True)])
+def test_composition_is_autograds_graph_to_the_bit(model, saving, codec, gain):
+    """The composition's pixels, what the views see and its backward pass to the perturbation are those of
+    autograd's graph of the clamp, the straight-through rounding and codec and the gain, bit for bit; pixels
+    pushed past 0 and 1 (where the clamp stops the gradient) included."""
+    g = torch.Generator().manual_seed(5)
+    x = torch.randint(0, 256, (2, 3, 40, 52), generator=g).float() / 255
+    x[..., :8, :] = 0
+    x[..., -8:, :] = 1
+    v = ((torch.rand(2, 3, 20, 26, generator=g) * 2 - 1) * 6 / 255).requires_grad_()
+    factor = torch.rand(2, 1, 40, 52, generator=g) if gain else None
+    upstream_seen, upstream_pixels = torch.randn(2, 2, 3, 40, 52, generator=g)
+    jpeg = partial(jpeg_round_trip, quality=80)
+    attack = PIRE(model, eps=6 / 255, steps=1, size=SIZE, saving=saving, codec=jpeg if codec else None)
+
+    change = resample(v, (40, 52))
+    change = change if factor is None else change * factor
+    if saving == "quantised":
+        pixels = (x + straight_through(change, lambda d: torch.round(d * 255) / 255)).clamp(0, 1)
+        seen = straight_through(pixels, jpeg) if codec else pixels
+    else:
+        pixels = seen = (x + change).clamp(0, 1)
+    ((seen * upstream_seen).sum() + (pixels * upstream_pixels).sum()).backward()
+    expected, v.grad = v.grad, None
+
+    composed = attack._compose(x, v, factor)
+    assert torch.equal(composed.pixels, pixels.detach()) and torch.equal(composed.seen, seen.detach())
+    assert bool(composed.outside.any())
+    composed.backward(upstream_seen.clone().add_(upstream_pixels))
+    assert torch.equal(v.grad, expected)
 
 
 def test_ssim_pire_is_pire_with_a_positive_ssim_price(model):

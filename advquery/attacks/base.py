@@ -36,7 +36,7 @@ from ..models.memory import reused_memory
 from ..models.pooling import l2n
 from ..models.precision import autocast, autocast_dtype, check_precision, float32_context, precision_name
 from ..perceptual import SSIMPrice, flat_gain, monochrome, share_channels
-from ..transforms import gaussian_blur, quantise, resample, straight_through
+from ..transforms import gaussian_blur, quantise, resample
 from .robust import RandomEdits
 from .views import TrackerViews
 
@@ -64,6 +64,28 @@ class AttackStats:
     similarity: list[float]
 
 
+@dataclass
+class Composition:
+    """A step's photo: ``change``, the perturbation resampled to the photo's size (the one part with a graph);
+    ``pixels``, the changed photo on [0, 1] (what the SSIM price measures); ``seen``, those pixels after the codec,
+    if any (what the views see); ``outside``, where the unclamped pixels left [0, 1]; ``gain``, the change's factor
+    (None: 1). From :meth:`PerturbationAttack._compose`."""
+
+    change: torch.Tensor
+    pixels: torch.Tensor
+    seen: torch.Tensor
+    outside: torch.Tensor
+    gain: torch.Tensor | None
+
+    def backward(self, gradient: torch.Tensor) -> None:
+        """Back-propagate ``gradient`` with respect to ``pixels`` (and to ``seen``, straight through the codec, the
+        same) to the perturbation: the clamp's gradient, then the gain's; in place on ``gradient``."""
+        gradient.masked_fill_(self.outside, 0)
+        if self.gain is not None:
+            gradient.mul_(self.gain)
+        self.change.backward(gradient)
+
+
 def _spent(share: torch.Tensor, differentiate: bool) -> torch.Tensor:
     """``share`` of an objective; with ``differentiate``, its gradient accumulated at once in the leaves it was
     computed from, and ``share`` without its graph (freed)."""
@@ -72,11 +94,6 @@ def _spent(share: torch.Tensor, differentiate: bool) -> torch.Tensor:
     with float32_context(share.device):  # the backward pass outside the network passes' autocast
         share.sum().backward()
     return share.detach()
-
-
-def _round_levels(delta: torch.Tensor) -> torch.Tensor:
-    """A change rounded to whole grey levels."""
-    return torch.round(delta * 255) / 255
 
 
 def _check(condition: bool, message: str) -> None:
@@ -366,22 +383,29 @@ class PerturbationAttack:
         scale = min(1.0, self.size / max(h, w)) / self.coarseness  # never finer than the photo itself
         return max(1, round(h * scale)), max(1, round(w * scale))
 
-    def _compose(self, x: torch.Tensor, v: torch.Tensor,
-                 gain: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """The perturbed pixels of the photo ``x`` and the image the optimisation
-        sees: those pixels after the codec, if any.
+    def _compose(self, x: torch.Tensor, v: torch.Tensor, gain: torch.Tensor | None = None) -> Composition:
+        """The photo ``x`` changed by the perturbation ``v`` (times ``gain``), as a :class:`Composition`.
 
-        In ``quantised`` mode the change (times ``gain``) is rounded to whole grey levels (straight-through): the
-        saved 8-bit photo is ``x + round(v)`` for a photo on the 8-bit grid.
+        In ``quantised`` mode the change is rounded to whole grey levels (straight-through): the saved 8-bit photo is
+        ``x + round(v)`` for a photo on the 8-bit grid. Only the resampling of ``v`` to the photo's size keeps a
+        graph; :meth:`Composition.backward` is the rest's backward pass, its values those of the graph of
+        ``clamp(x + straight_through(change), 0, 1)`` and of the straight-through codec after it to the bit. That
+        graph would allocate a dozen tensors of the photo's size in every step, each a fresh mapping with its page
+        faults: at 12 megapixels a large share of a step.
         """
-        delta = resample(v, x.shape[-2:])
-        if gain is not None:
-            delta = delta * gain
-        if self.saving != "quantised":
-            pixels = (x + delta).clamp(0, 1)
-            return pixels, pixels
-        pixels = (x + straight_through(delta, _round_levels)).clamp(0, 1)
-        return pixels, pixels if self.codec is None else straight_through(pixels, self.codec)
+        change = resample(v, x.shape[-2:])
+        with torch.no_grad():
+            scaled = change.detach() if gain is None else change.detach() * gain
+            quantised = self.saving == "quantised"
+            # quantised: the straight-through value scaled + (rounded - scaled) is the rounded change itself (a
+            # change and its rounding are within a factor of 2 or the rounding is 0: the difference is exact)
+            perturbed = (scaled * 255).round_().div_(255).add_(x) if quantised else x + scaled
+            # where the clamp stops the gradient
+            outside = (perturbed >= 0).logical_and_(perturbed <= 1).logical_not_()
+            pixels = perturbed.clamp_(0, 1)
+            # the codec straight through, its value pixels + (decoded - pixels) as floats round it
+            seen = self.codec(pixels).sub_(pixels).add_(pixels) if quantised and self.codec is not None else pixels
+        return Composition(change, pixels, seen, outside, gain)
 
     def render(self, x: torch.Tensor, v: torch.Tensor, saving: str | None = None) -> torch.Tensor:
         """The 8-bit image a saving mode makes of ``x`` and a working-resolution perturbation ``v``
@@ -467,8 +491,8 @@ class PerturbationAttack:
         drawn = [] if self.view_sets and self.tracker_views is not None else None  # the view sets' views (view_sets)
         for step in range(self.steps):
             total = v if coarse is None else v + resample(coarse, v.shape[-2:])
-            pixels, adv = self._compose(x, total, gain)
-            seen = adv.detach().requires_grad_(True)  # the views' input: their graphs end here, one at a time
+            photo = self._compose(x, total, gain)
+            seen = photo.seen.requires_grad_(True)  # the views' input: their graphs end here, one at a time
             with autocast(amp, x.device):
                 if self.tracker_views is None:
                     distance = _spent((self.views(seen, generator) - target).pow(2).sum(dim=2).mean(dim=1), True)
@@ -477,7 +501,7 @@ class PerturbationAttack:
                                                   drawn)
             # The SSIM cost of the perturbation, before the codec: the codec's own loss is there with or
             # without it, and a straight-through codec cannot be steered to lose less.
-            price, price_gradient = (None, None) if ssim_price is None else ssim_price(pixels)
+            price, price_gradient = (None, None) if ssim_price is None else ssim_price(photo.pixels)
             objective = distance if price is None else distance - price
             with torch.no_grad():  # bookkeeping for the image v currently represents
                 improved = objective > best_objective
@@ -494,8 +518,8 @@ class PerturbationAttack:
                 break
             optimiser.zero_grad(set_to_none=True)
             # the distance's gradient, gathered on the views' input, back through the composition (with the price's)
-            torch.autograd.backward([adv] if price is None else [adv, pixels],
-                                    [seen.grad.neg_()] if price is None else [seen.grad.neg_(), price_gradient])
+            gradient = seen.grad.neg_()
+            photo.backward(gradient if price is None else gradient.add_(price_gradient))
             for p in optimiser.param_groups[0]["params"]:
                 if p.grad is not None:
                     if self.gradient_blur:
