@@ -55,14 +55,15 @@ def jpeg_round_trip(x: torch.Tensor, quality: int = 95) -> torch.Tensor:
 
 def _codec_round_trip(x: torch.Tensor, codec: str, **options) -> torch.Tensor:
     """Each image of ``x`` saved as 8 bits in ``codec`` by PIL with ``options``, and decoded again."""
-    out = []
-    for img in x.detach():
+    out = torch.empty(x.shape, dtype=x.dtype)  # each decoded image converted into it, then divided in place
+    for img, decoded_img in zip(x.detach(), out):
         buf = _io.BytesIO()
         Image.fromarray(to_uint8(img)).save(buf, codec, **options)
         buf.seek(0)
         with Image.open(buf) as decoded:
-            out.append(torch.from_numpy(np.asarray(decoded.convert("RGB")).copy()).permute(2, 0, 1))
-    return torch.stack(out).to(x.device, x.dtype) / 255
+            rgb = np.asarray(decoded if decoded.mode == "RGB" else decoded.convert("RGB")).copy()  # writable
+            decoded_img.copy_(torch.from_numpy(rgb).permute(2, 0, 1))
+    return out.to(x.device).div_(255)
 
 
 def straight_through(x: torch.Tensor, transform: Callable[[torch.Tensor], torch.Tensor],
@@ -115,36 +116,59 @@ def resample(x: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
                          antialias=shape[0] < x.shape[-2] or shape[1] < x.shape[-1])
 
 
-def rotate(x: torch.Tensor, degrees: float, window: tuple[int, int, int, int] | None = None,
-           shape: tuple[int, int] | None = None) -> torch.Tensor:
-    """Bilinear rotation about the centre, sampled only on the border-free centred crop (its shape:
-    :func:`rotated_shape`); with ``window`` (top, left, height, width in that crop), only that part of it, which
-    costs that part's share; with ``shape``, that part resampled to ``shape`` (H, W) in the same pass. Along a side
-    where ``shape`` is smaller than the window, the part of the photo under it (and the filter's reach around it)
-    is first downscaled by as much (antialiased), so the rotation costs the smaller size's pixels and does not
-    alias."""
-    h, w = x.shape[-2:]
+def _rotation(shape: tuple[int, int], degrees: float, window: tuple[int, int, int, int] | None,
+              out: tuple[int, int] | None):
+    """The geometry of :func:`rotate` on a photo of ``shape``: the output's shape, the window's, the map from an
+    output point to the photo's pixels, the scale factors along each side (at most 1), and the rows and columns the
+    sampling reaches ``(top, bottom, left, right)``."""
+    h, w = shape
     nh, nw = rotated_shape((h, w), degrees)
     top, left, wh, ww = window or (0, 0, nh, nw)
-    oh, ow = shape or (wh, ww)
+    oh, ow = out or (wh, ww)
     cos, sin = math.cos(math.radians(degrees)), math.sin(math.radians(degrees))
 
     def source(yy, xx):  # output point p' = R p (counter-clockwise, y down): p = R^-1 p', in the photo's pixels
         return sin * xx + cos * yy + h / 2, cos * xx - sin * yy + w / 2
 
+    fy, fx = min(1.0, oh / wh), min(1.0, ow / ww)
+    reach = (0, h, 0, w)
+    if fy < 1 or fx < 1:  # the part of the photo the samples and their filters reach
+        corners = [source(cy - nh / 2, cx - nw / 2) for cy in (top, top + wh) for cx in (left, left + ww)]
+        ry, rx = math.ceil(2 / fy) + 1, math.ceil(2 / fx) + 1
+        rows, cols = [c[0] for c in corners], [c[1] for c in corners]
+        reach = (max(0, math.floor(min(rows)) - ry), min(h, math.ceil(max(rows)) + ry),
+                 max(0, math.floor(min(cols)) - rx), min(w, math.ceil(max(cols)) + rx))
+    return (oh, ow), (top, left, wh, ww, nh, nw), source, (fy, fx), reach
+
+
+def rotation_reach(shape: tuple[int, int], degrees: float, window: tuple[int, int, int, int] | None = None,
+                   out: tuple[int, int] | None = None) -> tuple[int, int, int, int]:
+    """``(top, bottom, left, right)``: the rows and columns of a photo of ``shape`` that :func:`rotate` with these
+    arguments reads (the whole photo where no side is downscaled)."""
+    return _rotation(shape, degrees, window, out)[-1]
+
+
+def rotate(x: torch.Tensor, degrees: float, window: tuple[int, int, int, int] | None = None,
+           shape: tuple[int, int] | None = None, photo: tuple[int, int] | None = None) -> torch.Tensor:
+    """Bilinear rotation about the centre, sampled only on the border-free centred crop (its shape:
+    :func:`rotated_shape`); with ``window`` (top, left, height, width in that crop), only that part of it, which
+    costs that part's share; with ``shape``, that part resampled to ``shape`` (H, W) in the same pass. Along a side
+    where ``shape`` is smaller than the window, the part of the photo under it (and the filter's reach around it)
+    is first downscaled by as much (antialiased), so the rotation costs the smaller size's pixels and does not
+    alias. With ``photo``, the (H, W) of the whole photo, ``x`` holds only the rows and columns of it that
+    :func:`rotation_reach` names."""
+    (oh, ow), (top, left, wh, ww, nh, nw), source, (fy, fx), (y0, y1, x0, x1) = \
+        _rotation(photo or tuple(x.shape[-2:]), degrees, window, shape)
+    if photo is None:
+        x = x[..., y0:y1, x0:x1]
+    elif tuple(x.shape[-2:]) != (y1 - y0, x1 - x0):
+        raise ValueError(f"a part of {y1 - y0} x {x1 - x0} pixels was expected, got {tuple(x.shape[-2:])}")
     # output pixel centres, from the centre of the rotated crop
     ys = top + (torch.arange(oh, device=x.device, dtype=x.dtype) + 0.5) * (wh / oh) - nh / 2
     xs = left + (torch.arange(ow, device=x.device, dtype=x.dtype) + 0.5) * (ww / ow) - nw / 2
     src_y, src_x = source(*torch.meshgrid(ys, xs, indexing="ij"))
-    fy, fx = min(1.0, oh / wh), min(1.0, ow / ww)
-    y0, x0, y1, x1 = 0, 0, h, w
     if fy < 1 or fx < 1:  # downscale the part of the photo the samples and their filters reach, then sample that
-        corners = [source(cy - nh / 2, cx - nw / 2) for cy in (top, top + wh) for cx in (left, left + ww)]
-        ry, rx = math.ceil(2 / fy) + 1, math.ceil(2 / fx) + 1
-        y0, y1 = max(0, math.floor(min(c[0] for c in corners)) - ry), min(h, math.ceil(max(c[0] for c in corners)) + ry)
-        x0, x1 = max(0, math.floor(min(c[1] for c in corners)) - rx), min(w, math.ceil(max(c[1] for c in corners)) + rx)
-        small = (max(1, round((y1 - y0) * fy)), max(1, round((x1 - x0) * fx)))
-        x = resample(x[..., y0:y1, x0:x1], small)
+        x = resample(x, (max(1, round((y1 - y0) * fy)), max(1, round((x1 - x0) * fx))))
     grid = torch.stack([(src_x - x0) * 2 / (x1 - x0) - 1, (src_y - y0) * 2 / (y1 - y0) - 1], dim=-1)
     return _sample(x, grid)
 

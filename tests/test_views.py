@@ -57,6 +57,37 @@ def test_views_are_drawn_reproducibly_within_their_ranges():
     assert any(v.recompression for v in drawn) and not all(v.recompression for v in drawn)
 
 
+def test_a_view_of_the_part_it_reaches_is_the_view_of_the_photo_with_its_gradient():
+    """A view computed from the rows and columns it reaches alone (as the attack computes it, so that its gradient
+    has their size) is the view of the whole photo, bit for bit, and so is its gradient, embedded at that place:
+    flips, rotations downscaled or not, selections, cropped files, shrunk copies, colour and re-compression; and a
+    part of another size is refused."""
+    g = torch.Generator().manual_seed(21)
+    x = torch.rand(1, 3, 150, 200, generator=g)
+    family = TrackerViews(count=40, sizes=(64, 256), crop=(0.3, 1.0), shrink=(32, 96), shrink_probability=0.3,
+                          whole=0.3, jpeg_probability=0.3)
+    views = family.sample(torch.Generator().manual_seed(4))
+    assert {v.flip for v in views} == {True, False} and any(v.angle for v in views)
+    reached_less = 0
+    for view in views:
+        top, bottom, left, right = view.reach((150, 200))
+        whole_leaf, part_leaf = x.clone().requires_grad_(), x[..., top:bottom, left:right].clone().requires_grad_()
+        expected, got = view(whole_leaf), view(part_leaf, photo=(150, 200))
+        assert torch.equal(got, expected)
+        upstream = torch.randn(expected.shape, generator=g)
+        (expected * upstream).sum().backward()
+        (got * upstream).sum().backward()
+        embedded = torch.zeros_like(x)
+        embedded[..., top:bottom, left:right] = part_leaf.grad
+        assert torch.equal(embedded, whole_leaf.grad)
+        reached_less += (bottom - top) * (right - left) < 150 * 200
+    assert reached_less > len(views) // 2
+    with pytest.raises(ValueError, match="the view reads"):
+        views[0](x, photo=(151, 200))
+    with pytest.raises(ValueError, match="a part of"):
+        rotate(x, 3.0, (10, 10, 80, 100), (40, 50), photo=(300, 400))
+
+
 def test_shrunk_copies_are_drawn_only_when_asked_and_draw_nothing_otherwise():
     generator = torch.Generator().manual_seed(5)
     plain = TrackerViews(count=50).sample(generator)

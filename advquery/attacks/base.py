@@ -365,9 +365,18 @@ class PerturbationAttack:
                 with torch.no_grad():
                     references[i] = self._pooled(model, view(x))
             reference = references[i]
-            moved = self._pooled(model, view(adv))
+            if differentiate:  # the view's graph starts at the part of adv it reads: its gradient has that size
+                top, bottom, left, right = view.reach(tuple(adv.shape[-2:]))
+                part = adv.detach()[..., top:bottom, left:right].requires_grad_(True)
+                moved = self._pooled(model, view(part, photo=tuple(adv.shape[-2:])))
+            else:
+                moved = self._pooled(model, view(adv))
             share = sum((a - b).pow(2).sum(dim=1) for a, b in zip(moved, reference)) / (len(self.poolings) * count)
             total = total + _spent(share, differentiate)
+            if differentiate:
+                if adv.grad is None:
+                    adv.grad = torch.zeros_like(adv)
+                adv.grad[..., top:bottom, left:right] += part.grad
         if self.whole_view:
             k = step % len(members) if self.whole_view == "cycle" else 0
             whole = members[k](resize_long_side(adv, self.size), scales=self.scales)

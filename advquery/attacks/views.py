@@ -11,7 +11,7 @@ from functools import partial
 
 import torch
 
-from ..transforms import Transform, gaussian_blur, resample, rotate, rotated_shape, straight_through
+from ..transforms import Transform, gaussian_blur, resample, rotate, rotated_shape, rotation_reach, straight_through
 
 
 @dataclass(frozen=True)
@@ -43,25 +43,50 @@ class View:
     shrunk: int | None = None
     codec_blur: float = 0.0
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if self.flip:
-            x = x.flip(-1)
-        h, w = rotated_shape(tuple(x.shape[-2:]), self.angle) if self.angle else x.shape[-2:]
+    def _geometry(self, shape: tuple[int, int]):
+        """On a photo of ``shape``: the crop's window (top, left, height, width) in the flipped and rotated photo,
+        the size it is sampled at, the size it is first scaled to, and the working size's."""
+        h, w = rotated_shape(shape, self.angle) if self.angle else shape
         top, left, fh, fw = self.box
         ch, cw = max(8, round(h * fh)), max(8, round(w * fw))
-        y0, x0 = round((h - ch) * top), round((w - cw) * left)
+        window = (round((h - ch) * top), round((w - cw) * left), ch, cw)
         long_side = self.size if self.crop_file else self.size * max(ch, cw) / max(h, w)
         scale = long_side / max(ch, cw)
-        shape = (max(16, round(ch * scale)), max(16, round(cw * scale)))
+        out = (max(16, round(ch * scale)), max(16, round(cw * scale)))
         reference = max(ch, cw) if self.crop_file else max(h, w)  # what ``size`` and ``shrunk`` are the long side of
-        first = shape  # the first size the crop is resampled to: the working size's, or the smaller copy's
+        first = out  # the first size the crop is resampled to: the working size's, or the smaller copy's
         if self.shrunk is not None and self.shrunk < min(self.size, reference):
             small = self.shrunk / reference
             first = (max(8, round(ch * small)), max(8, round(cw * small)))
         # the rotation is sampled on the crop alone, along a side the first scaling shrinks at that size
         below = (min(first[0], ch), min(first[1], cw))
-        crop = rotate(x, self.angle, (y0, x0, ch, cw), below) if self.angle else \
-            resample(x[..., y0:y0 + ch, x0:x0 + cw], below)
+        return window, below, first, out
+
+    def reach(self, shape: tuple[int, int]) -> tuple[int, int, int, int]:
+        """``(top, bottom, left, right)``: the rows and columns of a photo of ``shape`` (as given, before the
+        flip) that the view reads."""
+        window, below, _, _ = self._geometry(shape)
+        if self.angle:
+            top, bottom, left, right = rotation_reach(shape, self.angle, window, below)
+        else:
+            y0, x0, ch, cw = window
+            top, bottom, left, right = y0, y0 + ch, x0, x0 + cw
+        return (top, bottom, shape[1] - right, shape[1] - left) if self.flip else (top, bottom, left, right)
+
+    def __call__(self, x: torch.Tensor, photo: tuple[int, int] | None = None) -> torch.Tensor:
+        """The view of ``x``; with ``photo``, the (H, W) of a whole photo of which ``x`` holds only the rows and
+        columns :meth:`reach` names (a view's gradient then has only their size: an attack's views of a large photo
+        do not each fill a gradient of the photo's size)."""
+        whole = photo or tuple(x.shape[-2:])
+        top, bottom, left, right = self.reach(whole)
+        if photo is None:
+            x = x[..., top:bottom, left:right]
+        elif tuple(x.shape[-2:]) != (bottom - top, right - left):
+            raise ValueError(f"the view reads {bottom - top} x {right - left} pixels, got {tuple(x.shape[-2:])}")
+        if self.flip:
+            x = x.flip(-1)
+        window, below, first, shape = self._geometry(whole)
+        crop = rotate(x, self.angle, window, below, photo=whole) if self.angle else resample(x, below)
         for kind, factor in zip(("brightness", "contrast", "saturation"), self.colour):
             if factor != 1:
                 crop = Transform(kind, factor)(crop)
