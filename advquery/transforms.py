@@ -75,7 +75,13 @@ def straight_through(x: torch.Tensor, transform: Callable[[torch.Tensor], torch.
 
 
 def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian blur (kernel radius 3 sigma, reflected borders), differentiable."""
+    """Separable Gaussian blur (kernel radius 3 sigma, reflected borders), differentiable.
+
+    On a CPU, images of several float32 channels are blurred channels-last: oneDNN's depthwise convolution is two to
+    four times quicker in that layout, with the same sums; the result comes back contiguous."""
+    if x.device.type == "cpu" and x.dtype == torch.float32 and x.shape[1] > 1 \
+            and not x.is_contiguous(memory_format=torch.channels_last):
+        return gaussian_blur(x.contiguous(memory_format=torch.channels_last), sigma).contiguous()
     radius = max(1, math.ceil(3 * sigma))
     t = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
     kernel = torch.exp(-t ** 2 / (2 * sigma ** 2))

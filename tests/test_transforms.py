@@ -1,8 +1,10 @@
 """Transformation specs and the edits they stand for, on small synthetic images."""
+import math
 from functools import partial
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from advquery.transforms import (Transform, TransformChain, gaussian_blur, jpeg_round_trip, parse_transform, quantise,
                                  straight_through)
@@ -69,6 +71,30 @@ def test_blur_keeps_flat_images_and_the_mean_and_smooths():
     assert abs(float(y.mean() - x.mean())) < 2e-3
     assert float(y.diff(dim=-1).abs().mean()) < 0.5 * float(x.diff(dim=-1).abs().mean())
     assert gaussian_blur(_image(3, 3), 5.0).shape == (1, 3, 3, 3)  # kernel larger than the image
+
+
+@pytest.mark.parametrize("shape,sigma", [((1, 3, 64, 48), 1.5), ((2, 3, 101, 37), 2.0), ((1, 3, 300, 400), 0.8)])
+def test_blur_channels_last_makes_the_same_sums_and_gradient(shape, sigma):
+    """A float32 colour image is blurred channels-last (quicker on a CPU): the values and the gradient of the two
+    convolutions in the input's own layout, bit for bit, and a contiguous result."""
+    def in_own_layout(x):
+        radius = max(1, math.ceil(3 * sigma))
+        t = torch.arange(-radius, radius + 1, dtype=x.dtype)
+        kernel = torch.exp(-t ** 2 / (2 * sigma ** 2))
+        kernel = (kernel / kernel.sum()).repeat(x.shape[1], 1, 1, 1)
+        x = F.conv2d(F.pad(x, (radius, radius, 0, 0), mode="reflect"), kernel, groups=x.shape[1])
+        return F.conv2d(F.pad(x, (0, 0, radius, radius), mode="reflect"), kernel.transpose(-1, -2), groups=x.shape[1])
+
+    x = torch.rand(shape, generator=torch.Generator().manual_seed(6))
+    upstream = torch.randn(shape, generator=torch.Generator().manual_seed(7))
+    results = []
+    for blur in (gaussian_blur, lambda t, s: in_own_layout(t)):
+        leaf = x.clone().requires_grad_()
+        out = blur(leaf, sigma)
+        (out * upstream).sum().backward()
+        results.append((out.detach(), leaf.grad))
+    assert torch.equal(results[0][0], results[1][0]) and torch.equal(results[0][1], results[1][1])
+    assert results[0][0].is_contiguous()
 
 
 def test_resize_is_differentiable():
