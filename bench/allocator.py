@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from PIL import Image
 from common import WORK, markdown_table, split_dataset, write_results
 
-from advquery.io import read_photo
+from advquery.io import Photo, read_photo
 from advquery.models import load_model, memory
 from advquery.protection import STRENGTHS, protect_photo
 
@@ -96,17 +96,22 @@ def elementwise(calls: int) -> dict:
     return out
 
 
+def enlarged(decoded: Photo, long_side: int) -> Photo:
+    """The decoded photo enlarged (bicubic) to ``long_side`` pixels on its long side; 0: as it is."""
+    if not long_side:
+        return decoded
+    h, w = decoded.rgb.shape[:2]
+    scale = long_side / max(h, w)
+    return replace(decoded, rgb=np.asarray(Image.fromarray(decoded.rgb).resize(
+        (round(w * scale), round(h * scale)), Image.BICUBIC)))
+
+
 def protect_child(preset: str, stem: str, name: str, steps: int, long_side: int) -> dict:
     """One timed protection in this process (a child of :func:`protect`), as ``name`` says, after a short one
     that sets the kernels up for the photo's shapes; ``long_side``: the photo enlarged to it first (0: as it is)."""
     model = load_model("efficientnet-lite0-gem")
     photo = next(p for p in split_dataset("validation").queries if p.stem == stem)
-    decoded = read_photo(photo)
-    if long_side:
-        h, w = decoded.rgb.shape[:2]
-        scale = long_side / max(h, w)
-        decoded = replace(decoded, rgb=np.asarray(Image.fromarray(decoded.rgb).resize(
-            (round(w * scale), round(h * scale)), Image.BICUBIC)))
+    decoded = enlarged(read_photo(photo), long_side)
     target = WORK / "allocator" / f"{preset}-{steps}-{long_side}-{name.replace(' ', '-')}" / f"{photo.stem}.jpg"
     with arm(name):
         protect_photo(decoded, WORK / "allocator" / "warm-up.jpg", model, "JPEG", 95, strength=preset, size=SIZE,
