@@ -174,6 +174,10 @@ SECTIONS = [
      "THP_MEM_ALLOC_ENABLE=0 python bench/allocator.py --parts large --name allocator_large_repeat",
      "Run alone on the machine right after `allocator` (and a speed run): its 12-megapixel part again, to see how far "
      "one run's figures move."),
+    ("versions_large_photos", "Protection before and after the work at the photo's size was cut (the same files)",
+     "python bench/versions.py --reference d17ce3c --name versions_large_photos",
+     "Run alone on the machine; the reference (the package before the change) in the same run, each protection in "
+     "a process of its own."),
     ("ray_cancel", "What cancelled Ray tasks leave: temporary files of atomic writes",
      "python bench/ray_cancel.py --trials 40",
      "Two tasks writing a file atomically in a loop on a local Ray instance, cancelled as `protect --ray` cancels "
