@@ -30,6 +30,7 @@ import io as _io
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -122,11 +123,22 @@ def resample(x: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
                          antialias=shape[0] < x.shape[-2] or shape[1] < x.shape[-1])
 
 
+class _Rotation(NamedTuple):
+    """The geometry of :func:`rotate` on a photo: the output's (height, width); the window's (top, left, height,
+    width) in the rotated crop of ``rotated`` (height, width); ``source``, an output point's place in the photo;
+    the scale factors along each side (at most 1); and ``reach``, the photo's rows and columns the sampling reads
+    (top, bottom, left, right)."""
+
+    out: tuple[int, int]
+    window: tuple[float, float, float, float]
+    rotated: tuple[int, int]
+    source: Callable
+    factors: tuple[float, float]
+    reach: tuple[int, int, int, int]
+
+
 def _rotation(shape: tuple[int, int], degrees: float, window: tuple[int, int, int, int] | None,
-              out: tuple[int, int] | None):
-    """The geometry of :func:`rotate` on a photo of ``shape``: the output's shape, the window's, the map from an
-    output point to the photo's pixels, the scale factors along each side (at most 1), and the rows and columns the
-    sampling reaches ``(top, bottom, left, right)``."""
+              out: tuple[int, int] | None) -> _Rotation:
     h, w = shape
     nh, nw = rotated_shape((h, w), degrees)
     top, left, wh, ww = window or (0, 0, nh, nw)
@@ -144,14 +156,14 @@ def _rotation(shape: tuple[int, int], degrees: float, window: tuple[int, int, in
         rows, cols = [c[0] for c in corners], [c[1] for c in corners]
         reach = (max(0, math.floor(min(rows)) - ry), min(h, math.ceil(max(rows)) + ry),
                  max(0, math.floor(min(cols)) - rx), min(w, math.ceil(max(cols)) + rx))
-    return (oh, ow), (top, left, wh, ww, nh, nw), source, (fy, fx), reach
+    return _Rotation((oh, ow), (top, left, wh, ww), (nh, nw), source, (fy, fx), reach)
 
 
 def rotation_reach(shape: tuple[int, int], degrees: float, window: tuple[int, int, int, int] | None = None,
                    out: tuple[int, int] | None = None) -> tuple[int, int, int, int]:
     """``(top, bottom, left, right)``: the rows and columns of a photo of ``shape`` that :func:`rotate` with these
     arguments reads (the whole photo where no side is downscaled)."""
-    return _rotation(shape, degrees, window, out)[-1]
+    return _rotation(shape, degrees, window, out).reach
 
 
 def rotate(x: torch.Tensor, degrees: float, window: tuple[int, int, int, int] | None = None,
@@ -163,8 +175,9 @@ def rotate(x: torch.Tensor, degrees: float, window: tuple[int, int, int, int] | 
     is first downscaled by as much (antialiased), so the rotation costs the smaller size's pixels and does not
     alias. With ``photo``, the (H, W) of the whole photo, ``x`` holds only the rows and columns of it that
     :func:`rotation_reach` names."""
-    (oh, ow), (top, left, wh, ww, nh, nw), source, (fy, fx), (y0, y1, x0, x1) = \
-        _rotation(photo or tuple(x.shape[-2:]), degrees, window, shape)
+    geometry = _rotation(photo or tuple(x.shape[-2:]), degrees, window, shape)
+    (oh, ow), (top, left, wh, ww), (nh, nw) = geometry.out, geometry.window, geometry.rotated
+    y0, y1, x0, x1 = geometry.reach
     if photo is None:
         x = x[..., y0:y1, x0:x1]
     elif tuple(x.shape[-2:]) != (y1 - y0, x1 - x0):
@@ -172,7 +185,8 @@ def rotate(x: torch.Tensor, degrees: float, window: tuple[int, int, int, int] | 
     # output pixel centres, from the centre of the rotated crop
     ys = top + (torch.arange(oh, device=x.device, dtype=x.dtype) + 0.5) * (wh / oh) - nh / 2
     xs = left + (torch.arange(ow, device=x.device, dtype=x.dtype) + 0.5) * (ww / ow) - nw / 2
-    src_y, src_x = source(*torch.meshgrid(ys, xs, indexing="ij"))
+    src_y, src_x = geometry.source(*torch.meshgrid(ys, xs, indexing="ij"))
+    fy, fx = geometry.factors
     if fy < 1 or fx < 1:  # downscale the part of the photo the samples and their filters reach, then sample that
         x = resample(x, (max(1, round((y1 - y0) * fy)), max(1, round((x1 - x0) * fx))))
     grid = torch.stack([(src_x - x0) * 2 / (x1 - x0) - 1, (src_y - y0) * 2 / (y1 - y0) - 1], dim=-1)
