@@ -419,10 +419,13 @@ class PerturbationAttack:
     def render(self, x: torch.Tensor, v: torch.Tensor, saving: str | None = None) -> torch.Tensor:
         """The 8-bit image a saving mode makes of ``x`` and a working-resolution perturbation ``v``
         (e.g. :attr:`perturbation` after a call), so one optimisation can be saved in every mode."""
+        return self._render(x, v, saving, self._gain(x))
+
+    def _render(self, x: torch.Tensor, v: torch.Tensor, saving: str | None, gain: torch.Tensor | None) -> torch.Tensor:
+        """:meth:`render` with the change's factor ``gain`` of ``x`` (:meth:`_gain`) already computed."""
         saving = saving or self.saving
         _check(saving in SAVING_MODES, f"saving must be one of {SAVING_MODES}, got {saving!r}")
         delta = resample(v, x.shape[-2:])
-        gain = self._gain(x)
         if gain is not None:
             delta = delta * gain
         if saving == "x10":
@@ -550,7 +553,7 @@ class PerturbationAttack:
         self.perturbation = best_v
         self.original_descriptor = target[:, 0]
         with torch.no_grad():
-            out = self.render(x, best_v)
+            out = self._render(x, best_v, None, gain)  # the gain of the steps, not computed again
             similarity = (self.describe(out) * target[:, 0]).sum(dim=1)
         self.stats = AttackStats(steps_used.tolist(), similarity.tolist())
         return out.to(images.device, images.dtype)
