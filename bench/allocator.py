@@ -106,24 +106,32 @@ def enlarged(decoded: Photo, long_side: int) -> Photo:
         (round(w * scale), round(h * scale)), Image.BICUBIC)))
 
 
-def protect_child(preset: str, stem: str, name: str, steps: int, long_side: int) -> dict:
-    """One timed protection in this process (a child of :func:`protect`), as ``name`` says, after a short one
-    that sets the kernels up for the photo's shapes; ``long_side``: the photo enlarged to it first (0: as it is)."""
+def timed_protection(preset: str, stem: str, steps: int, long_side: int, target: Path) -> dict:
+    """One timed protection in this process of the validation photo ``stem`` (enlarged to ``long_side``; 0: as it
+    is) into ``target``, after a 2-step one that sets the kernels up for its shapes: ``protect_photo``'s seconds, the
+    process's CPU seconds and minor page faults during it, its peak resident memory and the file's SHA-256."""
     model = load_model("efficientnet-lite0-gem")
     photo = next(p for p in split_dataset("validation").queries if p.stem == stem)
     decoded = enlarged(read_photo(photo), long_side)
-    target = WORK / "allocator" / f"{preset}-{steps}-{long_side}-{name.replace(' ', '-')}" / f"{photo.stem}.jpg"
-    with arm(name):
-        protect_photo(decoded, WORK / "allocator" / "warm-up.jpg", model, "JPEG", 95, strength=preset, size=SIZE,
-                      seed=0, steps=2)
-        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-        peak_reset()
-        record = protect_photo(decoded, target, model, "JPEG", 95, strength=preset, size=SIZE, seed=0,
-                               steps=steps)
-    return {"preset": preset, "photo": photo.stem, "pixels": decoded.rgb.shape[0] * decoded.rgb.shape[1],
-            "steps": steps, "arm": name, "seconds": record.seconds,
-            "minor_faults": resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults, "peak_mib": peak_mib(),
+    protect_photo(decoded, target.parent / "warm-up.jpg", model, "JPEG", 95, strength=preset, size=SIZE, seed=0,
+                  steps=2)
+    before = resource.getrusage(resource.RUSAGE_SELF)
+    peak_reset()
+    record = protect_photo(decoded, target, model, "JPEG", 95, strength=preset, size=SIZE, seed=0, steps=steps)
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    return {"preset": preset, "photo": stem, "pixels": decoded.rgb.shape[0] * decoded.rgb.shape[1], "steps": steps,
+            "seconds": record.seconds,
+            "cpu_seconds": after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime,
+            "minor_faults": after.ru_minflt - before.ru_minflt, "peak_mib": peak_mib(),
             "sha256": hashlib.sha256(target.read_bytes()).hexdigest()}
+
+
+def protect_child(preset: str, stem: str, name: str, steps: int, long_side: int) -> dict:
+    """One timed protection in this process (a child of :func:`protect`) as arm ``name`` says
+    (:func:`timed_protection`)."""
+    target = WORK / "allocator" / f"{preset}-{steps}-{long_side}-{name.replace(' ', '-')}" / f"{stem}.jpg"
+    with arm(name):
+        return {**timed_protection(preset, stem, steps, long_side, target), "arm": name}
 
 
 def protect(args, cases: list[tuple[str, str, int, int]]) -> list[dict]:

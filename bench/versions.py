@@ -13,46 +13,30 @@ Run alone: ``python bench/versions.py --reference COMMIT [--presets low medium h
 [--large-runs 2] [--large-steps 40] [--name versions]``.
 """
 import argparse
-import hashlib
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
 from pathlib import Path
 
 import torch
-from allocator import enlarged, peak_mib, peak_reset
+from allocator import SIZE, timed_protection
 from common import WORK, git, markdown_table, split_dataset, write_results
 
-SIZE = 1024
 LARGE_SIDE = 4000  # a 12-megapixel photo's long side (4000 x 3000)
 CHECKOUT = Path(__file__).resolve().parents[1]
 
 
 def protect_child(checkout: Path, label: str, preset: str, stem: str, steps: int, long_side: int) -> dict:
-    """One timed protection in this process, with the package of ``checkout`` (a child of :func:`run_case`)."""
+    """One timed protection in this process with the package of ``checkout`` (a child of :func:`run_case`;
+    :func:`allocator.timed_protection`)."""
     import advquery
-    from advquery.io import read_photo
-    from advquery.models import load_model
-    from advquery.protection import protect_photo
 
     if not Path(advquery.__file__).resolve().is_relative_to(checkout):
         raise SystemExit(f"advquery was imported from {advquery.__file__}, not from {checkout}")
-    model = load_model("efficientnet-lite0-gem")
-    photo = next(p for p in split_dataset("validation").queries if p.stem == stem)
-    decoded = enlarged(read_photo(photo), long_side)
-    folder = WORK / "versions" / label
-    target = folder / f"{preset}-{steps}-{long_side}-{stem}.jpg"
-    protect_photo(decoded, folder / "warm-up.jpg", model, "JPEG", 95, strength=preset, size=SIZE, seed=0, steps=2)
-    before = resource.getrusage(resource.RUSAGE_SELF)
-    peak_reset()
-    record = protect_photo(decoded, target, model, "JPEG", 95, strength=preset, size=SIZE, seed=0, steps=steps)
-    after = resource.getrusage(resource.RUSAGE_SELF)
-    cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
-    return {"seconds": record.seconds, "cpu_seconds": cpu, "peak_mib": peak_mib(),
-            "sha256": hashlib.sha256(target.read_bytes()).hexdigest()}
+    target = WORK / "versions" / label / f"{preset}-{steps}-{long_side}-{stem}.jpg"
+    return timed_protection(preset, stem, steps, long_side, target)
 
 
 def reference_checkout(commit: str) -> tuple[Path, str]:
