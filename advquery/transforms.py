@@ -95,6 +95,89 @@ def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     return F.conv2d(F.pad(x, (0, 0, pad, pad), mode="reflect"), kernel.transpose(-1, -2), groups=x.shape[1])
 
 
+# The quantisation tables of the JPEG standard (ITU-T T.81, Annex K), luminance and chrominance, in row order; the
+# libjpeg that PIL uses scales them by the quality (jpeg_set_quality, baseline: at most 255).
+_JPEG_TABLES = (
+    (16, 11, 10, 16, 24, 40, 51, 61, 12, 12, 14, 19, 26, 58, 60, 55, 14, 13, 16, 24, 40, 57, 69, 56,
+     14, 17, 22, 29, 51, 87, 80, 62, 18, 22, 37, 56, 68, 109, 103, 77, 24, 35, 55, 64, 81, 104, 113, 92,
+     49, 64, 78, 87, 103, 121, 120, 101, 72, 92, 95, 98, 112, 100, 103, 99),
+    (17, 18, 24, 47, 99, 99, 99, 99, 18, 21, 26, 66, 99, 99, 99, 99, 24, 26, 56, 99, 99, 99, 99, 99,
+     47, 66, 99, 99, 99, 99, 99, 99, *(99,) * 32),
+)
+# JFIF's RGB to YCbCr (the chroma's offset of 128 and the level shift of 128 cancel before the DCT)
+_YCBCR = ((0.299, 0.587, 0.114), (-0.168736, -0.331264, 0.5), (0.5, -0.418688, -0.081312))
+
+
+def jpeg_quantisers(quality: int) -> torch.Tensor:
+    """(2, 8, 8) the quantiser steps of libjpeg at ``quality`` (1-100), luminance then chrominance."""
+    scale = 5000 / quality if quality < 50 else 200 - 2 * quality
+    tables = torch.tensor(_JPEG_TABLES, dtype=torch.float64)
+    return ((tables * scale + 50) // 100).clamp(1, 255).reshape(2, 8, 8).float()
+
+
+def _block_dct(device: torch.device) -> torch.Tensor:
+    """(64, 64) JPEG's transform of an 8 x 8 block B, the orthonormal 2-D DCT-II F = D B D^T, on blocks and
+    coefficients flattened in row order (the Kronecker product of D with itself); orthonormal: its inverse is its
+    transpose."""
+    k = torch.arange(8, dtype=torch.float64)[:, None]
+    d = torch.cos((2 * torch.arange(8, dtype=torch.float64)[None] + 1) * k * math.pi / 16) * math.sqrt(2 / 8)
+    d[0] /= math.sqrt(2)
+    return torch.kron(d, d).float().to(device)
+
+
+def jpeg_surrogate(x: torch.Tensor, quality: int, subsampling: bool | None = None) -> torch.Tensor:
+    """A differentiable stand-in for a JPEG round trip at ``quality`` (BPDA's surrogate; its gradient is what
+    counts): JPEG's linear steps (:func:`_jpeg_blocks`) with each DCT coefficient's slope that of the soft rounding of
+    Shin and Song ("JPEG-resistant adversarial images", 2017) at its own position between the quantiser's levels. The
+    slope, 12 u^2 at u = coefficient / step - round(coefficient / step), is 0 at a level and 3 halfway between two (4
+    times the cubic's 3 u^2, so that its mean is the identity's 1): a change moves the decoded photo only where it
+    carries a coefficient across a rounding threshold, and the coefficients the codec rounds to a level far from its
+    thresholds (most high frequencies at a low quality) give next to no gradient, where the identity's (straight
+    through) spends steps on them. Computed in float32 inside an autocast region too: a coefficient's place between
+    two levels needs its precision."""
+    def soft_rounding(coefficients: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            u = coefficients / step
+            slope = (u - u.round()).square_().mul_(12)
+        return coefficients * slope
+
+    with torch.autocast(x.device.type, enabled=False):
+        return _jpeg_blocks(x.float(), quality, subsampling, soft_rounding)
+
+
+def _jpeg_blocks(x: torch.Tensor, quality: int, subsampling: bool | None,
+                 quantise_coefficients: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """JPEG's linear steps around ``quantise_coefficients`` ((blocks, 64) DCT coefficients of the 8 x 8 blocks in
+    row order, and their (64,) quantiser steps, to the coefficients decoded): RGB to
+    YCbCr, the chroma averaged over 2 x 2 pixels with ``subsampling`` (None: as :func:`jpeg_round_trip` saves, below
+    quality 90), each plane's blocks to DCT coefficients and back, the chroma repeated to full size, and back to
+    RGB."""
+    n, _, h, w = x.shape
+    subsample = quality < 90 if subsampling is None else subsampling
+    to_ycbcr = x.new_tensor(_YCBCR)
+    planes = F.conv2d(x, (to_ycbcr * 255)[..., None, None])
+    luma, chroma = planes[:, :1], planes[:, 1:]
+    if subsample:  # 4:2:0: the chroma of each 2 x 2 block (a partial one at an odd border: its edge repeated)
+        chroma = F.avg_pool2d(F.pad(chroma, (0, w % 2, 0, h % 2), mode="replicate"), 2)
+    steps = jpeg_quantisers(quality).to(x.device).flatten(1)
+    transform = _block_dct(x.device)
+    rebuilt = []
+    for plane, step in ((luma, steps[0]), (chroma, steps[1])):
+        ph, pw = plane.shape[-2:]
+        # blocks of 8 x 8, a partial block at the border filled with its edge (as libjpeg extends the image), each a
+        # row of 64 pixels: one matrix product takes them all to their coefficients and one back
+        padded = F.pad(plane, (0, -pw % 8, 0, -ph % 8), mode="replicate")
+        c, bh, bw = padded.shape[1], padded.shape[2] // 8, padded.shape[3] // 8
+        blocks = padded.reshape(n, c, bh, 8, bw, 8).transpose(3, 4).reshape(-1, 64)
+        blocks = quantise_coefficients(blocks @ transform.T, step) @ transform
+        rebuilt.append(blocks.reshape(n, c, bh, bw, 8, 8).transpose(3, 4).reshape(n, c, bh * 8, bw * 8)[..., :ph, :pw])
+    luma, chroma = rebuilt
+    if subsample:
+        chroma = F.interpolate(chroma, scale_factor=2, mode="nearest")[..., :h, :w]
+    to_rgb = torch.linalg.inv(to_ycbcr)[..., None, None] / 255
+    return F.conv2d(luma, to_rgb[:, :1]) + F.conv2d(chroma, to_rgb[:, 1:])
+
+
 def webp_round_trip(x: torch.Tensor, quality: int = 80) -> torch.Tensor:
     """Encode each image as WebP (PIL, lossy) and decode it again."""
     return _codec_round_trip(x, "WEBP", quality=int(quality))

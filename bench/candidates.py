@@ -467,6 +467,13 @@ for price in (30, 40):
 for sets in (10, 20):
     CANDIDATES[f"medium-view-sets{sets}"] = replace(
         MEDIUM, view_sets=sets, description=f"medium with the views of its first {sets} steps drawn and taken again")
+# SPoC after WebP 80 is medium's worst cell; a blur's gradient for the re-compressed views (medium-codecblur, above)
+# made every cell worse. The surrogate closer to the codec that docs/methods.md left untried (2026-12-07): the
+# gradient of a differentiable JPEG at each view's quality (advquery.transforms.jpeg_surrogate), on the tracker views
+# and the thumbnails alike.
+CANDIDATES["medium-jpeg-gradient"] = replace(
+    MEDIUM, views=replace(MEDIUM.views, jpeg_gradient=True, extra=replace(MEDIUM.views.extra, jpeg_gradient=True)),
+    description="medium, the re-compressed views' gradient that of a differentiable JPEG at their quality")
 # Leave one model out: medium and high computed without model M, measured with M (the shipped presets use all three).
 LITE = {n: f"efficientnet-{n}-gem" for n in ("lite0", "lite1", "lite2")}
 LEFT_OUT = "-without-"

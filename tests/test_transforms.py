@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from advquery.transforms import (Transform, TransformChain, gaussian_blur, jpeg_round_trip, parse_transform, quantise,
-                                 straight_through)
+from advquery.transforms import (Transform, TransformChain, _jpeg_blocks, gaussian_blur, jpeg_quantisers,
+                                 jpeg_round_trip, jpeg_surrogate, parse_transform, quantise, straight_through)
 from helpers import levels, on_grid
 
 
@@ -131,6 +131,41 @@ def test_jpeg_round_trip_of_flat_image_stays_flat():
     assert float(levels(jpeg_round_trip(noisy, quality=50), noisy).max()) > 5  # it is lossy on detail
     with pytest.raises(ValueError, match="JPEG quality must be in 1..100, got 0"):
         jpeg_round_trip(x, quality=0)
+
+
+@pytest.mark.parametrize("quality", [50, 75, 85])
+def test_the_jpeg_surrogates_linear_steps_are_the_codecs(quality):
+    # a smooth image of odd size (partial blocks, an odd chroma border): its coefficients rounded to the quantisers'
+    # levels between the surrogate's steps give what PIL's JPEG gives, within the codecs' integer arithmetic
+    x = quantise(F.avg_pool2d(torch.rand(1, 3, 61, 83, generator=torch.Generator().manual_seed(0)), 5, 1, 2))
+    real = jpeg_round_trip(x, quality)
+    simulated = _jpeg_blocks(x, quality, None, lambda c, step: (c / step).round() * step).clamp(0, 1)
+    assert levels(simulated, real).mean() < 0.5 * levels(x, real).mean()
+    transposed = _jpeg_blocks(x, quality, None, lambda c, step: (c / step.reshape(8, 8).T.flatten()).round()
+                              * step.reshape(8, 8).T.flatten()).clamp(0, 1)
+    assert levels(simulated, real).mean() < levels(transposed, real).mean()  # the tables in JPEG's orientation
+    assert torch.allclose(_jpeg_blocks(x, quality, None, lambda c, step: c), x if quality >= 90 else
+                          _jpeg_blocks(x, quality, True, lambda c, step: c), atol=1e-5)
+
+
+def test_jpeg_quantisers_are_libjpegs_scaled_tables():
+    assert jpeg_quantisers(50)[0, 0, 0] == 16 and jpeg_quantisers(50)[1, 7, 7] == 99  # the standard's tables
+    assert jpeg_quantisers(75)[0, 0, 0] == 8 and jpeg_quantisers(25)[0, 0, 0] == 32
+    assert jpeg_quantisers(100).eq(1).all() and jpeg_quantisers(1).max() == 255  # baseline: 1-255
+
+
+def test_the_jpeg_surrogates_slope_is_zero_at_a_level_and_three_halfway():
+    # a flat grey block has one coefficient, its DC (8 x its grey level - 128); at quality 50 its step is 16
+    for level, slope in ((128, 0.0), (129, 3.0), (130, 0.0)):  # DC 0 and 16: levels; DC 8: halfway
+        x = torch.full((1, 3, 16, 16), level / 255, requires_grad=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):  # as in an attack's views: float32 all the same
+            out = jpeg_surrogate(x, 50, subsampling=False)
+        out.mean().backward()
+        assert out.dtype == torch.float32
+        assert float(x.grad.sum()) == pytest.approx(slope, abs=1e-3)  # d(mean output) / d(uniform grey change)
+    x = torch.full((1, 3, 16, 16), 129 / 255)
+    assert torch.allclose(straight_through(x, partial(jpeg_round_trip, quality=50), partial(jpeg_surrogate, quality=50)),
+                          jpeg_round_trip(x, 50), atol=1e-6)  # its value in a straight-through use: the codec's
 
 
 @pytest.mark.parametrize("transform", [quantise, partial(jpeg_round_trip, quality=90)])

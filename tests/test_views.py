@@ -11,8 +11,8 @@ from advquery.extraction import describe
 from advquery.io import read_photo, to_tensor
 from advquery.models import ModelEnsemble
 from advquery.perceptual import flat_gain
-from advquery.transforms import (SAMPLING_BANDS, Transform, gaussian_blur, jpeg_round_trip, quantise, rotate,
-                                 webp_round_trip)
+from advquery.transforms import (SAMPLING_BANDS, Transform, gaussian_blur, jpeg_round_trip, jpeg_surrogate, quantise,
+                                 rotate, webp_round_trip)
 from helpers import lite0_for_counting
 
 SIZE = 96
@@ -40,6 +40,7 @@ def photo(ukbench_dir):
     ({"shrink_probability": -0.1}, "shrink_probability must be a probability"),
     ({"whole": 1.5}, "whole must be a probability"),
     ({"codec_blur": -1}, "codec_blur must be a blur sigma"),
+    ({"codec_blur": 1, "jpeg_gradient": True}, "codec_blur and jpeg_gradient are two gradients"),
     ({"extra": {"count": 1}}, "extra must be TrackerViews or None"),
 ])
 def test_tracker_views_check_their_parameters(kwargs, message):
@@ -493,3 +494,21 @@ def test_a_codec_blur_gives_the_recompressed_views_the_gradient_of_that_blur_and
     assert {v.codec_blur for v in drawn} == {1.0}
     again = TrackerViews(count=20).sample(torch.Generator().manual_seed(0))
     assert [dataclasses.replace(v, codec_blur=0.0) for v in drawn] == again  # the same draws as without it
+
+
+def test_a_jpeg_gradient_gives_the_recompressed_views_the_gradient_of_the_jpeg_surrogate_at_their_quality():
+    x = F.avg_pool2d(torch.rand(1, 3, 64, 96), 3, 1, 1).requires_grad_(True)
+    jpeg = View(flip=False, angle=0.0, box=(0, 0, 1, 1), crop_file=False, size=96, colour=(1, 1, 1),
+                recompression=Transform("jpeg", 75), model=0, jpeg_gradient=True)
+    weight = torch.rand(1, 3, 64, 96, generator=torch.Generator().manual_seed(1))
+    out = jpeg(x)
+    assert torch.allclose(out, jpeg_round_trip(x.detach(), 75), atol=1e-6)  # forward: the codec itself
+    (out * weight).sum().backward()
+    expected, = torch.autograd.grad((jpeg_surrogate(x, 75) * weight).sum(), x)
+    assert torch.allclose(x.grad, expected, atol=1e-6) and not torch.allclose(x.grad, weight, atol=0.1)
+    assert torch.equal(dataclasses.replace(jpeg, recompression=None)(x), x)  # a view not re-compressed: no surrogate
+    drawn = TrackerViews(count=20, jpeg_gradient=True).sample(torch.Generator().manual_seed(0))
+    assert {v.jpeg_gradient for v in drawn} == {True}
+    again = TrackerViews(count=20).sample(torch.Generator().manual_seed(0))
+    assert [dataclasses.replace(v, jpeg_gradient=False) for v in drawn] == again  # the same draws as without it
+    assert repr(TrackerViews(jpeg_gradient=True)).endswith("jpeg_gradient=True)")

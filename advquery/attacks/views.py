@@ -11,7 +11,10 @@ from functools import partial
 
 import torch
 
-from ..transforms import Transform, gaussian_blur, resample, rotate, rotated_shape, rotation_reach, straight_through
+from ..transforms import (Transform, gaussian_blur, jpeg_surrogate, resample, rotate, rotated_shape, rotation_reach,
+                          straight_through)
+
+OPTIONAL_FIELDS = ("extra", "jpeg_gradient")  # of TrackerViews: in its repr only where set
 
 
 @dataclass(frozen=True)
@@ -19,7 +22,8 @@ class View:
     """One drawn view: a differentiable function of a (N, 3, H, W) photo: flipped, rotated, cropped, filtered,
     scaled to the tracker's working size and re-compressed (``recompression``: JPEG or WebP at a quality; None:
     not re-compressed). The codec has no gradient: the backward pass takes that of a Gaussian blur of
-    ``codec_blur`` pixels at the working size (a codec keeps the low frequencies), or of the identity at 0.
+    ``codec_blur`` pixels at the working size (a codec keeps the low frequencies), with ``jpeg_gradient`` that of
+    :func:`~advquery.transforms.jpeg_surrogate` at the codec's quality, else the identity's.
     The rotation and the crop are sampled in one pass at the size the crop is first scaled down to (the working
     size's, or the smaller copy's; at the crop's own size along a side that is scaled up), and the filters applied
     there (brightness and saturation act on each pixel alone, contrast about the crop's mean grey), so the rotation
@@ -42,6 +46,7 @@ class View:
     model: int  # which member of the attacked models describes this view
     shrunk: int | None = None
     codec_blur: float = 0.0
+    jpeg_gradient: bool = False
 
     def _geometry(self, shape: tuple[int, int]):
         """On a photo of ``shape``: the crop's window (top, left, height, width) in the flipped and rotated photo,
@@ -95,7 +100,8 @@ class View:
         # at a smaller size the codec removes more of a perturbation than at the photo's own.
         if self.recompression is None:
             return out
-        surrogate = partial(gaussian_blur, sigma=self.codec_blur) if self.codec_blur else None
+        surrogate = partial(gaussian_blur, sigma=self.codec_blur) if self.codec_blur else \
+            partial(jpeg_surrogate, quality=int(self.recompression.value)) if self.jpeg_gradient else None
         return straight_through(out, self.recompression, surrogate)
 
 
@@ -124,6 +130,9 @@ class TrackerViews:
         codec_blur: sigma (pixels at the working size) of the Gaussian blur whose gradient stands in for a
             re-compression's (which has none) in the backward pass; 0: the identity's (straight through), which
             spends steps on high frequencies that the codec removes.
+        jpeg_gradient: the re-compressions' gradient that of a differentiable JPEG at their quality (WebP's too:
+            :func:`~advquery.transforms.jpeg_surrogate`), which follows the codec's quantisation instead of
+            ignoring it (the identity's) or keeping low frequencies alone (``codec_blur``'s).
         extra: another family of views drawn in every step beside these (None: none), e.g. a shrunk query at
             small working sizes, which then costs passes of its own size instead of taking views from this family.
     """
@@ -143,6 +152,7 @@ class TrackerViews:
     whole: float = 0.0
     codec_blur: float = 0.0
     extra: "TrackerViews | None" = None
+    jpeg_gradient: bool = False
 
     def __post_init__(self):
         if not (isinstance(self.count, int) and self.count >= 1):
@@ -160,15 +170,17 @@ class TrackerViews:
             raise ValueError(f"jpeg must be a quality range 1 <= low <= high <= 100, got {self.jpeg}")
         if not 0 <= self.codec_blur <= 8:
             raise ValueError(f"codec_blur must be a blur sigma in [0, 8] pixels, got {self.codec_blur}")
+        if self.codec_blur and self.jpeg_gradient:
+            raise ValueError("codec_blur and jpeg_gradient are two gradients for the codec: choose one")
         if self.shrink is not None and not 16 <= self.shrink[0] <= self.shrink[1]:
             raise ValueError(f"shrink must be a range 16 <= low <= high, got {self.shrink}")
         if self.extra is not None and not isinstance(self.extra, TrackerViews):
             raise ValueError(f"extra must be TrackerViews or None, got {self.extra!r}")
 
     def __repr__(self) -> str:
-        # ``extra`` shows only where it is set: the definitions of the views without it, which name the benchmarks'
-        # cached photos and results, stay those recorded before it existed.
-        shown = (f.name for f in fields(self) if f.name != "extra" or self.extra is not None)
+        # ``extra`` and ``jpeg_gradient`` show only where they are set: the definitions of the views without them,
+        # which name the benchmarks' cached photos and results, stay those recorded before they existed.
+        shown = (f.name for f in fields(self) if f.name not in OPTIONAL_FIELDS or getattr(self, f.name))
         return f"TrackerViews({', '.join(f'{name}={getattr(self, name)!r}' for name in shown)})"
 
     @property
@@ -207,7 +219,8 @@ class TrackerViews:
                 flip=u[0] < self.flip, angle=self.rotate * (2 * u[1] - 1), box=box, crop_file=u[6] < self.crop_file,
                 size=round(self.sizes[0] + (self.sizes[1] - self.sizes[0]) * u[10]), colour=colour,
                 recompression=None if quality is None else Transform(self._codec(generator), quality),
-                model=min(models - 1, math.floor(u[12] * models)), shrunk=shrunk, codec_blur=self.codec_blur))
+                model=min(models - 1, math.floor(u[12] * models)), shrunk=shrunk, codec_blur=self.codec_blur,
+                jpeg_gradient=self.jpeg_gradient))
         return views if self.extra is None else views + self.extra.sample(generator, models)
 
     def _codec(self, generator: torch.Generator) -> str:
