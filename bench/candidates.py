@@ -470,7 +470,9 @@ for sets in (10, 20):
 # SPoC after WebP 80 is medium's worst cell; a blur's gradient for the re-compressed views (medium-codecblur, above)
 # made every cell worse. The surrogate closer to the codec that docs/methods.md left untried (2026-12-07): the
 # gradient of a differentiable JPEG at each view's quality (advquery.transforms.jpeg_surrogate), on the tracker views
-# and the thumbnails alike.
+# and the thumbnails alike. Not kept (candidates_jpegsurrogate_validation, all 19 scored validation queries, medium in
+# the same run): WI median 15.8 % against 15.5 %, worst 42.3 % against 41.9 %, BB median 32.1 % against 29.7 %; the
+# SPoC cells after WebP 80 the same or worse (42.3, 29.3, 29.2 % against 41.9, 26.5, 27.0 %).
 CANDIDATES["medium-jpeg-gradient"] = replace(
     MEDIUM, views=replace(MEDIUM.views, jpeg_gradient=True, extra=replace(MEDIUM.views.extra, jpeg_gradient=True)),
     description="medium, the re-compressed views' gradient that of a differentiable JPEG at their quality")
