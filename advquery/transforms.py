@@ -148,10 +148,9 @@ def jpeg_surrogate(x: torch.Tensor, quality: int, subsampling: bool | None = Non
 def _jpeg_blocks(x: torch.Tensor, quality: int, subsampling: bool | None,
                  quantise_coefficients: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> torch.Tensor:
     """JPEG's linear steps around ``quantise_coefficients`` ((blocks, 64) DCT coefficients of the 8 x 8 blocks in
-    row order, and their (64,) quantiser steps, to the coefficients decoded): RGB to
-    YCbCr, the chroma averaged over 2 x 2 pixels with ``subsampling`` (None: as :func:`jpeg_round_trip` saves, below
-    quality 90), each plane's blocks to DCT coefficients and back, the chroma repeated to full size, and back to
-    RGB."""
+    row order, and their (64,) quantiser steps, to the coefficients decoded): RGB to YCbCr, the chroma averaged over
+    2 x 2 pixels with ``subsampling`` (None: as :func:`jpeg_round_trip` saves, below quality 90), each plane's
+    blocks to DCT coefficients and back, the chroma repeated to full size, and back to RGB."""
     n, _, h, w = x.shape
     subsample = quality < 90 if subsampling is None else subsampling
     to_ycbcr = x.new_tensor(_YCBCR)
