@@ -479,6 +479,11 @@ CANDIDATES["medium-jpeg-gradient"] = replace(
 # The share of re-compressed views, 0.5 since the flat-region presets and never varied: medium's worst cells are all
 # after a re-compression (SPoC after WebP 80 and JPEG 50, the bounding boxes after them), its unedited and flipped
 # cells far below them. Three views in four re-compressed, on the tracker views and the thumbnails alike (2026-12-07).
+# Better (candidates_jpeg75_validation, all 19 scored validation queries, medium in the same run): WI median 14.2 %
+# against 15.5 %, p90 24.2 against 29.6 %, worst 34.2 against 41.9 %, SPoC after WebP 80 30.6, 23.9, 21.1 % against
+# 41.9, 26.5, 27.0 %, BB about the same (median 29.5 against 29.7 %), SSIM 0.9731 against 0.9734; on the first 12 test
+# queries (candidates_jpeg75_test_limit12) WI worst 22.6 against 23.7 %, BB worst 37.1 against 47.5 %. Medium's next
+# setting once the full suite on the test split confirms it.
 CANDIDATES["medium-jpeg75"] = replace(
     MEDIUM, views=replace(MEDIUM.views, jpeg_probability=0.75,
                           extra=replace(MEDIUM.views.extra, jpeg_probability=0.75)),
