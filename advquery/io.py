@@ -35,8 +35,8 @@ from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 __all__ = [
     "DEFAULT_MAX_PIXELS", "IMAGE_EXTENSIONS", "OUTPUT_RECORDS", "ImageError", "InputFile", "Photo", "atomic_write",
-    "claim", "collect_inputs", "format_for_suffix", "image_format", "is_inside", "is_output_folder", "printable",
-    "read_photo", "real_path", "remove_stale_temporaries", "suffix_for_format", "to_tensor", "to_uint8",
+    "claim", "collect_inputs", "format_for_suffix", "image_format", "is_inside", "is_output_folder", "jpeg_subsampling",
+    "printable", "read_photo", "real_path", "remove_stale_temporaries", "suffix_for_format", "to_tensor", "to_uint8",
     "write_grey_atomic", "write_photo_atomic",
 ]
 
@@ -506,11 +506,16 @@ def _check_rgb(rgb: object, name: str = "rgb") -> None:
         raise ValueError(f"expected {name} as a (H, W, 3) uint8 array, got {got}")
 
 
+def jpeg_subsampling(quality: int) -> int:
+    """PIL's chroma subsampling of advquery's JPEGs at ``quality``: 0 (4:4:4) at 90 and above, where subsampling
+    alone would blur a fine perturbation away, else 2 (4:2:0)."""
+    return 0 if quality >= 90 else 2
+
+
 def _save_options(fmt: str, quality: int, exif: bytes | None, icc_profile: bytes | None) -> dict:
     options: dict = {}
     if fmt == "JPEG":
-        # 4:4:4 at high quality: chroma subsampling alone would blur a fine perturbation away.
-        options.update(quality=quality, optimize=True, subsampling=0 if quality >= 90 else 2)
+        options.update(quality=quality, optimize=True, subsampling=jpeg_subsampling(quality))
     elif fmt == "WEBP":
         options.update(quality=quality)
     elif fmt == "TIFF":

@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .io import to_uint8
+from .io import jpeg_subsampling, to_uint8
 
 Box = tuple[float, float, float, float]
 
@@ -51,7 +51,7 @@ def jpeg_round_trip(x: torch.Tensor, quality: int = 95) -> torch.Tensor:
     """Encode each image as JPEG (PIL, 4:4:4 at quality >= 90 as advquery saves) and decode it again."""
     if not 1 <= quality <= 100:
         raise ValueError(f"JPEG quality must be in 1..100, got {quality}")
-    return _codec_round_trip(x, "JPEG", quality=quality, subsampling=0 if quality >= 90 else 2)
+    return _codec_round_trip(x, "JPEG", quality=quality, subsampling=jpeg_subsampling(quality))
 
 
 def _codec_round_trip(x: torch.Tensor, codec: str, **options) -> torch.Tensor:
@@ -149,10 +149,10 @@ def _jpeg_blocks(x: torch.Tensor, quality: int, subsampling: bool | None,
                  quantise_coefficients: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> torch.Tensor:
     """JPEG's linear steps around ``quantise_coefficients`` ((blocks, 64) DCT coefficients of the 8 x 8 blocks in
     row order, and their (64,) quantiser steps, to the coefficients decoded): RGB to YCbCr, the chroma averaged over
-    2 x 2 pixels with ``subsampling`` (None: as :func:`jpeg_round_trip` saves, below quality 90), each plane's
-    blocks to DCT coefficients and back, the chroma repeated to full size, and back to RGB."""
+    2 x 2 pixels with ``subsampling`` (None: as advquery saves a JPEG, :func:`~advquery.io.jpeg_subsampling`), each
+    plane's blocks to DCT coefficients and back, the chroma repeated to full size, and back to RGB."""
     n, _, h, w = x.shape
-    subsample = quality < 90 if subsampling is None else subsampling
+    subsample = jpeg_subsampling(quality) == 2 if subsampling is None else subsampling
     to_ycbcr = x.new_tensor(_YCBCR)
     planes = F.conv2d(x, (to_ycbcr * 255)[..., None, None])
     luma, chroma = planes[:, :1], planes[:, 1:]
