@@ -7,7 +7,7 @@ quality and effect on the file as written.
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from functools import lru_cache, partial
 from pathlib import Path
 
@@ -113,22 +113,23 @@ STRENGTHS = {
                                 "flips and selections (the whole photo or crops of any aspect, half and half; working "
                                 "sizes 768-1024) on Lite0"),
     "medium": Strength(ssim_eps_levels=16, ssim_weight=17, steps=40, patience=None,
-                       views=TrackerViews(jpeg_probability=0.5, whole=0.5, extra=THUMBNAILS), models=OTHER_MODELS,
+                       views=TrackerViews(jpeg_probability=0.75, whole=0.5,
+                                          extra=replace(THUMBNAILS, jpeg_probability=0.75)), models=OTHER_MODELS,
                        grid=512, spare_flat=2.0, eps_levels=3, target_similarity=0.2, lr_schedule="cosine",
                        whole_view="cycle", poolings=("gem", "rmac", "map"),
                        description="within 16 levels at SSIM price 17 on a 512 px grid, the step size decayed along "
                                    "a cosine, flat regions left alone, optimised through tracker views (the whole "
                                    "photo or crops and selections of any aspect, half and half; flips, rotations, "
-                                   "colour, JPEG, working sizes 448-1024) on Lite0, Lite1 and Lite2, and through "
-                                   "the photo as shared, under each of them in turn, and through two thumbnails a "
-                                   "step (a copy of 224-384 px described at 448-768 px); GeM, R-MAC and the whole "
-                                   "feature map pushed away in every view"),
+                                   "colour, JPEG in three views of four, working sizes 448-1024) on Lite0, Lite1 and "
+                                   "Lite2, and through the photo as shared, under each of them in turn, and through "
+                                   "two thumbnails a step (a copy of 224-384 px described at 448-768 px); GeM, R-MAC "
+                                   "and the whole feature map pushed away in every view"),
     "high": Strength(ssim_eps_levels=20, ssim_weight=15, steps=60, patience=None,
                      views=TrackerViews(jpeg_probability=0.5, shrink=THUMBNAIL_SHRINK, whole=0.5, extra=THUMBNAILS),
                      models=OTHER_MODELS, grid=512, spare_flat=2.0, eps_levels=4.5, target_similarity=0.1,
                      lr_schedule="cosine", whole_view="cycle", poolings=("gem", "rmac", "map"),
-                     description="as medium, within 20 levels at SSIM price 15, 60 steps, 30 % of its own views "
-                                 "through a copy of 256-640 px (a shrunk query)"),
+                     description="as medium, within 20 levels at SSIM price 15, 60 steps, JPEG in half the views, 30 % "
+                                 "of its own views through a copy of 256-640 px (a shrunk query)"),
 }
 DEFAULT_STRENGTH = "medium"
 
